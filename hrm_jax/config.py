@@ -1,0 +1,216 @@
+"""Model configuration: every field of the reference (REFERENCE.md section 1) plus dtypes.
+
+Shape key used across the project: B batch, S sequence, D hidden, H heads, K head_dim,
+M intermediate (MLP), V vocab, N layers per stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+ARCHS = ("hrm", "transformer", "trm", "trm_match_recurrence", "rins", "ut")
+INIT_TYPES = ("lecun_normal", "fixed_normal", "megatron")
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLS = ("dense",)
+REMAT_POLICIES = ("none", "full", "dots")
+
+# size -> (n_layers, hidden_size, num_heads); REFERENCE section 1.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "B": (12, 1024, 8),
+    "L": (24, 1280, 10),
+    "XL": (32, 1536, 12),
+    "XXL": (72, 1792, 14),
+    "XXL_wide": (32, 2560, 20),
+}
+
+# arch -> the reference's defaults for that model family (its baseline config files).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "hrm": dict(half_layers=True, H_cycles=2, L_cycles=3),
+    "transformer": dict(half_layers=False),
+    "trm": dict(half_layers=False, H_cycles=2, L_cycles=1, H_bp_steps=1, L_bp_steps=1),
+    "trm_match_recurrence": dict(
+        half_layers=True, H_cycles=2, L_cycles=3, H_bp_steps=2, L_bp_steps=3
+    ),
+    "rins": dict(half_layers=True, L_cycles=7, L_bp_cycles=4),
+    "ut": dict(half_layers=False, cycles=4, bp_cycles=2),
+}
+
+
+def round_up(x: int, multiple: int) -> int:
+  return -(-x // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """One model. Field names follow the reference's config files.
+
+  `n_layers` is the total; architectures with `half_layers` give each of their two stacks
+  `n_layers // 2` layers. `intermediate_size` and `head_dim` are derived from the reference
+  formulas unless set (imported checkpoints may differ from the formulas).
+  """
+
+  arch: str = "hrm"
+  n_layers: int = 32
+  hidden_size: int = 1536
+  num_heads: int = 12
+  expansion: float = 4.0
+  norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  max_seq_len: int = 4096
+  vocab_size: int = 65536
+  init_type: str = "lecun_normal"
+  init_std: Optional[float] = None
+  half_layers: bool = True
+  # hrm, trm, trm_match_recurrence: recursion depth.
+  H_cycles: int = 2
+  L_cycles: int = 3
+  # hrm: truncated-backprop warm-up (bp_steps goes bp_min -> bp_max over the first ratio).
+  bp_min_steps: int = 2
+  bp_max_steps: int = 5
+  bp_warmup_ratio: float = 0.2
+  # trm: fixed gradient windows (number of trailing H and L passes with gradient).
+  H_bp_steps: int = 1
+  L_bp_steps: int = 1
+  # rins: trailing L cycles with gradient.
+  L_bp_cycles: int = 4
+  # ut: cycles of its single stack and how many trailing ones carry gradient.
+  cycles: int = 4
+  bp_cycles: int = 2
+  # Derived when None.
+  intermediate_size: Optional[int] = None
+  head_dim: Optional[int] = None
+  embedding_scale: Optional[float] = None
+  # Numerics and implementation.
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  attention_impl: str = "dense"
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    if self.intermediate_size is None:
+      object.__setattr__(
+          self, "intermediate_size",
+          round_up(round(self.expansion * self.hidden_size * 2 / 3), 256))
+    if self.head_dim is None:
+      if self.num_heads <= 0 or self.hidden_size % self.num_heads:
+        raise ValueError(
+            f"ModelConfig: hidden_size={self.hidden_size} is not divisible by "
+            f"num_heads={self.num_heads}; set head_dim explicitly or fix the sizes.")
+      object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+    if self.embedding_scale is None:
+      object.__setattr__(self, "embedding_scale", 1.0 / self.init_stds()["in"])
+    self.validate()
+
+  # --- derived ---------------------------------------------------------------------------
+  @property
+  def layers_per_stack(self) -> int:
+    return self.n_layers // 2 if self.half_layers else self.n_layers
+
+  @property
+  def family(self) -> str:
+    """The model file that implements this arch (trm_match_recurrence is a trm)."""
+    return "trm" if self.arch == "trm_match_recurrence" else self.arch
+
+  def init_stds(self) -> dict[str, float]:
+    """Init std of input projections, attention output and MLP output (reference formulas)."""
+    hidden = self.hidden_size
+    inter = self.intermediate_size or round_up(round(self.expansion * hidden * 2 / 3), 256)
+    if self.init_type == "fixed_normal":
+      std = self.init_std if self.init_std is not None else 0.02
+      return {"in": std, "attn_out": std, "ff_out": std}
+    if self.init_type == "lecun_normal":
+      return {"in": hidden**-0.5, "attn_out": hidden**-0.5, "ff_out": inter**-0.5}
+    if self.init_type == "megatron":
+      in_std = self.init_std if self.init_std is not None else hidden**-0.5
+      out = in_std / math.sqrt(2.0 * self.layers_per_stack)
+      return {"in": in_std, "attn_out": out, "ff_out": out}
+    raise ValueError(
+        f"ModelConfig.init_type={self.init_type!r} is unknown; expected one of {INIT_TYPES}.")
+
+  # --- validation ------------------------------------------------------------------------
+  def validate(self) -> None:
+    def bad(field, why):
+      raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: {why}")
+
+    if self.arch not in ARCHS:
+      bad("arch", f"unknown architecture; expected one of {ARCHS}")
+    if self.init_type not in INIT_TYPES:
+      bad("init_type", f"expected one of {INIT_TYPES}")
+    for f in ("dtype", "param_dtype"):
+      if getattr(self, f) not in DTYPES:
+        bad(f, f"expected one of {DTYPES}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      bad("attention_impl", f"expected one of {ATTENTION_IMPLS}")
+    if self.remat_policy not in REMAT_POLICIES:
+      bad("remat_policy", f"expected one of {REMAT_POLICIES}")
+    for f in ("n_layers", "hidden_size", "num_heads", "vocab_size", "max_seq_len",
+              "intermediate_size", "head_dim"):
+      if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
+        bad(f, "must be a positive integer")
+    if self.half_layers and self.n_layers % 2:
+      bad("n_layers", f"must be even: arch {self.arch!r} splits it into two stacks "
+          "(half_layers=True)")
+    if self.head_dim % 2:
+      bad("head_dim", "must be even for rotate-half RoPE")
+    if self.norm_eps <= 0:
+      bad("norm_eps", "must be > 0")
+    for f in ("H_cycles", "L_cycles", "cycles"):
+      if getattr(self, f) < 1:
+        bad(f, "must be >= 1")
+    if not 1 <= self.bp_min_steps <= self.bp_max_steps:
+      raise ValueError(
+          f"ModelConfig: need 1 <= bp_min_steps ({self.bp_min_steps}) <= bp_max_steps "
+          f"({self.bp_max_steps}).")
+    if self.family == "hrm" and self.bp_min_steps < 2:
+      bad("bp_min_steps", "hrm needs >= 2 (one H pass and at least one L pass)")
+    if not 0.0 <= self.bp_warmup_ratio <= 1.0:
+      bad("bp_warmup_ratio", "must be in [0, 1]")
+    if self.family == "trm":
+      if not 0 <= self.H_bp_steps <= self.H_cycles:
+        bad("H_bp_steps", f"must be in [0, H_cycles={self.H_cycles}]")
+      if not 0 <= self.L_bp_steps <= self.H_cycles * self.L_cycles:
+        bad("L_bp_steps", f"must be in [0, H_cycles*L_cycles={self.H_cycles * self.L_cycles}]")
+    if self.arch == "rins" and not 0 <= self.L_bp_cycles <= self.L_cycles:
+      bad("L_bp_cycles", f"must be in [0, L_cycles={self.L_cycles}]")
+    if self.arch == "ut" and not 0 <= self.bp_cycles <= self.cycles:
+      bad("bp_cycles", f"must be in [0, cycles={self.cycles}]")
+
+  def replace(self, **changes: Any) -> "ModelConfig":
+    """A copy with `changes`; derived fields are recomputed unless given."""
+    fields = {f.name for f in dataclasses.fields(self)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+      raise ValueError(f"ModelConfig has no field(s) {unknown}; valid fields: {sorted(fields)}")
+    d = dataclasses.asdict(self)
+    size_fields = ("hidden_size", "num_heads", "expansion", "init_type", "init_std")
+    for derived, deps in (("intermediate_size", ("hidden_size", "expansion")),
+                          ("head_dim", ("hidden_size", "num_heads")),
+                          ("embedding_scale", size_fields + ("intermediate_size",))):
+      if derived not in changes and any(k in changes for k in deps):
+        d[derived] = None
+    d.update(changes)
+    return ModelConfig(**d)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def model_config(size: str = "XL", arch: str = "hrm", **overrides: Any) -> ModelConfig:
+  """A config from the reference presets: `size` in SIZES, `arch` in ARCHS, then overrides."""
+  if size not in SIZES:
+    raise ValueError(f"model_config: unknown size {size!r}; expected one of {tuple(SIZES)}")
+  if arch not in ARCHS:
+    raise ValueError(f"model_config: unknown arch {arch!r}; expected one of {ARCHS}")
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(
+        f"model_config: unknown field(s) {unknown}; valid fields: {sorted(fields)}")
+  n_layers, hidden, heads = SIZES[size]
+  kwargs: dict[str, Any] = dict(arch=arch, n_layers=n_layers, hidden_size=hidden,
+                                num_heads=heads)
+  kwargs.update(ARCH_DEFAULTS[arch])
+  kwargs.update(overrides)
+  return ModelConfig(**kwargs)

@@ -1,0 +1,57 @@
+"""Model FLOPs per token: forward, and a training step with the truncated backward counted.
+
+Convention (as MaxText/PaLM MFU): matmul FLOPs only, 2 per multiply-add; attention scores
+and values over half the row on average (causal); the backward of a pass costs twice its
+forward and is only paid by passes that carry gradient. Embedding lookups are free.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from hrm_jax import truncation
+from hrm_jax.config import ModelConfig
+
+
+def layer_flops(config: ModelConfig, seq_len: int) -> float:
+  """Forward FLOPs of one block for one token in a row of `seq_len`."""
+  c = config
+  d, m, hk = c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim
+  matmuls = 2 * (d * 4 * hk + hk * d + d * 2 * m + m * d)
+  attention = 2 * 2 * hk * seq_len / 2
+  return float(matmuls + attention)
+
+
+def pass_counts(config: ModelConfig, bp_steps: Optional[int]) -> tuple[int, int]:
+  """(stack passes per token, passes that carry gradient at `bp_steps`)."""
+  c = config
+  if c.family == "transformer":
+    return 1, 1
+  if c.family in ("hrm", "trm"):
+    total = c.H_cycles * (c.L_cycles + 1)
+    if bp_steps is None:
+      return total, total
+    windows = (truncation.hrm_bp_split(c.H_cycles, bp_steps) if c.family == "hrm"
+               else (c.H_bp_steps, c.L_bp_steps))
+    L_grad, H_grad = truncation.hl_grad_flags(c.H_cycles, c.L_cycles, *windows)
+    return total, int(L_grad.sum() + H_grad.sum())
+  if c.family == "rins":
+    total = c.L_cycles + 1
+    return total, total if bp_steps is None else c.L_bp_cycles + 1
+  total = c.cycles  # ut
+  return total, total if bp_steps is None else c.bp_cycles
+
+
+def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
+  c = config
+  passes, _ = pass_counts(c, None)
+  return passes * c.layers_per_stack * layer_flops(c, seq_len) + 2 * c.hidden_size * c.vocab_size
+
+
+def train_flops_per_token(config: ModelConfig, seq_len: int, bp_steps: Optional[int]) -> float:
+  """Forward of every pass + backward (2x) of the passes with gradient and of the head."""
+  c = config
+  passes, grad_passes = pass_counts(c, bp_steps)
+  stack = c.layers_per_stack * layer_flops(c, seq_len)
+  head = 2 * c.hidden_size * c.vocab_size
+  return (passes + 2 * grad_passes) * stack + 3 * head

@@ -1,0 +1,181 @@
+"""Transformer layers of the reference: parameterless RMSNorm, RoPE, gated MHA, SwiGLU.
+
+Parameters are declared with logical axis names (vocab, embed, heads, head_dim, mlp,
+layers) so that training shards them by rules without touching this file.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from hrm_jax import attention
+from hrm_jax.config import ModelConfig
+
+# std of a standard normal truncated to [-3, 3]; dividing by it keeps the requested std.
+_TRUNC3_STD = math.sqrt(
+    1.0 - 6.0 * math.exp(-4.5) / math.sqrt(2 * math.pi) / math.erf(3 / math.sqrt(2)))
+
+
+def trunc_normal(std: float):
+  """Normal init cut at 3 std, rescaled to exactly `std` (the reference's init)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    x = jax.random.truncated_normal(key, -3.0, 3.0, shape, jnp.float32)
+    return (x * (std / _TRUNC3_STD)).astype(dtype)
+
+  return init
+
+
+def rms_norm(x: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm without a learnable weight, computed in float32, returned in x's dtype."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  return y.astype(x.dtype)
+
+
+def rope_tables(positions_BxS: jax.Array, head_dim: int,
+                theta: float) -> tuple[jax.Array, jax.Array]:
+  """cos, sin [B, S, K] in float32 for rotate-half RoPE."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = positions_BxS.astype(jnp.float32)[..., None] * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x_BxSxHxK: jax.Array, cos_BxSxK: jax.Array, sin_BxSxK: jax.Array) -> jax.Array:
+  """Rotate-half RoPE in float32; the result is cast back to x's dtype."""
+  x = x_BxSxHxK.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  out = x * cos_BxSxK[:, :, None] + rotated * sin_BxSxK[:, :, None]
+  return out.astype(x_BxSxHxK.dtype)
+
+
+class SeqInfo(NamedTuple):
+  """Per-row sequence data shared by every layer and every recurrent pass."""
+
+  cos: jax.Array  # [B, S, K] float32
+  sin: jax.Array  # [B, S, K] float32
+  mask: attention.MaskInfo
+
+
+def make_seq_info(config: ModelConfig, batch: dict[str, jax.Array]) -> SeqInfo:
+  cos, sin = rope_tables(batch["positions"], config.head_dim, config.rope_theta)
+  mask = attention.make_mask_info(batch["segment_ids"], batch["prefix_mask"],
+                                  config.attention_impl)
+  return SeqInfo(cos, sin, mask)
+
+
+class Linear(nn.Module):
+  """Bias-free projection contracting the last `n_in` dims of x with kernel [*in, *out]."""
+
+  out_shape: Sequence[int]
+  axes: Sequence[str | None]  # logical names of the kernel's dims, in then out
+  std: float
+  n_in: int = 1
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_shape = x.shape[x.ndim - self.n_in:]
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(trunc_normal(self.std), tuple(self.axes)),
+        tuple(in_shape) + tuple(self.out_shape), jnp.dtype(self.param_dtype))
+    x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+    return jax.lax.dot_general(x, kernel, (contract, ((), ())))
+
+
+class Attention(nn.Module):
+  """Gated multi-head attention with the reference's fused gate/q/k/v projection."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo) -> jax.Array:
+    c = self.config
+    stds = c.init_stds()
+    dense = functools.partial(Linear, dtype=c.dtype, param_dtype=c.param_dtype)
+    gqkv_BxSx4xHxK = dense((4, c.num_heads, c.head_dim), ("embed", None, "heads", "head_dim"),
+                           stds["in"], name="gqkv_proj")(x_BxSxD)
+    gqkv_BxSx4xHxK = checkpoint_name(gqkv_BxSx4xHxK, "gqkv_proj")
+    gate, q, k, v = (gqkv_BxSx4xHxK[:, :, i] for i in range(4))
+    q = apply_rope(q, seq.cos, seq.sin)
+    k = apply_rope(k, seq.cos, seq.sin)
+    out_BxSxHxK = attention.attend(q, k, v, seq.mask, c.attention_impl)
+    out_BxSxHxK = checkpoint_name(jax.nn.sigmoid(gate) * out_BxSxHxK, "attn_out")
+    return dense((c.hidden_size,), ("heads", "head_dim", "embed"), stds["attn_out"], n_in=2,
+                 name="o_proj")(out_BxSxHxK)
+
+
+class SwiGLU(nn.Module):
+  """down(silu(gate) * up) with the fused gate_up projection (gate first)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxSxD: jax.Array) -> jax.Array:
+    c = self.config
+    stds = c.init_stds()
+    dense = functools.partial(Linear, dtype=c.dtype, param_dtype=c.param_dtype)
+    gate_up_BxSx2xM = dense((2, c.intermediate_size), ("embed", None, "mlp"), stds["in"],
+                            name="gate_up_proj")(x_BxSxD)
+    gate_up_BxSx2xM = checkpoint_name(gate_up_BxSx2xM, "gate_up_proj")
+    h_BxSxM = jax.nn.silu(gate_up_BxSx2xM[..., 0, :]) * gate_up_BxSx2xM[..., 1, :]
+    return dense((c.hidden_size,), ("mlp", "embed"), stds["ff_out"],
+                 name="down_proj")(h_BxSxM)
+
+
+class Block(nn.Module):
+  """Pre-norm block: x + attn(rms(x)), then + mlp(rms(x)). Shaped as a scan body."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo) -> tuple[jax.Array, None]:
+    eps = self.config.norm_eps
+    x_BxSxD = x_BxSxD + Attention(self.config, name="attn")(rms_norm(x_BxSxD, eps), seq)
+    x_BxSxD = x_BxSxD + SwiGLU(self.config, name="mlp")(rms_norm(x_BxSxD, eps))
+    return x_BxSxD, None
+
+
+def remat_policy(name: str):
+  """Checkpoint policy for a scanned layer; None means no rematerialisation."""
+  if name == "none":
+    return None
+  if name == "full":
+    return jax.checkpoint_policies.nothing_saveable
+  if name == "dots":
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  raise ValueError(f"remat_policy={name!r} is unknown; expected none, full or dots")
+
+
+class Stack(nn.Module):
+  """`layers_per_stack` blocks with stacked parameters (nn.scan), then the final norm."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo) -> jax.Array:
+    c = self.config
+    chex.assert_rank(x_BxSxD, 3)
+    block = Block
+    policy = remat_policy(c.remat_policy)
+    if c.remat_policy != "none":
+      block = nn.remat(Block, policy=policy, prevent_cse=False)
+    layers = nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(nn.broadcast,), length=c.layers_per_stack,
+        metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
+    x_BxSxD, _ = layers(x_BxSxD.astype(c.dtype), seq)
+    return rms_norm(x_BxSxD, c.norm_eps)

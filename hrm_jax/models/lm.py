@@ -1,0 +1,64 @@
+"""LanguageModel: scaled embedding -> recurrent core (by `config.arch`) -> untied head."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hrm_jax import truncation
+from hrm_jax.config import ModelConfig
+from hrm_jax.layers import Linear, make_seq_info, trunc_normal
+from hrm_jax.models.hrm import HRM
+from hrm_jax.models.rins import RINS
+from hrm_jax.models.transformer import Transformer
+from hrm_jax.models.trm import TRM
+from hrm_jax.models.ut import UT
+
+CORES: dict[str, type[nn.Module]] = {
+    "hrm": HRM, "transformer": Transformer, "trm": TRM, "rins": RINS, "ut": UT,
+}
+BATCH_KEYS = ("inputs", "positions", "segment_ids", "prefix_mask")
+
+
+def check_batch(batch: dict[str, jax.Array]) -> None:
+  """Clear errors for a malformed model batch (keys, ranks, shapes)."""
+  missing = [k for k in BATCH_KEYS if k not in batch]
+  if missing:
+    raise KeyError(f"batch is missing {missing}; a model batch needs {BATCH_KEYS} "
+                   f"(got {sorted(batch)})")
+  chex.assert_rank([batch[k] for k in BATCH_KEYS], 2)
+  chex.assert_equal_shape([batch[k] for k in BATCH_KEYS])
+  for k in ("inputs", "positions", "segment_ids"):
+    if not jnp.issubdtype(batch[k].dtype, jnp.integer):
+      raise TypeError(f"batch[{k!r}] must be an integer array, got {batch[k].dtype}")
+
+
+class LanguageModel(nn.Module):
+  """HRM-Text and its baselines.
+
+  `apply(variables, batch, bp_steps=None) -> logits [B, S, V]` in float32. `batch` holds
+  [B, S] arrays `inputs`, `positions`, `segment_ids` (0 = padding) and bool `prefix_mask`.
+  `bp_steps` (a static int) truncates backprop to the last passes; None = full gradient.
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, batch: dict[str, jax.Array], bp_steps: Optional[int] = None) -> jax.Array:
+    c = self.config
+    check_batch(batch)
+    truncation.check_bp_steps(bp_steps)
+    in_std = c.init_stds()["in"]
+    embed_VxD = self.param(
+        "embed_tokens", nn.with_logical_partitioning(trunc_normal(in_std), ("vocab", "embed")),
+        (c.vocab_size, c.hidden_size), jnp.dtype(c.param_dtype))
+    x_BxSxD = (jnp.take(embed_VxD, batch["inputs"], axis=0) * c.embedding_scale).astype(c.dtype)
+    seq = make_seq_info(c, batch)
+    z_BxSxD = CORES[c.family](c, name="core")(x_BxSxD, seq, bp_steps)
+    logits_BxSxV = Linear((c.vocab_size,), ("embed", "vocab"), in_std, dtype=c.dtype,
+                          param_dtype=c.param_dtype, name="lm_head")(z_BxSxD)
+    return logits_BxSxV.astype(jnp.float32)

@@ -1,0 +1,35 @@
+"""Universal (looped) Transformer baseline: one full stack applied `cycles` times.
+
+    z = z_L_init;  repeat cycles:  z = S(z + x);   return z
+
+Only the last `bp_cycles` passes carry gradient when truncation is on.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hrm_jax import truncation
+from hrm_jax.config import ModelConfig
+from hrm_jax.layers import SeqInfo, Stack
+from hrm_jax.models import passes
+from hrm_jax.models.hrm import z_L_init_variable
+
+
+class UT(nn.Module):
+  config: ModelConfig
+
+  def setup(self):
+    self.L = Stack(self.config)
+    self.z_L_init = z_L_init_variable(self, self.config.hidden_size)
+
+  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo,
+               bp_steps: Optional[int] = None) -> jax.Array:
+    c = self.config
+    grads = None if bp_steps is None else truncation.trailing(c.cycles, c.bp_cycles)
+    z = jnp.broadcast_to(self.z_L_init.value.astype(x_BxSxD.dtype), x_BxSxD.shape)
+    return passes.repeat(self.L, z, x_BxSxD, seq, c.cycles, grads)

@@ -1,0 +1,101 @@
+import dataclasses
+
+import pytest
+
+import hrm_jax
+from hrm_jax.config import ARCH_DEFAULTS
+
+
+def test_xl_preset_matches_reference():
+  c = hrm_jax.model_config("XL")
+  assert (c.n_layers, c.hidden_size, c.num_heads) == (32, 1536, 12)
+  assert c.intermediate_size == 4096 and c.head_dim == 128 and c.layers_per_stack == 16
+  assert (c.H_cycles, c.L_cycles, c.bp_min_steps, c.bp_max_steps) == (2, 3, 2, 5)
+  assert c.bp_warmup_ratio == 0.2 and c.norm_eps == 1e-6 and c.rope_theta == 10000.0
+  assert c.max_seq_len == 4096 and c.vocab_size == 65536
+  assert c.embedding_scale == pytest.approx(1536**0.5)
+
+
+@pytest.mark.parametrize("size", list(hrm_jax.SIZES))
+def test_every_size_has_head_dim_128(size):
+  c = hrm_jax.model_config(size)
+  assert c.head_dim == 128
+  assert c.intermediate_size % 256 == 0
+  assert abs(c.intermediate_size - 4 * c.hidden_size * 2 / 3) < 256
+
+
+@pytest.mark.parametrize("arch,per_stack", [("hrm", 16), ("transformer", 32), ("trm", 32),
+                                            ("trm_match_recurrence", 16), ("rins", 16),
+                                            ("ut", 32)])
+def test_layers_per_stack_by_arch(arch, per_stack):
+  assert hrm_jax.model_config("XL", arch).layers_per_stack == per_stack
+
+
+def test_baseline_cycle_fields():
+  trm = hrm_jax.model_config("XL", "trm")
+  assert (trm.H_cycles, trm.L_cycles, trm.H_bp_steps, trm.L_bp_steps) == (2, 1, 1, 1)
+  tmr = hrm_jax.model_config("XL", "trm_match_recurrence")
+  assert (tmr.H_cycles, tmr.L_cycles, tmr.H_bp_steps, tmr.L_bp_steps) == (2, 3, 2, 3)
+  rins = hrm_jax.model_config("XL", "rins")
+  assert (rins.L_cycles, rins.L_bp_cycles) == (7, 4)
+  ut = hrm_jax.model_config("XL", "ut")
+  assert (ut.cycles, ut.bp_cycles) == (4, 2)
+  assert set(ARCH_DEFAULTS) == set(hrm_jax.ARCHS)
+
+
+def test_explicit_shapes_are_kept():
+  c = hrm_jax.model_config("B", intermediate_size=1000, head_dim=64)
+  assert c.intermediate_size == 1000 and c.head_dim == 64
+  # Derived values follow changed sizes in replace(), explicit ones win.
+  assert c.replace(hidden_size=512, num_heads=4).head_dim == 128
+  assert c.replace(hidden_size=512, head_dim=32).head_dim == 32
+
+
+def test_init_types():
+  c = hrm_jax.model_config("XL", init_type="megatron")
+  stds = c.init_stds()
+  assert stds["in"] == pytest.approx(1536**-0.5)
+  assert stds["attn_out"] == pytest.approx(1536**-0.5 / (2 * 16) ** 0.5)
+  f = hrm_jax.model_config("XL", init_type="fixed_normal")
+  assert f.init_stds() == {"in": 0.02, "attn_out": 0.02, "ff_out": 0.02}
+  assert f.embedding_scale == pytest.approx(50.0)
+  lecun = hrm_jax.model_config("XL").init_stds()
+  assert lecun["ff_out"] == pytest.approx(4096**-0.5)
+
+
+def test_config_is_frozen():
+  c = hrm_jax.model_config("B")
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    c.hidden_size = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(size="XS"), "unknown size 'XS'"),
+    (dict(arch="lstm"), "unknown arch 'lstm'"),
+    (dict(hiden_size=3), r"unknown field\(s\) \['hiden_size'\]"),
+    (dict(hidden_size=1001), "hidden_size=1001 is not divisible by num_heads=8"),
+    (dict(n_layers=13), "n_layers=13.*must be even"),
+    (dict(bp_min_steps=4, bp_max_steps=3), r"bp_min_steps \(4\) <= bp_max_steps \(3\)"),
+    (dict(dtype="fp8"), "dtype='fp8'"),
+    (dict(attention_impl="magic"), "attention_impl='magic'"),
+    (dict(remat_policy="some"), "remat_policy='some'"),
+    (dict(init_type="xavier"), "init_type='xavier'"),
+    (dict(bp_warmup_ratio=1.5), "bp_warmup_ratio"),
+    (dict(arch="ut", bp_cycles=5), r"bp_cycles=5.*cycles=4"),
+    (dict(arch="rins", L_bp_cycles=8), r"L_bp_cycles=8"),
+    (dict(arch="trm", H_bp_steps=3), r"H_bp_steps=3"),
+])
+def test_rejects_bad_values(kwargs, match):
+  size = kwargs.pop("size", "B")
+  arch = kwargs.pop("arch", "hrm")
+  with pytest.raises(ValueError, match=match):
+    hrm_jax.model_config(size, arch, **kwargs)
+
+
+def test_transformer_accepts_odd_layers():
+  assert hrm_jax.model_config("B", "transformer", n_layers=3).layers_per_stack == 3
+
+
+def test_replace_rejects_unknown_field():
+  with pytest.raises(ValueError, match="no field"):
+    hrm_jax.model_config("B").replace(depth=3)

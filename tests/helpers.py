@@ -1,0 +1,148 @@
+"""Shared test fixtures: packed batches and an independent NumPy transcription of the model."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import numpy as np
+
+import hrm_jax
+
+
+def tiny_config(arch: str = "hrm", **overrides) -> hrm_jax.ModelConfig:
+  kw = dict(hidden_size=32, num_heads=2, n_layers=4, vocab_size=61, max_seq_len=64)
+  kw.update(overrides)
+  return hrm_jax.model_config("B", arch, **kw)
+
+
+def pack_rows(rows: list[list[tuple[list[int], list[int]]]], seq_len: int) -> dict:
+  """Rows of (prompt tokens, response tokens) examples -> a model batch (NumPy, int32).
+
+  Each example is laid out contiguously: positions restart at 0, segment ids count from 1,
+  prefix_mask marks prompt tokens; the rest of the row is padding (segment 0).
+  """
+  b = len(rows)
+  out = {k: np.zeros((b, seq_len), np.int32) for k in ("inputs", "positions", "segment_ids")}
+  out["prefix_mask"] = np.zeros((b, seq_len), bool)
+  for r, examples in enumerate(rows):
+    t = 0
+    for seg, (prompt, response) in enumerate(examples, start=1):
+      n = len(prompt) + len(response)
+      assert t + n <= seq_len, "examples do not fit the row"
+      out["inputs"][r, t:t + n] = prompt + response
+      out["positions"][r, t:t + n] = np.arange(n)
+      out["segment_ids"][r, t:t + n] = seg
+      out["prefix_mask"][r, t:t + len(prompt)] = True
+      t += n
+  return out
+
+
+def random_rows(rng: np.random.Generator, batch: int, seq_len: int, vocab: int,
+                max_examples: int = 3) -> dict:
+  """Random packings, including empty prompts, 1-token responses and padding."""
+  rows = []
+  for _ in range(batch):
+    examples, used = [], 0
+    for _ in range(rng.integers(1, max_examples + 1)):
+      room = seq_len - used
+      if room < 2:
+        break
+      n = int(rng.integers(1, room + 1))
+      p = int(rng.integers(0, n + 1))
+      examples.append((list(rng.integers(1, vocab, p)), list(rng.integers(1, vocab, n - p))))
+      used += n
+    rows.append(examples)
+  return pack_rows(rows, seq_len)
+
+
+# --- independent NumPy forward (float64), written from REFERENCE.md alone ---------------
+
+def _rms(x, eps):
+  return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def _np_mask(seg, prefix):
+  """Per query, the allowed keys are [start of its example, max(q + 1, end of its prompt))."""
+  b, s = seg.shape
+  mask = np.zeros((b, s, s), bool)
+  for r in range(b):
+    for q in range(s):
+      same = [k for k in range(s) if seg[r, k] == seg[r, q]]
+      if seg[r, q] == 0:
+        mask[r, q, [k for k in same if k <= q]] = True
+        continue
+      start = min(same)
+      prompt_end = max([k + 1 for k in same if prefix[r, k]], default=start)
+      mask[r, q, start:max(q + 1, prompt_end)] = True
+  return mask
+
+
+def _np_stack(p, x, batch, cfg):
+  """One stack pass: p holds the scanned (stacked) kernels of hrm_jax's Stack."""
+  h, k = cfg.num_heads, cfg.head_dim
+  pos = batch["positions"].astype(np.float64)
+  inv = 1.0 / cfg.rope_theta ** (np.arange(0, k, 2) / k)
+  fr = pos[..., None] * inv
+  emb = np.concatenate([fr, fr], -1)
+  cos, sin = np.cos(emb)[:, :, None], np.sin(emb)[:, :, None]
+
+  def rope(t):
+    t1, t2 = t[..., :k // 2], t[..., k // 2:]
+    return t * cos + np.concatenate([-t2, t1], -1) * sin
+
+  mask = _np_mask(batch["segment_ids"], batch["prefix_mask"])
+  layers = p["layers"]
+  n = layers["attn"]["gqkv_proj"]["kernel"].shape[0]
+  for i in range(n):
+    w = {name: np.asarray(layers[m][name]["kernel"][i], np.float64)
+         for m, names in (("attn", ("gqkv_proj", "o_proj")), ("mlp", ("gate_up_proj", "down_proj")))
+         for name in names}
+    hN = _rms(x, cfg.norm_eps)
+    d = x.shape[-1]
+    gqkv = hN @ w["gqkv_proj"].reshape(d, 4 * h * k)
+    g, q, kk, v = np.split(gqkv.reshape(*x.shape[:2], 4 * h, k), 4, axis=2)
+    q, kk = rope(q), rope(kk)
+    s = np.einsum("bqhd,bkhd->bhqk", q, kk) / np.sqrt(k)
+    s = np.where(mask[:, None], s, -np.inf)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a = a / a.sum(-1, keepdims=True)
+    o = np.einsum("bhqk,bkhd->bqhd", a, v) / (1 + np.exp(-g))
+    x = x + o.reshape(*x.shape[:2], h * k) @ w["o_proj"].reshape(h * k, d)
+    hN = _rms(x, cfg.norm_eps)
+    gu = hN @ w["gate_up_proj"].reshape(d, -1)
+    gate, up = np.split(gu, 2, axis=-1)
+    x = x + (gate / (1 + np.exp(-gate)) * up) @ w["down_proj"]
+  return _rms(x, cfg.norm_eps)
+
+
+def numpy_forward(cfg: hrm_jax.ModelConfig, variables, batch) -> np.ndarray:
+  """Logits [B, S, V] of every arch by plain loops over the reference recursion."""
+  import jax
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
+                             nn.unbox(variables["params"]))
+  x = p["embed_tokens"][batch["inputs"]] * cfg.embedding_scale
+  core = p["core"]
+  run = lambda name, z: _np_stack(core[name], z, batch, cfg)
+  z0 = None
+  if "buffers" in variables:
+    z0 = np.broadcast_to(np.asarray(variables["buffers"]["core"]["z_L_init"], np.float64), x.shape)
+  if cfg.family in ("hrm", "trm"):
+    H = "H" if cfg.family == "hrm" else "L"
+    z_H, z_L = x, z0
+    for _ in range(cfg.H_cycles):
+      for _ in range(cfg.L_cycles):
+        z_L = run("L", z_L + z_H)
+      z_H = run(H, z_H + z_L)
+    out = z_H
+  elif cfg.family == "transformer":
+    out = run("stack", x)
+  elif cfg.family == "rins":
+    z = z0
+    for _ in range(cfg.L_cycles):
+      z = run("L", z + x)
+    out = run("H", z)
+  else:  # ut
+    z = z0
+    for _ in range(cfg.cycles):
+      z = run("L", z + x)
+    out = z
+  return out @ p["lm_head"]["kernel"]

@@ -1,0 +1,154 @@
+"""LanguageModel: numerics against an independent NumPy transcription, PrefixLM semantics,
+dtypes and compilation behaviour."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hrm_jax
+from helpers import numpy_forward, pack_rows, random_rows, tiny_config
+
+SEQ = 16
+
+
+@functools.lru_cache(maxsize=None)
+def model_and_vars(arch: str = "hrm", **overrides):
+  cfg = tiny_config(arch, **overrides)
+  model = hrm_jax.LanguageModel(cfg)
+  batch = random_rows(np.random.default_rng(0), 2, SEQ, cfg.vocab_size)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), batch)
+  return cfg, model, variables, jax.jit(model.apply)
+
+
+@pytest.mark.parametrize("arch", hrm_jax.ARCHS)
+def test_logits_match_numpy_reference(arch):
+  cfg, _, variables, apply = model_and_vars(arch)
+  batch = random_rows(np.random.default_rng(3), 2, SEQ, cfg.vocab_size)
+  logits = np.asarray(apply(variables, batch))
+  assert logits.shape == (2, SEQ, cfg.vocab_size) and logits.dtype == np.float32
+  ref = numpy_forward(cfg, variables, batch)
+  real = batch["segment_ids"] > 0
+  np.testing.assert_allclose(logits[real], ref[real], rtol=1e-4, atol=1e-4)
+
+
+def test_hl_cycles_other_than_2_3_match_numpy_reference():
+  cfg, _, variables, apply = model_and_vars("hrm", H_cycles=3, L_cycles=2)
+  batch = random_rows(np.random.default_rng(4), 2, SEQ, cfg.vocab_size)
+  ref = numpy_forward(cfg, variables, batch)
+  real = batch["segment_ids"] > 0
+  np.testing.assert_allclose(np.asarray(apply(variables, batch))[real], ref[real],
+                             rtol=1e-4, atol=1e-4)
+
+
+def _one_row(prompt, response, seq=SEQ):
+  return pack_rows([[(prompt, response)]], seq)
+
+
+def test_later_prompt_token_changes_earlier_prompt_logits():
+  _, _, variables, apply = model_and_vars()
+  a = _one_row([5, 6, 7, 8], [9, 10, 11])
+  b = _one_row([5, 6, 7, 20], [9, 10, 11])
+  la, lb = np.asarray(apply(variables, a)), np.asarray(apply(variables, b))
+  for pos in range(3):  # prompt tokens before the change see it (bidirectional prefix)
+    assert np.abs(la[0, pos] - lb[0, pos]).max() > 1e-4
+
+
+def test_response_token_never_changes_logits_before_it():
+  _, _, variables, apply = model_and_vars()
+  a = _one_row([5, 6, 7], [9, 10, 11, 12, 13])
+  b = _one_row([5, 6, 7], [9, 10, 30, 12, 13])
+  la, lb = np.asarray(apply(variables, a)), np.asarray(apply(variables, b))
+  np.testing.assert_array_equal(la[0, :5], lb[0, :5])
+  assert np.abs(la[0, 5:8] - lb[0, 5:8]).max() > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["hrm", "transformer"])
+def test_packed_examples_equal_each_alone(arch):
+  _, _, variables, apply = model_and_vars(arch)
+  ex1, ex2 = ([3, 4, 5], [6, 7, 8]), ([9, 10], [11, 12, 13, 14])
+  packed = np.asarray(apply(variables, pack_rows([[ex1, ex2]], SEQ)))
+  alone1 = np.asarray(apply(variables, pack_rows([[ex1]], SEQ)))
+  alone2 = np.asarray(apply(variables, pack_rows([[ex2]], SEQ)))
+  np.testing.assert_allclose(packed[0, :6], alone1[0, :6], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(packed[0, 6:12], alone2[0, :6], rtol=1e-5, atol=1e-5)
+
+
+def test_padding_does_not_leak():
+  _, _, variables, apply = model_and_vars()
+  a = _one_row([3, 4, 5], [6, 7])
+  b = {k: v.copy() for k, v in a.items()}
+  b["inputs"][0, 5:] = 17  # different padding tokens and positions
+  b["positions"][0, 5:] = np.arange(SEQ - 5)
+  la, lb = np.asarray(apply(variables, a)), np.asarray(apply(variables, b))
+  np.testing.assert_array_equal(la[0, :5], lb[0, :5])
+  assert np.isfinite(la).all() and np.isfinite(lb).all()
+
+
+def test_z_L_init_is_a_fixed_buffer_that_matters():
+  cfg, _, variables, apply = model_and_vars()
+  z = variables["buffers"]["core"]["z_L_init"]
+  assert z.shape == (cfg.hidden_size,) and 0.5 < float(jnp.std(z)) < 1.5
+  assert "z_L_init" not in str(jax.tree_util.tree_structure(variables["params"]))
+  batch = _one_row([3, 4], [5, 6])
+  zero = {**variables, "buffers": {"core": {"z_L_init": jnp.zeros_like(z)}}}
+  assert np.abs(np.asarray(apply(variables, batch)) - np.asarray(apply(zero, batch))).max() > 1e-4
+
+
+def test_bfloat16_forward_is_finite_with_float32_logits():
+  cfg = tiny_config("hrm", dtype="bfloat16")
+  model = hrm_jax.LanguageModel(cfg)
+  batch = random_rows(np.random.default_rng(0), 2, SEQ, cfg.vocab_size)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), batch)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables))
+  logits = jax.jit(model.apply)(variables, batch)
+  assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
+  # The activations really run in bfloat16.
+  jaxpr = str(jax.make_jaxpr(model.apply)(variables, batch))
+  assert "bf16[2,16,32]" in jaxpr
+
+
+@pytest.mark.parametrize("arch", ["trm", "rins", "ut", "transformer", "trm_match_recurrence"])
+def test_baselines_forward_and_backward(arch):
+  cfg, model, variables, _ = model_and_vars(arch)
+  batch = random_rows(np.random.default_rng(1), 2, SEQ, cfg.vocab_size)
+  bp = hrm_jax.bp_steps_at(0, 100, cfg)
+
+  @jax.jit
+  def grads(params):
+    return jax.grad(lambda p: model.apply({**variables, "params": p}, batch, bp_steps=bp)
+                    .mean())(params)
+
+  g = grads(variables["params"])
+  for leaf in jax.tree_util.tree_leaves(g):
+    assert np.isfinite(np.asarray(leaf)).all()
+  assert float(jnp.abs(g["lm_head"]["kernel"].value).max()) > 0
+
+
+def test_jit_compiles_once_per_bp_steps():
+  cfg, model, variables, _ = model_and_vars()
+  traces = []
+
+  @functools.partial(jax.jit, static_argnums=2)
+  def step(params, batch, bp_steps):
+    traces.append(bp_steps)
+    return jax.grad(lambda p: model.apply({**variables, "params": p}, batch,
+                                          bp_steps=bp_steps).sum())(params)
+
+  rng = np.random.default_rng(0)
+  for bp in (2, 3, 2, 3, 2):
+    step(variables["params"], random_rows(rng, 2, SEQ, cfg.vocab_size), bp)
+  assert traces == [2, 3]
+
+
+def test_batch_errors_are_clear():
+  _, model, variables, _ = model_and_vars()
+  batch = _one_row([1], [2, 3])
+  with pytest.raises(KeyError, match="missing \\['prefix_mask'\\]"):
+    model.apply(variables, {k: v for k, v in batch.items() if k != "prefix_mask"})
+  with pytest.raises(TypeError, match="static Python int"):
+    model.apply(variables, batch, bp_steps=2.0)
+  with pytest.raises(ValueError, match="bp_steps must be >= 1"):
+    model.apply(variables, batch, bp_steps=0)
