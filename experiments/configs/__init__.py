@@ -1,0 +1,53 @@
+"""Training configs, selected by name: `--config=hrm1b`, with dotted overrides.
+
+Each NAME.py beside this file defines `get_config()`; `base.py` holds the shared fields.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Sequence
+
+import ml_collections
+
+CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
+NAMES = tuple(sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
+                     if f.endswith(".py") and f not in ("__init__.py", "base.py")))
+
+
+def path_of(name_or_path: str) -> str:
+  """experiments/configs/NAME.py for a config name; a path (with optional :arg) unchanged."""
+  base = name_or_path.split(":", 1)[0]
+  if base.endswith(".py") or os.sep in base:
+    return name_or_path
+  if base not in NAMES:
+    raise ValueError(f"--config={name_or_path!r}: unknown config; valid names: {list(NAMES)}")
+  return os.path.join(CONFIG_DIR, base + ".py")
+
+
+def get(name: str) -> ml_collections.ConfigDict:
+  if name not in NAMES:
+    raise ValueError(f"unknown config {name!r}; valid names: {list(NAMES)}")
+  module = __import__(f"experiments.configs.{name}", fromlist=["get_config"])
+  return module.get_config()
+
+
+def valid_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      keys += valid_keys(v, f"{prefix}{k}.")
+    else:
+      keys.append(prefix + k)
+  return keys
+
+
+def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) -> None:
+  """Fail on `--config.some.key=...` naming a key the config does not have."""
+  keys = set(valid_keys(config))
+  for arg in argv:
+    m = re.match(r"--config\.([\w.]+)", arg)
+    if m and m.group(1) not in keys:
+      raise ValueError(f"{arg.split('=')[0]}: unknown config key {m.group(1)!r}; valid keys: "
+                       f"{sorted(keys)}")

@@ -1,0 +1,54 @@
+"""Fields shared by every training config; each named config edits a copy of this.
+
+`model` holds the preset `size` and `arch` plus any ModelConfig field to override (None =
+the preset's value, vocab_size None = the data's tokenizer vocabulary rounded up to 256).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+from ml_collections import config_dict
+
+from hrm_jax.config import ModelConfig
+
+_FIELD_TYPES = {"init_std": float, "intermediate_size": int, "head_dim": int,
+                "embedding_scale": float}
+
+
+def model_section(size: str, arch: str) -> ml_collections.ConfigDict:
+  section = {"size": size, "arch": arch}
+  for f in dataclasses.fields(ModelConfig):
+    if f.name == "arch":
+      continue
+    kind = _FIELD_TYPES.get(f.name, type(f.default))
+    section[f.name] = config_dict.placeholder(kind)
+  return ml_collections.ConfigDict(section)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = model_section("XL", "hrm")
+  c.data = ml_collections.ConfigDict(dict(
+      source="path",        # 'path' (a data_io sampled directory) or 'demo'
+      path="",
+      demo_dir="~/.cache/hrm_jax/demo",
+      rows=16,              # global rows per batch (the reference's data-parallel ranks)
+      row_len=12288,        # tokens per row: 16 x 12,288 = 196,608 tokens per batch
+      seed=0,
+      target_only=True,
+  ))
+  c.train = ml_collections.ConfigDict(dict(
+      lr=2.2e-4, b1=0.9, b2=0.95, weight_decay=0.1, ema_decay=0.9999,
+      warmup_steps=2000, lr_min_ratio=1.0, epochs=4,
+      total_steps=0,        # 0 = epochs * total_length // global batch tokens (reference)
+      max_steps=-1,         # stop early after this many steps (-1 = run to total_steps)
+      microbatches=1, seed=0, skip_nonfinite=False,
+  ))
+  c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))  # (data, fsdp, tensor)
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+  c.log = ml_collections.ConfigDict(dict(every_steps=10))
+  c.init_from = ml_collections.ConfigDict(dict(path="", use_ema=True))
+  c.demo = ml_collections.ConfigDict(dict(show_answers=0))
+  return c

@@ -1,0 +1,1 @@
+"""Training: state, the jitted step, checkpoints, metrics and the loop."""

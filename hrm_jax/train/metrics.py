@@ -1,0 +1,99 @@
+"""Logging of training metrics: metrics.jsonl, TensorBoard events, a progress line, MFU."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 peak FLOP/s per device (vendor figures).
+PEAK_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12, "A100": 312e12,
+    "L4": 121e12, "B200": 2250e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5": 459e12,
+    "TPU v5p": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+}
+
+
+def measure_matmul_peak(n: int = 1024, dtype=jnp.float32, repeats: int = 5) -> float:
+  """FLOP/s of a large jitted matmul on the default backend (the CPU's usable peak)."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n**3 / best
+
+
+def peak_flops_per_device(device: Optional[jax.Device] = None) -> float:
+  """Vendor peak for accelerators; on CPU the measured matmul rate shared by all devices."""
+  device = device or jax.devices()[0]
+  if device.platform == "cpu":
+    return measure_matmul_peak() / jax.device_count()
+  kind = device.device_kind
+  for name in sorted(PEAK_FLOPS, key=len, reverse=True):
+    if name.lower() in kind.lower():
+      return PEAK_FLOPS[name]
+  logging.warning("unknown device kind %r: MFU is reported against 1 PFLOP/s", kind)
+  return 1e15
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step to metrics.jsonl and mirrors it to TensorBoard.
+
+  Only process 0 writes. Resumed runs append to the same files.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled and jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, values: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step)}
+    row.update({k: float(np.asarray(v)) if np.ndim(v) == 0 and not isinstance(v, str) else v
+                for k, v in values.items()})
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    for k, v in row.items():
+      if k != "step" and isinstance(v, (int, float)):
+        self._tb.add_scalar(f"train/{k}", v, int(step))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb:
+      self._tb.close()
+
+
+def format_duration(seconds: float) -> str:
+  seconds = max(0, int(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def progress_line(step: int, total: int, values: dict[str, float], seconds_per_step: float) -> str:
+  eta = format_duration((total - step) * seconds_per_step)
+  return (f"step {step}/{total} ({100.0 * step / max(total, 1):.1f}%) | "
+          f"loss {values['loss']:.4f} | acc {values['accuracy']:.3f} | "
+          f"exact {values['exact_accuracy']:.3f} | lr {values['lr']:.2e} | "
+          f"bp {values['bp_steps']} | {values['tokens_per_s']:.0f} tok/s | "
+          f"MFU {100 * values['mfu']:.1f}% | {1e3 * seconds_per_step:.0f} ms/step | ETA {eta}")

@@ -1,0 +1,86 @@
+"""One training update: loss over the global batch, optional micro-batching, Adam-atan2, EMA.
+
+The loss is sum(CE over labelled tokens) / count(labelled tokens) of the whole global batch
+(REFERENCE section 3); micro-batches add their share of that sum, so accumulating them gives
+exactly the full-batch gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from hrm_jax import loss as loss_lib
+from hrm_jax import optim
+from hrm_jax.models import LanguageModel
+from hrm_jax.train.state import TrainState
+
+MODEL_KEYS = ("inputs", "positions", "segment_ids", "prefix_mask")
+
+
+def _microbatch_sums(model: LanguageModel, params, buffers, batch, bp_steps, total_tokens):
+  """Loss share and metric sums of one micro-batch; the loss is what gets differentiated."""
+  logits = model.apply({"params": params, "buffers": buffers},
+                       {k: batch[k] for k in MODEL_KEYS}, bp_steps=bp_steps)
+  _, m = loss_lib.loss_and_metrics(logits, batch["labels"], batch["segment_ids"])
+  tokens = m["tokens"].astype(jnp.float32)
+  examples = m["examples"].astype(jnp.float32)
+  share = m["loss"] * tokens / jnp.maximum(total_tokens, 1.0)
+  sums = {"loss": m["loss"] * tokens, "accuracy": m["accuracy"] * tokens,
+          "exact_accuracy": m["exact_accuracy"] * examples, "tokens": tokens,
+          "examples": examples}
+  return share, sums
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: LanguageModel,
+               tx: optax.GradientTransformation, bp_steps: Optional[int], microbatches: int,
+               ema_decay: float, skip_nonfinite: bool) -> tuple[TrainState, dict[str, Any]]:
+  """batch: [rows, seq] arrays (inputs, labels, positions, segment_ids, prefix_mask)."""
+  total_tokens = jnp.sum(batch["labels"] != loss_lib.IGNORE_LABEL).astype(jnp.float32)
+  grad_fn = jax.value_and_grad(
+      functools.partial(_microbatch_sums, model), has_aux=True)
+
+  if microbatches == 1:
+    (_, sums), grads = grad_fn(state.params, state.buffers, batch, bp_steps, total_tokens)
+  else:
+    rows = batch["labels"].shape[0]
+    if rows % microbatches:
+      raise ValueError(f"train.microbatches={microbatches} does not divide {rows} rows")
+    split = jax.tree.map(
+        lambda x: x.reshape(microbatches, rows // microbatches, *x.shape[1:]), batch)
+
+    def accumulate(carry, mb):
+      grads_acc, sums_acc = carry
+      (_, sums), grads = grad_fn(state.params, state.buffers, mb, bp_steps, total_tokens)
+      return (jax.tree.map(jnp.add, grads_acc, grads),
+              jax.tree.map(jnp.add, sums_acc, sums)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    zero_sums = {k: jnp.zeros([], jnp.float32)
+                 for k in ("loss", "accuracy", "exact_accuracy", "tokens", "examples")}
+    (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), split)
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = optim.ema_update(state.ema, params, ema_decay)
+  tokens = jnp.maximum(sums["tokens"], 1.0)
+  metrics = {
+      "loss": sums["loss"] / tokens,
+      "accuracy": sums["accuracy"] / tokens,
+      "exact_accuracy": sums["exact_accuracy"] / jnp.maximum(sums["examples"], 1.0),
+      "grad_norm": optax.tree.norm(grads),
+      "tokens": sums["tokens"],
+  }
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+  metrics["nonfinite"] = ~finite
+  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
+  if skip_nonfinite:
+    keep = lambda new_x, old_x: jnp.where(finite, new_x, old_x)
+    new = new.replace(params=jax.tree.map(keep, new.params, state.params),
+                      opt_state=jax.tree.map(keep, new.opt_state, state.opt_state),
+                      ema=jax.tree.map(keep, new.ema, state.ema))
+  return new, metrics
