@@ -188,11 +188,12 @@ def _load_epoch(path: str, epoch: int, n_tokens: int, max_example: int,
   a = {f: np.asarray(v, np.int64) for f, v in arrays.items()}
   for kind in ("inst", "resp"):
     start, length = a[f"{kind}_start"], a[f"{kind}_len"]
-    for f, bad in ((f"{kind}_start", start < 0), (f"{kind}_len", length < 0),
-                   (f"{kind}_len", start + length > n_tokens)):
+    s_name, l_name = f"{kind}_start", f"{kind}_len"
+    for file, f, bad in ((files[s_name], s_name, start < 0), (files[l_name], l_name, length < 0),
+                         (files[s_name], f"{s_name}+{l_name}", start + length > n_tokens)):
       if bad.any():
         i = int(np.argmax(bad))
-        raise _fail(files[f], f, f"example {i}: span [{start[i]}, {start[i] + length[i]}) is "
+        raise _fail(file, f, f"example {i}: span [{start[i]}, {start[i] + length[i]}) is "
                     f"outside tokens.npy (length {n_tokens})")
   too_long = a["inst_len"] + a["resp_len"] - 1 > max_example
   if too_long.any():
