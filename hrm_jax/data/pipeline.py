@@ -1,0 +1,155 @@
+"""Training batches from a sampled directory: multipack plan + packing, as a grain pipeline.
+
+The global batch is `rows` rows of `row_len` tokens (the reference's data-parallel ranks, each
+with `global_batch_size / ranks` tokens). The plan of every epoch depends only on example
+lengths, so each process computes it and builds only its own rows
+[p * rows / P, (p + 1) * rows / P). Steps of all epochs form one grain MapDataset indexed by the
+global step; its iterator state (the next index) is what a checkpoint stores, so a restored
+iterator yields exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+
+from hrm_jax.data.multipack import Multipack
+from hrm_jax.data.packing import empty_rows, fill_row
+from hrm_jax.data.sampled import DataError, SampledData
+
+STATE_VERSION = 1
+
+
+class Pipeline:
+  """Packed batches of `rows` x `row_len` tokens; seed 0 keeps the directory's epoch order
+  (the reference); another seed reshuffles each epoch deterministically per (seed, epoch)."""
+
+  def __init__(self, sampled: SampledData, *, rows: int, row_len: int, seed: int = 0,
+               target_only: bool = True, process_index: int = 0, process_count: int = 1,
+               prefetch: int = 2, drop_last: bool = True):
+    if rows < 1 or row_len < 2:
+      raise ValueError(f"rows={rows} and row_len={row_len} must be >= 1 and >= 2")
+    if process_count < 1 or rows % process_count:
+      raise ValueError(f"rows={rows} must be divisible by process_count={process_count}")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    if sampled.num_epochs and max((int(sampled.examples(e).lengths.max(initial=0))
+                                   for e in range(sampled.num_epochs))) > row_len:
+      raise DataError(f"{sampled.path}: an example is longer than row_len={row_len} tokens; "
+                      "use a longer row or regenerate with a smaller max_seq_len")
+    self.sampled, self.rows, self.row_len, self.seed = sampled, rows, row_len, seed
+    self.target_only, self.drop_last, self.prefetch = target_only, drop_last, prefetch
+    self.process_index, self.process_count = process_index, process_count
+    self.local_rows = rows // process_count
+    self._row_lo = process_index * self.local_rows
+
+  @property
+  def global_batch_tokens(self) -> int:
+    return self.rows * self.row_len
+
+  @functools.lru_cache(maxsize=None)
+  def _order(self, epoch: int) -> np.ndarray:
+    n = len(self.sampled.examples(epoch))
+    if self.seed == 0:
+      return np.arange(n)
+    return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+  @functools.lru_cache(maxsize=None)
+  def plan(self, epoch: int) -> tuple[list[np.ndarray], ...]:
+    """Per step of the epoch, per global row: indices into `examples(epoch)`."""
+    order = self._order(epoch)
+    lengths = self.sampled.examples(epoch).lengths[order]
+    batches = Multipack(lengths, self.row_len, self.rows, self.drop_last).plan()
+    return tuple([order[r] for r in rows] for rows in batches)
+
+  def steps_per_epoch(self, epoch: int) -> int:
+    return len(self.plan(epoch))
+
+  def total_steps(self, epochs: int) -> int:
+    """The reference's schedule length: epochs * total_length // global batch tokens."""
+    return epochs * self.sampled.total_length // self.global_batch_tokens
+
+  def efficiency(self, epoch: int) -> float:
+    """Share of row tokens holding data (not padding) over the epoch."""
+    ex = self.sampled.examples(epoch)
+    used = sum(int(ex.lengths[r].sum()) for rows in self.plan(epoch) for r in rows)
+    return used / max(1, self.steps_per_epoch(epoch) * self.global_batch_tokens)
+
+  @functools.cached_property
+  def _offsets(self) -> np.ndarray:
+    """[num_epochs + 1] global step at which each epoch starts."""
+    steps = [self.steps_per_epoch(e) for e in range(self.sampled.num_epochs)]
+    return np.concatenate([[0], np.cumsum(steps, dtype=np.int64)])
+
+  def locate(self, step: int) -> tuple[int, int]:
+    """Global step -> (epoch, step within the epoch)."""
+    epoch = int(np.searchsorted(self._offsets, step, side="right")) - 1
+    return epoch, step - int(self._offsets[epoch])
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's rows of global step `step`: dict of [local_rows, row_len] arrays."""
+    epoch, i = self.locate(step)
+    ex, tokens = self.sampled.examples(epoch), self.sampled.tokens
+    out = empty_rows(self.local_rows, self.row_len)
+    for r, idx in enumerate(self.plan(epoch)[i][self._row_lo:self._row_lo + self.local_rows]):
+      pieces = [(tokens[s:s + n], tokens[rs:rs + rn]) for s, n, rs, rn in zip(
+          ex.inst_start[idx].tolist(), ex.inst_len[idx].tolist(),
+          ex.resp_start[idx].tolist(), ex.resp_len[idx].tolist())]
+      fill_row(out, r, pieces, self.target_only)
+    return out
+
+  def _fingerprint(self) -> dict[str, Any]:
+    return {"version": STATE_VERSION, "rows": self.rows, "row_len": self.row_len,
+            "seed": self.seed, "target_only": self.target_only, "drop_last": self.drop_last,
+            "process_index": self.process_index, "process_count": self.process_count,
+            "total_length": self.sampled.total_length, "num_epochs": self.sampled.num_epochs,
+            "total_batches": int(self._offsets[-1])}
+
+  def iterator(self, start_epoch: int = 0) -> "PipelineIterator":
+    """All batches from `start_epoch` to the last epoch, in order."""
+    if not 0 <= start_epoch <= self.sampled.num_epochs:
+      raise ValueError(f"start_epoch={start_epoch} outside [0, {self.sampled.num_epochs}]")
+    return PipelineIterator(self, int(self._offsets[start_epoch]))
+
+
+class PipelineIterator(Iterator[dict[str, np.ndarray]]):
+  """Iterator over batches with checkpointable state (grain's, plus a layout check)."""
+
+  def __init__(self, pipeline: Pipeline, start_step: int):
+    self.pipeline = pipeline
+    total = int(pipeline._offsets[-1])
+    threads = min(pipeline.prefetch, 4)
+    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=pipeline.prefetch)
+    self._dataset = grain.MapDataset.range(total).map(pipeline.batch).to_iter_dataset(options)
+    self._it = iter(self._dataset)
+    if start_step:
+      self._it.set_state({**self._it.get_state(), "next_index": start_step})
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._it)
+
+  @property
+  def next_step(self) -> int:
+    """The global step of the batch `next` returns."""
+    return int(self._it.get_state()["next_index"])
+
+  @property
+  def epoch(self) -> int:
+    """The epoch of the next batch (num_epochs once exhausted)."""
+    step = self.next_step
+    if step >= int(self.pipeline._offsets[-1]):
+      return self.pipeline.sampled.num_epochs
+    return self.pipeline.locate(step)[0]
+
+  def get_state(self) -> dict[str, Any]:
+    return {"grain": self._it.get_state(), "pipeline": self.pipeline._fingerprint()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    want, have = self.pipeline._fingerprint(), state.get("pipeline")
+    if want != have:
+      raise DataError(f"iterator state was saved by a different pipeline or data: saved "
+                      f"{have}, this pipeline {want}")
+    self._it.set_state(state["grain"])

@@ -1,0 +1,157 @@
+"""Tokenizer with the HRM-Text prompt format (REFERENCE section 5).
+
+A prompt is `boq + condition tokens + text + eoq`, a response `text + eoa`. Text is always
+encoded with special-token strings treated as plain text: the special ids come only from the
+format, so a user cannot inject a fake end of question.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import tokenizers
+
+# REFERENCE defaults (the Qwen-style markers of the released tokenizer).
+DEFAULT_BOQ = "<|im_start|>"
+DEFAULT_EOQ = "<|im_end|>"
+DEFAULT_EOA = "<|box_end|>"
+DEFAULT_CONDITIONS = {
+    "direct": "<|object_ref_start|>",
+    "cot": "<|object_ref_end|>",
+    "noisy": "<|quad_start|>",
+    "synth": "<|quad_end|>",
+}
+
+
+def round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerInfo:
+  """The `tokenizer_info` record of a data_io directory (vocab_size = tokenizer vocab)."""
+  tokenizer_path: str
+  boq: str
+  eoq: str
+  eoa: str
+  condition_mapping: dict[str, str]
+  vocab_size: int
+
+  @classmethod
+  def default(cls, tokenizer_path: str, vocab_size: int) -> "TokenizerInfo":
+    return cls(tokenizer_path, DEFAULT_BOQ, DEFAULT_EOQ, DEFAULT_EOA, dict(DEFAULT_CONDITIONS),
+               int(vocab_size))
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "TokenizerInfo":
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [n for n in names if n not in d]
+    if missing:
+      raise ValueError(f"tokenizer_info lacks field(s) {missing}")
+    mapping = d["condition_mapping"]
+    if not isinstance(mapping, Mapping):
+      raise ValueError("tokenizer_info field 'condition_mapping' must be an object")
+    return cls(str(d["tokenizer_path"]), str(d["boq"]), str(d["eoq"]), str(d["eoa"]),
+               {str(k): str(v) for k, v in mapping.items()}, int(d["vocab_size"]))
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+class Tokenizer:
+  """A `tokenizers.Tokenizer` plus the special ids of the HRM-Text format."""
+
+  def __init__(self, tok: tokenizers.Tokenizer, info: TokenizerInfo):
+    self._tok = tok
+    self._tok.encode_special_tokens = True  # special strings inside text stay plain text
+    self.info = info
+    self.boq_id = self._id(info.boq, "boq")
+    self.eoq_id = self._id(info.eoq, "eoq")
+    self.eoa_id = self._id(info.eoa, "eoa")
+    self.condition_ids = {k: self._id(v, f"condition_mapping[{k!r}]")
+                          for k, v in info.condition_mapping.items()}
+
+  def _id(self, token: str, field: str) -> int:
+    tid = self._tok.token_to_id(token)
+    if tid is None:
+      raise ValueError(f"tokenizer_info field {field}: token {token!r} is not in the vocabulary")
+    return tid
+
+  @classmethod
+  def load(cls, tokenizer_json: str,
+           info: TokenizerInfo | Mapping[str, Any] | str | None = None) -> "Tokenizer":
+    """`info` may be a TokenizerInfo, its dict, a JSON file path, or None (a
+    `tokenizer_info.json` beside the tokenizer, else the REFERENCE defaults)."""
+    tok = tokenizers.Tokenizer.from_file(tokenizer_json)
+    if info is None:
+      beside = os.path.join(os.path.dirname(os.path.abspath(tokenizer_json)), "tokenizer_info.json")
+      info = beside if os.path.exists(beside) else TokenizerInfo.default(
+          tokenizer_json, tok.get_vocab_size(with_added_tokens=True))
+    if isinstance(info, str):
+      with open(info) as f:
+        info = json.load(f)
+    if not isinstance(info, TokenizerInfo):
+      info = TokenizerInfo.from_dict(info)
+    return cls(tok, info)
+
+  @property
+  def tokenizer_vocab_size(self) -> int:
+    return self._tok.get_vocab_size(with_added_tokens=True)
+
+  @property
+  def vocab_size(self) -> int:
+    """The model vocabulary: round_up(tokenizer vocab, 256)."""
+    return round_up(self.tokenizer_vocab_size, 256)
+
+  def encode_text(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
+    """encode_text of many texts at once (in parallel inside `tokenizers`)."""
+    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  def condition_tokens(self, condition: str | Sequence[str]) -> list[int]:
+    tags = condition.split(",") if isinstance(condition, str) else list(condition)
+    out = []
+    for tag in (t.strip() for t in tags):
+      if tag not in self.condition_ids:
+        raise ValueError(f"unknown condition {tag!r}; known: {sorted(self.condition_ids)}")
+      out.append(self.condition_ids[tag])
+    return out
+
+  def format_prompt(self, text: str, condition: str | Sequence[str] = "direct") -> list[int]:
+    return [self.boq_id, *self.condition_tokens(condition), *self.encode_text(text), self.eoq_id]
+
+  def format_response(self, text: str) -> list[int]:
+    return [*self.encode_text(text), self.eoa_id]
+
+  def save(self, path: str) -> None:
+    self._tok.save(path)
+
+
+def load(path: str) -> Tokenizer:
+  """A tokenizer.json, or a directory with tokenizer.json and tokenizer_info.json (or a
+  data_io directory whose metadata.json holds `tokenizer_info`)."""
+  if os.path.isfile(path):
+    return Tokenizer.load(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no tokenizer at {path}")
+  info: Any = None
+  if os.path.exists(os.path.join(path, "tokenizer_info.json")):
+    info = os.path.join(path, "tokenizer_info.json")
+  elif os.path.exists(os.path.join(path, "metadata.json")):
+    with open(os.path.join(path, "metadata.json")) as f:
+      info = json.load(f).get("tokenizer_info")
+  tok_json = os.path.join(path, "tokenizer.json")
+  if not os.path.exists(tok_json) and isinstance(info, Mapping):
+    candidate = str(info.get("tokenizer_path", ""))
+    tok_json = candidate if os.path.isfile(candidate) else os.path.join(candidate, "tokenizer.json")
+  if not os.path.exists(tok_json):
+    raise FileNotFoundError(f"{path}: no tokenizer.json found")
+  return Tokenizer.load(tok_json, info)
