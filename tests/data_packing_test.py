@@ -99,7 +99,7 @@ def ref_load_batch(tokens, ex, indices, c, target_only):
 def random_examples(rng, n, max_inst=12, max_resp=12, vocab=50):
   inst_len = rng.integers(1, max_inst + 1, n)
   resp_len = rng.integers(2, max_resp + 1, n)
-  tokens, ex = data.sampled.concat_examples(
+  tokens, ex = data.concat_examples(
       [rng.integers(1, vocab, k).tolist() for k in inst_len],
       [rng.integers(1, vocab, k).tolist() for k in resp_len])
   return tokens, ex
@@ -171,6 +171,11 @@ def test_pipeline_batches_match_reference_end_to_end(tmp_path):
       np.testing.assert_array_equal(g["inputs"][r], w[r][0])
       np.testing.assert_array_equal(g["labels"][r], w[r][1])
       np.testing.assert_array_equal(g["positions"][r], w[r][2])
+
+
+def test_ignore_label_is_the_models():
+  import hrm_jax
+  assert packing.IGNORE_LABEL == hrm_jax.IGNORE_LABEL == IGNORE
 
 
 def test_fill_row_rejects_overflow_and_degenerate_examples():

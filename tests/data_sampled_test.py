@@ -18,7 +18,7 @@ def make_dir(tmp_path, n=30, epochs=2, max_seq_len=64, resp_lens=None):
   inst = [rng.integers(0, 300, int(k)).tolist() for k in rng.integers(2, 10, n)]
   resp = [rng.integers(0, 300, int(k)).tolist()
           for k in (resp_lens if resp_lens is not None else rng.integers(2, 10, n))]
-  tokens, ex = data.sampled.concat_examples(inst, resp)
+  tokens, ex = data.concat_examples(inst, resp)
   path = str(tmp_path / "d")
   data.write_sampled(path, tokens=tokens, examples=ex, tokenizer_info=INFO,
                      max_seq_len=max_seq_len, epochs=epochs)

@@ -11,10 +11,11 @@ from hrm_jax.data.multipack import Multipack, lpt_assign, lpt_fits
 from hrm_jax.data.packing import IGNORE_LABEL, pack_rows
 from hrm_jax.data.pipeline import Pipeline, PipelineIterator
 from hrm_jax.data.prepare import PrepareSummary, prepare_jsonl
-from hrm_jax.data.sampled import DataError, Examples, SampledData, open_sampled, write_sampled
+from hrm_jax.data.sampled import (DataError, Examples, SampledData, concat_examples, open_sampled,
+                                  write_sampled)
 
 __all__ = [
     "DataError", "DemoData", "Examples", "IGNORE_LABEL", "Multipack", "Pipeline",
-    "PipelineIterator", "PrepareSummary", "SampledData", "ensure_demo_data", "lpt_assign",
-    "lpt_fits", "open_sampled", "pack_rows", "prepare_jsonl", "write_sampled",
+    "PipelineIterator", "PrepareSummary", "SampledData", "concat_examples", "ensure_demo_data",
+    "lpt_assign", "lpt_fits", "open_sampled", "pack_rows", "prepare_jsonl", "write_sampled",
 ]

@@ -138,11 +138,11 @@ def _read_metadata(path: str) -> dict[str, Any]:
       raise _fail(file, f"tokenizer_info.{key}", "missing or not a string")
   if not isinstance(info.get("condition_mapping"), dict):
     raise _fail(file, "tokenizer_info.condition_mapping", "missing or not an object")
-  for key, owner in (("vocab_size", info), ("max_seq_len", meta), ("total_length", meta)):
-    name = "tokenizer_info.vocab_size" if owner is info else key
-    value = owner.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < (2 if key != "total_length" else 0):
-      raise _fail(file, name, f"must be an integer >= {2 if key != 'total_length' else 0}, got {value!r}")
+  for name, value, low in (("tokenizer_info.vocab_size", info.get("vocab_size"), 2),
+                           ("max_seq_len", meta.get("max_seq_len"), 2),
+                           ("total_length", meta.get("total_length"), 0)):
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      raise _fail(file, name, f"must be an integer >= {low}, got {value!r}")
   return meta
 
 
