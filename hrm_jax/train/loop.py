@@ -103,9 +103,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                                seed=cfg.data.seed, target_only=cfg.data.target_only,
                                process_index=jax.process_index(),
                                process_count=jax.process_count())
+  # The schedules (lr, bp_steps) run over total_steps; max_steps only stops early, so a
+  # run stopped at max_steps and resumed later follows the same trajectory.
   total_steps = cfg.train.total_steps or pipeline.total_steps(cfg.train.epochs)
-  if cfg.train.max_steps > 0:
-    total_steps = min(total_steps, cfg.train.max_steps)
+  stop_at = total_steps if cfg.train.max_steps < 0 else min(total_steps, cfg.train.max_steps)
   schedule = optim.warmup_cosine(cfg.train.lr, cfg.train.warmup_steps, total_steps,
                                  cfg.train.lr_min_ratio)
   tx = optim.adam_atan2(schedule, cfg.train.b1, cfg.train.b2, cfg.train.weight_decay)
@@ -135,7 +136,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
           state.params, shardings.params)
       params = ckpt_lib.restore_params(cfg.init_from.path, cfg.init_from.use_ema,
                                        abstract_params, model_config)
-      state = state.replace(params=params, ema=params)
+      # Separate buffers: params and ema are donated to the step independently.
+      state = state.replace(params=params, ema=jax.tree.map(jnp.copy, params))
       if is_main:
         print(f"Initialised weights from {cfg.init_from.path} "
               f"({'EMA' if cfg.init_from.use_ema else 'params'}); fresh optimizer", flush=True)
@@ -173,8 +175,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     check_finite()
     ckpt_lib.save(mngr, step, state, iterator.get_state(), saved_config, force=force)
 
-  with _Preemption() as preemption, mesh:
-    while step < total_steps:
+  with _Preemption() as preemption:
+    while step < stop_at:
       try:
         local = next(iterator)
       except StopIteration:
@@ -187,7 +189,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
       first_bad = jnp.where((first_bad < 0) & metrics["nonfinite"], step + 1, first_bad)
       step += 1
       window_steps += 1
-      if step % cfg.log.every_steps == 0 or step == total_steps:
+      if step % cfg.log.every_steps == 0 or step == stop_at:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         elapsed = time.perf_counter() - window_start
         sec_per_step = elapsed / window_steps
@@ -198,7 +200,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         last = values
         writer.write(step, values)
         if is_main:
-          print(metrics_lib.progress_line(step, total_steps, values, sec_per_step), flush=True)
+          print(metrics_lib.progress_line(step, stop_at, values, sec_per_step), flush=True)
         check_finite()
         window_start, window_steps = time.perf_counter(), 0
       if preemption.requested.is_set() or mngr.reached_preemption(step):

@@ -73,9 +73,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Languag
       "accuracy": sums["accuracy"] / tokens,
       "exact_accuracy": sums["exact_accuracy"] / jnp.maximum(sums["examples"], 1.0),
       "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(params),
       "tokens": sums["tokens"],
   }
-  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+  # A step is bad if its loss or gradient is non-finite, or if it made the params so.
+  finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            & jnp.isfinite(metrics["param_norm"]))
   metrics["nonfinite"] = ~finite
   new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
   if skip_nonfinite:
