@@ -2,10 +2,13 @@
 
 Where things are: the H/L recursion in `hrm_jax/models/hrm.py`, each baseline beside it,
 layers in `layers.py`, attention kernels in `attention.py`, truncated backprop in
-`truncation.py`, loss and metrics in `loss.py`.
+`truncation.py`, loss and metrics in `loss.py`, KV-cache generation in `decode.py`, Hugging
+Face checkpoints in `hf.py`.
 """
 
+from hrm_jax import hf
 from hrm_jax.config import ARCHS, SIZES, ModelConfig, model_config
+from hrm_jax.decode import generate
 from hrm_jax.loss import IGNORE_LABEL, loss_and_metrics
 from hrm_jax.models import LanguageModel
 from hrm_jax.params import count_params
@@ -13,5 +16,5 @@ from hrm_jax.truncation import bp_steps_at
 
 __all__ = [
     "ARCHS", "SIZES", "IGNORE_LABEL", "LanguageModel", "ModelConfig", "bp_steps_at",
-    "count_params", "loss_and_metrics", "model_config",
+    "count_params", "generate", "hf", "loss_and_metrics", "model_config",
 ]

@@ -25,6 +25,17 @@ class MaskInfo(NamedTuple):
   dense: Optional[jax.Array] = None  # [B, S, S] bool: query x key -> visible
 
 
+class CacheStep(NamedTuple):
+  """Decoding with a KV cache: where this call's tokens go and what each may see.
+
+  Each attention layer keeps its keys/values in the 'cache' collection ([B, T, H, K]);
+  the tokens of this call are written at slots index.. and attend to all T slots by mask.
+  """
+
+  index: jax.Array  # scalar int32: cache slot of the first token of this call
+  mask_BxSxT: jax.Array  # bool: query x cache slot -> visible
+
+
 def prefix_lm_mask(segment_ids_BxS: jax.Array, prefix_mask_BxS: jax.Array) -> jax.Array:
   """Boolean visibility [B, S(query), S(key)] of PrefixLM attention over packed rows."""
   chex.assert_rank([segment_ids_BxS, prefix_mask_BxS], 2)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import chex
 import flax.linen as nn
@@ -65,10 +65,15 @@ class SeqInfo(NamedTuple):
   cos: jax.Array  # [B, S, K] float32
   sin: jax.Array  # [B, S, K] float32
   mask: attention.MaskInfo
+  cache: Optional[attention.CacheStep] = None  # set when decoding with a KV cache
 
 
-def make_seq_info(config: ModelConfig, batch: dict[str, jax.Array]) -> SeqInfo:
+def make_seq_info(config: ModelConfig, batch: dict[str, jax.Array],
+                  cache: Optional[attention.CacheStep] = None) -> SeqInfo:
   cos, sin = rope_tables(batch["positions"], config.head_dim, config.rope_theta)
+  if cache is not None:  # the cache mask replaces the in-batch one
+    return SeqInfo(cos, sin, attention.MaskInfo(batch["segment_ids"],
+                                                batch["prefix_mask"].astype(bool)), cache)
   mask = attention.make_mask_info(batch["segment_ids"], batch["prefix_mask"],
                                   config.attention_impl)
   return SeqInfo(cos, sin, mask)
@@ -112,10 +117,29 @@ class Attention(nn.Module):
     gate, q, k, v = (gqkv_BxSx4xHxK[:, :, i] for i in range(4))
     q = apply_rope(q, seq.cos, seq.sin)
     k = apply_rope(k, seq.cos, seq.sin)
-    out_BxSxHxK = attention.attend(q, k, v, seq.mask, c.attention_impl)
+    if seq.cache is None:
+      out_BxSxHxK = attention.attend(q, k, v, seq.mask, c.attention_impl)
+    else:
+      k, v = self.write_cache(k, v, seq.cache)
+      out_BxSxHxK = attention.dense_attention(q, k, v, seq.cache.mask_BxSxT)
     out_BxSxHxK = checkpoint_name(jax.nn.sigmoid(gate) * out_BxSxHxK, "attn_out")
     return dense((c.hidden_size,), ("heads", "head_dim", "embed"), stds["attn_out"], n_in=2,
                  name="o_proj")(out_BxSxHxK)
+
+  def write_cache(self, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
+                  step: attention.CacheStep) -> tuple[jax.Array, jax.Array]:
+    """Store this call's keys/values at slots step.index.. and return the whole cache.
+
+    The cache variables are created (zeros, [B, T, H, K]) by the first call with the
+    'cache' collection mutable; scans over layers and passes give each (pass, layer) a slot.
+    """
+    b, _, h, k = k_BxSxHxK.shape
+    shape = (b, step.mask_BxSxT.shape[-1], h, k)
+    cached = [self.variable("cache", name, jnp.zeros, shape, k_BxSxHxK.dtype)
+              for name in ("cached_key", "cached_value")]
+    for var, new in zip(cached, (k_BxSxHxK, v_BxSxHxK)):
+      var.value = jax.lax.dynamic_update_slice_in_dim(var.value, new, step.index, axis=1)
+    return cached[0].value, cached[1].value
 
 
 class SwiGLU(nn.Module):
@@ -174,7 +198,7 @@ class Stack(nn.Module):
     if c.remat_policy != "none":
       block = nn.remat(Block, policy=policy, prevent_cse=False)
     layers = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True},
+        block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast,), length=c.layers_per_stack,
         metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
     x_BxSxD, _ = layers(x_BxSxD.astype(c.dtype), seq)

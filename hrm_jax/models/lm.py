@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hrm_jax import truncation
+from hrm_jax import attention, truncation
 from hrm_jax.config import ModelConfig
 from hrm_jax.layers import Linear, make_seq_info, trunc_normal
 from hrm_jax.models.hrm import HRM
@@ -43,12 +43,14 @@ class LanguageModel(nn.Module):
   `apply(variables, batch, bp_steps=None) -> logits [B, S, V]` in float32. `batch` holds
   [B, S] arrays `inputs`, `positions`, `segment_ids` (0 = padding) and bool `prefix_mask`.
   `bp_steps` (a static int) truncates backprop to the last passes; None = full gradient.
+  `cache` switches on KV-cache decoding (apply with mutable=["cache"]; see hrm_jax.generate).
   """
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, batch: dict[str, jax.Array], bp_steps: Optional[int] = None) -> jax.Array:
+  def __call__(self, batch: dict[str, jax.Array], bp_steps: Optional[int] = None,
+               cache: Optional[attention.CacheStep] = None) -> jax.Array:
     c = self.config
     check_batch(batch)
     truncation.check_bp_steps(bp_steps)
@@ -57,7 +59,7 @@ class LanguageModel(nn.Module):
         "embed_tokens", nn.with_logical_partitioning(trunc_normal(in_std), ("vocab", "embed")),
         (c.vocab_size, c.hidden_size), jnp.dtype(c.param_dtype))
     x_BxSxD = (jnp.take(embed_VxD, batch["inputs"], axis=0) * c.embedding_scale).astype(c.dtype)
-    seq = make_seq_info(c, batch)
+    seq = make_seq_info(c, batch, cache)
     z_BxSxD = CORES[c.family](c, name="core")(x_BxSxD, seq, bp_steps)
     logits_BxSxV = Linear((c.vocab_size,), ("embed", "vocab"), in_std, dtype=c.dtype,
                           param_dtype=c.param_dtype, name="lm_head")(z_BxSxD)

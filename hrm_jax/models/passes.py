@@ -19,6 +19,8 @@ from hrm_jax.layers import SeqInfo
 
 # Collections shared (not scanned) by every pass: weights and the fixed buffers (z_L_init).
 BROADCAST = ("params", "buffers")
+# Collections with one entry per pass: the KV cache (one slot per pass and layer).
+PER_PASS = {"cache": 0}
 
 Flags = Union[None, np.ndarray, jax.Array]  # None = every pass has gradient
 
@@ -55,6 +57,7 @@ def repeat(stack: nn.Module, z_BxSxD: jax.Array, injection_BxSxD: Optional[jax.A
   else:
     body = lambda m, z, g: (one_pass(m, z, injection_BxSxD, seq, g), None)
     xs = jnp.asarray(grads)
-  scan = nn.scan(body, variable_broadcast=BROADCAST, split_rngs={"params": False}, length=n)
+  scan = nn.scan(body, variable_broadcast=BROADCAST, variable_axes=PER_PASS,
+                 split_rngs={"params": False}, length=n)
   z_BxSxD, _ = scan(stack, z_BxSxD, xs)
   return z_BxSxD

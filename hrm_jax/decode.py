@@ -1,0 +1,160 @@
+"""Generation with a KV cache: PrefixLM prefill, then a compiled one-token decode loop.
+
+The whole prompt is always the bidirectional prefix (REFERENCE sections 2 and 6): prefill
+builds the PrefixLM mask itself, so no caller can forget it. Rows are left-padded to a
+common prompt length; positions restart at 0 at each row's first real token and padding is
+never attended by real tokens. Prompt lengths and generation lengths are rounded up to
+powers of two, so a handful of shapes cover every request (no compile per prompt length).
+
+The cache has one slot per (pass, layer) (`H_cycles * (L_cycles + 1) * layers_per_stack`
+for HRM): attention layers store keys/values in the 'cache' collection and the scans over
+layers and passes stack them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hrm_jax import attention
+from hrm_jax.config import ModelConfig
+from hrm_jax.models import LanguageModel
+
+Cache = Any  # the 'cache' collection: a pytree of [passes..., layers, B, T, H, K] arrays
+MIN_BUCKET = 16
+
+
+def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
+  """The power of two >= max(n, minimum): padded lengths, to bound recompilation."""
+  return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+
+
+def _check_arch(config: ModelConfig) -> None:
+  if config.family == "trm":
+    raise ValueError(f"KV-cache decoding does not support arch {config.arch!r}: its single "
+                     "stack plays both roles, so H and L passes would share cache slots.")
+
+
+def prefill(config: ModelConfig, variables: dict, prompt_BxP: jax.Array, pad_B: jax.Array,
+            cache_len: int) -> tuple[jax.Array, Cache]:
+  """Run left-padded prompts as one bidirectional prefix; logits [B, P, V] and a new cache.
+
+  `pad_B` is the number of left padding tokens of each row; the cache has `cache_len` slots
+  (prompt slots first).
+  """
+  _check_arch(config)
+  b, p = prompt_BxP.shape
+  idx_P = jnp.arange(p)
+  real_BxP = idx_P[None] >= pad_B[:, None]
+  batch = {"inputs": prompt_BxP, "positions": jnp.maximum(idx_P[None] - pad_B[:, None], 0),
+           "segment_ids": real_BxP.astype(jnp.int32), "prefix_mask": real_BxP}
+  mask_BxPxP = attention.prefix_lm_mask(batch["segment_ids"], real_BxP)
+  mask_BxPxT = jnp.pad(mask_BxPxP, ((0, 0), (0, 0), (0, cache_len - p)))
+  logits_BxPxV, state = LanguageModel(config).apply(
+      variables, batch, cache=attention.CacheStep(jnp.int32(0), mask_BxPxT), mutable=["cache"])
+  return logits_BxPxV, state["cache"]
+
+
+def decode_step(config: ModelConfig, variables: dict, cache: Cache, token_B: jax.Array,
+                slot: jax.Array, pad_B: jax.Array) -> tuple[jax.Array, Cache]:
+  """One causal token per row at cache slot `slot` (same for all rows); logits [B, V]."""
+  t = jax.tree_util.tree_leaves(cache)[0].shape[-3]
+  slots_T = jnp.arange(t)
+  mask_Bx1xT = ((slots_T[None] >= pad_B[:, None]) & (slots_T[None] <= slot))[:, None]
+  ones_Bx1 = jnp.ones((token_B.shape[0], 1), jnp.int32)
+  batch = {"inputs": token_B[:, None], "positions": (slot - pad_B)[:, None],
+           "segment_ids": ones_Bx1, "prefix_mask": ones_Bx1 == 0}
+  logits_Bx1xV, state = LanguageModel(config).apply(
+      {**variables, "cache": cache}, batch, cache=attention.CacheStep(slot, mask_Bx1xT),
+      mutable=["cache"])
+  return logits_Bx1xV[:, 0], state["cache"]
+
+
+def sample(logits_BxV: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
+           greedy: bool) -> jax.Array:
+  """Greedy argmax, or nucleus sampling at `temperature` keeping the top-`top_p` mass."""
+  if greedy:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  logits_BxV = logits_BxV / temperature
+  sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+  probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+  keep_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV < top_p  # always keeps the top token
+  cutoff_B = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1)
+  logits_BxV = jnp.where(logits_BxV >= cutoff_B[:, None], logits_BxV, -jnp.inf)
+  return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_len", "greedy"))
+def _generate(variables: dict, prompt_BxP: jax.Array, pad_B: jax.Array, max_new: jax.Array,
+              temperature: jax.Array, top_p: jax.Array, eos_id: jax.Array, rng: jax.Array, *,
+              config: ModelConfig, max_len: int, greedy: bool) -> jax.Array:
+  """Tokens [B, max_len]; entries past eos or past max_new are 0. Compiled end to end."""
+  b, p = prompt_BxP.shape
+  pick = lambda logits, step: sample(logits, jax.random.fold_in(rng, step), temperature,
+                                     top_p, greedy)
+  logits_BxPxV, cache = prefill(config, variables, prompt_BxP, pad_B, p + max_len)
+  first_B = pick(logits_BxPxV[:, -1], 0)
+  tokens_BxN = jnp.zeros((b, max_len), jnp.int32).at[:, 0].set(first_B)
+
+  def cond(state):
+    step, _, _, done_B = state
+    return (step < max_new) & ~jnp.all(done_B)
+
+  def body(state):
+    step, cache, tokens_BxN, done_B = state
+    logits_BxV, cache = decode_step(config, variables, cache, tokens_BxN[:, step - 1],
+                                    p + step - 1, pad_B)
+    next_B = jnp.where(done_B, 0, pick(logits_BxV, step))
+    return step + 1, cache, tokens_BxN.at[:, step].set(next_B), done_B | (next_B == eos_id)
+
+  state = (jnp.int32(1), cache, tokens_BxN, first_B == eos_id)
+  return jax.lax.while_loop(cond, body, state)[2]
+
+
+def generate(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]],
+             max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+             eos_id: Optional[int] = None, rng: Optional[jax.Array] = None) -> list[list[int]]:
+  """The new tokens of each prompt (up to and including eos_id, at most max_new_tokens).
+
+  temperature 0 is greedy; otherwise nucleus sampling with the explicit PRNG key `rng`.
+  Test-time depth: pass `config.replace(H_cycles=..., L_cycles=...)` (an experiment knob;
+  the parameters do not depend on the cycle counts).
+  """
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ValueError("generate: need at least one prompt and every prompt non-empty "
+                     f"(lengths {[len(p) for p in prompts]})")
+  if max_new_tokens < 1:
+    raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be >= 1")
+  if temperature < 0 or not 0 < top_p <= 1:
+    raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1 "
+                     f"(got temperature={temperature}, top_p={top_p})")
+  greedy = temperature == 0
+  if not greedy and rng is None:
+    raise ValueError("generate: sampling (temperature > 0) needs an explicit PRNG key `rng`")
+  bad = [t for p in prompts for t in p if not 0 <= t < config.vocab_size]
+  if bad:
+    raise ValueError(f"generate: token ids {sorted(set(bad))[:10]} are outside the vocabulary "
+                     f"[0, {config.vocab_size})")
+  lens = np.array([len(p) for p in prompts])
+  p_len = bucket(int(lens.max()))
+  prompt_BxP = np.zeros((len(prompts), p_len), np.int32)
+  for row, prompt in enumerate(prompts):
+    prompt_BxP[row, p_len - len(prompt):] = prompt
+  model_vars = {k: variables[k] for k in ("params", "buffers") if k in variables}
+  tokens_BxN = np.asarray(_generate(
+      nn.unbox(model_vars), prompt_BxP, (p_len - lens).astype(np.int32),
+      jnp.int32(max_new_tokens), jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
+      jnp.int32(-1 if eos_id is None else eos_id),
+      jax.random.PRNGKey(0) if rng is None else rng,
+      config=config, max_len=bucket(max_new_tokens), greedy=greedy))
+  out = []
+  for row in tokens_BxN[:, :max_new_tokens].tolist():
+    if eos_id is not None and eos_id in row:
+      row = row[:row.index(eos_id) + 1]
+    out.append(row)
+  return out

@@ -1,0 +1,234 @@
+"""Hugging Face checkpoints of `HrmTextForCausalLM` (REFERENCE section 7) <-> hrm_jax.
+
+`load` reads `config.json` plus `model.safetensors` (or shards listed in
+`model.safetensors.index.json`) with either the fused key layout of the released model
+(`attn.gqkv_proj` = gate, q, k, v; `mlp.gate_up_proj` = gate, up) or the split names of
+transformers' modules (`self_attn.{gate,q,k,v,o}_proj`, `mlp.{gate,up}_proj`), in bf16 or
+f32. `save` writes the fused layout, which transformers converts on load. Torch linear
+weights are [out, in]; hrm_jax kernels are [in, out], split by role (see layers.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from hrm_jax.config import ModelConfig
+
+MODEL_TYPE = "hrm_text"
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+STACKS = ("H", "L")
+
+
+def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
+  """ModelConfig of an hrm_text config.json; every shape field is taken as given."""
+  if hf.get("model_type") != MODEL_TYPE:
+    raise ValueError(f"{where}: model_type={hf.get('model_type')!r}, expected {MODEL_TYPE!r}")
+  need = ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+  missing = [k for k in need if k not in hf]
+  if missing:
+    raise ValueError(f"{where}: missing field(s) {missing}")
+  heads = hf["num_attention_heads"]
+  kv_heads = hf.get("num_key_value_heads") or heads
+  if kv_heads != heads:
+    raise ValueError(f"{where}: num_key_value_heads={kv_heads} != num_attention_heads={heads};"
+                     " HRM-Text uses multi-head attention")
+  # num_hidden_layers is inflated to layers * H_cycles * (L_cycles + 1) once
+  # num_layers_per_stack is set; without it, it is still the per-stack count.
+  per_stack = hf.get("num_layers_per_stack") or hf.get("num_hidden_layers")
+  if not per_stack:
+    raise ValueError(f"{where}: needs num_layers_per_stack (or num_hidden_layers)")
+  rope = hf.get("rope_parameters") or {}
+  if rope.get("rope_type", "default") != "default":
+    raise ValueError(f"{where}: rope_parameters.rope_type={rope['rope_type']!r} is not "
+                     "supported (only 'default' RoPE)")
+  scale = hf.get("embedding_scale")
+  if scale is None:
+    scale = 1.0 / hf.get("initializer_range", 0.02)
+  return ModelConfig(
+      arch="hrm", n_layers=2 * per_stack, half_layers=True, hidden_size=hf["hidden_size"],
+      num_heads=heads, head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+      intermediate_size=hf["intermediate_size"], vocab_size=hf["vocab_size"],
+      H_cycles=hf.get("H_cycles", 2), L_cycles=hf.get("L_cycles", 3),
+      norm_eps=hf.get("rms_norm_eps", 1e-6),
+      rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+      max_seq_len=hf.get("max_position_embeddings", 4096), embedding_scale=float(scale))
+
+
+def config_to_hf(c: ModelConfig) -> dict[str, Any]:
+  """config.json of `c` as transformers writes it (num_hidden_layers inflated)."""
+  if c.arch != "hrm":
+    raise ValueError(f"Hugging Face export supports arch 'hrm' only, got {c.arch!r}")
+  return {
+      "architectures": ["HrmTextForCausalLM"], "model_type": MODEL_TYPE,
+      "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+      "num_attention_heads": c.num_heads, "head_dim": c.head_dim,
+      "num_layers_per_stack": c.layers_per_stack,
+      "num_hidden_layers": c.layers_per_stack * c.H_cycles * (c.L_cycles + 1),
+      "H_cycles": c.H_cycles, "L_cycles": c.L_cycles, "vocab_size": c.vocab_size,
+      "rms_norm_eps": c.norm_eps,
+      "rope_parameters": {"rope_theta": c.rope_theta, "rope_type": "default"},
+      "max_position_embeddings": c.max_seq_len, "embedding_scale": c.embedding_scale,
+      "initializer_range": 1.0 / c.embedding_scale, "prefix_lm": True,
+      "tie_word_embeddings": False, "hidden_act": "silu", "dtype": "float32",
+  }
+
+
+def _hf_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """Every fused-layout key and its torch shape."""
+  d, hk, m = c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size
+  shapes = {"model.embed_tokens.weight": (c.vocab_size, d), "lm_head.weight": (c.vocab_size, d),
+            "model.z_L_init": (d,)}
+  for s in STACKS:
+    for n in range(c.layers_per_stack):
+      pre = f"model.{s}_module.layers.{n}"
+      shapes.update({f"{pre}.attn.gqkv_proj.weight": (4 * hk, d), f"{pre}.attn.o_proj.weight":
+                     (d, hk), f"{pre}.mlp.gate_up_proj.weight": (2 * m, d),
+                     f"{pre}.mlp.down_proj.weight": (d, m)})
+  return shapes
+
+
+# split name -> (fused name, index along the fused output, number of parts)
+_SPLIT = {
+    "self_attn.gate_proj": ("attn.gqkv_proj", 0, 4), "self_attn.q_proj": ("attn.gqkv_proj", 1, 4),
+    "self_attn.k_proj": ("attn.gqkv_proj", 2, 4), "self_attn.v_proj": ("attn.gqkv_proj", 3, 4),
+    "self_attn.o_proj": ("attn.o_proj", 0, 1),
+    "mlp.gate_proj": ("mlp.gate_up_proj", 0, 2), "mlp.up_proj": ("mlp.gate_up_proj", 1, 2),
+}
+
+
+def _read_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+  if (path / INDEX).exists():
+    files = sorted(set(json.loads((path / INDEX).read_text())["weight_map"].values()))
+  elif (path / WEIGHTS).exists():
+    files = [WEIGHTS]
+  else:
+    raise FileNotFoundError(f"{path}: neither {WEIGHTS} nor {INDEX} found")
+  tensors = {}
+  for name in files:
+    with safe_open(str(path / name), framework="np") as f:
+      for key in f.keys():
+        tensors[key] = f.get_tensor(key).astype(np.float32)
+  return tensors
+
+
+def _fuse(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Split q/k/v/gate and gate/up names -> the fused layout (other keys pass through)."""
+  fused, parts = {}, {}
+  for key, value in tensors.items():
+    split = next((s for s in _SPLIT if f".{s}.weight" in key), None)
+    if split is None:
+      fused[key] = value
+      continue
+    target, i, n = _SPLIT[split]
+    parts.setdefault(key.replace(split, target), [None] * n)[i] = (key, value)
+  for key, pieces in parts.items():
+    if any(p is None for p in pieces):
+      have = [p[0] for p in pieces if p is not None]
+      raise ValueError(f"checkpoint has only {have} of the {len(pieces)} parts of {key}")
+    fused[key] = np.concatenate([v for _, v in pieces], axis=0)
+  return fused
+
+
+def load(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
+  """(ModelConfig, {"params", "buffers"}) of a Hugging Face hrm_text directory, float32."""
+  path = pathlib.Path(path)
+  if not (path / "config.json").exists():
+    raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model directory)")
+  c = config_from_hf(json.loads((path / "config.json").read_text()), str(path / "config.json"))
+  tensors = _fuse(_read_tensors(path))
+  want = _hf_shapes(c)
+  problems = [f"missing {k} {s}" for k, s in want.items() if k not in tensors]
+  problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in tensors.items() if k not in want]
+  problems += [f"{k}: shape {tuple(v.shape)}, expected {want[k]}" for k, v in tensors.items()
+               if k in want and tuple(v.shape) != want[k]]
+  if problems:
+    raise ValueError(f"{path}: checkpoint does not match config.json "
+                     f"(hidden {c.hidden_size}, heads {c.num_heads}x{c.head_dim}, intermediate "
+                     f"{c.intermediate_size}, {c.layers_per_stack} layers per stack):\n  "
+                     + "\n  ".join(sorted(problems)))
+  h, k, d, m = c.num_heads, c.head_dim, c.hidden_size, c.intermediate_size
+
+  def stack(s: str) -> dict:
+    layer = lambda name: np.stack([tensors[f"model.{s}_module.layers.{n}.{name}.weight"]
+                                   for n in range(c.layers_per_stack)])
+    return {"layers": {
+        "attn": {
+            "gqkv_proj": {"kernel": layer("attn.gqkv_proj").reshape(-1, 4, h, k, d)
+                          .transpose(0, 4, 1, 2, 3)},
+            "o_proj": {"kernel": layer("attn.o_proj").transpose(0, 2, 1).reshape(-1, h, k, d)}},
+        "mlp": {
+            "gate_up_proj": {"kernel": layer("mlp.gate_up_proj").reshape(-1, 2, m, d)
+                             .transpose(0, 3, 1, 2)},
+            "down_proj": {"kernel": layer("mlp.down_proj").transpose(0, 2, 1)}}}}
+
+  params = {"embed_tokens": tensors["model.embed_tokens.weight"],
+            "lm_head": {"kernel": tensors["lm_head.weight"].T},
+            "core": {s: stack(s) for s in STACKS}}
+  return c, {"params": params, "buffers": {"core": {"z_L_init": tensors["model.z_L_init"]}}}
+
+
+def to_hf_tensors(c: ModelConfig, variables: dict, use_ema: bool = True) -> dict[str, np.ndarray]:
+  """The fused-layout float32 tensors of `variables` (EMA weights when present and use_ema)."""
+  p = nn.unbox(variables["ema_params"] if use_ema and "ema_params" in variables
+               else variables["params"])
+  p = {"embed_tokens": p["embed_tokens"], "lm_head": p["lm_head"], "core": p["core"]}
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), p)
+  out = {"model.embed_tokens.weight": p["embed_tokens"], "lm_head.weight": p["lm_head"]["kernel"].T,
+         "model.z_L_init": np.asarray(variables["buffers"]["core"]["z_L_init"], np.float32)}
+  for s in STACKS:
+    layers = p["core"][s]["layers"]
+    gqkv = layers["attn"]["gqkv_proj"]["kernel"]  # [N, D, 4, H, K]
+    o = layers["attn"]["o_proj"]["kernel"]  # [N, H, K, D]
+    gu = layers["mlp"]["gate_up_proj"]["kernel"]  # [N, D, 2, M]
+    down = layers["mlp"]["down_proj"]["kernel"]  # [N, M, D]
+    for n in range(c.layers_per_stack):
+      pre = f"model.{s}_module.layers.{n}"
+      out[f"{pre}.attn.gqkv_proj.weight"] = gqkv[n].reshape(c.hidden_size, -1).T
+      out[f"{pre}.attn.o_proj.weight"] = o[n].reshape(-1, c.hidden_size).T
+      out[f"{pre}.mlp.gate_up_proj.weight"] = gu[n].reshape(c.hidden_size, -1).T
+      out[f"{pre}.mlp.down_proj.weight"] = down[n].T
+  want = _hf_shapes(c)
+  bad = [f"{k}: {v.shape} != {want[k]}" for k, v in out.items() if v.shape != want[k]]
+  if bad:
+    raise ValueError(f"variables do not match the config: {bad}")
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def save(path: str | os.PathLike, config: ModelConfig, variables: dict,
+         use_ema: bool = True) -> None:
+  """Write a directory `HrmTextForCausalLM.from_pretrained` loads (fused keys, float32).
+
+  With use_ema the `ema_params` entry of `variables` is exported when present, else
+  `params`. The directory is written beside `path` and renamed into place, so a crash
+  never leaves a half-written checkpoint at `path` (an existing one is replaced at the end).
+  """
+  path = pathlib.Path(path)
+  tensors = to_hf_tensors(config, variables, use_ema)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+  try:
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
+    if path.exists():
+      old = path.with_name(f".{path.name}.old")
+      shutil.rmtree(old, ignore_errors=True)
+      path.rename(old)
+      tmp.rename(path)
+      shutil.rmtree(old)
+    else:
+      tmp.rename(path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise

@@ -1,0 +1,124 @@
+"""KV-cache decoding: cached logits equal a full recompute, greedy generation equals
+transformers' generate, per-row eos, sampling with explicit keys, bounded recompilation."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import hrm_jax
+from hrm_jax import decode, hf
+from hf_test import hf_model
+from helpers import pack_rows, tiny_config
+
+
+@functools.lru_cache(maxsize=None)
+def tiny(arch: str = "hrm", **overrides):
+  cfg = tiny_config(arch, **overrides)
+  batch = pack_rows([[([1, 2, 3], [4])]], 8)
+  return cfg, hrm_jax.LanguageModel(cfg).init(jax.random.PRNGKey(1), batch)
+
+
+def prompts_of(lengths, vocab, seed=0):
+  rng = np.random.default_rng(seed)
+  return [rng.integers(1, vocab, n).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("arch,overrides", [("hrm", ()), ("hrm", (("H_cycles", 3), ("L_cycles", 2))),
+                                            ("transformer", ()), ("rins", ())])
+def test_cached_decoding_matches_full_recompute(arch, overrides):
+  cfg, variables = tiny(arch, **dict(overrides))
+  prompts = prompts_of([5, 11, 1], cfg.vocab_size)
+  responses = prompts_of([4, 4, 4], cfg.vocab_size, seed=1)
+  full = np.asarray(hrm_jax.LanguageModel(cfg).apply(
+      variables, pack_rows([[(p, r)] for p, r in zip(prompts, responses)], 16)))
+  p_len = 16
+  pad_B = np.array([p_len - len(p) for p in prompts], np.int32)
+  prompt_BxP = np.array([[0] * (p_len - len(p)) + p for p in prompts], np.int32)
+  logits, cache = decode.prefill(cfg, variables, prompt_BxP, pad_B, p_len + 8)
+  slots = {k: v.shape[:-4] for k, v in jax.tree_util.tree_leaves_with_path(cache)}
+  if arch == "hrm":
+    assert sum(np.prod(s) for s in slots.values()) == 2 * cfg.H_cycles * (cfg.L_cycles + 1) * \
+        cfg.layers_per_stack  # keys and values, one slot per (pass, layer)
+  for row, p in enumerate(prompts):
+    np.testing.assert_allclose(logits[row, p_len - len(p):], full[row, :len(p)], atol=1e-5)
+  for step in range(4):
+    token_B = np.array([r[step] for r in responses], np.int32)
+    step_logits, cache = decode.decode_step(cfg, variables, cache, token_B,
+                                            jnp.int32(p_len + step), pad_B)
+    for row, p in enumerate(prompts):
+      np.testing.assert_allclose(step_logits[row], full[row, len(p) + step], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["h2l3", "h3l2_odd_shapes"])
+def test_greedy_generation_equals_transformers(name, tmp_path):
+  model = hf_model(name)
+  model.save_pretrained(tmp_path)
+  config, variables = hf.load(tmp_path)
+  prompts = prompts_of([3, 9, 17], config.vocab_size)
+  ours = hrm_jax.generate(config, variables, prompts, max_new_tokens=12)
+  for prompt, out in zip(prompts, ours):
+    with torch.no_grad():
+      ref = model.generate(input_ids=torch.tensor([prompt]),
+                           token_type_ids=torch.ones(1, len(prompt), dtype=torch.long),
+                           do_sample=False, max_new_tokens=12, min_new_tokens=12)
+    assert out == ref[0, len(prompt):].tolist()
+
+
+def test_rows_stop_at_their_own_eos():
+  cfg, variables = tiny()
+  prompts = prompts_of([4, 7], cfg.vocab_size)
+  free = hrm_jax.generate(cfg, variables, prompts, 10)
+  eos = free[0][3]
+  out = hrm_jax.generate(cfg, variables, prompts, 10, eos_id=eos)
+  for row, got in zip(free, out):
+    expected = row[:row.index(eos) + 1] if eos in row else row
+    assert got == expected
+  assert out[0][-1] == eos and len(out[0]) <= 4
+
+
+def test_sampling_uses_the_explicit_key():
+  cfg, variables = tiny()
+  prompts = prompts_of([4, 7], cfg.vocab_size)
+  sample = lambda seed, **kw: hrm_jax.generate(cfg, variables, prompts, 16, temperature=1.0,
+                                               rng=jax.random.PRNGKey(seed), **kw)
+  assert sample(0) == sample(0)
+  assert sample(0) != sample(1)
+  assert sample(3, top_p=1e-6) == hrm_jax.generate(cfg, variables, prompts, 16)
+  with pytest.raises(ValueError, match="explicit PRNG key"):
+    hrm_jax.generate(cfg, variables, prompts, 4, temperature=0.5)
+
+
+def test_prompt_lengths_share_a_compiled_bucket():
+  cfg, variables = tiny()
+  hrm_jax.generate(cfg, variables, prompts_of([2, 3], cfg.vocab_size), 5)
+  compiled = decode._generate._cache_size()
+  for lengths, new in (([9, 1], 7), ([16, 5], 3), ([4, 12], 16)):
+    hrm_jax.generate(cfg, variables, prompts_of(lengths, cfg.vocab_size), new)
+  assert decode._generate._cache_size() == compiled
+  assert [decode.bucket(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
+
+
+def test_test_time_depth_override_matches_full_forward():
+  cfg, variables = tiny()
+  deeper = cfg.replace(H_cycles=4, L_cycles=2)
+  prompt = prompts_of([6], cfg.vocab_size)[0]
+  out = hrm_jax.generate(deeper, variables, [prompt], 3)[0]
+  seq = prompt + out[:2]
+  batch = pack_rows([[(prompt, out[:2])]], len(seq))
+  logits = np.asarray(hrm_jax.LanguageModel(deeper).apply(variables, batch))[0]
+  assert out == [int(np.argmax(logits[i])) for i in range(len(prompt) - 1, len(seq))]
+
+
+def test_bad_requests_are_clear_errors():
+  cfg, variables = tiny()
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    hrm_jax.generate(cfg, variables, [[1, cfg.vocab_size]], 2)
+  with pytest.raises(ValueError, match="non-empty"):
+    hrm_jax.generate(cfg, variables, [[1], []], 2)
+  trm, trm_vars = tiny("trm")
+  with pytest.raises(ValueError, match="does not support arch 'trm'"):
+    hrm_jax.generate(trm, trm_vars, [[1, 2]], 2)

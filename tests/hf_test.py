@@ -1,0 +1,149 @@
+"""hrm_jax.hf against transformers.HrmTextForCausalLM (float32, tolerance 1e-4): import,
+export, exact round trip, the split/sharded/bf16 layouts, and clear errors."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file, save_file
+from safetensors.torch import save_file as torch_save_file
+
+import hrm_jax
+from hrm_jax import hf
+from helpers import pack_rows
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+# Shapes that do not follow the preset formulas, H/L other than 2/3.
+HF_CONFIGS = {
+    "h2l3": dict(hidden_size=32, num_attention_heads=2, head_dim=16, intermediate_size=96,
+                 num_hidden_layers=2, H_cycles=2, L_cycles=3),
+    "h3l2_odd_shapes": dict(hidden_size=32, num_attention_heads=2, head_dim=24,
+                            intermediate_size=72, num_hidden_layers=1, H_cycles=3, L_cycles=2),
+    "h1l1_4heads": dict(hidden_size=48, num_attention_heads=4, head_dim=8, intermediate_size=40,
+                        num_hidden_layers=3, H_cycles=1, L_cycles=1),
+}
+
+
+def hf_model(name: str, seed: int = 0) -> transformers.HrmTextForCausalLM:
+  """A random HF model with O(1) logits and a non-zero z_L_init."""
+  torch.manual_seed(seed)
+  cfg = transformers.HrmTextConfig(vocab_size=67, rope_parameters={"rope_theta": 500.0,
+                                   "rope_type": "default"}, **HF_CONFIGS[name])
+  model = transformers.HrmTextForCausalLM(cfg).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.normal_(0, p.shape[-1] ** -0.5 if p.ndim == 2 else 1.0)
+  return model
+
+
+def hf_logits(model, inputs_BxS: np.ndarray, prompt_BxS: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(inputs_BxS, dtype=torch.long),
+                 token_type_ids=torch.tensor(prompt_BxS, dtype=torch.long)).logits.numpy()
+
+
+def example_batch(vocab: int) -> dict:
+  """Two full rows (no padding), prompts of 5 and 9 tokens."""
+  rng = np.random.default_rng(1)
+  return pack_rows([[(list(rng.integers(1, vocab, 5)), list(rng.integers(1, vocab, 7)))],
+                    [(list(rng.integers(1, vocab, 9)), list(rng.integers(1, vocab, 3)))]], 12)
+
+
+@pytest.mark.parametrize("name", HF_CONFIGS)
+def test_imported_logits_match_transformers(name, tmp_path):
+  model = hf_model(name)
+  model.save_pretrained(tmp_path)
+  config, variables = hf.load(tmp_path)
+  assert config.layers_per_stack == HF_CONFIGS[name]["num_hidden_layers"]
+  assert (config.head_dim, config.intermediate_size) == (HF_CONFIGS[name]["head_dim"],
+                                                         HF_CONFIGS[name]["intermediate_size"])
+  assert np.abs(variables["buffers"]["core"]["z_L_init"]).max() > 0.1
+  batch = example_batch(config.vocab_size)
+  ours = np.asarray(hrm_jax.LanguageModel(config).apply(variables, batch))
+  ref = hf_logits(model, batch["inputs"], batch["prefix_mask"])
+  assert np.abs(ref).max() > 1.0
+  np.testing.assert_allclose(ours, ref, **TOL)
+
+
+@pytest.mark.parametrize("H_cycles,L_cycles", [(2, 3), (3, 1)])
+def test_exported_model_gives_same_logits_in_transformers(H_cycles, L_cycles, tmp_path):
+  config = hrm_jax.model_config("B", "hrm", hidden_size=32, num_heads=2, n_layers=4,
+                                vocab_size=53, H_cycles=H_cycles, L_cycles=L_cycles)
+  batch = example_batch(config.vocab_size)
+  variables = hrm_jax.LanguageModel(config).init(jax.random.PRNGKey(2), batch)
+  hf.save(tmp_path / "out", config, variables)
+  model = transformers.HrmTextForCausalLM.from_pretrained(tmp_path / "out").eval()
+  ours = np.asarray(hrm_jax.LanguageModel(config).apply(variables, batch))
+  np.testing.assert_allclose(hf_logits(model, batch["inputs"], batch["prefix_mask"]), ours, **TOL)
+
+
+def test_import_export_round_trip_is_exact(tmp_path):
+  hf_model("h3l2_odd_shapes").save_pretrained(tmp_path / "a")
+  config, variables = hf.load(tmp_path / "a")
+  hf.save(tmp_path / "b", config, variables)
+  a, b = load_file(tmp_path / "a" / hf.WEIGHTS), load_file(tmp_path / "b" / hf.WEIGHTS)
+  assert sorted(a) == sorted(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert hf.load(tmp_path / "b")[0] == config
+  hf.save(tmp_path / "b", config, variables)  # overwriting an export replaces it whole
+  assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json", hf.WEIGHTS]
+
+
+def test_split_names_sharded_files_and_bf16_load_the_same(tmp_path):
+  model = hf_model("h2l3")
+  model.save_pretrained(tmp_path / "fused")
+  _, fused = hf.load(tmp_path / "fused")
+  (tmp_path / "split").mkdir()
+  (tmp_path / "split" / "config.json").write_text((tmp_path / "fused" / "config.json").read_text())
+  state = model.state_dict()
+  assert any(".self_attn.q_proj." in k for k in state)  # transformers' own split names
+  torch_save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "split" / hf.WEIGHTS)
+  model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+  assert (tmp_path / "sharded" / hf.INDEX).exists()
+  for other in ("split", "sharded"):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, hf.load(tmp_path / other)[1], fused)
+  model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+  _, bf16 = hf.load(tmp_path / "bf16")
+  rounded = jax.tree_util.tree_map(lambda a: np.asarray(a, jax.numpy.bfloat16).astype(np.float32),
+                                   fused)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, bf16, rounded)
+
+
+def _corrupt(tmp_path, edit_tensors=None, edit_config=None):
+  hf_model("h2l3").save_pretrained(tmp_path)
+  if edit_tensors:
+    tensors = load_file(tmp_path / hf.WEIGHTS)
+    edit_tensors(tensors)
+    save_file(tensors, tmp_path / hf.WEIGHTS)
+  if edit_config:
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    edit_config(cfg)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+  return tmp_path
+
+
+def test_missing_unexpected_and_misshaped_tensors_are_listed(tmp_path):
+  def edit(t):
+    del t["model.H_module.layers.1.mlp.down_proj.weight"]
+    t["model.extra.weight"] = np.zeros(3, np.float32)
+    t["lm_head.weight"] = t["lm_head.weight"][:5]
+  with pytest.raises(ValueError) as e:
+    hf.load(_corrupt(tmp_path, edit_tensors=edit))
+  msg = str(e.value)
+  assert "missing model.H_module.layers.1.mlp.down_proj.weight" in msg
+  assert "unexpected model.extra.weight" in msg
+  assert "lm_head.weight: shape (5, 32), expected (67, 32)" in msg
+
+
+def test_unknown_model_type_and_missing_files_are_clear_errors(tmp_path):
+  with pytest.raises(ValueError, match="model_type='llama', expected 'hrm_text'"):
+    hf.load(_corrupt(tmp_path / "a", edit_config=lambda c: c.update(model_type="llama")))
+  with pytest.raises(ValueError, match="shape"):  # config says a different width
+    hf.load(_corrupt(tmp_path / "b", edit_config=lambda c: c.update(intermediate_size=64)))
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    hf.load(tmp_path / "missing")
