@@ -1,0 +1,208 @@
+"""Train-step throughput: tokens/s, MFU and memory of hrm_jax's jitted step; on CPU also
+transformers' PyTorch HrmTextForCausalLM step on the same shape, in the same run.
+
+    python benchmarks/train_step.py                       # the demo shape, vs transformers
+    python benchmarks/train_step.py --config=hrm1b --layers_per_stack=2 --rows=1  # on a GPU
+    python benchmarks/train_step.py --hrm1b_memory        # compiled hrm1b step, 16-way FSDP
+
+Default shape (the demo shape of the issue): hidden 256, 4 heads, 2 layers per stack, H2 L3,
+batch 8 x 256, vocab 256, bp_steps 5 (transformers' default L_bp_cycles [2] also gives 5
+gradient-carrying passes of 8). `--hrm1b_memory` compiles (never runs) the hrm1b step for
+16 devices with 12,288 tokens each from abstract shapes and prints `memory_analysis()`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if "--hrm1b_memory" in sys.argv:  # needs 16 host devices before jax starts
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_force_host_platform_device_count=16")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+import functools  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import hrm_jax  # noqa: E402
+from hrm_jax import flops as flops_lib  # noqa: E402
+from hrm_jax import optim  # noqa: E402
+from hrm_jax import sharding as sharding_lib  # noqa: E402
+from hrm_jax.train import metrics as metrics_lib  # noqa: E402
+from hrm_jax.train import state as state_lib  # noqa: E402
+from hrm_jax.train.step import train_step  # noqa: E402
+
+_CONFIG = flags.DEFINE_string("config", "", "Take the model shape from this training config "
+                              "(experiments/configs/NAME.py); flags below override it.")
+_HIDDEN = flags.DEFINE_integer("hidden", 256, "hidden size")
+_HEADS = flags.DEFINE_integer("heads", 4, "attention heads")
+_LAYERS = flags.DEFINE_integer("layers_per_stack", 2, "layers per stack")
+_VOCAB = flags.DEFINE_integer("vocab", 256, "vocab size")
+_ROWS = flags.DEFINE_integer("rows", 8, "rows per batch")
+_ROW_LEN = flags.DEFINE_integer("row_len", 256, "tokens per row")
+_BP = flags.DEFINE_integer("bp_steps", 5, "truncated-backprop window")
+_DTYPE = flags.DEFINE_string("dtype", "", "compute dtype (default: float32 on CPU, else bf16)")
+_REMAT = flags.DEFINE_string("remat", "none", "remat policy")
+_STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
+_TORCH = flags.DEFINE_bool("torch", True, "also time transformers on CPU")
+_MEMORY = flags.DEFINE_bool("hrm1b_memory", False, "compile the hrm1b step for 16-way FSDP at "
+                            "12,288 tokens per device and print its memory analysis")
+
+
+def model_config() -> hrm_jax.ModelConfig:
+  dtype = _DTYPE.value or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+  if _CONFIG.value:
+    from experiments import configs
+    m = configs.get(_CONFIG.value).model
+    return hrm_jax.model_config(m.size, m.arch, n_layers=2 * _LAYERS.value,
+                                vocab_size=m.vocab_size or 65536, dtype=dtype,
+                                remat_policy=_REMAT.value)
+  return hrm_jax.model_config("B", "hrm", hidden_size=_HIDDEN.value, num_heads=_HEADS.value,
+                              n_layers=2 * _LAYERS.value, vocab_size=_VOCAB.value, dtype=dtype,
+                              remat_policy=_REMAT.value)
+
+
+def make_batch(cfg, rows, row_len, seed=0):
+  """Rows packing 64-token examples: 32-token prompts, 32-token responses."""
+  rng = np.random.default_rng(seed)
+  idx = np.arange(row_len)
+  seg = (idx // 64 + 1)[None].repeat(rows, 0)
+  pos = (idx % 64)[None].repeat(rows, 0)
+  inputs = rng.integers(1, cfg.vocab_size, (rows, row_len))
+  prefix = pos < 32
+  labels = np.where(prefix, -100, np.roll(inputs, -1, 1))
+  return {"inputs": inputs.astype(np.int32), "positions": pos.astype(np.int32),
+          "segment_ids": seg.astype(np.int32), "prefix_mask": prefix,
+          "labels": labels.astype(np.int32)}
+
+
+def build_step(cfg, mesh, bp_steps):
+  model = hrm_jax.LanguageModel(cfg)
+  tx = optim.adam_atan2(optim.warmup_cosine(1e-3, 10, 1000), 0.9, 0.95, 0.1)
+  shardings = state_lib.state_shardings(model, tx, mesh)
+  fn = jax.jit(functools.partial(train_step, model=model, tx=tx, bp_steps=bp_steps,
+                                 microbatches=1, ema_decay=0.999, skip_nonfinite=False),
+               in_shardings=(shardings, sharding_lib.batch_sharding(mesh)), donate_argnums=0)
+  return model, tx, shardings, fn
+
+
+def time_jax(cfg):
+  mesh = sharding_lib.make_mesh((1, -1, 1))
+  model, tx, shardings, fn = build_step(cfg, mesh, _BP.value)
+  state = state_lib.init_state(model, tx, jax.random.PRNGKey(0), shardings)
+  batch = jax.device_put(make_batch(cfg, _ROWS.value, _ROW_LEN.value),
+                         sharding_lib.batch_sharding(mesh))
+  compiled = fn.lower(state, batch).compile()
+  state, m = compiled(state, batch)
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(_STEPS.value):
+    t = time.perf_counter()
+    state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  mem = compiled.memory_analysis()
+  return float(np.median(times)), mem
+
+
+def time_torch(cfg):
+  import torch
+  import transformers
+  from hrm_jax import hf
+  torch.set_num_threads(os.cpu_count() or 1)
+  variables = hrm_jax.LanguageModel(cfg).init(jax.random.PRNGKey(0),
+                                              state_lib.example_batch(1, 8))
+  with tempfile.TemporaryDirectory() as d:
+    hf.save(os.path.join(d, "m"), cfg, variables)
+    model = transformers.HrmTextForCausalLM.from_pretrained(os.path.join(d, "m"),
+                                                            attn_implementation="sdpa")
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+  b = make_batch(cfg, _ROWS.value, _ROW_LEN.value)
+  # transformers has no packed-row PrefixLM mask: each row is one example with its prompt
+  # marked by token_type_ids, the closest equivalent work.
+  inputs = torch.tensor(b["inputs"], dtype=torch.long)
+  types = torch.tensor(b["prefix_mask"].astype(np.int64))
+  labels = torch.tensor(b["labels"], dtype=torch.long)
+
+  def step():
+    out = model(input_ids=inputs, token_type_ids=types, labels=labels)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+  step()
+  times = []
+  for _ in range(_STEPS.value):
+    t = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def hrm1b_memory():
+  cfg = hrm_jax.model_config("XL", "hrm", dtype="bfloat16", remat_policy=_REMAT.value)
+  mesh = sharding_lib.make_mesh((1, 16, 1))
+  model, tx, shardings, fn = build_step(cfg, mesh, cfg.bp_max_steps)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          state_lib.abstract_state(model, tx), shardings)
+  bs = sharding_lib.batch_sharding(mesh)
+  batch = {k: jax.ShapeDtypeStruct((16, 12288), jnp.bool_ if k == "prefix_mask" else jnp.int32,
+                                   sharding=bs)
+           for k in ("inputs", "positions", "segment_ids", "prefix_mask", "labels")}
+  t = time.perf_counter()
+  compiled = fn.lower(abstract, batch).compile()
+  m = compiled.memory_analysis()
+  gib = lambda x: x / 2**30
+  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes \
+      - m.alias_size_in_bytes
+  print(f"hrm1b train step, 16-way FSDP, 12,288 tokens/device, bp_steps 5, bf16 compute, "
+        f"remat={cfg.remat_policy} (compiled in {time.perf_counter() - t:.0f}s on CPU)")
+  print("| per device | GiB |\n|---|---|")
+  for name, v in (("arguments (state + batch)", m.argument_size_in_bytes),
+                  ("outputs", m.output_size_in_bytes), ("aliased (donated)", m.alias_size_in_bytes),
+                  ("temporaries", m.temp_size_in_bytes), ("total", total)):
+    print(f"| {name} | {gib(v):.2f} |")
+  print(f"fits an 80 GB accelerator: {'yes' if total < 80e9 else 'NO'}")
+
+
+def main(argv):
+  del argv
+  if _MEMORY.value:
+    hrm1b_memory()
+    return
+  cfg = model_config()
+  tokens = _ROWS.value * _ROW_LEN.value
+  step_s, mem = time_jax(cfg)
+  flops = flops_lib.train_flops_per_token(cfg, _ROW_LEN.value, _BP.value)
+  peak = metrics_lib.peak_flops_per_device() * jax.device_count()
+  print(f"backend={jax.default_backend()} devices={jax.device_count()} hidden={cfg.hidden_size} "
+        f"layers/stack={cfg.layers_per_stack} H{cfg.H_cycles} L{cfg.L_cycles} "
+        f"batch={_ROWS.value}x{_ROW_LEN.value} dtype={cfg.dtype} bp_steps={_BP.value}")
+  rows = [("hrm_jax", step_s)]
+  if jax.default_backend() == "cpu" and _TORCH.value:
+    rows.append(("transformers (PyTorch)", time_torch(cfg)))
+  print(f"peak: {peak / 1e9:.1f} GFLOP/s ({'measured f32 matmul' if jax.default_backend() == 'cpu' else 'vendor bf16'}); "
+        f"model FLOPs/token (truncated backward counted): {flops / 1e6:.1f} M")
+  print("| implementation | step ms | tokens/s | MFU | speed-up |\n|---|---|---|---|---|")
+  for name, t in rows:
+    print(f"| {name} | {1e3 * t:.0f} | {tokens / t:.0f} | {100 * flops * tokens / t / peak:.1f}% "
+          f"| {rows[-1][1] / t:.2f}x |")
+  if mem is not None:
+    print(f"hrm_jax step memory (compiled): args {mem.argument_size_in_bytes / 2**20:.1f} MiB, "
+          f"temps {mem.temp_size_in_bytes / 2**20:.1f} MiB")
+  if jax.default_backend() != "cpu":
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      print(f"device peak memory: {stats['peak_bytes_in_use'] / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,47 @@
+"""End-of-run report for the demo: exact-match accuracy per task on held-out examples
+(generated greedily with the EMA weights, as the reference evaluates) and a few answers."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+from hrm_jax.decode import generate
+
+
+def evaluate(result: Any, per_task: int = 32) -> tuple[dict[str, float], list[tuple]]:
+  """(task -> exact match, [(task, prompt, gold, answer)]) over held-out demo examples."""
+  tok = result.demo.tokenizer()
+  examples = []
+  counts: collections.Counter = collections.Counter()
+  for ex in result.demo.eval_examples:
+    if counts[ex["task"]] < per_task:
+      counts[ex["task"]] += 1
+      examples.append(ex)
+  prompts = [tok.format_prompt(ex["instruction"], ex["condition"]) for ex in examples]
+  longest = max(len(tok.encode_text(ex["response"])) for ex in examples)
+  variables = {"params": result.state.ema, "buffers": result.state.buffers}
+  outputs = generate(result.model_config, variables, prompts, max_new_tokens=longest + 1,
+                     eos_id=tok.eoa_id)
+  right: collections.Counter = collections.Counter()
+  rows = []
+  for ex, out in zip(examples, outputs):
+    answer = tok.decode([t for t in out if t != tok.eoa_id])
+    right[ex["task"]] += answer == ex["response"]
+    rows.append((ex["task"], ex["instruction"], ex["response"], answer))
+  return {task: right[task] / n for task, n in counts.items()}, rows
+
+
+def print_answers(result: Any, n: int) -> None:
+  scores, rows = evaluate(result)
+  print("\nHeld-out exact match (greedy, EMA weights):\n")
+  print("| task | exact match |\n|---|---|")
+  for task, score in scores.items():
+    print(f"| {task} | {100 * score:.1f}% |")
+  print(f"| all | {100 * sum(scores.values()) / len(scores):.1f}% |\n")
+  shown: collections.Counter = collections.Counter()
+  for task, prompt, gold, answer in rows:
+    if shown[task] < max(1, n // len(scores)) and sum(shown.values()) < n:
+      shown[task] += 1
+      mark = "ok" if answer == gold else "wrong"
+      print(f"  {prompt}  ->  {answer!r}  (expected {gold!r}, {mark})")
