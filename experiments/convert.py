@@ -2,19 +2,31 @@
 
     python experiments/convert.py --from_hf=DIR --to=CKPT_DIR
     python experiments/convert.py --from=CKPT_DIR --to_hf=DIR [--use_ema=false]
+
+A native checkpoint is a training checkpoint (`hrm_jax/native.py`): --from takes a training
+workdir (its latest step), its checkpoints/ directory or one step directory, and exports
+the EMA weights unless --use_ema=false. --to writes a weights-only checkpoint in that layout
+(plus the Hugging Face directory's tokenizer.json / tokenizer_info.json when present).
 """
 
 from __future__ import annotations
+
+import os
 
 from absl import app, flags
 
 from hrm_jax import hf, native
 
+# Copied into a converted checkpoint, so generate.py finds the tokenizer there.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_info.json")
+
 flags.DEFINE_string("from_hf", None, "Hugging Face model directory to import.")
 flags.DEFINE_string("to", None, "Native checkpoint directory to write (with --from_hf).")
-flags.DEFINE_string("from", None, "Native checkpoint directory to export (with --to_hf).")
+flags.DEFINE_string("from", None, "Training workdir, checkpoints/ or step directory to export "
+                    "(with --to_hf).")
 flags.DEFINE_string("to_hf", None, "Hugging Face directory to write (with --from).")
-flags.DEFINE_bool("use_ema", True, "Export the EMA weights when the checkpoint has them.")
+flags.DEFINE_bool("use_ema", True, "Export the EMA weights of a training checkpoint (weights-only "
+                  "checkpoints have one set).")
 
 
 def main(argv: list[str]) -> None:
@@ -22,12 +34,14 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   if f.from_hf and f.to and not (f["from"].value or f.to_hf):
     config, variables = hf.load(f.from_hf)
-    native.save(f.to, config, variables)
+    tokenizer_files = [p for p in (os.path.join(f.from_hf, n) for n in TOKENIZER_FILES)
+                       if os.path.exists(p)]
+    native.save(f.to, config, variables, extra_files=tokenizer_files)
     print(f"wrote native checkpoint {f.to} ({config.layers_per_stack} layers per stack, "
           f"hidden {config.hidden_size})")
   elif f["from"].value and f.to_hf and not (f.from_hf or f.to):
-    config, variables = native.load(f["from"].value)
-    hf.save(f.to_hf, config, variables, use_ema=f.use_ema)
+    config, variables = native.load(f["from"].value, use_ema=f.use_ema)
+    hf.save(f.to_hf, config, variables)
     print(f"wrote Hugging Face directory {f.to_hf}")
   else:
     raise app.UsageError("give either --from_hf=DIR --to=CKPT_DIR or --from=CKPT_DIR --to_hf=DIR")

@@ -1,8 +1,16 @@
-"""Generate completions from a native checkpoint or a Hugging Face directory.
+"""Generate completions from a native (training) checkpoint or a Hugging Face directory.
 
     python experiments/generate.py --checkpoint=DIR --prompt="What is 2+2?" \
         --condition=synth,cot --max_new_tokens=256 [--temperature=0.6 --top_p=0.95 --seed=0]
     python experiments/generate.py --checkpoint=DIR --prompts_jsonl=FILE   # {"prompt", "condition"?}
+    python experiments/generate.py --checkpoint=runs/demo --prompt="12+34=" --condition=synth
+
+--checkpoint is a Hugging Face directory (it has config.json) or a native checkpoint: a
+training workdir (latest step), its checkpoints/ directory or one step directory, read with
+its EMA weights unless --use_ema=false. The tokenizer is --tokenizer, else tokenizer.json in
+the --checkpoint directory (Hugging Face, or copied there by convert.py --from_hf), else the
+one of the training data named in the checkpoint's saved config (the demo cache for
+data.source=demo, or data.path's metadata.json tokenizer_info).
 
 Each prompt is boq + condition tokens + text + eoq, the bidirectional prefix; generation
 stops at eoa. --H_cycles/--L_cycles override the recursion depth at test time (an
@@ -12,16 +20,21 @@ experiment knob: the model was trained with the depth in its config).
 from __future__ import annotations
 
 import json
+import os
 import sys
+from typing import Any
 
 import jax
 from absl import app, flags
 
 import hrm_jax
-from hrm_jax import hf, native, tokenizer
+from hrm_jax import data, hf, native, tokenizer
 
-flags.DEFINE_string("checkpoint", None, "Native checkpoint or Hugging Face directory.", required=True)
-flags.DEFINE_string("tokenizer", None, "tokenizer.json or its directory (default: --checkpoint).")
+flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoints/ or step directory, or a "
+                    "Hugging Face directory.", required=True)
+flags.DEFINE_string("tokenizer", None, "tokenizer.json or its directory (default: the one in "
+                    "--checkpoint, else the training data's).")
+flags.DEFINE_bool("use_ema", True, "Use the EMA weights of a training checkpoint.")
 flags.DEFINE_string("prompt", None, "One prompt text.")
 flags.DEFINE_string("prompts_jsonl", None, 'File of {"prompt": ..., "condition": ...} lines.')
 flags.DEFINE_string("condition", "direct", "Comma-joined condition tags, e.g. synth,cot.")
@@ -34,16 +47,38 @@ flags.DEFINE_integer("H_cycles", None, "Test-time override of H_cycles (experime
 flags.DEFINE_integer("L_cycles", None, "Test-time override of L_cycles (experiment knob).")
 
 
+def is_hf(path: str) -> bool:
+  return os.path.exists(os.path.join(path, "config.json"))
+
+
+def training_tokenizer(checkpoint: str) -> str:
+  """The tokenizer of the data a training checkpoint was trained on, from its saved config."""
+  saved: dict[str, Any] = native.saved_config(checkpoint).get("config") or {}
+  source = saved.get("data", {}).get("source")
+  if source == "demo":
+    demo = data.ensure_demo_data(os.path.expanduser(saved["data"]["demo_dir"]),
+                                 epochs=saved["train"]["epochs"], seed=saved["data"]["seed"])
+    return demo.tokenizer_path
+  if source == "path" and os.path.exists(os.path.join(saved["data"]["path"], "metadata.json")):
+    return saved["data"]["path"]  # tokenizer.load reads metadata.json's tokenizer_info
+  raise app.UsageError(f"--checkpoint={checkpoint}: its saved config names no tokenizer that "
+                       f"exists (data.source={source!r}); pass --tokenizer=PATH")
+
+
 def main(argv: list[str]) -> None:
   del argv
   f = flags.FLAGS
   if (f.prompt is None) == (f.prompts_jsonl is None):
     raise app.UsageError("give exactly one of --prompt and --prompts_jsonl")
-  load = native.load if native.is_native(f.checkpoint) else hf.load
-  config, variables = load(f.checkpoint)
+  if is_hf(f.checkpoint):
+    config, variables = hf.load(f.checkpoint)
+  else:
+    config, variables = native.load(f.checkpoint, use_ema=f.use_ema)
   depth = {k: v for k, v in (("H_cycles", f.H_cycles), ("L_cycles", f.L_cycles)) if v}
   config = config.replace(**depth)
-  tok = tokenizer.load(f.tokenizer or f.checkpoint)
+  beside = os.path.exists(os.path.join(f.checkpoint, "tokenizer.json"))
+  tok = tokenizer.load(f.tokenizer or (f.checkpoint if beside
+                                       else training_tokenizer(f.checkpoint)))
   if f.prompt is not None:
     items = [{"prompt": f.prompt, "condition": f.condition}]
   else:

@@ -3,10 +3,10 @@
 Where things are: the H/L recursion in `hrm_jax/models/hrm.py`, each baseline beside it,
 layers in `layers.py`, attention kernels in `attention.py`, truncated backprop in
 `truncation.py`, loss and metrics in `loss.py`, KV-cache generation in `decode.py`, Hugging
-Face checkpoints in `hf.py`.
+Face checkpoints in `hf.py`, training checkpoints as inference weights in `native.py`.
 """
 
-from hrm_jax import hf
+from hrm_jax import hf, native
 from hrm_jax.config import ARCHS, SIZES, ModelConfig, model_config
 from hrm_jax.decode import generate
 from hrm_jax.loss import IGNORE_LABEL, loss_and_metrics

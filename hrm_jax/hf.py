@@ -179,14 +179,30 @@ def load(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
   return c, {"params": params, "buffers": {"core": {"z_L_init": tensors["model.z_L_init"]}}}
 
 
-def to_hf_tensors(c: ModelConfig, variables: dict, use_ema: bool = True) -> dict[str, np.ndarray]:
-  """The fused-layout float32 tensors of `variables` (EMA weights when present and use_ema)."""
-  p = nn.unbox(variables["ema_params"] if use_ema and "ema_params" in variables
-               else variables["params"])
+def weights_of(variables: Any, use_ema: bool = True) -> tuple[Any, Any]:
+  """(params, buffers) to export: the `ema` of a training state when use_ema and present.
+
+  `variables` is {"params", "buffers"} (hf.load, native.load) or a training state (a
+  `TrainState` or a dict with `params`, `ema`, `buffers`): one naming, the train state's.
+  """
+  if not isinstance(variables, dict):
+    variables = {k: getattr(variables, k) for k in ("params", "ema", "buffers")
+                 if hasattr(variables, k)}
+  missing = [k for k in ("params", "buffers") if k not in variables]
+  if missing:
+    raise ValueError(f"variables lack {missing}; expected {{'params', 'buffers'}} or a train "
+                     f"state, got keys {sorted(variables)}")
+  params = variables["ema"] if use_ema and "ema" in variables else variables["params"]
+  return nn.unbox(params), nn.unbox(variables["buffers"])
+
+
+def to_hf_tensors(c: ModelConfig, variables: Any, use_ema: bool = True) -> dict[str, np.ndarray]:
+  """The fused-layout float32 tensors of `variables` (see `weights_of` for use_ema)."""
+  p, buffers = weights_of(variables, use_ema)
   p = {"embed_tokens": p["embed_tokens"], "lm_head": p["lm_head"], "core": p["core"]}
   p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), p)
   out = {"model.embed_tokens.weight": p["embed_tokens"], "lm_head.weight": p["lm_head"]["kernel"].T,
-         "model.z_L_init": np.asarray(variables["buffers"]["core"]["z_L_init"], np.float32)}
+         "model.z_L_init": np.asarray(buffers["core"]["z_L_init"], np.float32)}
   for s in STACKS:
     layers = p["core"][s]["layers"]
     gqkv = layers["attn"]["gqkv_proj"]["kernel"]  # [N, D, 4, H, K]
@@ -206,13 +222,15 @@ def to_hf_tensors(c: ModelConfig, variables: dict, use_ema: bool = True) -> dict
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-def save(path: str | os.PathLike, config: ModelConfig, variables: dict,
+def save(path: str | os.PathLike, config: ModelConfig, variables: Any,
          use_ema: bool = True) -> None:
   """Write a directory `HrmTextForCausalLM.from_pretrained` loads (fused keys, float32).
 
-  With use_ema the `ema_params` entry of `variables` is exported when present, else
-  `params`. The directory is written beside `path` and renamed into place, so a crash
-  never leaves a half-written checkpoint at `path` (an existing one is replaced at the end).
+  With use_ema the `ema` weights of a training state are exported (the reference evaluates
+  and releases EMA weights), else `params`; for a checkpoint on disk pass
+  `native.load(path, use_ema)`, which already picks them. The directory is written beside
+  `path` and renamed into place, so a crash never leaves a half-written checkpoint at `path`
+  (an existing one is replaced at the end).
   """
   path = pathlib.Path(path)
   tensors = to_hf_tensors(config, variables, use_ema)

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from hrm_jax import native
 from hrm_jax.config import ModelConfig
 
 # ModelConfig fields that may change between runs without changing the parameters' meaning.
@@ -70,24 +71,18 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
 
 def restore_params(path: str, use_ema: bool, abstract_params: Any,
                    model_config: ModelConfig) -> Any:
-  """Weights only (SFT `init_from`): the latest checkpoint under `path` or a step dir."""
-  path = os.path.abspath(path)
-  step_dir = None
-  if os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, "state")):
-    path, step_dir = os.path.dirname(path), int(os.path.basename(path))
-  for candidate in (path, os.path.join(path, "checkpoints")):
-    if os.path.isdir(candidate):
-      mngr = ocp.CheckpointManager(candidate, item_names=("state", "data", "config"),
-                                   options=ocp.CheckpointManagerOptions(read_only=True))
-      step = step_dir if step_dir is not None else mngr.latest_step()
-      if step is not None:
-        break
-  else:
-    raise FileNotFoundError(f"init_from={path!r}: no checkpoint found there")
-  meta = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  check_model_config(meta["config"].get("model_config", {}), model_config,
-                     os.path.join(candidate, str(step)))
-  key = "ema" if use_ema else "params"
+  """Weights only (SFT `init_from`): a workdir, its checkpoints/ dir or a step dir.
+
+  EMA weights when use_ema and stored; weights-only checkpoints (native.save) have `params`.
+  """
+  try:
+    mngr, step, where = native.locate(path)
+  except native.NotACheckpointError as e:
+    raise FileNotFoundError(f"init_from={path!r}: {e}") from e
+  saved = native.read_config(mngr, step, where)
+  check_model_config(saved.get("model_config", {}), model_config, str(where))
+  tree = mngr.item_metadata(step)["state"]
+  key = native.weights_key(getattr(tree, "tree", tree), use_ema)
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item={key: abstract_params},
       restore_args={key: jax.tree.map(

@@ -1,0 +1,106 @@
+"""Plot training curves from `<workdir>/metrics.jsonl` to a PNG (one subplot per metric).
+
+    python experiments/plot.py --workdir=runs/demo                     # -> runs/demo/curves.png
+    python experiments/plot.py --workdir=runs/a,runs/b --out=ab.png --metrics=loss,lr
+
+metrics.jsonl is appended across resumes, so a step may appear twice; the last entry wins.
+Several comma-separated workdirs are overlaid, labelled by directory name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("workdir", None, "Training workdir(s), comma-separated to overlay runs.",
+                    required=True)
+flags.DEFINE_string("out", None, "PNG to write (default: <first workdir>/curves.png).")
+flags.DEFINE_string("metrics", "loss,accuracy,exact_accuracy", "Comma-separated metric names.")
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(workdir: str) -> dict[int, dict]:
+  """{step: row} of a workdir's metrics.jsonl, keeping the last row of a repeated step."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--workdir={workdir}: {path} does not exist (is it a training "
+                            "workdir?)")
+  rows: dict[int, dict] = {}
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not JSON ({e})") from e
+      if not isinstance(row, dict) or "step" not in row:
+        raise ValueError(f"{path}:{n}: expected an object with 'step'")
+      rows[int(row["step"])] = row
+  if not rows:
+    raise ValueError(f"{path} is empty: no logged steps to plot")
+  return dict(sorted(rows.items()))
+
+
+def plot(runs: dict[str, dict[int, dict]], metrics: list[str], out: str) -> None:
+  """Draw one subplot per metric, one line per run, and write `out` atomically."""
+  present = [m for m in metrics if any(m in r for rows in runs.values() for r in rows.values())]
+  if not present:
+    raise ValueError(f"none of the metrics {metrics} is in the logged rows")
+  fig, axes = plt.subplots(len(present), 1, figsize=(7, 2.6 * len(present)), sharex=True,
+                           squeeze=False)
+  for ax, metric in zip(axes[:, 0], present):
+    for name, rows in runs.items():
+      points = [(s, r[metric]) for s, r in rows.items() if isinstance(r.get(metric), (int, float))]
+      if points:
+        ax.plot(*zip(*points), label=name)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+  axes[0, 0].legend(loc="best", fontsize="small")
+  axes[-1, 0].set_xlabel("step")
+  fig.tight_layout()
+  out = os.path.abspath(out)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".png",
+                             dir=os.path.dirname(out))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      fig.savefig(f, format="png", dpi=100)
+    os.replace(tmp, out)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+  finally:
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  f = flags.FLAGS
+  workdirs = [w for w in f.workdir.split(",") if w]
+  metrics = [m.strip() for m in f.metrics.split(",") if m.strip()]
+  if not workdirs or not metrics:
+    raise app.UsageError("--workdir and --metrics need at least one name each")
+  out = f.out or os.path.join(workdirs[0], "curves.png")
+  try:
+    runs = {}
+    for w in workdirs:
+      name = os.path.basename(os.path.normpath(w))
+      runs[name if name not in runs else w] = read_metrics(w)
+    plot(runs, metrics, out)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"plot.py: {e}")
+  print(f"wrote {out} ({', '.join(metrics)}; {len(runs)} run(s))")
+
+
+if __name__ == "__main__":
+  app.run(main)

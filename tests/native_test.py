@@ -1,0 +1,120 @@
+"""Training checkpoints as the native format: native.load (EMA by default), convert.py to
+Hugging Face (loaded by transformers), generate.py on a training workdir, and clear errors."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import transformers
+
+import hrm_jax
+from hrm_jax import hf, native, tokenizer
+from hrm_jax.train import loop
+from hf_test import example_batch, hf_logits
+from train_loop_test import tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+  out = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A 2-step tiny demo run: (TrainResult, workdir)."""
+  demo_dir = tmp_path_factory.mktemp("demo")
+  workdir = tmp_path_factory.mktemp("run")
+  result = loop.train(tiny_config(demo_dir, **{"train.max_steps": 2}), str(workdir))
+  assert result.steps_done == 2
+  return result, workdir
+
+
+def test_load_reads_ema_or_params_from_workdir_checkpoints_or_step(trained):
+  result, workdir = trained
+  state = jax.device_get(result.state)
+  assert not np.array_equal(state.ema["embed_tokens"], state.params["embed_tokens"])
+  for path in (workdir, workdir / "checkpoints", workdir / "checkpoints" / "2"):
+    config, variables = native.load(path)
+    assert config == result.model_config
+    assert sorted(variables) == ["buffers", "params"]
+    assert_trees_equal(variables["params"], state.ema)
+    assert_trees_equal(variables["buffers"], state.buffers)
+  assert_trees_equal(native.load(workdir, use_ema=False)[1]["params"], state.params)
+
+
+def test_convert_exports_ema_that_transformers_loads(trained, tmp_path):
+  result, workdir = trained
+  state = jax.device_get(result.state)
+  run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}")
+  _, variables = hf.load(tmp_path / "hf")
+  assert_trees_equal(variables["params"], state.ema)
+  assert_trees_equal(variables["buffers"], state.buffers)
+  model, info = transformers.HrmTextForCausalLM.from_pretrained(tmp_path / "hf",
+                                                                output_loading_info=True)
+  assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+  batch = example_batch(result.model_config.vocab_size)
+  ours = hrm_jax.LanguageModel(result.model_config).apply(
+      {"params": state.ema, "buffers": state.buffers}, batch)
+  np.testing.assert_allclose(hf_logits(model.eval(), batch["inputs"], batch["prefix_mask"]),
+                             np.asarray(ours), rtol=1e-4, atol=1e-4)
+  run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'raw'}",
+      "--use_ema=false")
+  assert_trees_equal(hf.load(tmp_path / "raw")[1]["params"], state.params)
+
+
+def test_generate_cli_on_a_training_workdir(trained):
+  result, workdir = trained
+  out = run("experiments/generate.py", f"--checkpoint={workdir}", "--prompt=12+34=",
+            "--condition=synth", "--max_new_tokens=5")
+  tok = tokenizer.load(result.demo.tokenizer_path)  # found from the saved config
+  state = jax.device_get(result.state)
+  ids = hrm_jax.generate(result.model_config, {"params": state.ema, "buffers": state.buffers},
+                         [tok.format_prompt("12+34=", "synth")], 5, eos_id=tok.eoa_id)[0]
+  expected = tok.decode([i for i in ids if i != tok.eoa_id])
+  assert out.stdout.splitlines()[-1] == expected
+
+
+def test_weights_only_checkpoint_round_trip(trained, tmp_path):
+  """convert.py --to output is read by native.load, init_from and convert.py --from."""
+  result, workdir = trained
+  run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}")
+  tok = tokenizer.load(result.demo.tokenizer_path)
+  tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+  run("experiments/convert.py", f"--from_hf={tmp_path / 'hf'}", f"--to={tmp_path / 'ckpt'}")
+  assert (tmp_path / "ckpt" / "tokenizer.json").exists()
+  config, variables = native.load(tmp_path / "ckpt")
+  assert_trees_equal(variables, hf.load(tmp_path / "hf")[1])
+  with pytest.raises(FileExistsError, match="refusing to overwrite"):
+    native.save(tmp_path / "ckpt", config, variables)
+  run("experiments/convert.py", f"--from={tmp_path / 'ckpt'}", f"--to_hf={tmp_path / 'back'}")
+  assert_trees_equal(hf.load(tmp_path / "back")[1], variables)
+  out = run("experiments/generate.py", f"--checkpoint={tmp_path / 'ckpt'}", "--prompt=7*8=",
+            "--condition=synth", "--max_new_tokens=3")  # tokenizer.json copied beside it
+  ids = hrm_jax.generate(config, variables, [tok.format_prompt("7*8=", "synth")], 3,
+                         eos_id=tok.eoa_id)[0]
+  assert out.stdout.splitlines()[-1] == tok.decode([i for i in ids if i != tok.eoa_id])
+
+
+def test_not_a_checkpoint_is_a_clear_error(trained, tmp_path):
+  _, workdir = trained
+  with pytest.raises(native.NotACheckpointError, match=f"{tmp_path}: no finished checkpoint"):
+    native.load(tmp_path)
+  with pytest.raises(native.NotACheckpointError, match="no such directory"):
+    native.load(tmp_path / "missing")
+  run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}")
+  with pytest.raises(native.NotACheckpointError, match="is a Hugging Face directory"):
+    native.load(tmp_path / "hf")
