@@ -49,7 +49,8 @@ def test_generate_cli_on_a_hugging_face_directory(tmp_path):
   prompt = [vocab[t] for t in ["<|im_start|>", "<|quad_end|>", "<|object_ref_end|>",
                                "w1", "w2", "w3", "<|im_end|>"]]
   ids = hrm_jax.generate(config, variables, [prompt], 6, eos_id=vocab["<|box_end|>"])[0]
-  expected = tok.decode([i for i in ids if i != vocab["<|box_end|>"]])
+  # Special tokens the model emits stay visible in the completion (skip_special_tokens off).
+  expected = tok.decode([i for i in ids if i != vocab["<|box_end|>"]], skip_special_tokens=False)
   assert out.stdout.strip().splitlines()[-1] == expected.strip()
   lines = tmp_path / "prompts.jsonl"
   lines.write_text("\n".join(json.dumps({"prompt": p}) for p in ["w1", "w4 w5", "w6"]) + "\n")
