@@ -50,6 +50,7 @@ _ROW_LEN = flags.DEFINE_integer("row_len", 256, "tokens per row")
 _BP = flags.DEFINE_integer("bp_steps", 5, "truncated-backprop window")
 _DTYPE = flags.DEFINE_string("dtype", "", "compute dtype (default: float32 on CPU, else bf16)")
 _REMAT = flags.DEFINE_string("remat", "none", "remat policy")
+_ATTN = flags.DEFINE_string("attention", "chunked", "attention_impl of the hrm1b memory check")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
 _TORCH = flags.DEFINE_bool("torch", True, "also time transformers on CPU")
 _MEMORY = flags.DEFINE_bool("hrm1b_memory", False, "compile the hrm1b step for 16-way FSDP at "
@@ -148,7 +149,8 @@ def time_torch(cfg):
 
 
 def hrm1b_memory():
-  cfg = hrm_jax.model_config("XL", "hrm", dtype="bfloat16", remat_policy=_REMAT.value)
+  cfg = hrm_jax.model_config("XL", "hrm", dtype="bfloat16", remat_policy=_REMAT.value,
+                             attention_impl=_ATTN.value)
   mesh = sharding_lib.make_mesh((1, 16, 1))
   model, tx, shardings, fn = build_step(cfg, mesh, cfg.bp_max_steps)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -164,7 +166,7 @@ def hrm1b_memory():
   total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes \
       - m.alias_size_in_bytes
   print(f"hrm1b train step, 16-way FSDP, 12,288 tokens/device, bp_steps 5, bf16 compute, "
-        f"remat={cfg.remat_policy} (compiled in {time.perf_counter() - t:.0f}s on CPU)")
+        f"remat={cfg.remat_policy}, attention={cfg.attention_impl} (compiled in {time.perf_counter() - t:.0f}s on CPU)")
   print("| per device | GiB |\n|---|---|")
   for name, v in (("arguments (state + batch)", m.argument_size_in_bytes),
                   ("outputs", m.output_size_in_bytes), ("aliased (donated)", m.alias_size_in_bytes),

@@ -5,7 +5,8 @@ A row packs several examples. Query q may see key k iff both belong to the same 
 prefix). Padding (segment 0) forms its own causal block, so it never reaches a real token
 and every query row has at least one visible key (no NaN from an empty softmax).
 
-`attention_impl` picks the kernel; faster kernels plug in beside `dense`.
+`attention_impl` picks the kernel: `dense` materialises the [S, S] mask (short rows),
+`chunked` scans over query blocks with O(S * chunk) memory (long packed rows).
 """
 
 from __future__ import annotations
@@ -36,16 +37,20 @@ class CacheStep(NamedTuple):
   mask_BxSxT: jax.Array  # bool: query x cache slot -> visible
 
 
+def visible(seg_BxQ, prefix_BxQ, idx_Q, seg_BxT, prefix_BxT, idx_T) -> jax.Array:
+  """[B, Q, T] bool: the PrefixLM rule for queries at row indices idx_Q, keys at idx_T."""
+  causal_QxT = idx_T[None, :] <= idx_Q[:, None]
+  same_BxQxT = seg_BxQ[:, :, None] == seg_BxT[:, None, :]
+  both_prefix_BxQxT = prefix_BxQ[:, :, None] & prefix_BxT[:, None, :]
+  return same_BxQxT & (causal_QxT[None] | both_prefix_BxQxT)
+
+
 def prefix_lm_mask(segment_ids_BxS: jax.Array, prefix_mask_BxS: jax.Array) -> jax.Array:
   """Boolean visibility [B, S(query), S(key)] of PrefixLM attention over packed rows."""
   chex.assert_rank([segment_ids_BxS, prefix_mask_BxS], 2)
-  seq = segment_ids_BxS.shape[1]
-  idx = jnp.arange(seq)
-  causal_SxS = idx[None, :] <= idx[:, None]
-  same_BxSxS = segment_ids_BxS[:, :, None] == segment_ids_BxS[:, None, :]
+  idx = jnp.arange(segment_ids_BxS.shape[1])
   prefix = prefix_mask_BxS.astype(bool)
-  both_prefix_BxSxS = prefix[:, :, None] & prefix[:, None, :]
-  return same_BxSxS & (causal_SxS[None] | both_prefix_BxSxS)
+  return visible(segment_ids_BxS, prefix, idx, segment_ids_BxS, prefix, idx)
 
 
 def make_mask_info(segment_ids_BxS: jax.Array, prefix_mask_BxS: jax.Array,
@@ -66,12 +71,40 @@ def dense_attention(q_BxSxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.A
   return jnp.einsum("bhst,bthk->bshk", probs, v_BxTxHxK)
 
 
+def chunked_attention(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
+                      mask: MaskInfo, chunk: int) -> jax.Array:
+  """O(S * chunk) memory attention: a scan over query blocks, each rematerialised in the
+  backward pass, with its [chunk, S] mask built from segment ids and the prefix mask.
+
+  Same numerics as `dense_attention`; the portable fallback for long packed rows.
+  """
+  b, s, h, k = q_BxSxHxK.shape
+  chunk = min(chunk, s)
+  if s % chunk:
+    raise ValueError(f"attention_chunk={chunk} must divide the row length {s}")
+  n = s // chunk
+  q_NxBxCxHxK = q_BxSxHxK.reshape(b, n, chunk, h, k).swapaxes(0, 1)
+  idx_NxC = jnp.arange(s).reshape(n, chunk)
+  idx_S = jnp.arange(s)
+
+  @jax.checkpoint
+  def block(q_BxCxHxK, idx_C):
+    mask_BxCxS = visible(mask.segment_ids[:, idx_C], mask.prefix_mask[:, idx_C], idx_C,
+                         mask.segment_ids, mask.prefix_mask, idx_S)
+    return dense_attention(q_BxCxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxCxS)
+
+  out_NxBxCxHxK = jax.lax.map(lambda xs: block(*xs), (q_NxBxCxHxK, idx_NxC))
+  return out_NxBxCxHxK.swapaxes(0, 1).reshape(b, s, h, k)
+
+
 def attend(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
-           mask: MaskInfo, impl: str) -> jax.Array:
+           mask: MaskInfo, impl: str, chunk: int = 512) -> jax.Array:
   """Dispatch to the kernel named by `ModelConfig.attention_impl`."""
   chex.assert_equal_shape([q_BxSxHxK, k_BxSxHxK, v_BxSxHxK])
   if impl == "dense":
     if mask.dense is None:
       raise ValueError("attention_impl='dense' needs MaskInfo.dense (use make_mask_info)")
     return dense_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, mask.dense)
-  raise ValueError(f"attention_impl={impl!r} is unknown; expected 'dense'")
+  if impl == "chunked":
+    return chunked_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, mask, chunk)
+  raise ValueError(f"attention_impl={impl!r} is unknown; expected 'dense' or 'chunked'")

@@ -13,7 +13,7 @@ from typing import Any, Optional
 ARCHS = ("hrm", "transformer", "trm", "trm_match_recurrence", "rins", "ut")
 INIT_TYPES = ("lecun_normal", "fixed_normal", "megatron")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLS = ("dense",)
+ATTENTION_IMPLS = ("dense", "chunked")
 REMAT_POLICIES = ("none", "full", "dots")
 
 # size -> (n_layers, hidden_size, num_heads); REFERENCE section 1.
@@ -86,6 +86,7 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention_impl: str = "dense"
+  attention_chunk: int = 512  # query block of attention_impl="chunked"
   remat_policy: str = "none"
 
   def __post_init__(self):
@@ -146,7 +147,7 @@ class ModelConfig:
     if self.remat_policy not in REMAT_POLICIES:
       bad("remat_policy", f"expected one of {REMAT_POLICIES}")
     for f in ("n_layers", "hidden_size", "num_heads", "vocab_size", "max_seq_len",
-              "intermediate_size", "head_dim"):
+              "intermediate_size", "head_dim", "attention_chunk"):
       if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
         bad(f, "must be a positive integer")
     if self.half_layers and self.n_layers % 2:

@@ -118,7 +118,8 @@ class Attention(nn.Module):
     q = apply_rope(q, seq.cos, seq.sin)
     k = apply_rope(k, seq.cos, seq.sin)
     if seq.cache is None:
-      out_BxSxHxK = attention.attend(q, k, v, seq.mask, c.attention_impl)
+      out_BxSxHxK = attention.attend(q, k, v, seq.mask, c.attention_impl,
+                                     c.attention_chunk)
     else:
       k, v = self.write_cache(k, v, seq.cache)
       out_BxSxHxK = attention.dense_attention(q, k, v, seq.cache.mask_BxSxT)

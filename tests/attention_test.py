@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,3 +54,34 @@ def test_unknown_impl_is_an_error():
   info = attention.make_mask_info(jnp.ones((1, 2), jnp.int32), jnp.ones((1, 2), bool), "dense")
   with pytest.raises(ValueError, match="attention_impl='flash'"):
     attention.attend(x, x, x, info, "flash")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_chunked_attention_matches_dense_outputs_and_gradients(seed):
+  rng = np.random.default_rng(seed)
+  q, k, v = (jnp.asarray(rng.standard_normal((2, 32, 2, 8)), jnp.float32) for _ in range(3))
+  batch = random_rows(rng, 2, 32, 20, max_examples=4)
+  seg, pre = jnp.asarray(batch["segment_ids"]), jnp.asarray(batch["prefix_mask"])
+  dense_info = attention.make_mask_info(seg, pre, "dense")
+  chunk_info = attention.make_mask_info(seg, pre, "chunked")
+  assert chunk_info.dense is None  # no [S, S] mask is built for the chunked kernel
+  w = jnp.asarray(rng.standard_normal((2, 32, 2, 8)), jnp.float32)
+
+  def loss(impl, info, q, k, v):
+    return jnp.sum(attention.attend(q, k, v, info, impl, chunk=8) * w)
+
+  dense = jax.value_and_grad(functools.partial(loss, "dense", dense_info), argnums=(0, 1, 2))
+  chunked = jax.value_and_grad(functools.partial(loss, "chunked", chunk_info),
+                               argnums=(0, 1, 2))
+  (ld, gd), (lc, gc) = dense(q, k, v), chunked(q, k, v)
+  np.testing.assert_allclose(float(lc), float(ld), rtol=1e-5)
+  for a, b in zip(gc, gd):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_chunk_must_divide_the_row():
+  x = jnp.zeros((1, 12, 1, 2))
+  info = attention.make_mask_info(jnp.ones((1, 12), jnp.int32), jnp.ones((1, 12), bool),
+                                  "chunked")
+  with pytest.raises(ValueError, match="attention_chunk=5 must divide the row length 12"):
+    attention.attend(x, x, x, info, "chunked", chunk=5)

@@ -152,3 +152,11 @@ def test_batch_errors_are_clear():
     model.apply(variables, batch, bp_steps=2.0)
   with pytest.raises(ValueError, match="bp_steps must be >= 1"):
     model.apply(variables, batch, bp_steps=0)
+
+
+def test_chunked_attention_model_matches_dense():
+  cfg, _, variables, apply = model_and_vars()
+  chunked = hrm_jax.LanguageModel(cfg.replace(attention_impl="chunked", attention_chunk=4))
+  batch = random_rows(np.random.default_rng(5), 2, SEQ, cfg.vocab_size)
+  np.testing.assert_allclose(np.asarray(jax.jit(chunked.apply)(variables, batch)),
+                             np.asarray(apply(variables, batch)), rtol=1e-5, atol=1e-5)
