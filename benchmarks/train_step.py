@@ -51,6 +51,10 @@ _BP = flags.DEFINE_integer("bp_steps", 5, "truncated-backprop window")
 _DTYPE = flags.DEFINE_string("dtype", "", "compute dtype (default: float32 on CPU, else bf16)")
 _REMAT = flags.DEFINE_string("remat", "none", "remat policy")
 _ATTN = flags.DEFINE_string("attention", "chunked", "attention_impl of the hrm1b memory check")
+_MEM_LAYERS = flags.DEFINE_integer("memory_layers_per_stack", 16, "layers per stack of the "
+                                   "hrm1b memory check (16 = hrm1b)")
+_LOSS_CHUNK = flags.DEFINE_integer("loss_chunk", 1024, "head+loss chunk of the hrm1b memory "
+                                   "check (0 = whole-row logits)")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
 _TORCH = flags.DEFINE_bool("torch", True, "also time transformers on CPU")
 _MEMORY = flags.DEFINE_bool("hrm1b_memory", False, "compile the hrm1b step for 16-way FSDP at "
@@ -84,12 +88,13 @@ def make_batch(cfg, rows, row_len, seed=0):
           "labels": labels.astype(np.int32)}
 
 
-def build_step(cfg, mesh, bp_steps):
+def build_step(cfg, mesh, bp_steps, loss_chunk=0):
   model = hrm_jax.LanguageModel(cfg)
   tx = optim.adam_atan2(optim.warmup_cosine(1e-3, 10, 1000), 0.9, 0.95, 0.1)
   shardings = state_lib.state_shardings(model, tx, mesh)
   fn = jax.jit(functools.partial(train_step, model=model, tx=tx, bp_steps=bp_steps,
-                                 microbatches=1, ema_decay=0.999, skip_nonfinite=False),
+                                 microbatches=1, ema_decay=0.999, skip_nonfinite=False,
+                                 loss_chunk=loss_chunk),
                in_shardings=(shardings, sharding_lib.batch_sharding(mesh)), donate_argnums=0)
   return model, tx, shardings, fn
 
@@ -150,9 +155,9 @@ def time_torch(cfg):
 
 def hrm1b_memory():
   cfg = hrm_jax.model_config("XL", "hrm", dtype="bfloat16", remat_policy=_REMAT.value,
-                             attention_impl=_ATTN.value)
+                             attention_impl=_ATTN.value, n_layers=2 * _MEM_LAYERS.value)
   mesh = sharding_lib.make_mesh((1, 16, 1))
-  model, tx, shardings, fn = build_step(cfg, mesh, cfg.bp_max_steps)
+  model, tx, shardings, fn = build_step(cfg, mesh, cfg.bp_max_steps, _LOSS_CHUNK.value)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           state_lib.abstract_state(model, tx), shardings)
   bs = sharding_lib.batch_sharding(mesh)
@@ -165,8 +170,9 @@ def hrm1b_memory():
   gib = lambda x: x / 2**30
   total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes \
       - m.alias_size_in_bytes
-  print(f"hrm1b train step, 16-way FSDP, 12,288 tokens/device, bp_steps 5, bf16 compute, "
-        f"remat={cfg.remat_policy}, attention={cfg.attention_impl} (compiled in {time.perf_counter() - t:.0f}s on CPU)")
+  print(f"hrm1b train step ({cfg.layers_per_stack} layers/stack), 16-way FSDP, 12,288 tokens/device, bp_steps 5, bf16 compute, "
+        f"remat={cfg.remat_policy}, attention={cfg.attention_impl}, "
+        f"loss_chunk={_LOSS_CHUNK.value} (compiled in {time.perf_counter() - t:.0f}s on CPU)")
   print("| per device | GiB |\n|---|---|")
   for name, v in (("arguments (state + batch)", m.argument_size_in_bytes),
                   ("outputs", m.output_size_in_bytes), ("aliased (donated)", m.alias_size_in_bytes),

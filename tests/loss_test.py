@@ -39,3 +39,26 @@ def test_no_labels_gives_zero_not_nan():
   labels = jnp.full((1, 3), IGN)
   loss, m = hrm_jax.loss_and_metrics(logits, labels, jnp.ones((1, 3), jnp.int32))
   assert float(loss) == 0.0 and float(m["exact_accuracy"]) == 0.0
+
+
+def test_chunked_loss_equals_full_loss_and_gradients():
+  import jax
+  rng = np.random.default_rng(1)
+  hidden = jnp.asarray(rng.standard_normal((2, 8, 4)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((4, 11)), jnp.float32)
+  labels = jnp.asarray(np.where(rng.random((2, 8)) < 0.6, rng.integers(0, 11, (2, 8)), IGN))
+  seg = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 0], [1, 1, 1, 1, 1, 2, 2, 2]])
+
+  def full(h, w):
+    return hrm_jax.loss_and_metrics(h @ w, labels, seg)
+
+  def chunked(h, w):
+    return hrm_jax.loss.chunked_loss_and_metrics(h, lambda x: x @ w, labels, seg, chunk=2)
+
+  (lf, mf), gf = jax.value_and_grad(full, argnums=(0, 1), has_aux=True)(hidden, w)
+  (lc, mc), gc = jax.value_and_grad(chunked, argnums=(0, 1), has_aux=True)(hidden, w)
+  np.testing.assert_allclose(float(lc), float(lf), rtol=1e-6)
+  for k in mf:
+    np.testing.assert_allclose(float(mc[k]), float(mf[k]), rtol=1e-6)
+  for a, b in zip(gc, gf):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

@@ -149,3 +149,17 @@ def test_train_cli_rejects_unknown_config():
                         "--config=nope"], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=ROOT))
   assert out.returncode != 0 and "valid names" in out.stderr
+
+
+def test_demo_config_loss_falls(demo_dir, tmp_path):
+  """The real demo config (model, data, optimizer) for a few steps: the loss goes down."""
+  cfg = configs.get("demo")
+  cfg.data.demo_dir = str(demo_dir)
+  cfg.train.max_steps = 12
+  cfg.log.every_steps = 1
+  cfg.checkpoint.async_save = False
+  cfg.demo.show_answers = 0
+  loop.train(cfg, str(tmp_path))
+  losses = [m["loss"] for m in read_metrics(str(tmp_path))]
+  assert len(losses) == 12 and all(np.isfinite(losses))
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses

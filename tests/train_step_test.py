@@ -25,7 +25,7 @@ def make_batch(seed):
   return {**b, "labels": labels.astype(np.int32)}
 
 
-def run_steps(mesh_shape, microbatches=1, steps=(2, 3)):
+def run_steps(mesh_shape, microbatches=1, steps=(2, 3), loss_chunk=0):
   cfg = tiny_config(vocab_size=64)
   model = LanguageModel(cfg)
   tx = optim.adam_atan2(optim.warmup_cosine(1e-2, 1, 10), 0.9, 0.95, 0.1)
@@ -38,7 +38,7 @@ def run_steps(mesh_shape, microbatches=1, steps=(2, 3)):
   for i, bp in enumerate(steps):
     fn = jax.jit(functools.partial(train_step, model=model, tx=tx, bp_steps=bp,
                                    microbatches=microbatches, ema_decay=0.9,
-                                   skip_nonfinite=False),
+                                   skip_nonfinite=False, loss_chunk=loss_chunk),
                  in_shardings=(shardings, batch_sharding), donate_argnums=0)
     batch = {k: jax.device_put(v, batch_sharding) for k, v in make_batch(i).items()}
     state, metrics = fn(state, batch)
@@ -66,8 +66,9 @@ def test_sharded_step_equals_single_device(mesh_shape):
     assert "fsdp" in str(kernel.spec)
 
 
-def test_microbatches_equal_one_batch():
-  state, losses, _ = run_steps((1, 1, 1), microbatches=4)
+@pytest.mark.parametrize("microbatches,loss_chunk", [(4, 0), (1, 4)])
+def test_microbatches_and_loss_chunks_equal_one_batch(microbatches, loss_chunk):
+  state, losses, _ = run_steps((1, 1, 1), microbatches=microbatches, loss_chunk=loss_chunk)
   ref_state, ref_losses, _ = single_device()
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state)):

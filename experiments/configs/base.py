@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
       total_steps=0,        # 0 = epochs * total_length // global batch tokens (reference)
       max_steps=-1,         # stop early after this many steps (-1 = run to total_steps)
       microbatches=1, seed=0, skip_nonfinite=False,
+      loss_chunk=1024,      # tokens per head+loss chunk (0 = materialise all logits)
   ))
   c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))  # (data, fsdp, tensor)
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))

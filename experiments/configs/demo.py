@@ -12,7 +12,7 @@ def get_config():
   c.model.update(hidden_size=128, num_heads=4, n_layers=4, max_seq_len=256)
   c.data.update(source="demo", rows=8, row_len=256)
   c.train.update(lr=2e-3, warmup_steps=50, lr_min_ratio=0.1, epochs=6, ema_decay=0.99,
-                 weight_decay=0.1)
+                 weight_decay=0.1, loss_chunk=0)
   c.mesh.shape = (1, -1, 1)
   c.checkpoint.update(every_steps=200, keep=2)
   c.log.every_steps = 20

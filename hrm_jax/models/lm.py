@@ -44,13 +44,16 @@ class LanguageModel(nn.Module):
   [B, S] arrays `inputs`, `positions`, `segment_ids` (0 = padding) and bool `prefix_mask`.
   `bp_steps` (a static int) truncates backprop to the last passes; None = full gradient.
   `cache` switches on KV-cache decoding (apply with mutable=["cache"]; see hrm_jax.generate).
+  `hidden_only` returns the final state z_H [B, S, D] instead, for losses that apply the head
+  chunk by chunk (`head`) so [B, S, V] logits never exist at once.
   """
 
   config: ModelConfig
 
   @nn.compact
   def __call__(self, batch: dict[str, jax.Array], bp_steps: Optional[int] = None,
-               cache: Optional[attention.CacheStep] = None) -> jax.Array:
+               cache: Optional[attention.CacheStep] = None,
+               hidden_only: bool = False) -> jax.Array:
     c = self.config
     check_batch(batch)
     truncation.check_bp_steps(bp_steps)
@@ -61,6 +64,12 @@ class LanguageModel(nn.Module):
     x_BxSxD = (jnp.take(embed_VxD, batch["inputs"], axis=0) * c.embedding_scale).astype(c.dtype)
     seq = make_seq_info(c, batch, cache)
     z_BxSxD = CORES[c.family](c, name="core")(x_BxSxD, seq, bp_steps)
-    logits_BxSxV = Linear((c.vocab_size,), ("embed", "vocab"), in_std, dtype=c.dtype,
-                          param_dtype=c.param_dtype, name="lm_head")(z_BxSxD)
-    return logits_BxSxV.astype(jnp.float32)
+    if hidden_only and not self.is_initializing():
+      return z_BxSxD
+    return head(c, name="lm_head")(z_BxSxD).astype(jnp.float32)
+
+
+def head(config: ModelConfig, name: Optional[str] = None) -> Linear:
+  """The untied output projection D -> V (init std in_std, as the reference)."""
+  return Linear((config.vocab_size,), ("embed", "vocab"), config.init_stds()["in"],
+                dtype=config.dtype, param_dtype=config.param_dtype, name=name)

@@ -149,7 +149,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
       fn = functools.partial(train_step, model=model, tx=tx, bp_steps=bp_steps,
                              microbatches=cfg.train.microbatches,
                              ema_decay=cfg.train.ema_decay,
-                             skip_nonfinite=cfg.train.skip_nonfinite)
+                             skip_nonfinite=cfg.train.skip_nonfinite,
+                             loss_chunk=cfg.train.loss_chunk)
       step_fns[bp_steps] = jax.jit(fn, in_shardings=(shardings, batch_sharding),
                                    out_shardings=(shardings, sharding_lib.replicated(mesh)),
                                    donate_argnums=0)

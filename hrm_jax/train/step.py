@@ -17,16 +17,29 @@ import optax
 from hrm_jax import loss as loss_lib
 from hrm_jax import optim
 from hrm_jax.models import LanguageModel
+from hrm_jax.models.lm import head
 from hrm_jax.train.state import TrainState
 
 MODEL_KEYS = ("inputs", "positions", "segment_ids", "prefix_mask")
 
 
-def _microbatch_sums(model: LanguageModel, params, buffers, batch, bp_steps, total_tokens):
-  """Loss share and metric sums of one micro-batch; the loss is what gets differentiated."""
-  logits = model.apply({"params": params, "buffers": buffers},
-                       {k: batch[k] for k in MODEL_KEYS}, bp_steps=bp_steps)
-  _, m = loss_lib.loss_and_metrics(logits, batch["labels"], batch["segment_ids"])
+def _microbatch_sums(model: LanguageModel, loss_chunk: int, params, buffers, batch, bp_steps,
+                     total_tokens):
+  """Loss share and metric sums of one micro-batch; the loss is what gets differentiated.
+
+  With loss_chunk > 0 the head and the loss run over sequence chunks, so the [B, S, V]
+  logits (the largest activation at vocab 65,536) are never materialised.
+  """
+  variables = {"params": params, "buffers": buffers}
+  inputs = {k: batch[k] for k in MODEL_KEYS}
+  if loss_chunk:
+    hidden = model.apply(variables, inputs, bp_steps=bp_steps, hidden_only=True)
+    logits_fn = lambda h: head(model.config).apply({"params": params["lm_head"]}, h)
+    _, m = loss_lib.chunked_loss_and_metrics(hidden, logits_fn, batch["labels"],
+                                             batch["segment_ids"], loss_chunk)
+  else:
+    logits = model.apply(variables, inputs, bp_steps=bp_steps)
+    _, m = loss_lib.loss_and_metrics(logits, batch["labels"], batch["segment_ids"])
   tokens = m["tokens"].astype(jnp.float32)
   examples = m["examples"].astype(jnp.float32)
   share = m["loss"] * tokens / jnp.maximum(total_tokens, 1.0)
@@ -38,11 +51,12 @@ def _microbatch_sums(model: LanguageModel, params, buffers, batch, bp_steps, tot
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: LanguageModel,
                tx: optax.GradientTransformation, bp_steps: Optional[int], microbatches: int,
-               ema_decay: float, skip_nonfinite: bool) -> tuple[TrainState, dict[str, Any]]:
+               ema_decay: float, skip_nonfinite: bool,
+               loss_chunk: int = 0) -> tuple[TrainState, dict[str, Any]]:
   """batch: [rows, seq] arrays (inputs, labels, positions, segment_ids, prefix_mask)."""
   total_tokens = jnp.sum(batch["labels"] != loss_lib.IGNORE_LABEL).astype(jnp.float32)
   grad_fn = jax.value_and_grad(
-      functools.partial(_microbatch_sums, model), has_aux=True)
+      functools.partial(_microbatch_sums, model, loss_chunk), has_aux=True)
 
   if microbatches == 1:
     (_, sums), grads = grad_fn(state.params, state.buffers, batch, bp_steps, total_tokens)
