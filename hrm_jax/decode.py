@@ -6,8 +6,8 @@ common prompt length; positions restart at 0 at each row's first real token and 
 never attended by real tokens. Prompt lengths and generation lengths are rounded up to
 powers of two, so a handful of shapes cover every request (no compile per prompt length).
 
-The cache has one slot per (pass, layer): each stack keeps [passes * layers, B, T, H, K]
-keys and values in the 'cache' collection (`H_cycles * (L_cycles + 1) * layers_per_stack`
+The cache has one slot per (pass, layer): each stack keeps [passes * layers, B, H, K, T]
+keys and [passes * layers, B, H, T, K] values in the 'cache' collection (`H_cycles * (L_cycles + 1) * layers_per_stack`
 slots in all for HRM). The layer and pass scans carry it rather than scan over it, and the
 decode loop carries it too, so each step writes its new keys/values in place (restacking a
 scanned cache copied all of it several times per token).
@@ -28,7 +28,7 @@ from hrm_jax.config import ModelConfig
 from hrm_jax.layers import CACHE, CURSOR
 from hrm_jax.models import LanguageModel
 
-Cache = Any  # the 'cache' collection: a pytree of [slots, B, T, H, K] arrays
+Cache = Any  # the 'cache' collection: per stack, keys [slots, B, H, K, T], values [.., T, K]
 MIN_BUCKET = 16
 
 
@@ -60,12 +60,13 @@ def _nest(leaves: dict[tuple[str, ...], Any]) -> dict:
 
 
 def init_cache(config: ModelConfig, batch: int, cache_len: int) -> Cache:
-  """Zero keys/values [slots, B, T, H, K] for every stack (carried variables must exist
-  before the scans that carry them)."""
-  shape = (batch, cache_len, config.num_heads, config.head_dim)
+  """Zero keys and values of every stack (carried variables must exist before the scans
+  that carry them)."""
+  b, h, k, t = batch, config.num_heads, config.head_dim, cache_len
+  shapes = {"cached_key": (b, h, k, t), "cached_value": (b, h, t, k)}
   return _nest({path + (name,): jnp.zeros((slots,) + shape, config.dtype)
                 for path, slots in _attn_paths(config).items()
-                for name in ("cached_key", "cached_value")})
+                for name, shape in shapes.items()})
 
 
 def _apply(config: ModelConfig, variables: dict, cache: Cache, batch: dict,
@@ -99,7 +100,8 @@ def prefill(config: ModelConfig, variables: dict, prompt_BxP: jax.Array, pad_B: 
 def decode_step(config: ModelConfig, variables: dict, cache: Cache, token_B: jax.Array,
                 slot: jax.Array, pad_B: jax.Array) -> tuple[jax.Array, Cache]:
   """One causal token per row at cache slot `slot` (same for all rows); logits [B, V]."""
-  t = jax.tree_util.tree_leaves(cache)[0].shape[-3]
+  t = next(leaf.shape[-1] for path, leaf in jax.tree_util.tree_leaves_with_path(cache)
+           if path[-1].key == "cached_key")
   slots_T = jnp.arange(t)
   mask_Bx1xT = ((slots_T[None] >= pad_B[:, None]) & (slots_T[None] <= slot))[:, None]
   ones_Bx1 = jnp.ones((token_B.shape[0], 1), jnp.int32)

@@ -125,30 +125,35 @@ class Attention(nn.Module):
       out_BxSxHxK = attention.attend(q, k, v, seq.mask, c.attention_impl)
     else:
       k, v = self.write_cache(k, v, seq.cache)
-      out_BxSxHxK = attention.dense_attention(q, k, v, seq.cache.mask_BxSxT)
+      out_BxSxHxK = attention.cached_attention(q, k, v, seq.cache.mask_BxSxT)
     out_BxSxHxK = checkpoint_name(jax.nn.sigmoid(gate) * out_BxSxHxK, "attn_out")
     return dense((c.hidden_size,), ("heads", "head_dim", "embed"), stds["attn_out"], n_in=2,
                  name="o_proj")(out_BxSxHxK)
 
   def write_cache(self, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
                   step: attention.CacheStep) -> tuple[jax.Array, jax.Array]:
-    """Store this call's keys/values at positions step.index.. of its slot; return the slot.
+    """Store this call's keys/values at positions step.index.. of its slot; return the slot
+    as keys [B, H, K, T] and values [B, H, T, K] (the layouts the attention dots read
+    without a transpose).
 
-    A stack keeps ONE cache [slots, B, T, H, K] for all its (pass, layer) calls, carried
-    (not scanned) through the layer and pass loops, so the decode loop updates it in place
+    A stack keeps ONE cache [slots, ...] for all its (pass, layer) calls, carried (not
+    scanned) through the layer and pass loops, so the decode loop updates it in place
     instead of restacking it; the 'cursor' numbers the calls in execution order, the same
     in prefill and decode. Both are created by `hrm_jax.decode.init_cache`.
     """
     cursor = self.variable(CURSOR, "slot")
     slot = cursor.value
     cursor.value = slot + 1
-    out = []
-    for name, new_BxSxHxK in (("cached_key", k_BxSxHxK), ("cached_value", v_BxSxHxK)):
-      var = self.variable(CACHE, name)
-      var.value = jax.lax.dynamic_update_slice(
-          var.value, new_BxSxHxK[None].astype(var.value.dtype), (slot, 0, step.index, 0, 0))
-      out.append(jax.lax.dynamic_index_in_dim(var.value, slot, keepdims=False))
-    return out[0], out[1]
+    keys = self.variable(CACHE, "cached_key")
+    values = self.variable(CACHE, "cached_value")
+    k_1xBxHxKxS = k_BxSxHxK.transpose(0, 2, 3, 1)[None].astype(keys.value.dtype)
+    v_1xBxHxSxK = v_BxSxHxK.transpose(0, 2, 1, 3)[None].astype(values.value.dtype)
+    keys.value = jax.lax.dynamic_update_slice(keys.value, k_1xBxHxKxS,
+                                              (slot, 0, 0, 0, step.index))
+    values.value = jax.lax.dynamic_update_slice(values.value, v_1xBxHxSxK,
+                                                (slot, 0, 0, step.index, 0))
+    return (jax.lax.dynamic_index_in_dim(keys.value, slot, keepdims=False),
+            jax.lax.dynamic_index_in_dim(values.value, slot, keepdims=False))
 
 
 class SwiGLU(nn.Module):
