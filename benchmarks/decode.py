@@ -5,10 +5,13 @@
 A random hrm_jax model is exported with hrm_jax.hf.save and loaded by
 `transformers.HrmTextForCausalLM`; both decode the same left-padded PrefixLM prompts
 greedily (no eos). One timed run each, after one warm-up run (compilation for hrm_jax).
+ms per decode step is hrm_jax's (time for new_tokens - time for 1 token) / (new_tokens - 1),
+i.e. without the prefill; tokens/s include the prefill for both.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 
@@ -44,11 +47,16 @@ def main(argv: list[str]) -> None:
   dummy["prefix_mask"] = np.ones((1, 8), bool)
   variables = hrm_jax.LanguageModel(config).init(jax.random.PRNGKey(0), dummy)
 
-  run = lambda: hrm_jax.generate(config, variables, prompts, f.new_tokens)
-  run()
-  start = time.perf_counter()
-  ours = run()
-  jax_s = time.perf_counter() - start
+  def timed(new_tokens: int) -> tuple[list[list[int]], float]:
+    run = lambda: hrm_jax.generate(config, variables, prompts, new_tokens)
+    run()
+    start = time.perf_counter()
+    out = run()
+    return out, time.perf_counter() - start
+
+  ours, jax_s = timed(f.new_tokens)
+  _, prefill_s = timed(1)
+  step_ms = (jax_s - prefill_s) / max(f.new_tokens - 1, 1) * 1e3
 
   with tempfile.TemporaryDirectory() as tmp:
     hrm_jax.hf.save(tmp, config, variables)
@@ -69,9 +77,11 @@ def main(argv: list[str]) -> None:
   print(f"model: hidden {f.hidden_size}, {f.layers_per_stack} layers/stack, H{f.H_cycles} "
         f"L{f.L_cycles}, vocab {f.vocab_size}; batch {f.batch}, {f.new_tokens} new tokens, "
         f"prompt lengths {[len(x) for x in prompts]}")
-  print(f"{'hrm_jax.generate':>24}: {n / jax_s:10.1f} tokens/s ({jax_s:.3f} s)")
+  print(f"{'hrm_jax.generate':>24}: {n / jax_s:10.1f} tokens/s ({jax_s:.3f} s; "
+        f"{step_ms:.2f} ms per decode step, prefill + 1 token {prefill_s * 1e3:.1f} ms)")
   print(f"{'transformers generate':>24}: {n / torch_s:10.1f} tokens/s ({torch_s:.3f} s)")
-  print(f"{'ratio':>24}: {torch_s / jax_s:10.1f}x   (greedy tokens agreeing: {agree:.1%})")
+  print(f"{'load average (1 min)':>24}: {os.getloadavg()[0]:10.2f}   (on {os.cpu_count()} CPUs)")
+  print(f"{'ratio':>24}: {torch_s / jax_s:10.2f}x   (greedy tokens agreeing: {agree:.1%})")
 
 
 if __name__ == "__main__":

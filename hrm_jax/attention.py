@@ -29,8 +29,9 @@ class MaskInfo(NamedTuple):
 class CacheStep(NamedTuple):
   """Decoding with a KV cache: where this call's tokens go and what each may see.
 
-  Each attention layer keeps its keys/values in the 'cache' collection ([B, T, H, K]);
-  the tokens of this call are written at slots index.. and attend to all T slots by mask.
+  Each attention layer keeps its keys/values in the 'cache' collection (one slot of its
+  stack's cache); the tokens of this call are written at positions index.. and attend to
+  all T positions by mask.
   """
 
   index: jax.Array  # scalar int32: cache slot of the first token of this call
@@ -95,6 +96,17 @@ def chunked_attention(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax
 
   out_NxBxCxHxK = jax.lax.map(lambda xs: block(*xs), (q_NxBxCxHxK, idx_NxC))
   return out_NxBxCxHxK.swapaxes(0, 1).reshape(b, s, h, k)
+
+
+def cached_attention(q_BxSxHxK: jax.Array, k_BxHxKxT: jax.Array, v_BxHxTxK: jax.Array,
+                     mask_BxSxT: jax.Array) -> jax.Array:
+  """`dense_attention` over a KV cache stored in the layouts its dots read directly."""
+  scale = q_BxSxHxK.shape[-1] ** -0.5
+  scores = jnp.einsum("bshk,bhkt->bhst", q_BxSxHxK, k_BxHxKxT,
+                      preferred_element_type=jnp.float32) * scale
+  scores = jnp.where(mask_BxSxT[:, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxHxTxK.dtype)
+  return jnp.einsum("bhst,bhtk->bshk", probs, v_BxHxTxK)
 
 
 def attend(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,

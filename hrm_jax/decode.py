@@ -6,9 +6,11 @@ common prompt length; positions restart at 0 at each row's first real token and 
 never attended by real tokens. Prompt lengths and generation lengths are rounded up to
 powers of two, so a handful of shapes cover every request (no compile per prompt length).
 
-The cache has one slot per (pass, layer) (`H_cycles * (L_cycles + 1) * layers_per_stack`
-for HRM): attention layers store keys/values in the 'cache' collection and the scans over
-layers and passes stack them.
+The cache has one slot per (pass, layer): each stack keeps [passes * layers, B, H, K, T]
+keys and [passes * layers, B, H, T, K] values in the 'cache' collection (`H_cycles * (L_cycles + 1) * layers_per_stack`
+slots in all for HRM). The layer and pass scans carry it rather than scan over it, and the
+decode loop carries it too, so each step writes its new keys/values in place (restacking a
+scanned cache copied all of it several times per token).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax import attention
+from hrm_jax import attention, flops
 from hrm_jax.config import ModelConfig
+from hrm_jax.layers import CACHE, CURSOR
 from hrm_jax.models import LanguageModel
 
-Cache = Any  # the 'cache' collection: a pytree of [passes..., layers, B, T, H, K] arrays
+Cache = Any  # the 'cache' collection: per stack, keys [slots, B, H, K, T], values [.., T, K]
 MIN_BUCKET = 16
 
 
@@ -38,6 +41,41 @@ def _check_arch(config: ModelConfig) -> None:
   if config.family == "trm":
     raise ValueError(f"KV-cache decoding does not support arch {config.arch!r}: its single "
                      "stack plays both roles, so H and L passes would share cache slots.")
+
+
+def _attn_paths(config: ModelConfig) -> dict[tuple[str, ...], int]:
+  """Scope path of each stack's (scanned) attention layer -> cache slots of that stack."""
+  return {("core", name, "layers", "attn"): n * config.layers_per_stack
+          for name, n in flops.stack_passes(config).items()}
+
+
+def _nest(leaves: dict[tuple[str, ...], Any]) -> dict:
+  tree: dict = {}
+  for path, leaf in leaves.items():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = leaf
+  return tree
+
+
+def init_cache(config: ModelConfig, batch: int, cache_len: int) -> Cache:
+  """Zero keys and values of every stack (carried variables must exist before the scans
+  that carry them)."""
+  b, h, k, t = batch, config.num_heads, config.head_dim, cache_len
+  shapes = {"cached_key": (b, h, k, t), "cached_value": (b, h, t, k)}
+  return _nest({path + (name,): jnp.zeros((slots,) + shape, config.dtype)
+                for path, slots in _attn_paths(config).items()
+                for name, shape in shapes.items()})
+
+
+def _apply(config: ModelConfig, variables: dict, cache: Cache, batch: dict,
+           step: attention.CacheStep) -> tuple[jax.Array, Cache]:
+  """The model on `batch` with every stack's cursor at slot 0; logits and the new cache."""
+  cursor = _nest({path + ("slot",): jnp.int32(0) for path in _attn_paths(config)})
+  logits, state = LanguageModel(config).apply(
+      {**variables, CACHE: cache, CURSOR: cursor}, batch, cache=step, mutable=[CACHE, CURSOR])
+  return logits, state[CACHE]
 
 
 def prefill(config: ModelConfig, variables: dict, prompt_BxP: jax.Array, pad_B: jax.Array,
@@ -55,24 +93,23 @@ def prefill(config: ModelConfig, variables: dict, prompt_BxP: jax.Array, pad_B: 
            "segment_ids": real_BxP.astype(jnp.int32), "prefix_mask": real_BxP}
   mask_BxPxP = attention.prefix_lm_mask(batch["segment_ids"], real_BxP)
   mask_BxPxT = jnp.pad(mask_BxPxP, ((0, 0), (0, 0), (0, cache_len - p)))
-  logits_BxPxV, state = LanguageModel(config).apply(
-      variables, batch, cache=attention.CacheStep(jnp.int32(0), mask_BxPxT), mutable=["cache"])
-  return logits_BxPxV, state["cache"]
+  return _apply(config, variables, init_cache(config, b, cache_len), batch,
+                attention.CacheStep(jnp.int32(0), mask_BxPxT))
 
 
 def decode_step(config: ModelConfig, variables: dict, cache: Cache, token_B: jax.Array,
                 slot: jax.Array, pad_B: jax.Array) -> tuple[jax.Array, Cache]:
   """One causal token per row at cache slot `slot` (same for all rows); logits [B, V]."""
-  t = jax.tree_util.tree_leaves(cache)[0].shape[-3]
+  t = next(leaf.shape[-1] for path, leaf in jax.tree_util.tree_leaves_with_path(cache)
+           if path[-1].key == "cached_key")
   slots_T = jnp.arange(t)
   mask_Bx1xT = ((slots_T[None] >= pad_B[:, None]) & (slots_T[None] <= slot))[:, None]
   ones_Bx1 = jnp.ones((token_B.shape[0], 1), jnp.int32)
   batch = {"inputs": token_B[:, None], "positions": (slot - pad_B)[:, None],
            "segment_ids": ones_Bx1, "prefix_mask": ones_Bx1 == 0}
-  logits_Bx1xV, state = LanguageModel(config).apply(
-      {**variables, "cache": cache}, batch, cache=attention.CacheStep(slot, mask_Bx1xT),
-      mutable=["cache"])
-  return logits_Bx1xV[:, 0], state["cache"]
+  logits_Bx1xV, cache = _apply(config, variables, cache, batch,
+                               attention.CacheStep(slot, mask_Bx1xT))
+  return logits_Bx1xV[:, 0], cache
 
 
 def sample(logits_BxV: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,

@@ -22,13 +22,27 @@ def layer_flops(config: ModelConfig, seq_len: int) -> float:
   return float(matmuls + attention)
 
 
+def stack_passes(config: ModelConfig) -> dict[str, int]:
+  """How many times the core applies each of its stacks (by module name) per forward."""
+  c = config
+  if c.family == "transformer":
+    return {"stack": 1}
+  if c.family == "hrm":
+    return {"H": c.H_cycles, "L": c.H_cycles * c.L_cycles}
+  if c.family == "trm":
+    return {"L": c.H_cycles * (c.L_cycles + 1)}
+  if c.family == "rins":
+    return {"L": c.L_cycles, "H": 1}
+  return {"L": c.cycles}  # ut
+
+
 def pass_counts(config: ModelConfig, bp_steps: Optional[int]) -> tuple[int, int]:
   """(stack passes per token, passes that carry gradient at `bp_steps`)."""
   c = config
+  total = sum(stack_passes(c).values())
   if c.family == "transformer":
     return 1, 1
   if c.family in ("hrm", "trm"):
-    total = c.H_cycles * (c.L_cycles + 1)
     if bp_steps is None:
       return total, total
     windows = (truncation.hrm_bp_split(c.H_cycles, bp_steps) if c.family == "hrm"
@@ -36,9 +50,7 @@ def pass_counts(config: ModelConfig, bp_steps: Optional[int]) -> tuple[int, int]
     L_grad, H_grad = truncation.hl_grad_flags(c.H_cycles, c.L_cycles, *windows)
     return total, int(L_grad.sum() + H_grad.sum())
   if c.family == "rins":
-    total = c.L_cycles + 1
     return total, total if bp_steps is None else c.L_bp_cycles + 1
-  total = c.cycles  # ut
   return total, total if bp_steps is None else c.bp_cycles
 
 

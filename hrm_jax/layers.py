@@ -59,6 +59,10 @@ def apply_rope(x_BxSxHxK: jax.Array, cos_BxSxK: jax.Array, sin_BxSxK: jax.Array)
   return out.astype(x_BxSxHxK.dtype)
 
 
+# Collections of KV-cache decoding, carried through every layer and pass loop.
+CACHE, CURSOR = "cache", "cursor"
+
+
 class SeqInfo(NamedTuple):
   """Per-row sequence data shared by every layer and every recurrent pass."""
 
@@ -122,25 +126,35 @@ class Attention(nn.Module):
                                      c.attention_chunk)
     else:
       k, v = self.write_cache(k, v, seq.cache)
-      out_BxSxHxK = attention.dense_attention(q, k, v, seq.cache.mask_BxSxT)
+      out_BxSxHxK = attention.cached_attention(q, k, v, seq.cache.mask_BxSxT)
     out_BxSxHxK = checkpoint_name(jax.nn.sigmoid(gate) * out_BxSxHxK, "attn_out")
     return dense((c.hidden_size,), ("heads", "head_dim", "embed"), stds["attn_out"], n_in=2,
                  name="o_proj")(out_BxSxHxK)
 
   def write_cache(self, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
                   step: attention.CacheStep) -> tuple[jax.Array, jax.Array]:
-    """Store this call's keys/values at slots step.index.. and return the whole cache.
+    """Store this call's keys/values at positions step.index.. of its slot; return the slot
+    as keys [B, H, K, T] and values [B, H, T, K] (the layouts the attention dots read
+    without a transpose).
 
-    The cache variables are created (zeros, [B, T, H, K]) by the first call with the
-    'cache' collection mutable; scans over layers and passes give each (pass, layer) a slot.
+    A stack keeps ONE cache [slots, ...] for all its (pass, layer) calls, carried (not
+    scanned) through the layer and pass loops, so the decode loop updates it in place
+    instead of restacking it; the 'cursor' numbers the calls in execution order, the same
+    in prefill and decode. Both are created by `hrm_jax.decode.init_cache`.
     """
-    b, _, h, k = k_BxSxHxK.shape
-    shape = (b, step.mask_BxSxT.shape[-1], h, k)
-    cached = [self.variable("cache", name, jnp.zeros, shape, k_BxSxHxK.dtype)
-              for name in ("cached_key", "cached_value")]
-    for var, new in zip(cached, (k_BxSxHxK, v_BxSxHxK)):
-      var.value = jax.lax.dynamic_update_slice_in_dim(var.value, new, step.index, axis=1)
-    return cached[0].value, cached[1].value
+    cursor = self.variable(CURSOR, "slot")
+    slot = cursor.value
+    cursor.value = slot + 1
+    keys = self.variable(CACHE, "cached_key")
+    values = self.variable(CACHE, "cached_value")
+    k_1xBxHxKxS = k_BxSxHxK.transpose(0, 2, 3, 1)[None].astype(keys.value.dtype)
+    v_1xBxHxSxK = v_BxSxHxK.transpose(0, 2, 1, 3)[None].astype(values.value.dtype)
+    keys.value = jax.lax.dynamic_update_slice(keys.value, k_1xBxHxKxS,
+                                              (slot, 0, 0, 0, step.index))
+    values.value = jax.lax.dynamic_update_slice(values.value, v_1xBxHxSxK,
+                                                (slot, 0, 0, step.index, 0))
+    return (jax.lax.dynamic_index_in_dim(keys.value, slot, keepdims=False),
+            jax.lax.dynamic_index_in_dim(values.value, slot, keepdims=False))
 
 
 class SwiGLU(nn.Module):
@@ -199,8 +213,9 @@ class Stack(nn.Module):
     if c.remat_policy != "none":
       block = nn.remat(Block, policy=policy, prevent_cse=False)
     layers = nn.scan(
-        block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
-        in_axes=(nn.broadcast,), length=c.layers_per_stack,
+        block, variable_axes={"params": 0}, variable_carry=[CACHE, CURSOR],
+        split_rngs={"params": True}, in_axes=(nn.broadcast,), length=c.layers_per_stack,
+        unroll=c.layers_per_stack if seq.cache is not None else 1,
         metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
     x_BxSxD, _ = layers(x_BxSxD.astype(c.dtype), seq)
     return rms_norm(x_BxSxD, c.norm_eps)

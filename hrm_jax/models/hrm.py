@@ -7,8 +7,9 @@
     return z_H
 
 Both loops are `jax.lax.scan`s (via `nn.scan`) with shared parameters; a KV cache, when
-decoding, is scanned too: L slots [H_cycles, L_cycles, layers, ...], H slots [H_cycles, layers, ...]. With `bp_steps`,
-only the last bp_steps passes carry gradient (see `hrm_jax.truncation`).
+decoding, is carried through them (one slot per pass and layer of each stack, see
+`hrm_jax.decode`). With `bp_steps`, only the last bp_steps passes carry gradient (see
+`hrm_jax.truncation`).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def hl_recursion(module: nn.Module, H, L, x_BxSxD: jax.Array, z_L_init_D: jax.Ar
     return (z_H, z_L), None
 
   xs = None if grads is None else (jnp.asarray(grads[0]), jnp.asarray(grads[1]))
-  scan = nn.scan(cycle, variable_broadcast=passes.BROADCAST, variable_axes=passes.PER_PASS,
-                 split_rngs={"params": False}, length=H_cycles)
+  scan = nn.scan(cycle, variable_broadcast=passes.BROADCAST, variable_carry=passes.CARRY,
+                 split_rngs={"params": False}, length=H_cycles,
+                 unroll=passes.unroll(seq, H_cycles))
   (z_H, _), _ = scan(module, (z_H, z_L), xs)
   return z_H
 

@@ -15,12 +15,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax.layers import SeqInfo
+from hrm_jax.layers import CACHE, CURSOR, SeqInfo
 
 # Collections shared (not scanned) by every pass: weights and the fixed buffers (z_L_init).
 BROADCAST = ("params", "buffers")
-# Collections with one entry per pass: the KV cache (one slot per pass and layer).
-PER_PASS = {"cache": 0}
+# Collections carried from pass to pass: the KV cache (one slot per pass and layer) and its
+# cursor. Carried, not scanned, so decoding updates the cache in place.
+CARRY = [CACHE, CURSOR]
+
+
+def unroll(seq: SeqInfo, n: int) -> int:
+  """Scan unrolling for n iterations: full when decoding, where a step is a few tiny ops
+  per layer and loop overhead would dominate; none for training (compile time, memory)."""
+  return n if seq.cache is not None else 1
 
 Flags = Union[None, np.ndarray, jax.Array]  # None = every pass has gradient
 
@@ -57,7 +64,7 @@ def repeat(stack: nn.Module, z_BxSxD: jax.Array, injection_BxSxD: Optional[jax.A
   else:
     body = lambda m, z, g: (one_pass(m, z, injection_BxSxD, seq, g), None)
     xs = jnp.asarray(grads)
-  scan = nn.scan(body, variable_broadcast=BROADCAST, variable_axes=PER_PASS,
-                 split_rngs={"params": False}, length=n)
+  scan = nn.scan(body, variable_broadcast=BROADCAST, variable_carry=CARRY,
+                 split_rngs={"params": False}, length=n, unroll=unroll(seq, n))
   z_BxSxD, _ = scan(stack, z_BxSxD, xs)
   return z_BxSxD
