@@ -26,13 +26,15 @@ _VOCAB = flags.DEFINE_integer("vocab", 512, "vocab size")
 _ARCH = flags.DEFINE_string("arch", "hrm", "architecture")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "compute dtype")
 _REMAT = flags.DEFINE_string("remat", "none", "remat policy")
+_UNROLL = flags.DEFINE_bool("unroll", False, "unroll_scans")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed steps per variant")
 
 
 def main(_):
   cfg = hrm_jax.model_config("B", _ARCH.value, hidden_size=_HIDDEN.value, num_heads=_HEADS.value,
                              n_layers=_LAYERS.value, vocab_size=_VOCAB.value,
-                             dtype=_DTYPE.value, remat_policy=_REMAT.value)
+                             dtype=_DTYPE.value, remat_policy=_REMAT.value,
+                             unroll_scans=_UNROLL.value)
   model = hrm_jax.LanguageModel(cfg)
   b, s = _BATCH.value, _SEQ.value
   rng = np.random.default_rng(0)
@@ -54,7 +56,7 @@ def main(_):
 
   print(f"arch={cfg.arch} hidden={cfg.hidden_size} layers/stack={cfg.layers_per_stack} "
         f"H{cfg.H_cycles} L{cfg.L_cycles} batch={b}x{s} dtype={cfg.dtype} "
-        f"remat={cfg.remat_policy} backend={jax.default_backend()}")
+        f"remat={cfg.remat_policy} unroll={cfg.unroll_scans} backend={jax.default_backend()}")
   print(f"{'bp_steps':>8} | {'step ms':>8} | {'tokens/s':>9} | {'vs full':>7}")
   rows = []
   for bp in (None, 5, 4, 3, 2):

@@ -55,6 +55,7 @@ _MEM_LAYERS = flags.DEFINE_integer("memory_layers_per_stack", 16, "layers per st
                                    "hrm1b memory check (16 = hrm1b)")
 _LOSS_CHUNK = flags.DEFINE_integer("loss_chunk", 1024, "head+loss chunk of the hrm1b memory "
                                    "check (0 = whole-row logits)")
+_UNROLL = flags.DEFINE_bool("unroll", True, "unroll_scans (small models on CPU)")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
 _TORCH = flags.DEFINE_bool("torch", True, "also time transformers on CPU")
 _MEMORY = flags.DEFINE_bool("hrm1b_memory", False, "compile the hrm1b step for 16-way FSDP at "
@@ -68,10 +69,10 @@ def model_config() -> hrm_jax.ModelConfig:
     m = configs.get(_CONFIG.value).model
     return hrm_jax.model_config(m.size, m.arch, n_layers=2 * _LAYERS.value,
                                 vocab_size=m.vocab_size or 65536, dtype=dtype,
-                                remat_policy=_REMAT.value)
+                                remat_policy=_REMAT.value, unroll_scans=_UNROLL.value)
   return hrm_jax.model_config("B", "hrm", hidden_size=_HIDDEN.value, num_heads=_HEADS.value,
                               n_layers=2 * _LAYERS.value, vocab_size=_VOCAB.value, dtype=dtype,
-                              remat_policy=_REMAT.value)
+                              remat_policy=_REMAT.value, unroll_scans=_UNROLL.value)
 
 
 def make_batch(cfg, rows, row_len, seed=0):

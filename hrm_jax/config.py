@@ -88,6 +88,9 @@ class ModelConfig:
   attention_impl: str = "dense"
   attention_chunk: int = 512  # query block of attention_impl="chunked"
   remat_policy: str = "none"
+  # Unroll the layer and recursion scans in the compiled program: faster for small models on
+  # CPU (no per-iteration slicing of stacked weights), slower to compile for big ones.
+  unroll_scans: bool = False
 
   def __post_init__(self):
     if self.intermediate_size is None:

@@ -215,7 +215,7 @@ class Stack(nn.Module):
     layers = nn.scan(
         block, variable_axes={"params": 0}, variable_carry=[CACHE, CURSOR],
         split_rngs={"params": True}, in_axes=(nn.broadcast,), length=c.layers_per_stack,
-        unroll=c.layers_per_stack if seq.cache is not None else 1,
+        unroll=c.layers_per_stack if seq.cache is not None or c.unroll_scans else 1,
         metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
     x_BxSxD, _ = layers(x_BxSxD.astype(c.dtype), seq)
     return rms_norm(x_BxSxD, c.norm_eps)

@@ -9,9 +9,9 @@ from experiments.configs import base
 def get_config():
   c = base.get_config()
   c.model = base.model_section("B", "hrm")
-  c.model.update(hidden_size=128, num_heads=4, n_layers=4, max_seq_len=256)
+  c.model.update(hidden_size=128, num_heads=2, n_layers=4, max_seq_len=256, unroll_scans=True)
   c.data.update(source="demo", rows=8, row_len=256)
-  c.train.update(lr=2e-3, warmup_steps=50, lr_min_ratio=0.1, epochs=6, ema_decay=0.99,
+  c.train.update(lr=2e-3, warmup_steps=50, lr_min_ratio=0.1, epochs=4, ema_decay=0.99,
                  weight_decay=0.1, loss_chunk=0)
   c.mesh.shape = (1, -1, 1)
   c.checkpoint.update(every_steps=200, keep=2)

@@ -55,7 +55,7 @@ def hl_recursion(module: nn.Module, H, L, x_BxSxD: jax.Array, z_L_init_D: jax.Ar
   xs = None if grads is None else (jnp.asarray(grads[0]), jnp.asarray(grads[1]))
   scan = nn.scan(cycle, variable_broadcast=passes.BROADCAST, variable_carry=passes.CARRY,
                  split_rngs={"params": False}, length=H_cycles,
-                 unroll=passes.unroll(seq, H_cycles))
+                 unroll=passes.unroll(seq, H_cycles, module.config.unroll_scans))
   (z_H, _), _ = scan(module, (z_H, z_L), xs)
   return z_H
 

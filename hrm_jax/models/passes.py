@@ -24,10 +24,11 @@ BROADCAST = ("params", "buffers")
 CARRY = [CACHE, CURSOR]
 
 
-def unroll(seq: SeqInfo, n: int) -> int:
+def unroll(seq: SeqInfo, n: int, config_unroll: bool) -> int:
   """Scan unrolling for n iterations: full when decoding, where a step is a few tiny ops
-  per layer and loop overhead would dominate; none for training (compile time, memory)."""
-  return n if seq.cache is not None else 1
+  per layer and loop overhead would dominate, or when the config asks (`unroll_scans`, small
+  models); else none (compile time and memory of big models)."""
+  return n if seq.cache is not None or config_unroll else 1
 
 Flags = Union[None, np.ndarray, jax.Array]  # None = every pass has gradient
 
@@ -65,6 +66,7 @@ def repeat(stack: nn.Module, z_BxSxD: jax.Array, injection_BxSxD: Optional[jax.A
     body = lambda m, z, g: (one_pass(m, z, injection_BxSxD, seq, g), None)
     xs = jnp.asarray(grads)
   scan = nn.scan(body, variable_broadcast=BROADCAST, variable_carry=CARRY,
-                 split_rngs={"params": False}, length=n, unroll=unroll(seq, n))
+                 split_rngs={"params": False}, length=n,
+                 unroll=unroll(seq, n, stack.config.unroll_scans))
   z_BxSxD, _ = scan(stack, z_BxSxD, xs)
   return z_BxSxD

@@ -18,7 +18,7 @@ from hrm_jax.config import ModelConfig
 
 # ModelConfig fields that may change between runs without changing the parameters' meaning.
 IMPLEMENTATION_FIELDS = frozenset(
-    {"dtype", "attention_impl", "attention_chunk", "remat_policy", "bp_min_steps", "bp_max_steps",
+    {"dtype", "attention_impl", "attention_chunk", "remat_policy", "unroll_scans", "bp_min_steps", "bp_max_steps",
      "bp_warmup_ratio"})
 
 
