@@ -61,15 +61,22 @@ def make_mask_info(segment_ids_BxS: jax.Array, prefix_mask_BxS: jax.Array,
   return MaskInfo(segment_ids_BxS, prefix_mask_BxS.astype(bool), dense)
 
 
+def _softmax_attention(q_BxSxHxK: jax.Array, k: jax.Array, v: jax.Array, mask_BxSxT: jax.Array,
+                       k_spec: str, v_spec: str) -> jax.Array:
+  """Scores and softmax in float32, output in v's dtype; k and v in the layouts named by
+  their einsum specs (t = key position)."""
+  scale = q_BxSxHxK.shape[-1] ** -0.5
+  scores = jnp.einsum(f"bshk,{k_spec}->bhst", q_BxSxHxK, k,
+                      preferred_element_type=jnp.float32) * scale
+  scores = jnp.where(mask_BxSxT[:, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum(f"bhst,{v_spec}->bshk", probs, v)
+
+
 def dense_attention(q_BxSxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array,
                     mask_BxSxT: jax.Array) -> jax.Array:
   """O(S*T) reference attention: scores and softmax in float32, output in q's dtype."""
-  scale = q_BxSxHxK.shape[-1] ** -0.5
-  scores = jnp.einsum("bshk,bthk->bhst", q_BxSxHxK, k_BxTxHxK,
-                      preferred_element_type=jnp.float32) * scale
-  scores = jnp.where(mask_BxSxT[:, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxTxHxK.dtype)
-  return jnp.einsum("bhst,bthk->bshk", probs, v_BxTxHxK)
+  return _softmax_attention(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxSxT, "bthk", "bthk")
 
 
 def chunked_attention(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
@@ -101,12 +108,7 @@ def chunked_attention(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax
 def cached_attention(q_BxSxHxK: jax.Array, k_BxHxKxT: jax.Array, v_BxHxTxK: jax.Array,
                      mask_BxSxT: jax.Array) -> jax.Array:
   """`dense_attention` over a KV cache stored in the layouts its dots read directly."""
-  scale = q_BxSxHxK.shape[-1] ** -0.5
-  scores = jnp.einsum("bshk,bhkt->bhst", q_BxSxHxK, k_BxHxKxT,
-                      preferred_element_type=jnp.float32) * scale
-  scores = jnp.where(mask_BxSxT[:, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxHxTxK.dtype)
-  return jnp.einsum("bhst,bhtk->bshk", probs, v_BxHxTxK)
+  return _softmax_attention(q_BxSxHxK, k_BxHxKxT, v_BxHxTxK, mask_BxSxT, "bhkt", "bhtk")
 
 
 def attend(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
