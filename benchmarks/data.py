@@ -95,8 +95,8 @@ def main(_):
     rows.append(("demo", 8, 256, *time_pipeline(demo.train_dir, 8, 256, _BATCHES.value)))
     synth = synthetic_dir(tmp)
     rows.append(("synthetic", 16, 4096, *time_pipeline(synth, 16, 4096, _BATCHES.value // 4)))
-  print(f"| data | batch | batches/s | tokens/s | plan+open s |")
-  print(f"|---|---|---|---|---|")
+  print("| data | batch | batches/s | tokens/s | plan+open s |")
+  print("|---|---|---|---|---|")
   demo_rate = 0.0
   for name, r, s, secs, plan, n in rows:
     rate = n / secs
