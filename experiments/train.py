@@ -33,25 +33,6 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (multi-host).")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, after mapping --config=NAME to its file and checking override keys."""
-  argv = list(argv)
-  name = "demo"
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      name = arg.split("=", 1)[1]
-      try:
-        argv[i] = "--config=" + configs.path_of(name)
-      except ValueError as e:
-        raise app.UsageError(str(e)) from None
-  if name in configs.NAMES:
-    try:
-      configs.check_overrides(configs.get(name), argv[1:])
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
-  return flags.FLAGS(argv)
-
-
 def config_name() -> str:
   return os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
 
@@ -73,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=configs.parse_flags)

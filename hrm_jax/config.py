@@ -15,6 +15,7 @@ INIT_TYPES = ("lecun_normal", "fixed_normal", "megatron")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("dense", "chunked")
 REMAT_POLICIES = ("none", "full", "dots")
+REMAT_SCOPES = ("layer", "pass")
 
 # size -> (n_layers, hidden_size, num_heads); REFERENCE section 1.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -87,7 +88,12 @@ class ModelConfig:
   param_dtype: str = "float32"
   attention_impl: str = "dense"
   attention_chunk: int = 512  # query block of attention_impl="chunked"
+  # What a rematerialised unit keeps for the backward pass (none = no remat; full = only its
+  # input; dots = also its matmul outputs), and the units: each "layer" of a stack, or also
+  # each whole "pass" of a stack through the recursion (nested: fewer saved activations, one
+  # more stack forward per gradient-carrying pass).
   remat_policy: str = "none"
+  remat_scope: str = "layer"
   # Unroll the layer and recursion scans in the compiled program: faster for small models on
   # CPU (no per-iteration slicing of stacked weights), slower to compile for big ones.
   unroll_scans: bool = False
@@ -149,6 +155,8 @@ class ModelConfig:
       bad("attention_impl", f"expected one of {ATTENTION_IMPLS}")
     if self.remat_policy not in REMAT_POLICIES:
       bad("remat_policy", f"expected one of {REMAT_POLICIES}")
+    if self.remat_scope not in REMAT_SCOPES:
+      bad("remat_scope", f"expected one of {REMAT_SCOPES}")
     for f in ("n_layers", "hidden_size", "num_heads", "vocab_size", "max_seq_len",
               "intermediate_size", "head_dim", "attention_chunk"):
       if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:

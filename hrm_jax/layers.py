@@ -200,7 +200,11 @@ def remat_policy(name: str):
 
 
 class Stack(nn.Module):
-  """`layers_per_stack` blocks with stacked parameters (nn.scan), then the final norm."""
+  """`layers_per_stack` blocks with stacked parameters (nn.scan), then the final norm.
+
+  Rematerialisation (training only) wraps each block (`remat_scope="layer"`), or each block
+  and the whole stack of blocks (`"pass"`: the backward keeps one input per pass of the
+  recursion plus the block inputs of the one pass being differentiated)."""
 
   config: ModelConfig
 
@@ -208,14 +212,17 @@ class Stack(nn.Module):
   def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo) -> jax.Array:
     c = self.config
     chex.assert_rank(x_BxSxD, 3)
+    remat = c.remat_policy != "none" and seq.cache is None
     block = Block
-    policy = remat_policy(c.remat_policy)
-    if c.remat_policy != "none":
-      block = nn.remat(Block, policy=policy, prevent_cse=False)
+    if remat:
+      block = nn.remat(Block, policy=remat_policy(c.remat_policy), prevent_cse=False)
     layers = nn.scan(
         block, variable_axes={"params": 0}, variable_carry=[CACHE, CURSOR],
         split_rngs={"params": True}, in_axes=(nn.broadcast,), length=c.layers_per_stack,
         unroll=c.layers_per_stack if seq.cache is not None or c.unroll_scans else 1,
         metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
-    x_BxSxD, _ = layers(x_BxSxD.astype(c.dtype), seq)
+    apply = lambda mdl, x, seq: mdl(x, seq)[0]
+    if remat and c.remat_scope == "pass":
+      apply = nn.remat(apply, policy=remat_policy(c.remat_policy), prevent_cse=False)
+    x_BxSxD = apply(layers, x_BxSxD.astype(c.dtype), seq)
     return rms_norm(x_BxSxD, c.norm_eps)

@@ -10,6 +10,7 @@ import re
 from typing import Sequence
 
 import ml_collections
+from absl import app, flags
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 NAMES = tuple(sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
@@ -51,3 +52,23 @@ def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) -> N
     if m and m.group(1) not in keys:
       raise ValueError(f"{arg.split('=')[0]}: unknown config key {m.group(1)!r}; valid keys: "
                        f"{sorted(keys)}")
+
+
+def parse_flags(argv: list[str], default: str = "demo") -> list[str]:
+  """absl parsing for scripts with a `--config` file flag: maps --config=NAME to its file
+  and checks `--config.key` overrides against that config."""
+  argv = list(argv)
+  name = default
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      name = arg.split("=", 1)[1]
+      try:
+        argv[i] = "--config=" + path_of(name)
+      except ValueError as e:
+        raise app.UsageError(str(e)) from None
+  if name in NAMES:
+    try:
+      check_overrides(get(name), argv[1:])
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+  return flags.FLAGS(argv)

@@ -18,8 +18,8 @@ from hrm_jax.config import ModelConfig
 
 # ModelConfig fields that may change between runs without changing the parameters' meaning.
 IMPLEMENTATION_FIELDS = frozenset(
-    {"dtype", "attention_impl", "attention_chunk", "remat_policy", "unroll_scans", "bp_min_steps", "bp_max_steps",
-     "bp_warmup_ratio"})
+    {"dtype", "attention_impl", "attention_chunk", "remat_policy", "remat_scope", "unroll_scans",
+     "bp_min_steps", "bp_max_steps", "bp_warmup_ratio"})
 
 
 class CheckpointMismatchError(ValueError):

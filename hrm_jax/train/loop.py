@@ -8,7 +8,6 @@ skipped with `train.skip_nonfinite`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import signal
@@ -31,7 +30,7 @@ from hrm_jax.models import LanguageModel
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import metrics as metrics_lib
 from hrm_jax.train import state as state_lib
-from hrm_jax.train.step import train_step
+from hrm_jax.train.step import jit_train_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -146,14 +145,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
   def step_fn(bp_steps):
     if bp_steps not in step_fns:
-      fn = functools.partial(train_step, model=model, tx=tx, bp_steps=bp_steps,
-                             microbatches=cfg.train.microbatches,
-                             ema_decay=cfg.train.ema_decay,
-                             skip_nonfinite=cfg.train.skip_nonfinite,
-                             loss_chunk=cfg.train.loss_chunk)
-      step_fns[bp_steps] = jax.jit(fn, in_shardings=(shardings, batch_sharding),
-                                   out_shardings=(shardings, sharding_lib.replicated(mesh)),
-                                   donate_argnums=0)
+      step_fns[bp_steps] = jit_train_step(model, tx, cfg.train, shardings, mesh, bp_steps)
     return step_fns[bp_steps]
 
   writer = metrics_lib.MetricWriter(workdir)

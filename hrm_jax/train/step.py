@@ -13,9 +13,11 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from hrm_jax import loss as loss_lib
 from hrm_jax import optim
+from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel
 from hrm_jax.models.lm import head
 from hrm_jax.train.state import TrainState
@@ -101,3 +103,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Languag
                       opt_state=jax.tree.map(keep, new.opt_state, state.opt_state),
                       ema=jax.tree.map(keep, new.ema, state.ema))
   return new, metrics
+
+
+def jit_train_step(model: LanguageModel, tx: optax.GradientTransformation, train_cfg: Any,
+                   shardings: TrainState, mesh: Mesh, bp_steps: Optional[int]):
+  """The jitted, state-donating step for one bp_steps; train_cfg is the config's `train`
+  section (microbatches, ema_decay, skip_nonfinite, loss_chunk)."""
+  fn = functools.partial(train_step, model=model, tx=tx, bp_steps=bp_steps,
+                         microbatches=train_cfg.microbatches, ema_decay=train_cfg.ema_decay,
+                         skip_nonfinite=train_cfg.skip_nonfinite,
+                         loss_chunk=train_cfg.loss_chunk)
+  return jax.jit(fn, in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
+                 out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
