@@ -3,12 +3,11 @@ transformers' PyTorch HrmTextForCausalLM step on the same shape, in the same run
 
     python benchmarks/train_step.py                       # the demo shape, vs transformers
     python benchmarks/train_step.py --config=hrm1b --layers_per_stack=2 --rows=1  # on a GPU
-    python benchmarks/train_step.py --hrm1b_memory        # compiled hrm1b step, 16-way FSDP
 
 Default shape (the demo shape of the issue): hidden 256, 4 heads, 2 layers per stack, H2 L3,
 batch 8 x 256, vocab 256, bp_steps 5 (transformers' default L_bp_cycles [2] also gives 5
-gradient-carrying passes of 8). `--hrm1b_memory` compiles (never runs) the hrm1b step for
-16 devices with 12,288 tokens each from abstract shapes and prints `memory_analysis()`.
+gradient-carrying passes of 8). The hrm1b step's memory on TPU, GPU and CPU meshes is
+benchmarks/aot_compile.py.
 """
 
 from __future__ import annotations
@@ -16,19 +15,15 @@ from __future__ import annotations
 import os
 import sys
 
-if "--hrm1b_memory" in sys.argv:  # needs 16 host devices before jax starts
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_force_host_platform_device_count=16")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
-import functools  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hrm_jax  # noqa: E402
@@ -37,7 +32,7 @@ from hrm_jax import optim  # noqa: E402
 from hrm_jax import sharding as sharding_lib  # noqa: E402
 from hrm_jax.train import metrics as metrics_lib  # noqa: E402
 from hrm_jax.train import state as state_lib  # noqa: E402
-from hrm_jax.train.step import train_step  # noqa: E402
+from hrm_jax.train.step import jit_train_step  # noqa: E402
 
 _CONFIG = flags.DEFINE_string("config", "", "Take the model shape from this training config "
                               "(experiments/configs/NAME.py); flags below override it.")
@@ -49,17 +44,11 @@ _ROWS = flags.DEFINE_integer("rows", 8, "rows per batch")
 _ROW_LEN = flags.DEFINE_integer("row_len", 256, "tokens per row")
 _BP = flags.DEFINE_integer("bp_steps", 5, "truncated-backprop window")
 _DTYPE = flags.DEFINE_string("dtype", "", "compute dtype (default: float32 on CPU, else bf16)")
-_REMAT = flags.DEFINE_string("remat", "none", "remat policy")
-_ATTN = flags.DEFINE_string("attention", "chunked", "attention_impl of the hrm1b memory check")
-_MEM_LAYERS = flags.DEFINE_integer("memory_layers_per_stack", 16, "layers per stack of the "
-                                   "hrm1b memory check (16 = hrm1b)")
-_LOSS_CHUNK = flags.DEFINE_integer("loss_chunk", 1024, "head+loss chunk of the hrm1b memory "
-                                   "check (0 = whole-row logits)")
+_REMAT = flags.DEFINE_enum("remat", "none", hrm_jax.config.REMAT_POLICIES, "remat policy")
+_SCOPE = flags.DEFINE_enum("remat_scope", "layer", hrm_jax.config.REMAT_SCOPES, "remat scope")
 _UNROLL = flags.DEFINE_bool("unroll", True, "unroll_scans (small models on CPU)")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
 _TORCH = flags.DEFINE_bool("torch", True, "also time transformers on CPU")
-_MEMORY = flags.DEFINE_bool("hrm1b_memory", False, "compile the hrm1b step for 16-way FSDP at "
-                            "12,288 tokens per device and print its memory analysis")
 
 
 def model_config() -> hrm_jax.ModelConfig:
@@ -69,10 +58,12 @@ def model_config() -> hrm_jax.ModelConfig:
     m = configs.get(_CONFIG.value).model
     return hrm_jax.model_config(m.size, m.arch, n_layers=2 * _LAYERS.value,
                                 vocab_size=m.vocab_size or 65536, dtype=dtype,
-                                remat_policy=_REMAT.value, unroll_scans=_UNROLL.value)
+                                remat_policy=_REMAT.value, remat_scope=_SCOPE.value,
+                                unroll_scans=_UNROLL.value)
   return hrm_jax.model_config("B", "hrm", hidden_size=_HIDDEN.value, num_heads=_HEADS.value,
                               n_layers=2 * _LAYERS.value, vocab_size=_VOCAB.value, dtype=dtype,
-                              remat_policy=_REMAT.value, unroll_scans=_UNROLL.value)
+                              remat_policy=_REMAT.value, remat_scope=_SCOPE.value,
+                                unroll_scans=_UNROLL.value)
 
 
 def make_batch(cfg, rows, row_len, seed=0):
@@ -89,15 +80,13 @@ def make_batch(cfg, rows, row_len, seed=0):
           "labels": labels.astype(np.int32)}
 
 
-def build_step(cfg, mesh, bp_steps, loss_chunk=0):
+def build_step(cfg, mesh, bp_steps):
   model = hrm_jax.LanguageModel(cfg)
   tx = optim.adam_atan2(optim.warmup_cosine(1e-3, 10, 1000), 0.9, 0.95, 0.1)
   shardings = state_lib.state_shardings(model, tx, mesh)
-  fn = jax.jit(functools.partial(train_step, model=model, tx=tx, bp_steps=bp_steps,
-                                 microbatches=1, ema_decay=0.999, skip_nonfinite=False,
-                                 loss_chunk=loss_chunk),
-               in_shardings=(shardings, sharding_lib.batch_sharding(mesh)), donate_argnums=0)
-  return model, tx, shardings, fn
+  train_cfg = ml_collections.ConfigDict(dict(microbatches=1, ema_decay=0.999,
+                                             skip_nonfinite=False, loss_chunk=0))
+  return model, tx, shardings, jit_train_step(model, tx, train_cfg, shardings, mesh, bp_steps)
 
 
 def time_jax(cfg):
@@ -154,39 +143,8 @@ def time_torch(cfg):
   return float(np.median(times))
 
 
-def hrm1b_memory():
-  cfg = hrm_jax.model_config("XL", "hrm", dtype="bfloat16", remat_policy=_REMAT.value,
-                             attention_impl=_ATTN.value, n_layers=2 * _MEM_LAYERS.value)
-  mesh = sharding_lib.make_mesh((1, 16, 1))
-  model, tx, shardings, fn = build_step(cfg, mesh, cfg.bp_max_steps, _LOSS_CHUNK.value)
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          state_lib.abstract_state(model, tx), shardings)
-  bs = sharding_lib.batch_sharding(mesh)
-  batch = {k: jax.ShapeDtypeStruct((16, 12288), jnp.bool_ if k == "prefix_mask" else jnp.int32,
-                                   sharding=bs)
-           for k in ("inputs", "positions", "segment_ids", "prefix_mask", "labels")}
-  t = time.perf_counter()
-  compiled = fn.lower(abstract, batch).compile()
-  m = compiled.memory_analysis()
-  gib = lambda x: x / 2**30
-  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes \
-      - m.alias_size_in_bytes
-  print(f"hrm1b train step ({cfg.layers_per_stack} layers/stack), 16-way FSDP, 12,288 tokens/device, bp_steps 5, bf16 compute, "
-        f"remat={cfg.remat_policy}, attention={cfg.attention_impl}, "
-        f"loss_chunk={_LOSS_CHUNK.value} (compiled in {time.perf_counter() - t:.0f}s on CPU)")
-  print("| per device | GiB |\n|---|---|")
-  for name, v in (("arguments (state + batch)", m.argument_size_in_bytes),
-                  ("outputs", m.output_size_in_bytes), ("aliased (donated)", m.alias_size_in_bytes),
-                  ("temporaries", m.temp_size_in_bytes), ("total", total)):
-    print(f"| {name} | {gib(v):.2f} |")
-  print(f"fits an 80 GB accelerator: {'yes' if total < 80e9 else 'NO'}")
-
-
 def main(argv):
   del argv
-  if _MEMORY.value:
-    hrm1b_memory()
-    return
   cfg = model_config()
   tokens = _ROWS.value * _ROW_LEN.value
   step_s, mem = time_jax(cfg)
@@ -194,7 +152,8 @@ def main(argv):
   peak = metrics_lib.peak_flops_per_device() * jax.device_count()
   print(f"backend={jax.default_backend()} devices={jax.device_count()} hidden={cfg.hidden_size} "
         f"layers/stack={cfg.layers_per_stack} H{cfg.H_cycles} L{cfg.L_cycles} "
-        f"batch={_ROWS.value}x{_ROW_LEN.value} dtype={cfg.dtype} bp_steps={_BP.value}")
+        f"batch={_ROWS.value}x{_ROW_LEN.value} dtype={cfg.dtype} bp_steps={_BP.value} "
+        f"remat={cfg.remat_policy}/{cfg.remat_scope}")
   rows = [("hrm_jax", step_s)]
   if jax.default_backend() == "cpu" and _TORCH.value:
     rows.append(("transformers (PyTorch)", time_torch(cfg)))
