@@ -13,7 +13,7 @@ from typing import Any, Optional
 ARCHS = ("hrm", "transformer", "trm", "trm_match_recurrence", "rins", "ut")
 INIT_TYPES = ("lecun_normal", "fixed_normal", "megatron")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLS = ("dense", "chunked")
+ATTENTION_IMPLS = ("dense", "chunked", "pallas_gpu", "pallas_tpu", "auto")
 REMAT_POLICIES = ("none", "full", "dots")
 
 # size -> (n_layers, hidden_size, num_heads); REFERENCE section 1.
@@ -86,7 +86,7 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention_impl: str = "dense"
-  attention_chunk: int = 512  # query block of attention_impl="chunked"
+  attention_chunk: int = 512  # tile rows of the blockwise attention_impls (hrm_jax/attention.py)
   remat_policy: str = "none"
   # Unroll the layer and recursion scans in the compiled program: faster for small models on
   # CPU (no per-iteration slicing of stacked weights), slower to compile for big ones.
