@@ -4,7 +4,8 @@
         --head_dim=64 --batch=1 --impls=dense,chunked,pallas_gpu,pallas_tpu --out=attention.png]
 
 Rows are packed like SFT data: examples of uniform random length in [16, --max_example]
-with a random prompt share, then padding. Each variant is jitted as grad of a weighted sum
+with a random prompt share, then padding (the table's last line: the share of tiles the
+blockwise kernels visit for that packing; the rest are skipped). Each variant is jitted as grad of a weighted sum
 of `attention.attend` wrt q, k and v (mask preparation included); time is the median of
 --repeats runs after compilation, memory the compiled program's temp bytes (XLA's
 memory_analysis). Pallas kernels off their backend only run interpreted, which measures
@@ -24,6 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from hrm_jax import attention
+from hrm_jax.kernels import ranges as ranges_lib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -55,6 +57,17 @@ def packed_rows(rng: np.random.Generator, batch: int, seq: int,
       prefix[r, t:t + int(rng.integers(0, length))] = True
       t, n = t + length, n + 1
   return seg, prefix
+
+
+def visited_tiles(seq: int) -> float:
+  """Share of the [S/chunk]^2 tiles the blockwise kernels visit for this seq's packing."""
+  seg, prefix = packed_rows(np.random.default_rng(seq), _BATCH.value, seq, _MAX_EXAMPLE.value)
+  r, padded = ranges_lib.pad_rows(ranges_lib.prefix_lm_ranges(jnp.asarray(seg),
+                                                              jnp.asarray(prefix)),
+                                  min(_CHUNK.value, seq))
+  block = min(_CHUNK.value, seq)
+  lo, hi = ranges_lib.block_bounds(r.k_start, r.k_end, block, block)
+  return float(jnp.sum(hi - lo)) / (lo.size * (padded // block))
 
 
 def measure(impl: str, seq: int, rng: np.random.Generator) -> tuple[float | None, int]:
@@ -110,6 +123,7 @@ def main(argv: list[str]) -> None:
       ms = "not run" if t is None else f"{t * 1e3:.1f} ms"
       cells.append(f"{ms}, {temp / 2**20:.0f} MiB")
     print(f"| {impl} | " + " | ".join(cells) + " |")
+  print("| tiles visited | " + " | ".join(f"{visited_tiles(s):.0%}" for s in seqs) + " |")
 
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
   for impl, row in results.items():

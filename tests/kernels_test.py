@@ -3,6 +3,7 @@ outputs and gradients of the XLA, Pallas Triton and Pallas TPU kernels (interpre
 tile skipping, and the O(S) memory of the XLA kernel."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +103,28 @@ def test_kernel_block_constraints_are_clear_errors():
     flash_gpu.flash_attention(x, x, x, r, 16, True)
   with pytest.raises(ValueError, match="pallas_tpu' needs attention_chunk a multiple of 8"):
     flash_tpu.flash_attention(x, x, x, r, 12, True)
+
+
+@pytest.mark.parametrize("platform,kernel,head_dim,block", [
+    ("cuda", flash_gpu, 64, 64), ("tpu", flash_tpu, 128, 128)])
+def test_pallas_kernels_lower_for_their_hardware(platform, kernel, head_dim, block):
+  # No GPU/TPU here: cross-platform export runs the Pallas Triton / Mosaic lowering of the
+  # forward, dq and dk/dv kernels (bfloat16, real tile sizes), not their execution.
+  def grads(q, k, v, seg, prefix):
+    r = ranges_lib.prefix_lm_ranges(seg, prefix)
+    loss = lambda q, k, v: jnp.sum(kernel.flash_attention(q, k, v, r, block).astype(
+        jnp.float32))
+    return jax.grad(loss, (0, 1, 2))(q, k, v)
+
+  x = jax.ShapeDtypeStruct((2, 512, 2, head_dim), jnp.bfloat16)
+  row = lambda dtype: jax.ShapeDtypeStruct((2, 512), dtype)
+  checks = [jax.export.DisabledSafetyCheck.custom_call(n)
+            for n in ("__gpu$xla.gpu.triton", "tpu_custom_call")]
+  exported = jax.export.export(jax.jit(grads), platforms=[platform], disabled_checks=checks)(
+      x, x, x, row(jnp.int32), row(jnp.bool_))
+  names = re.findall(r'name = "(prefix_lm_flash_\w+)"', exported.mlir_module())
+  assert sorted(names) == ["prefix_lm_flash_dkv", "prefix_lm_flash_dq",
+                           "prefix_lm_flash_forward"]
 
 
 def _temp_bytes(impl: str, seq: int) -> int:
