@@ -7,7 +7,7 @@ Rows are packed like SFT data: examples of uniform random length in [16, --max_e
 with a random prompt share, then padding (the table's last line: the share of tiles the
 blockwise kernels visit for that packing; the rest are skipped). Each variant is jitted as grad of a weighted sum
 of `attention.attend` wrt q, k and v (mask preparation included); time is the median of
---repeats runs after compilation, memory the compiled program's temp bytes (XLA's
+--repeats runs after compilation (the impls' runs alternate), memory the compiled program's temp bytes (XLA's
 memory_analysis). Pallas kernels off their backend only run interpreted, which measures
 nothing: they are listed as "n/a on <backend>". Variants whose temp memory exceeds
 --max_temp_gib are compiled but not run. Prints a markdown table and writes a PNG.
@@ -70,8 +70,9 @@ def visited_tiles(seq: int) -> float:
   return float(jnp.sum(hi - lo)) / (lo.size * (padded // block))
 
 
-def measure(impl: str, seq: int, rng: np.random.Generator) -> tuple[float | None, int]:
-  """(median fwd+bwd seconds or None when not run, compiled temp bytes)."""
+def compile_variant(impl: str, seq: int):
+  """(compiled fwd+bwd, its args, temp bytes) of one impl on this seq's packing."""
+  rng = np.random.default_rng(seq)  # the same packing and inputs for every impl
   b, h, k = _BATCH.value, _HEADS.value, _HEAD_DIM.value
   seg, prefix = packed_rows(rng, b, seq, _MAX_EXAMPLE.value)
   q, kk, v, w = (jnp.asarray(rng.standard_normal((b, seq, h, k)), jnp.float32)
@@ -81,33 +82,44 @@ def measure(impl: str, seq: int, rng: np.random.Generator) -> tuple[float | None
     info = attention.make_mask_info(seg, prefix, impl)
     return jnp.sum(attention.attend(q, k, v, info, impl, _CHUNK.value) * w)
 
-  compiled = jax.jit(jax.grad(loss, (0, 1, 2))).lower(q, kk, v, seg, prefix).compile()
-  temp = compiled.memory_analysis().temp_size_in_bytes
-  if temp > _MAX_TEMP.value * 2**30:
-    return None, temp
   args = (q, kk, v, jnp.asarray(seg), jnp.asarray(prefix))
-  jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
+  compiled = jax.jit(jax.grad(loss, (0, 1, 2))).lower(*args).compile()
+  return compiled, args, compiled.memory_analysis().temp_size_in_bytes
+
+
+def measure(impls: list[str], seq: int) -> dict[str, tuple[float | None, int]]:
+  """impl -> (median fwd+bwd seconds or None when not run, compiled temp bytes). Runs of
+  the impls alternate, so a changing machine load hits all of them alike."""
+  variants = {impl: compile_variant(impl, seq) for impl in impls}
+  runnable = [i for i, (_, _, temp) in variants.items() if temp <= _MAX_TEMP.value * 2**30]
+  times: dict[str, list[float]] = {impl: [] for impl in runnable}
+  for impl in runnable:
+    compiled, args, _ = variants[impl]
     jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), temp
+  for _ in range(_REPEATS.value):
+    for impl in runnable:
+      compiled, args, _ = variants[impl]
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times[impl].append(time.perf_counter() - start)
+  return {impl: (statistics.median(times[impl]) if impl in times else None, temp)
+          for impl, (_, _, temp) in variants.items()}
 
 
 def main(argv: list[str]) -> None:
   del argv
   backend = jax.default_backend()
   seqs = [int(s) for s in _SEQ_LENS.value]
-  results: dict[str, dict[int, tuple[float | None, int | None]]] = {}
+  results: dict[str, dict[int, tuple[float | None, int]]] = {}
   for impl in _IMPLS.value:
     attention.resolve_impl(impl, seqs[0])  # a clear error for an unknown name
     results[impl] = {}
-    if impl.startswith("pallas_") and impl != f"pallas_{backend}":
-      continue
-    for seq in seqs:
-      print(f"  {impl} seq {seq} ...", flush=True)
-      results[impl][seq] = measure(impl, seq, np.random.default_rng(seq))
+  runnable = [i for i in _IMPLS.value
+              if not i.startswith("pallas_") or i == f"pallas_{backend}"]
+  for seq in seqs:
+    print(f"  seq {seq}: {', '.join(runnable)} ...", flush=True)
+    for impl, result in measure(runnable, seq).items():
+      results[impl][seq] = result
 
   print(f"\nbackend {backend}: batch {_BATCH.value}, heads {_HEADS.value}, head_dim "
         f"{_HEAD_DIM.value}, chunk {_CHUNK.value}, float32, forward + backward wrt q, k, v\n")

@@ -30,7 +30,7 @@ from hrm_jax.kernels import flash_gpu, flash_tpu, flash_xla
 from hrm_jax.kernels import ranges as ranges_lib
 
 # `auto` on CPU: rows up to this length use dense (benchmarks/attention.py measures it).
-AUTO_DENSE_MAX_SEQ = 1024
+AUTO_DENSE_MAX_SEQ = 512
 
 
 class MaskInfo(NamedTuple):

@@ -75,7 +75,11 @@ CASES = [
 @pytest.mark.parametrize("impl,seq,block,head_dim", CASES)
 def test_kernel_matches_dense_outputs_and_gradients(impl, seq, block, head_dim):
   rng = np.random.default_rng(seq + block)
-  batch = random_rows(rng, 2, seq, 20, max_examples=4)
+  # Row 0 random; row 1 pins the edge cases: a 1-token response, an empty prompt, a
+  # prompt-only example, then a padding tail.
+  fixed = pack_rows([[([1, 2, 3], [4]), ([], [5]), ([6], []), ([], [7, 8, 9])]], seq)
+  batch = {k: np.concatenate([v, fixed[k]])
+           for k, v in random_rows(rng, 1, seq, 20, max_examples=4).items()}
   q, k, v, w = (jnp.asarray(rng.standard_normal((2, seq, 2, head_dim)), jnp.float32)
                 for _ in range(4))
   mask = jnp.asarray(_np_mask(batch["segment_ids"], batch["prefix_mask"]))
@@ -140,7 +144,7 @@ def _temp_bytes(impl: str, seq: int) -> int:
 
 
 def test_chunked_memory_grows_linearly_dense_quadratically():
-  chunked = _temp_bytes("chunked", 2048) / _temp_bytes("chunked", 512)
-  dense = _temp_bytes("dense", 2048) / _temp_bytes("dense", 512)
-  assert chunked < 6, chunked  # 4x the row: ~4x the memory (O(S))
-  assert dense > 8, dense  # 4x the row: ~16x the scores, 9.5x all temps measured (O(S^2))
+  chunked = _temp_bytes("chunked", 1024) / _temp_bytes("chunked", 256)
+  dense = _temp_bytes("dense", 1024) / _temp_bytes("dense", 256)
+  assert chunked < 6, chunked  # 4x the row: at most ~4x the memory (O(S)); 1.7x measured
+  assert dense > 10, dense  # 4x the row: ~16x the memory (O(S^2)); 15.7x measured

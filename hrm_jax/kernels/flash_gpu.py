@@ -90,7 +90,7 @@ def _check(q_BxSxHxK: jax.Array, block: int) -> None:
                        f"(Triton tiles), got {n}")
 
 
-def _specs(b: int, h: int, s: int, k: int, block: int):
+def _specs(s: int, k: int, block: int):
   """BlockSpecs on grid (block index, row, head): a tile, a whole row, and [B, H, S] and
   [B, S] vectors by tile or whole."""
   tile = pl.BlockSpec((None, block, None, k), lambda i, r, hd: (r, i, hd, 0))
@@ -120,7 +120,7 @@ def _forward(q, k, v, mask_ranges, block, interpret):
   _check(q, block)
   b, s, h, d = q.shape
   r, padded = ranges_lib.pad_rows(mask_ranges, block)
-  tile, row, stat_tile, _, range_tile, _ = _specs(b, h, padded, d, block)
+  tile, row, stat_tile, _, range_tile, _ = _specs(padded, d, block)
   qp, kp, vp = (ranges_lib.pad_seq(x, padded) for x in (q, k, v))
   out, lse_BxHxS = _call(
       functools.partial(_forward_kernel, block=block), (padded // block, b, h),
@@ -143,7 +143,7 @@ def _flash_bwd(block, interpret, residuals, do_BxSxHxK):
                      for x in (q, k, v, do_BxSxHxK.astype(q.dtype)))
   delta_BxHxS = jnp.einsum("bshk,bshk->bhs", dop.astype(jnp.float32),
                            out.astype(jnp.float32))
-  tile, row, stat_tile, stat_row, range_tile, range_row = _specs(b, h, padded, d, block)
+  tile, row, stat_tile, stat_row, range_tile, range_row = _specs(padded, d, block)
   grid = (padded // block, b, h)
   dq = _call(functools.partial(_dq_kernel, block=block), grid,
              [tile, row, row, tile, stat_tile, stat_tile, range_tile, range_tile], tile,

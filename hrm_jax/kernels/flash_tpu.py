@@ -99,7 +99,7 @@ def _dkv_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
     dv_ref[...] = dv_scr[...].astype(dv_ref.dtype)
 
 
-def _check(q_BxSxHxK: jax.Array, block: int) -> None:
+def _check(block: int) -> None:
   if block % 8:
     raise ValueError(f"attention_impl='pallas_tpu' needs attention_chunk a multiple of 8 "
                      f"(TPU sublanes), got {block}")
@@ -150,7 +150,7 @@ def flash_attention(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.A
 
 
 def _forward(q, k, v, mask_ranges, block, interpret):
-  _check(q, block)
+  _check(block)
   b, s, h, d = q.shape
   r, padded = ranges_lib.pad_rows(mask_ranges, block)
   lo, hi = ranges_lib.block_bounds(r.k_start, r.k_end, block, block)

@@ -82,7 +82,8 @@ def _per_row_and_head(fn, head_args: int, row_args: int):
   return jax.vmap(over_heads)
 
 
-def _prepare(mask_ranges: ranges_lib.Ranges, s: int, block: int):
+def _prepare(mask_ranges: ranges_lib.Ranges, block: int):
+  """Padded per-query ranges [B, S, 1] and the block reach of query and key blocks."""
   r, padded = ranges_lib.pad_rows(mask_ranges, block)
   lo, hi = ranges_lib.block_bounds(r.k_start, r.k_end, block, block)
   qlo, qhi = ranges_lib.block_bounds(r.q_start, r.q_end, block, block)
@@ -99,7 +100,7 @@ def flash_attention(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.A
 
 def _forward(q, k, v, mask_ranges, block):
   s = q.shape[1]
-  ks, ke, lo, hi, _, _, padded = _prepare(mask_ranges, s, block)
+  ks, ke, lo, hi, _, _, padded = _prepare(mask_ranges, block)
   fwd = _per_row_and_head(functools.partial(_forward_head, block=block), 3, 4)
   out, lse_BxSxHx1 = fwd(*(ranges_lib.pad_seq(x, padded) for x in (q, k, v)), ks, ke, lo, hi)
   out = out[:, :s].astype(q.dtype)
@@ -113,7 +114,7 @@ def _flash_fwd(q, k, v, mask_ranges, block):
 def _flash_bwd(block, residuals, do_BxSxHxK):
   q, k, v, mask_ranges, out, lse_BxSxHx1 = residuals
   s = q.shape[1]
-  ks, ke, lo, hi, qlo, qhi, padded = _prepare(mask_ranges, s, block)
+  ks, ke, lo, hi, qlo, qhi, padded = _prepare(mask_ranges, block)
   delta_BxSxH = jnp.sum(do_BxSxHxK.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
   pad = functools.partial(ranges_lib.pad_seq, padded=padded)
   bwd = _per_row_and_head(functools.partial(_backward_head, block=block), 6, 6)
