@@ -5,8 +5,16 @@ A row packs several examples. Query q may see key k iff both belong to the same 
 prefix). Padding (segment 0) forms its own causal block, so it never reaches a real token
 and every query row has at least one visible key (no NaN from an empty softmax).
 
-`attention_impl` picks the kernel: `dense` materialises the [S, S] mask (short rows),
-`chunked` scans over query blocks with O(S * chunk) memory (long packed rows).
+`attention_impl` picks the kernel (all compute the same function):
+  dense       materialises the [S, S] mask and scores: fastest for short rows, O(S^2) memory.
+  chunked     blockwise online-softmax attention in plain JAX (kernels/flash_xla.py), any
+              backend, O(S * chunk) memory forward and backward, fully masked tiles skipped.
+  pallas_gpu  the same algorithm as Pallas Triton kernels (kernels/flash_gpu.py).
+  pallas_tpu  the same algorithm as Pallas Mosaic TPU kernels (kernels/flash_tpu.py).
+  auto        pallas_tpu on TPU, pallas_gpu on GPU (when head_dim suits Triton, else
+              chunked); on CPU dense up to AUTO_DENSE_MAX_SEQ tokens per row, chunked beyond.
+The blockwise kernels see the mask as one key range per query (kernels/ranges.py), which
+holds for rows packed as contiguous examples with the prompt first (hrm_jax.data does so).
 """
 
 from __future__ import annotations
@@ -17,6 +25,13 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from hrm_jax.config import ATTENTION_IMPLS
+from hrm_jax.kernels import flash_gpu, flash_tpu, flash_xla
+from hrm_jax.kernels import ranges as ranges_lib
+
+# `auto` on CPU: rows up to this length use dense (benchmarks/attention.py measures it).
+AUTO_DENSE_MAX_SEQ = 512
+
 
 class MaskInfo(NamedTuple):
   """What any kernel needs to rebuild the mask; `dense` is the materialised mask or None."""
@@ -24,6 +39,7 @@ class MaskInfo(NamedTuple):
   segment_ids: jax.Array  # [B, S] int32, 0 = padding
   prefix_mask: jax.Array  # [B, S] bool, True on prompt tokens
   dense: Optional[jax.Array] = None  # [B, S, S] bool: query x key -> visible
+  ranges: Optional[ranges_lib.Ranges] = None  # per-query key ranges of blockwise kernels
 
 
 class CacheStep(NamedTuple):
@@ -54,11 +70,30 @@ def prefix_lm_mask(segment_ids_BxS: jax.Array, prefix_mask_BxS: jax.Array) -> ja
   return visible(segment_ids_BxS, prefix, idx, segment_ids_BxS, prefix, idx)
 
 
+def resolve_impl(impl: str, seq_len: int, head_dim: Optional[int] = None) -> str:
+  """The concrete kernel of `attention_impl` for this backend and row length."""
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={impl!r} is unknown; expected one of {ATTENTION_IMPLS}")
+  if impl != "auto":
+    return impl
+  backend = jax.default_backend()
+  if backend == "tpu":
+    return "pallas_tpu"
+  if backend == "gpu":
+    triton_ok = head_dim is None or (head_dim >= 16 and not head_dim & (head_dim - 1))
+    return "pallas_gpu" if triton_ok else "chunked"
+  return "dense" if seq_len <= AUTO_DENSE_MAX_SEQ else "chunked"
+
+
 def make_mask_info(segment_ids_BxS: jax.Array, prefix_mask_BxS: jax.Array,
                    impl: str) -> MaskInfo:
-  """Prepare the mask once per forward; every layer and recurrent pass reuses it."""
-  dense = prefix_lm_mask(segment_ids_BxS, prefix_mask_BxS) if impl == "dense" else None
-  return MaskInfo(segment_ids_BxS, prefix_mask_BxS.astype(bool), dense)
+  """Prepare the mask once per forward; every layer and recurrent pass reuses it: the dense
+  [S, S] mask for `dense`, per-query key ranges for the blockwise kernels."""
+  prefix = prefix_mask_BxS.astype(bool)
+  if resolve_impl(impl, segment_ids_BxS.shape[1]) == "dense":
+    return MaskInfo(segment_ids_BxS, prefix, prefix_lm_mask(segment_ids_BxS, prefix))
+  return MaskInfo(segment_ids_BxS, prefix,
+                  ranges=ranges_lib.prefix_lm_ranges(segment_ids_BxS, prefix))
 
 
 def _softmax_attention(q_BxSxHxK: jax.Array, k: jax.Array, v: jax.Array, mask_BxSxT: jax.Array,
@@ -79,46 +114,40 @@ def dense_attention(q_BxSxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.A
   return _softmax_attention(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxSxT, "bthk", "bthk")
 
 
-def chunked_attention(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
-                      mask: MaskInfo, chunk: int) -> jax.Array:
-  """O(S * chunk) memory attention: a scan over query blocks, each rematerialised in the
-  backward pass, with its [chunk, S] mask built from segment ids and the prefix mask.
-
-  Same numerics as `dense_attention`; the portable fallback for long packed rows.
-  """
-  b, s, h, k = q_BxSxHxK.shape
-  chunk = min(chunk, s)
-  if s % chunk:
-    raise ValueError(f"attention_chunk={chunk} must divide the row length {s}")
-  n = s // chunk
-  q_NxBxCxHxK = q_BxSxHxK.reshape(b, n, chunk, h, k).swapaxes(0, 1)
-  idx_NxC = jnp.arange(s).reshape(n, chunk)
-  idx_S = jnp.arange(s)
-
-  @jax.checkpoint
-  def block(q_BxCxHxK, idx_C):
-    mask_BxCxS = visible(mask.segment_ids[:, idx_C], mask.prefix_mask[:, idx_C], idx_C,
-                         mask.segment_ids, mask.prefix_mask, idx_S)
-    return dense_attention(q_BxCxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxCxS)
-
-  out_NxBxCxHxK = jax.lax.map(lambda xs: block(*xs), (q_NxBxCxHxK, idx_NxC))
-  return out_NxBxCxHxK.swapaxes(0, 1).reshape(b, s, h, k)
-
-
 def cached_attention(q_BxSxHxK: jax.Array, k_BxHxKxT: jax.Array, v_BxHxTxK: jax.Array,
                      mask_BxSxT: jax.Array) -> jax.Array:
   """`dense_attention` over a KV cache stored in the layouts its dots read directly."""
   return _softmax_attention(q_BxSxHxK, k_BxHxKxT, v_BxHxTxK, mask_BxSxT, "bhkt", "bhtk")
 
 
+def _block(impl: str, chunk: int, seq_len: int) -> int:
+  """Tile rows of a blockwise kernel: `attention_chunk`, no longer than the (rounded) row;
+  at most 128 for Triton, whose larger tiles spill registers."""
+  if impl == "pallas_gpu":
+    return min(chunk, 128, max(16, 1 << (seq_len - 1).bit_length()))
+  return min(chunk, -(-seq_len // 8) * 8)
+
+
 def attend(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
            mask: MaskInfo, impl: str, chunk: int = 512) -> jax.Array:
-  """Dispatch to the kernel named by `ModelConfig.attention_impl`."""
+  """Dispatch to the kernel named by `ModelConfig.attention_impl` (see the module doc)."""
   chex.assert_equal_shape([q_BxSxHxK, k_BxSxHxK, v_BxSxHxK])
+  s, head_dim = q_BxSxHxK.shape[1], q_BxSxHxK.shape[-1]
+  impl = resolve_impl(impl, s, head_dim)
   if impl == "dense":
     if mask.dense is None:
       raise ValueError("attention_impl='dense' needs MaskInfo.dense (use make_mask_info)")
     return dense_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, mask.dense)
+  ranges = mask.ranges
+  if ranges is None:
+    ranges = ranges_lib.prefix_lm_ranges(mask.segment_ids, mask.prefix_mask)
+  block = _block(impl, chunk, s)
   if impl == "chunked":
-    return chunked_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, mask, chunk)
-  raise ValueError(f"attention_impl={impl!r} is unknown; expected 'dense' or 'chunked'")
+    return flash_xla.flash_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, ranges, block)
+  backend, native = jax.default_backend(), impl[len("pallas_"):]
+  if backend not in ("cpu", native):
+    raise ValueError(f"attention_impl={impl!r} runs on {native} (or interpreted on cpu), "
+                     f"not on {backend}; use 'auto' or 'chunked'")
+  kernel = flash_gpu if native == "gpu" else flash_tpu
+  interpret = backend == "cpu"  # Pallas kernels run interpreted on CPU: slow, for tests
+  return kernel.flash_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, ranges, block, interpret)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 ARCHS = ("hrm", "transformer", "trm", "trm_match_recurrence", "rins", "ut")
 INIT_TYPES = ("lecun_normal", "fixed_normal", "megatron")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLS = ("dense", "chunked")
+ATTENTION_IMPLS = ("dense", "chunked", "pallas_gpu", "pallas_tpu", "auto")
 REMAT_POLICIES = ("none", "full", "dots")
 REMAT_SCOPES = ("layer", "pass")
 
@@ -87,7 +87,7 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention_impl: str = "dense"
-  attention_chunk: int = 512  # query block of attention_impl="chunked"
+  attention_chunk: int = 512  # tile rows of the blockwise attention_impls (hrm_jax/attention.py)
   # What a rematerialised unit keeps for the backward pass (none = no remat; full = only its
   # input; dots = also its matmul outputs), and the units: each "layer" of a stack, or also
   # each whole "pass" of a stack through the recursion (nested: fewer saved activations, one

@@ -65,6 +65,7 @@ def test_chunked_attention_matches_dense_outputs_and_gradients(seed):
   dense_info = attention.make_mask_info(seg, pre, "dense")
   chunk_info = attention.make_mask_info(seg, pre, "chunked")
   assert chunk_info.dense is None  # no [S, S] mask is built for the chunked kernel
+  assert chunk_info.ranges is not None
   w = jnp.asarray(rng.standard_normal((2, 32, 2, 8)), jnp.float32)
 
   def loss(impl, info, q, k, v):
@@ -79,9 +80,12 @@ def test_chunked_attention_matches_dense_outputs_and_gradients(seed):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-def test_chunk_must_divide_the_row():
-  x = jnp.zeros((1, 12, 1, 2))
-  info = attention.make_mask_info(jnp.ones((1, 12), jnp.int32), jnp.ones((1, 12), bool),
-                                  "chunked")
-  with pytest.raises(ValueError, match="attention_chunk=5 must divide the row length 12"):
-    attention.attend(x, x, x, info, "chunked", chunk=5)
+def test_auto_resolves_per_backend_and_row_length():
+  assert jax.default_backend() == "cpu"
+  short, long = attention.AUTO_DENSE_MAX_SEQ, attention.AUTO_DENSE_MAX_SEQ + 1
+  assert attention.resolve_impl("auto", short) == "dense"
+  assert attention.resolve_impl("auto", long) == "chunked"
+  assert attention.resolve_impl("pallas_tpu", short) == "pallas_tpu"
+  info = attention.make_mask_info(jnp.ones((1, long), jnp.int32), jnp.ones((1, long), bool),
+                                  "auto")
+  assert info.dense is None and info.ranges is not None

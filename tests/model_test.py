@@ -154,9 +154,19 @@ def test_batch_errors_are_clear():
     model.apply(variables, batch, bp_steps=0)
 
 
-def test_chunked_attention_model_matches_dense():
-  cfg, _, variables, apply = model_and_vars()
-  chunked = hrm_jax.LanguageModel(cfg.replace(attention_impl="chunked", attention_chunk=4))
+@pytest.mark.parametrize("impl,chunk", [("chunked", 8), ("pallas_gpu", 16), ("pallas_tpu", 8)])
+def test_attention_impls_match_dense_logits_and_grads(impl, chunk):
+  # One stack pass keeps compiles short; Pallas kernels run interpreted on CPU; head_dim 16
+  # and chunk 16 suit Triton's tiles.
+  cfg, _, variables, apply = model_and_vars("transformer", n_layers=1)
+  other = hrm_jax.LanguageModel(cfg.replace(attention_impl=impl, attention_chunk=chunk))
   batch = random_rows(np.random.default_rng(5), 2, SEQ, cfg.vocab_size)
-  np.testing.assert_allclose(np.asarray(jax.jit(chunked.apply)(variables, batch)),
+  w = jnp.asarray(np.random.default_rng(6).standard_normal((2, SEQ, cfg.vocab_size)),
+                  jnp.float32)
+  grad = lambda fn: jax.jit(jax.value_and_grad(lambda v: jnp.sum(fn(v, batch) * w)))
+  (lo, go), (ld, gd) = grad(other.apply)(variables), grad(apply)(variables)
+  np.testing.assert_allclose(float(lo), float(ld), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(jax.jit(other.apply)(variables, batch)),
                              np.asarray(apply(variables, batch)), rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                       rtol=1e-4, atol=1e-5), go, gd)
