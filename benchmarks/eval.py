@@ -1,7 +1,7 @@
 """Throughput of the evaluation engine (hrm_jax.eval.runner) per generation stream.
 
     python benchmarks/eval.py                      # hidden 256, 2 layers/stack, H2 L3
-    python benchmarks/eval.py --batch_sizes=1,8 --items=32 --max_new_tokens=32
+    python benchmarks/eval.py --batch_sizes=1,8 --items=32 --max_new_tokens=64
 
 A random model (it never emits eoa, so every open-ended item generates the full
 --max_new_tokens: the worst case) with the demo character tokenizer runs the invented
@@ -30,10 +30,10 @@ FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / 
 
 flags.DEFINE_integer("hidden_size", 256, "Model width.")
 flags.DEFINE_integer("layers_per_stack", 2, "Layers in each of H and L.")
-flags.DEFINE_integer("max_seq_len", 1024, "Model context (few-shot prompts are fitted to it).")
+flags.DEFINE_integer("max_seq_len", 512, "Model context (few-shot prompts are fitted to it).")
 flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to compare.")
-flags.DEFINE_integer("items", 16, "Items per benchmark (fixture rows repeated).")
-flags.DEFINE_integer("max_new_tokens", 32, "Cap on open-ended generation.")
+flags.DEFINE_integer("items", 8, "Items per benchmark (fixture rows repeated).")
+flags.DEFINE_integer("max_new_tokens", 16, "Cap on open-ended generation.")
 flags.DEFINE_integer("aime_samples", 4, "Samples per AIME problem.")
 
 
