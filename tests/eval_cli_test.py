@@ -91,10 +91,12 @@ def test_native_checkpoint_and_depth_sweep(checkpoint, tmp_path, capsys):
                                                                     path / "tokenizer_info.json"])
   out = tmp_path / "sweep" / "depth.json"
   run_eval(f"--checkpoint={tmp_path / 'native'}", f"--data_dir={FIXTURES}", "--limit=2",
-           "--batch_size=4", "--run_only=arc-c,BoolQ", "--sweep_cycles=1,2",
+           "--batch_size=4", "--run_only=arc-c,BoolQ", "--sweep_cycles=1,2", "--L_cycles=2",
            f"--output={out}", "--noprogress")
   printed = capsys.readouterr().out
-  sweep = json.loads(out.read_text())["sweep"]
+  saved = json.loads(out.read_text())
+  assert saved["settings"]["L_cycles"] == 2  # the override holds at every swept H_cycles
+  sweep = saved["sweep"]
   assert sweep["axis"] == "H_cycles" and sweep["values"] == [1, 2]
   assert list(sweep["results"]["2"]) == ["ARC-C", "BoolQ"]
   table = (tmp_path / "sweep" / "depth_sweep.md").read_text()
