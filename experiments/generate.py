@@ -20,15 +20,13 @@ experiment knob: the model was trained with the depth in its config).
 from __future__ import annotations
 
 import json
-import os
 import sys
-from typing import Any
 
 import jax
 from absl import app, flags
 
 import hrm_jax
-from hrm_jax import data, hf, native, tokenizer
+from hrm_jax import loading
 
 flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoints/ or step directory, or a "
                     "Hugging Face directory.", required=True)
@@ -47,38 +45,18 @@ flags.DEFINE_integer("H_cycles", None, "Test-time override of H_cycles (experime
 flags.DEFINE_integer("L_cycles", None, "Test-time override of L_cycles (experiment knob).")
 
 
-def is_hf(path: str) -> bool:
-  return os.path.exists(os.path.join(path, "config.json"))
-
-
-def training_tokenizer(checkpoint: str) -> str:
-  """The tokenizer of the data a training checkpoint was trained on, from its saved config."""
-  saved: dict[str, Any] = native.saved_config(checkpoint).get("config") or {}
-  source = saved.get("data", {}).get("source")
-  if source == "demo":
-    demo = data.ensure_demo_data(os.path.expanduser(saved["data"]["demo_dir"]),
-                                 epochs=saved["train"]["epochs"], seed=saved["data"]["seed"])
-    return demo.tokenizer_path
-  if source == "path" and os.path.exists(os.path.join(saved["data"]["path"], "metadata.json")):
-    return saved["data"]["path"]  # tokenizer.load reads metadata.json's tokenizer_info
-  raise app.UsageError(f"--checkpoint={checkpoint}: its saved config names no tokenizer that "
-                       f"exists (data.source={source!r}); pass --tokenizer=PATH")
-
-
 def main(argv: list[str]) -> None:
   del argv
   f = flags.FLAGS
   if (f.prompt is None) == (f.prompts_jsonl is None):
     raise app.UsageError("give exactly one of --prompt and --prompts_jsonl")
-  if is_hf(f.checkpoint):
-    config, variables = hf.load(f.checkpoint)
-  else:
-    config, variables = native.load(f.checkpoint, use_ema=f.use_ema)
+  try:
+    config, variables = loading.load_model(f.checkpoint, use_ema=f.use_ema)
+    tok = loading.load_tokenizer(f.checkpoint, f.tokenizer)
+  except FileNotFoundError as e:
+    raise app.UsageError(f"--checkpoint={f.checkpoint}: {e}") from e
   depth = {k: v for k, v in (("H_cycles", f.H_cycles), ("L_cycles", f.L_cycles)) if v}
   config = config.replace(**depth)
-  beside = os.path.exists(os.path.join(f.checkpoint, "tokenizer.json"))
-  tok = tokenizer.load(f.tokenizer or (f.checkpoint if beside
-                                       else training_tokenizer(f.checkpoint)))
   if f.prompt is not None:
     items = [{"prompt": f.prompt, "condition": f.condition}]
   else:

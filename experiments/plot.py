@@ -12,13 +12,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 
-import matplotlib
+from absl import app, flags
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from absl import app, flags  # noqa: E402
+from hrm_jax.plotting import plot
 
 flags.DEFINE_string("workdir", None, "Training workdir(s), comma-separated to overlay runs.",
                     required=True)
@@ -49,38 +46,6 @@ def read_metrics(workdir: str) -> dict[int, dict]:
   if not rows:
     raise ValueError(f"{path} is empty: no logged steps to plot")
   return dict(sorted(rows.items()))
-
-
-def plot(runs: dict[str, dict[int, dict]], metrics: list[str], out: str) -> None:
-  """Draw one subplot per metric, one line per run, and write `out` atomically."""
-  present = [m for m in metrics if any(m in r for rows in runs.values() for r in rows.values())]
-  if not present:
-    raise ValueError(f"none of the metrics {metrics} is in the logged rows")
-  fig, axes = plt.subplots(len(present), 1, figsize=(7, 2.6 * len(present)), sharex=True,
-                           squeeze=False)
-  for ax, metric in zip(axes[:, 0], present):
-    for name, rows in runs.items():
-      points = [(s, r[metric]) for s, r in rows.items() if isinstance(r.get(metric), (int, float))]
-      if points:
-        ax.plot(*zip(*points), label=name)
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-  axes[0, 0].legend(loc="best", fontsize="small")
-  axes[-1, 0].set_xlabel("step")
-  fig.tight_layout()
-  out = os.path.abspath(out)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".png",
-                             dir=os.path.dirname(out))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      fig.savefig(f, format="png", dpi=100)
-    os.replace(tmp, out)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-  finally:
-    plt.close(fig)
 
 
 def main(argv: list[str]) -> None:

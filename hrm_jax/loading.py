@@ -1,0 +1,54 @@
+"""Resolve a `--checkpoint` (native training checkpoint or Hugging Face directory) and its
+tokenizer for inference; shared by experiments/generate.py and experiments/eval.py.
+
+The tokenizer is the explicit one, else `tokenizer.json` in the checkpoint directory (Hugging
+Face, or copied there by convert.py --from_hf), else the one of the training data named by the
+checkpoint's saved config (the demo cache for data.source=demo, regenerated with the saved
+settings if deleted, or data.path's metadata.json tokenizer_info).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from hrm_jax import data, hf, native, tokenizer
+from hrm_jax.config import ModelConfig
+
+
+def is_hf(path: str | os.PathLike) -> bool:
+  """A Hugging Face directory has config.json at its top (a native checkpoint never does)."""
+  return os.path.exists(os.path.join(path, "config.json"))
+
+
+def load_model(checkpoint: str | os.PathLike, use_ema: bool = True) -> tuple[ModelConfig, dict]:
+  """(ModelConfig, {"params", "buffers"}) of a Hugging Face directory or native checkpoint;
+  `use_ema` picks a training checkpoint's EMA weights (Hugging Face has one set)."""
+  if is_hf(checkpoint):
+    return hf.load(checkpoint)
+  return native.load(checkpoint, use_ema=use_ema)
+
+
+def training_tokenizer(checkpoint: str | os.PathLike) -> str:
+  """The tokenizer of the data a training checkpoint was trained on, from its saved config."""
+  saved: dict[str, Any] = native.saved_config(checkpoint).get("config") or {}
+  source = saved.get("data", {}).get("source")
+  if source == "demo":
+    demo = data.ensure_demo_data(os.path.expanduser(saved["data"]["demo_dir"]),
+                                 epochs=saved["train"]["epochs"], seed=saved["data"]["seed"])
+    return demo.tokenizer_path
+  if source == "path" and os.path.exists(os.path.join(saved["data"]["path"], "metadata.json")):
+    return saved["data"]["path"]  # tokenizer.load reads metadata.json's tokenizer_info
+  raise FileNotFoundError(f"checkpoint {checkpoint}: its saved config names no tokenizer that "
+                          f"exists (data.source={source!r}); pass the tokenizer explicitly "
+                          "(--tokenizer=PATH)")
+
+
+def load_tokenizer(checkpoint: str | os.PathLike,
+                   explicit: Optional[str] = None) -> tokenizer.Tokenizer:
+  """`explicit`, else tokenizer.json beside the checkpoint, else the training data's."""
+  if explicit:
+    return tokenizer.load(explicit)
+  if os.path.exists(os.path.join(checkpoint, "tokenizer.json")):
+    return tokenizer.load(str(checkpoint))
+  return tokenizer.load(training_tokenizer(checkpoint))

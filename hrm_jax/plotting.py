@@ -1,0 +1,47 @@
+"""Line plots of logged or measured values to a PNG, written atomically (matplotlib, Agg):
+training curves (experiments/plot.py) and score against recursion depth (experiments/eval.py)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot(runs: dict[str, dict[int, dict]], metrics: list[str], out: str,
+         xlabel: str = "step", marker: Optional[str] = None) -> None:
+  """Draw one subplot per metric, one line per run (x: the keys of its rows, y: each row's
+  metric), and write `out` atomically."""
+  present = [m for m in metrics if any(m in r for rows in runs.values() for r in rows.values())]
+  if not present:
+    raise ValueError(f"none of the metrics {metrics} is in the logged rows")
+  fig, axes = plt.subplots(len(present), 1, figsize=(7, 2.6 * len(present)), sharex=True,
+                           squeeze=False)
+  for ax, metric in zip(axes[:, 0], present):
+    for name, rows in runs.items():
+      points = [(s, r[metric]) for s, r in rows.items() if isinstance(r.get(metric), (int, float))]
+      if points:
+        ax.plot(*zip(*points), label=name, marker=marker)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+  axes[0, 0].legend(loc="best", fontsize="small")
+  axes[-1, 0].set_xlabel(xlabel)
+  fig.tight_layout()
+  out = os.path.abspath(out)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".png",
+                             dir=os.path.dirname(out))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      fig.savefig(f, format="png", dpi=100)
+    os.replace(tmp, out)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+  finally:
+    plt.close(fig)
