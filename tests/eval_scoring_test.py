@@ -43,6 +43,10 @@ def test_gsm8k_answer(text, expected):
     ("32", "32", True),                                     # no box: the whole text
     ("I do not know", "32", False),                         # invalid
     (r"\boxed{5} first, finally \boxed{6}", "5", False),    # only the last box counts
+    (r"so \boxed{\sqrt{2}}", r"\sqrt{2}", True),               # bare LaTeX is read as LaTeX
+    (r"so \boxed{2}", r"2\pi", False),                        # not read as 2
+    (r"\boxed{(1,2)}", r"(1, 2)", True),
+    (r"\boxed{x^2+1}", r"1+x^2", True),
 ])
 def test_math_correct(text, gold, expected):
   assert scoring.math_correct(text, gold) is expected

@@ -46,11 +46,18 @@ def gsm8k_answer(text: str) -> Optional[int]:
     return None
 
 
+def _as_latex(answer: str) -> str:
+  """Bare LaTeX in math delimiters: math-verify's LaTeX extraction looks for them and its
+  fallback reads `\\sqrt{2}` as nothing and `2\\pi` as 2."""
+  return answer if "$" in answer else f"${answer}$"
+
+
 def math_correct(text: str, gold: str) -> bool:
-  """math-verify: `verify(parse(gold), parse(last boxed content, else the whole text))`."""
+  """math-verify: `verify(parse(gold), parse(last boxed content, else the whole text))`,
+  boxed content and gold read as LaTeX (`$...$`)."""
   from math_verify import parse, verify  # imported here: sympy/antlr load take seconds
   boxed = last_boxed(text)
-  return bool(verify(parse(gold), parse(text if boxed is None else boxed)))
+  return bool(verify(parse(_as_latex(gold)), parse(text if boxed is None else _as_latex(boxed))))
 
 
 # --- DROP, as lm-evaluation-harness 0.4 (lm_eval/tasks/drop/utils.py) ---------------------
