@@ -79,8 +79,8 @@ def main(argv):
   capacity = {"tpu": 95 * 10**9, "gpu": aot.GPU_SPECS[_GPU.value][0]["device_memory_size"]}
   settings = [(cfg.model.remat_policy or "none", cfg.model.remat_scope or "layer")]
   if _SWEEP.value:
-    settings = [("none", "layer"), ("dots", "layer"), ("full", "layer"), ("dots", "pass"),
-                ("full", "pass")]
+    settings = [("none", "layer"), ("dots", "layer"), ("proj", "layer"), ("full", "layer"),
+                ("proj", "pass"), ("full", "pass")]
   name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
   print(f"{name}: "
         f"{cfg.data.rows} rows x {cfg.data.row_len} tokens, mesh {tuple(cfg.mesh.shape)}, "

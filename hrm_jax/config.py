@@ -14,7 +14,7 @@ ARCHS = ("hrm", "transformer", "trm", "trm_match_recurrence", "rins", "ut")
 INIT_TYPES = ("lecun_normal", "fixed_normal", "megatron")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("dense", "chunked", "pallas_gpu", "pallas_tpu", "auto")
-REMAT_POLICIES = ("none", "full", "dots")
+REMAT_POLICIES = ("none", "full", "proj", "dots")
 REMAT_SCOPES = ("layer", "pass")
 
 # size -> (n_layers, hidden_size, num_heads); REFERENCE section 1.
@@ -89,7 +89,8 @@ class ModelConfig:
   attention_impl: str = "dense"
   attention_chunk: int = 512  # tile rows of the blockwise attention_impls (hrm_jax/attention.py)
   # What a rematerialised unit keeps for the backward pass (none = no remat; full = only its
-  # input; dots = also its matmul outputs), and the units: each "layer" of a stack, or also
+  # input; proj = also its projection outputs gqkv, gated attention and gate_up; dots =
+  # every matmul output without batch dimensions), and the units: each "layer" of a stack, or also
   # each whole "pass" of a stack through the recursion (nested: fewer saved activations, one
   # more stack forward per gradient-carrying pass).
   remat_policy: str = "none"

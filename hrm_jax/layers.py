@@ -194,9 +194,12 @@ def remat_policy(name: str):
     return None
   if name == "full":
     return jax.checkpoint_policies.nothing_saveable
+  if name == "proj":  # the checkpoint_name'd projection outputs of Attention and SwiGLU
+    return jax.checkpoint_policies.save_only_these_names("gqkv_proj", "attn_out",
+                                                         "gate_up_proj")
   if name == "dots":
     return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-  raise ValueError(f"remat_policy={name!r} is unknown; expected none, full or dots")
+  raise ValueError(f"remat_policy={name!r} is unknown; expected none, full, proj or dots")
 
 
 class Stack(nn.Module):

@@ -32,7 +32,7 @@ def _reference_grads(bp_steps):
 
 
 @pytest.mark.parametrize("policy,scope,bp_steps", [("full", "layer", None), ("dots", "pass", None),
-                                                   ("full", "pass", 3), ("dots", "layer", 3)])
+                                                   ("full", "pass", 3), ("proj", "layer", 3)])
 def test_gradients_equal_no_remat(policy, scope, bp_steps):
   cfg, batch, variables = _setup()
   ref = _reference_grads(bp_steps)
