@@ -93,9 +93,9 @@ def build_step(cfg, mesh, bp_steps, loss_chunk=0):
   model = hrm_jax.LanguageModel(cfg)
   tx = optim.adam_atan2(optim.warmup_cosine(1e-3, 10, 1000), 0.9, 0.95, 0.1)
   shardings = state_lib.state_shardings(model, tx, mesh)
-  fn = jax.jit(functools.partial(train_step, model=model, tx=tx, bp_steps=bp_steps,
-                                 microbatches=1, ema_decay=0.999, skip_nonfinite=False,
-                                 loss_chunk=loss_chunk),
+  step = functools.partial(train_step, model=model, tx=tx, bp_steps=bp_steps, microbatches=1,
+                           ema_decay=0.999, skip_nonfinite=False, loss_chunk=loss_chunk)
+  fn = jax.jit(sharding_lib.traced_in_mesh(step, mesh),
                in_shardings=(shardings, sharding_lib.batch_sharding(mesh)), donate_argnums=0)
   return model, tx, shardings, fn
 

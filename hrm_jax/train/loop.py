@@ -151,7 +151,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                              ema_decay=cfg.train.ema_decay,
                              skip_nonfinite=cfg.train.skip_nonfinite,
                              loss_chunk=cfg.train.loss_chunk)
-      step_fns[bp_steps] = jax.jit(fn, in_shardings=(shardings, batch_sharding),
+      # Traced with the mesh in context: the Pallas attention kernels shard_map over it.
+      step_fns[bp_steps] = jax.jit(sharding_lib.traced_in_mesh(fn, mesh),
+                                   in_shardings=(shardings, batch_sharding),
                                    out_shardings=(shardings, sharding_lib.replicated(mesh)),
                                    donate_argnums=0)
     return step_fns[bp_steps]
