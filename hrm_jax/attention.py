@@ -15,16 +15,22 @@ and every query row has at least one visible key (no NaN from an empty softmax).
               chunked); on CPU dense up to AUTO_DENSE_MAX_SEQ tokens per row, chunked beyond.
 The blockwise kernels see the mask as one key range per query (kernels/ranges.py), which
 holds for rows packed as contiguous examples with the prompt first (hrm_jax.data does so).
+A `pallas_call` has no SPMD partitioning rule, so under a device mesh (found in JAX's context,
+see sharding.traced_in_mesh) the Pallas kernels run inside `jax.shard_map`: each device
+attends its own rows and heads, as MaxText wraps its kernels. `chunked` is plain JAX that XLA
+partitions by itself.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import functools
+from typing import Callable, NamedTuple, Optional
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from hrm_jax import sharding as sharding_lib
 from hrm_jax.config import ATTENTION_IMPLS
 from hrm_jax.kernels import flash_gpu, flash_tpu, flash_xla
 from hrm_jax.kernels import ranges as ranges_lib
@@ -150,4 +156,19 @@ def attend(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
                      f"not on {backend}; use 'auto' or 'chunked'")
   kernel = flash_gpu if native == "gpu" else flash_tpu
   interpret = backend == "cpu"  # Pallas kernels run interpreted on CPU: slow, for tests
-  return kernel.flash_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, ranges, block, interpret)
+  kernel_fn = functools.partial(kernel.flash_attention, block=block, interpret=interpret)
+  return _per_device(kernel_fn, q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, ranges)
+
+
+def _per_device(kernel_fn: Callable, q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array,
+                v_BxSxHxK: jax.Array, ranges: ranges_lib.Ranges) -> jax.Array:
+  """Run a kernel XLA cannot partition on each device's rows and heads of the mesh in
+  context (rows and heads are independent in attention); directly when there is none."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return kernel_fn(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, ranges)
+  qkv, row = sharding_lib.attention_specs(mesh, q_BxSxHxK.shape)
+  # check_vma=False: pallas_call outputs carry no per-axis variance (MaxText does the same).
+  return jax.shard_map(kernel_fn, mesh=mesh,
+                       in_specs=(qkv, qkv, qkv, ranges_lib.Ranges(row, row, row, row)),
+                       out_specs=qkv, check_vma=False)(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, ranges)

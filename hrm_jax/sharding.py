@@ -3,18 +3,22 @@
 Model code names axes (vocab, embed, heads, head_dim, mlp, layers); a rule table maps them to
 mesh axes (data, fsdp, tensor), as MaxText does. The default is FSDP: parameters and
 optimizer state are split over `fsdp` along `embed`; heads, mlp and vocab go to `tensor`.
+Code that must place work by hand (the Pallas attention kernels, which XLA cannot
+partition) reads the mesh from JAX's context, set by `traced_in_mesh` around a jitted step,
+and takes its specs from `attention_specs`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -85,3 +89,30 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def traced_in_mesh(fn: Callable, mesh: Mesh) -> Callable:
+  """`fn` with `mesh` as JAX's abstract mesh while it is traced: put it inside `jax.jit`, so
+  model code finds the mesh (`jax.sharding.get_abstract_mesh()`) without being handed devices,
+  and every trace of the jitted function (calls, `.lower`) sees the same mesh."""
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+
+  return traced
+
+
+def attention_specs(mesh: Mesh | AbstractMesh, q_shape: Sequence[int],
+                    rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> tuple[P, P]:
+  """shard_map specs of q/k/v [batch, seq, heads, head_dim] and of per-row [batch, seq] mask
+  inputs: rows over the batch axes (data x fsdp), heads over the `heads` rule's axis; either
+  replicated where its axes do not divide it (a micro-batch smaller than the mesh, few heads).
+  """
+  if set(mesh.axis_names) != set(MESH_AXES):
+    raise ValueError(f"the mesh in context has axes {mesh.axis_names}; the attention kernels "
+                     f"expect {MESH_AXES} (hrm_jax.sharding.make_mesh)")
+  heads_axis = dict(rules).get("heads")
+  qkv = _fit(P(BATCH_AXES, None, heads_axis, None), q_shape, mesh, "attention q/k/v")
+  return qkv, P(qkv[0], None)

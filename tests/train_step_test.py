@@ -36,9 +36,10 @@ def run_steps(mesh_shape, microbatches=1, steps=(2, 3), loss_chunk=0):
   batch_sharding = sharding_lib.batch_sharding(mesh)
   losses = []
   for i, bp in enumerate(steps):
-    fn = jax.jit(functools.partial(train_step, model=model, tx=tx, bp_steps=bp,
-                                   microbatches=microbatches, ema_decay=0.9,
-                                   skip_nonfinite=False, loss_chunk=loss_chunk),
+    step = functools.partial(train_step, model=model, tx=tx, bp_steps=bp,
+                             microbatches=microbatches, ema_decay=0.9, skip_nonfinite=False,
+                             loss_chunk=loss_chunk)
+    fn = jax.jit(sharding_lib.traced_in_mesh(step, mesh),
                  in_shardings=(shardings, batch_sharding), donate_argnums=0)
     batch = {k: jax.device_put(v, batch_sharding) for k, v in make_batch(i).items()}
     state, metrics = fn(state, batch)

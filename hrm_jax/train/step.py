@@ -113,5 +113,7 @@ def jit_train_step(model: LanguageModel, tx: optax.GradientTransformation, train
                          microbatches=train_cfg.microbatches, ema_decay=train_cfg.ema_decay,
                          skip_nonfinite=train_cfg.skip_nonfinite,
                          loss_chunk=train_cfg.loss_chunk)
-  return jax.jit(fn, in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
+  # Traced with the mesh in context: the Pallas attention kernels shard_map over it.
+  return jax.jit(sharding_lib.traced_in_mesh(fn, mesh),
+                 in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
