@@ -2,6 +2,7 @@
 transformers' generate, per-row eos, sampling with explicit keys, bounded recompilation."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -122,3 +123,46 @@ def test_bad_requests_are_clear_errors():
   trm, trm_vars = tiny("trm")
   with pytest.raises(ValueError, match="does not support arch 'trm'"):
     hrm_jax.generate(trm, trm_vars, [[1, 2]], 2)
+
+
+def _computations(hlo: str) -> dict[str, list[str]]:
+  """Optimized HLO text -> computation name -> its instruction lines."""
+  comps, name = {}, None
+  for line in hlo.splitlines():
+    head = re.match(r"^(?:ENTRY )?%(\S+) ", line)
+    if head and line.rstrip().endswith("{"):
+      name = head.group(1)
+      comps[name] = []
+    elif name is not None and line.startswith("  "):
+      comps[name].append(line)
+  return comps
+
+
+def test_decode_loop_writes_the_cache_in_place_and_never_copies_weights():
+  """The compiled loop body (XLA's optimized HLO) makes no array the size of a layer weight
+  (the weights were split per layer before the loop, not sliced per step) and none the size
+  of a cache slot except by an in-place dynamic-update-slice of that slot."""
+  cfg, variables = tiny()
+  prompt_BxP = np.ones((3, 16), np.int32)
+  args = (hrm_jax.decode.decode_variables(variables), prompt_BxP, np.zeros(3, np.int32),
+          jnp.int32(16), jnp.float32(1e-6), jnp.float32(1), jnp.int32(-1),
+          jax.random.PRNGKey(0))
+  hlo = decode._generate.lower(*args, config=cfg, max_len=16, greedy=True).compile().as_text()
+  comps = _computations(hlo)
+  body = re.search(r"while\(.*body=%([^,\s]+)", hlo).group(1)
+  layer_sizes = {int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]["core"])}
+  slot_size = 3 * cfg.num_heads * cfg.head_dim * 32  # [B, H, K, prompt 16 + new 16]
+  assert slot_size not in layer_sizes
+  written = 0
+  for line in comps[body]:
+    m = re.match(r"\s+(?:ROOT )?%\S+ = \w+\[([\d,]*)\]\S* ([\w-]+)\(", line)
+    if not m or m.group(2) in ("parameter", "get-tuple-element", "bitcast", "tuple"):
+      continue
+    size = int(np.prod([int(d) for d in m.group(1).split(",") if d]))
+    assert size not in layer_sizes, line
+    if size == slot_size:
+      root = next(l for l in comps[re.search(r"calls=%([^,\s]+)", line).group(1)]
+                  if "ROOT" in l)
+      assert " dynamic-update-slice(" in root, line
+      written += 1
+  assert written == 2 * cfg.H_cycles * (cfg.L_cycles + 1) * cfg.layers_per_stack
