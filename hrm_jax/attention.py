@@ -31,11 +31,12 @@ class CacheStep(NamedTuple):
 
   Each attention call keeps its keys/values in its own slot of the 'cache' collection
   (`length` positions); the tokens of this call are written at positions index.. and
-  attend by mask to the first T positions (T <= length: the filled part, rounded up).
+  attend by mask: at prefill (the call that creates the slot, index 0) to this call's own
+  keys, T = S; afterwards to all T = length positions.
   """
 
   index: jax.Array  # scalar int32: cache position of the first token of this call
-  mask_BxSxT: jax.Array  # bool: query x cache position (the first T) -> visible
+  mask_BxSxT: jax.Array  # bool: query x key position -> visible
   length: int  # static: cache positions per slot (prompt + generated)
 
 

@@ -94,20 +94,16 @@ def cache_length(cache: Cache) -> int:
 
 
 def decode_step(config: ModelConfig, variables: dict, cache: Cache, token_B: jax.Array,
-                slot: jax.Array, pad_B: jax.Array,
-                span: Optional[int] = None) -> tuple[jax.Array, Cache]:
-  """One causal token per row at cache position `slot` (same for all rows); logits [B, V].
-
-  Attention reads the first `span` cache positions (static; default all; must be > slot).
-  """
-  t = cache_length(cache) if span is None else span
+                slot: jax.Array, pad_B: jax.Array) -> tuple[jax.Array, Cache]:
+  """One causal token per row at cache position `slot` (same for all rows); logits [B, V]."""
+  t = cache_length(cache)
   slots_T = jnp.arange(t)
   mask_Bx1xT = ((slots_T[None] >= pad_B[:, None]) & (slots_T[None] <= slot))[:, None]
   ones_Bx1 = jnp.ones((token_B.shape[0], 1), jnp.int32)
   batch = {"inputs": token_B[:, None], "positions": (slot - pad_B)[:, None],
            "segment_ids": ones_Bx1, "prefix_mask": ones_Bx1 == 0}
   z_Bx1xD, cache = _apply(config, variables, cache, batch,
-                          attention.CacheStep(slot, mask_Bx1xT, cache_length(cache)))
+                          attention.CacheStep(slot, mask_Bx1xT, t))
   return _logits(config, variables, z_Bx1xD[:, 0]), cache
 
 

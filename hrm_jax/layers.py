@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import chex
 import flax.linen as nn
@@ -133,7 +133,7 @@ class Attention(nn.Module):
   def cached(self, q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
              step: attention.CacheStep) -> jax.Array:
     """Store this call's keys/values at cache positions step.index.. of this call's own slot
-    and attend over the first T = step.mask_BxSxT.shape[-1] positions of the slot.
+    and attend over the slot by step.mask_BxSxT.
 
     Each (pass, layer) call owns one slot: a separate array pair in the 'cache' collection,
     keys [B, H, K, L] and values [B, H, L, K] (L = step.length; the layouts the attention
@@ -165,8 +165,10 @@ class Attention(nn.Module):
         raise ValueError(f"KV-cache prefill: the mask must cover this call's {s} keys "
                          f"(index 0), got {t} key positions")
       return attention.dense_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, step.mask_BxSxT)
-    return attention.cached_attention(q_BxSxHxK, k_BxHxKxL[..., :t], v_BxHxLxK[:, :, :t],
-                                      step.mask_BxSxT)
+    if t != step.length:
+      raise ValueError(f"KV-cache decoding: the mask must cover all {step.length} cache "
+                       f"positions, got {t}")
+    return attention.cached_attention(q_BxSxHxK, k_BxHxKxL, v_BxHxLxK, step.mask_BxSxT)
 
 
 class SwiGLU(nn.Module):
@@ -248,9 +250,9 @@ def unstack_layers(params: dict) -> dict:
   """
   out = {}
   for name, sub in params.items():
-    if name == "layers" and isinstance(sub, dict):
+    if name == "layers" and isinstance(sub, Mapping):
       n = jax.tree.leaves(sub)[0].shape[0]
       out.update({f"layers_{i}": jax.tree.map(lambda x: x[i], sub) for i in range(n)})
     else:
-      out[name] = unstack_layers(sub) if isinstance(sub, dict) else sub
+      out[name] = unstack_layers(sub) if isinstance(sub, Mapping) else sub
   return out

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import hrm_jax
-from hrm_jax import decode, hf
+from hrm_jax import attention, decode, hf
 from hf_test import hf_model
 from helpers import pack_rows, tiny_config
 
@@ -166,3 +166,17 @@ def test_decode_loop_writes_the_cache_in_place_and_never_copies_weights():
       assert " dynamic-update-slice(" in root, line
       written += 1
   assert written == 2 * cfg.H_cycles * (cfg.L_cycles + 1) * cfg.layers_per_stack
+
+
+def test_cache_masks_of_the_wrong_width_are_clear_errors():
+  cfg, variables = tiny("transformer")
+  batch = pack_rows([[([1, 2, 3], [4])]], 4)
+  model, dec = hrm_jax.LanguageModel(cfg), decode.decode_variables(variables)
+  step = attention.CacheStep(jnp.int32(0), np.ones((1, 4, 8), bool), 8)  # prefill: 4 keys
+  with pytest.raises(ValueError, match="must cover this call's 4 keys"):
+    model.apply(dec, batch, cache=step, mutable=["cache", "cursor"])
+  _, cache = decode.prefill(cfg, variables, batch["inputs"], np.zeros(1, np.int32), 8)
+  one = {k: v[:, :1] for k, v in batch.items()}
+  step = attention.CacheStep(jnp.int32(4), np.ones((1, 1, 5), bool), 8)
+  with pytest.raises(ValueError, match="must cover all 8 cache positions"):
+    model.apply({**dec, "cache": cache}, one, cache=step, mutable=["cache", "cursor"])
