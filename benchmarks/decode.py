@@ -34,11 +34,17 @@ flags.DEFINE_integer("L_cycles", 3, "L cycles.")
 flags.DEFINE_integer("vocab_size", 8192, "Vocabulary size.")
 flags.DEFINE_integer("batch", 4, "Prompts decoded together.")
 flags.DEFINE_integer("new_tokens", 64, "Tokens generated per prompt.")
+flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for transformers; 0 keeps "
+                     "torch's default (one per core). On a loaded machine compare 1 with "
+                     "XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+                     "intra_op_parallelism_threads=1'.")
 
 
 def main(argv: list[str]) -> None:
   del argv
   f = flags.FLAGS
+  if f.torch_threads:
+    torch.set_num_threads(f.torch_threads)
   config = hrm_jax.model_config(
       "B", "hrm", hidden_size=f.hidden_size, num_heads=f.num_heads,
       n_layers=2 * f.layers_per_stack, H_cycles=f.H_cycles, L_cycles=f.L_cycles,
