@@ -4,7 +4,8 @@ The whole prompt is always the bidirectional prefix (REFERENCE sections 2 and 6)
 builds the PrefixLM mask itself, so no caller can forget it. Rows are left-padded to a
 common prompt length; positions restart at 0 at each row's first real token and padding is
 never attended by real tokens. Prompt lengths and generation lengths are rounded up to
-powers of two, so a handful of shapes cover every request (no compile per prompt length).
+powers of two or 1.5x powers of two, so a handful of shapes cover every request (no compile
+per prompt length).
 
 The cache has one slot per (pass, layer) call, `H_cycles * (L_cycles + 1) * layers_per_stack`
 for HRM: each is its own pair of arrays, keys [B, H, K, L] and values [B, H, L, K], so the
@@ -35,8 +36,11 @@ MIN_BUCKET = 16
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-  """The power of two >= max(n, minimum): padded lengths, to bound recompilation."""
-  return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+  """The smallest power of two or 1.5x a power of two >= max(n, minimum): padded lengths
+  with two shapes per octave, which bounds recompilation and wastes at most a third
+  (pure powers of two padded a 43-token prompt to 64: 50% more prefill work)."""
+  p2 = max(minimum, 1 << (max(n, 1) - 1).bit_length())
+  return p2 * 3 // 4 if p2 * 3 // 4 >= max(n, minimum) and p2 > minimum else p2
 
 
 def _check_arch(config: ModelConfig) -> None:

@@ -100,7 +100,8 @@ def test_prompt_lengths_share_a_compiled_bucket():
   for lengths, new in (([9, 1], 7), ([16, 5], 3), ([4, 12], 16)):
     hrm_jax.generate(cfg, variables, prompts_of(lengths, cfg.vocab_size), new)
   assert decode._generate._cache_size() == compiled
-  assert [decode.bucket(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
+  assert [decode.bucket(n) for n in (1, 16, 17, 24, 25, 43, 48, 49, 100)] == \
+      [16, 16, 24, 24, 32, 48, 48, 64, 128]
 
 
 def test_test_time_depth_override_matches_full_forward():
