@@ -5,8 +5,11 @@
 A random hrm_jax model is exported with hrm_jax.hf.save and loaded by
 `transformers.HrmTextForCausalLM`; both decode the same left-padded PrefixLM prompts
 greedily (no eos). One timed run each, after one warm-up run (compilation for hrm_jax).
-ms per decode step is hrm_jax's (time for new_tokens - time for 1 token) / (new_tokens - 1),
-i.e. without the prefill; tokens/s include the prefill for both.
+ms per decode step is (time for new_tokens - time for 1 token) / (new_tokens - 1), i.e.
+without the prefill; tokens/s include the prefill for both. Wall times on a shared machine
+are noisy: the CPU seconds of the process and the load average are printed beside them.
+XLA flags are the user's (XLA_FLAGS); none is set here (single-threaded XLA,
+`--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`, measured no faster).
 """
 
 from __future__ import annotations
@@ -31,11 +34,17 @@ flags.DEFINE_integer("L_cycles", 3, "L cycles.")
 flags.DEFINE_integer("vocab_size", 8192, "Vocabulary size.")
 flags.DEFINE_integer("batch", 4, "Prompts decoded together.")
 flags.DEFINE_integer("new_tokens", 64, "Tokens generated per prompt.")
+flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for transformers; 0 keeps "
+                     "torch's default (one per core). On a loaded machine compare 1 with "
+                     "XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+                     "intra_op_parallelism_threads=1'.")
 
 
 def main(argv: list[str]) -> None:
   del argv
   f = flags.FLAGS
+  if f.torch_threads:
+    torch.set_num_threads(f.torch_threads)
   config = hrm_jax.model_config(
       "B", "hrm", hidden_size=f.hidden_size, num_heads=f.num_heads,
       n_layers=2 * f.layers_per_stack, H_cycles=f.H_cycles, L_cycles=f.L_cycles,
@@ -47,16 +56,15 @@ def main(argv: list[str]) -> None:
   dummy["prefix_mask"] = np.ones((1, 8), bool)
   variables = hrm_jax.LanguageModel(config).init(jax.random.PRNGKey(0), dummy)
 
-  def timed(new_tokens: int) -> tuple[list[list[int]], float]:
-    run = lambda: hrm_jax.generate(config, variables, prompts, new_tokens)
+  def timed(run) -> tuple[object, float, float]:
+    """One warm-up run (compilation), then one timed run: output, wall s, process CPU s."""
     run()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = run()
-    return out, time.perf_counter() - start
+    return out, time.perf_counter() - start, time.process_time() - cpu
 
-  ours, jax_s = timed(f.new_tokens)
-  _, prefill_s = timed(1)
-  step_ms = (jax_s - prefill_s) / max(f.new_tokens - 1, 1) * 1e3
+  ours, jax_s, jax_cpu = timed(lambda: hrm_jax.generate(config, variables, prompts, f.new_tokens))
+  _, jax_first_s, _ = timed(lambda: hrm_jax.generate(config, variables, prompts, 1))
 
   with tempfile.TemporaryDirectory() as tmp:
     hrm_jax.hf.save(tmp, config, variables)
@@ -65,23 +73,35 @@ def main(argv: list[str]) -> None:
   ids = torch.tensor([[0] * (p - len(x)) + x for x in prompts])
   real = torch.tensor([[0] * (p - len(x)) + [1] * len(x) for x in prompts])
   kw = dict(input_ids=ids, attention_mask=real, token_type_ids=real, do_sample=False,
-            max_new_tokens=f.new_tokens, min_new_tokens=f.new_tokens, pad_token_id=0)
-  with torch.no_grad():
-    model.generate(**{**kw, "max_new_tokens": 2, "min_new_tokens": 2})
-    start = time.perf_counter()
-    theirs = model.generate(**kw)
-    torch_s = time.perf_counter() - start
+            pad_token_id=0)
+
+  def hf_generate(n: int):
+    with torch.no_grad():
+      return model.generate(**kw, max_new_tokens=n, min_new_tokens=n)
+
+  theirs, torch_s, torch_cpu = timed(lambda: hf_generate(f.new_tokens))
+  _, torch_first_s, _ = timed(lambda: hf_generate(1))
 
   n = f.batch * f.new_tokens
+  per_step = lambda total, first: (total - first) / max(f.new_tokens - 1, 1) * 1e3
   agree = np.mean([a == b for a, b in zip(np.array(ours).ravel(), theirs[:, p:].numpy().ravel())])
-  print(f"model: hidden {f.hidden_size}, {f.layers_per_stack} layers/stack, H{f.H_cycles} "
-        f"L{f.L_cycles}, vocab {f.vocab_size}; batch {f.batch}, {f.new_tokens} new tokens, "
-        f"prompt lengths {[len(x) for x in prompts]}")
-  print(f"{'hrm_jax.generate':>24}: {n / jax_s:10.1f} tokens/s ({jax_s:.3f} s; "
-        f"{step_ms:.2f} ms per decode step, prefill + 1 token {prefill_s * 1e3:.1f} ms)")
-  print(f"{'transformers generate':>24}: {n / torch_s:10.1f} tokens/s ({torch_s:.3f} s)")
-  print(f"{'load average (1 min)':>24}: {os.getloadavg()[0]:10.2f}   (on {os.cpu_count()} CPUs)")
-  print(f"{'ratio':>24}: {torch_s / jax_s:10.2f}x   (greedy tokens agreeing: {agree:.1%})")
+  print(f"model: hidden {f.hidden_size}, {f.num_heads} heads, {f.layers_per_stack} layers/stack, "
+        f"H{f.H_cycles} L{f.L_cycles} ({config.H_cycles * (config.L_cycles + 1) * config.layers_per_stack} "
+        f"layer applications per token), vocab {f.vocab_size}, float32; batch {f.batch}, "
+        f"{f.new_tokens} new tokens, prompt lengths {[len(x) for x in prompts]}")
+  print(f"threads: torch {torch.get_num_threads()}, XLA CPU intra-op pool {os.cpu_count()} "
+        f"(one per core); XLA_FLAGS={os.environ.get('XLA_FLAGS') or '(default)'}; "
+        "transformers runs float32 eager")
+  print(f"| {'':22} | {'tokens/s':>9} | {'total s':>8} | {'CPU s':>6} | {'ms per decode step':>18} "
+        f"| {'prefill + 1 token ms':>20} |")
+  print(f"|{'-' * 24}|{'-' * 11}|{'-' * 10}|{'-' * 8}|{'-' * 20}|{'-' * 22}|")
+  for name, total, cpu, first in (("hrm_jax.generate", jax_s, jax_cpu, jax_first_s),
+                                  ("transformers generate", torch_s, torch_cpu, torch_first_s)):
+    print(f"| {name:22} | {n / total:9.1f} | {total:8.3f} | {cpu:6.2f} | "
+          f"{per_step(total, first):18.2f} | {first * 1e3:20.1f} |")
+  print(f"ratio (tokens/s): {torch_s / jax_s:.2f}x; per decode step: "
+        f"{per_step(torch_s, torch_first_s) / per_step(jax_s, jax_first_s):.2f}x; greedy tokens "
+        f"agreeing: {agree:.1%}; load average (1 min) {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -51,13 +51,15 @@ class MaskInfo(NamedTuple):
 class CacheStep(NamedTuple):
   """Decoding with a KV cache: where this call's tokens go and what each may see.
 
-  Each attention layer keeps its keys/values in the 'cache' collection (one slot of its
-  stack's cache); the tokens of this call are written at positions index.. and attend to
-  all T positions by mask.
+  Each attention call keeps its keys/values in its own slot of the 'cache' collection
+  (`length` positions); the tokens of this call are written at positions index.. and
+  attend by mask: at prefill (the call that creates the slot, index 0) to this call's own
+  keys, T = S; afterwards to all T = length positions.
   """
 
-  index: jax.Array  # scalar int32: cache slot of the first token of this call
-  mask_BxSxT: jax.Array  # bool: query x cache slot -> visible
+  index: jax.Array  # scalar int32: cache position of the first token of this call
+  mask_BxSxT: jax.Array  # bool: query x key position -> visible
+  length: int  # static: cache positions per slot (prompt + generated)
 
 
 def visible(seg_BxQ, prefix_BxQ, idx_Q, seg_BxT, prefix_BxT, idx_T) -> jax.Array:

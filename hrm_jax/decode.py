@@ -4,13 +4,15 @@ The whole prompt is always the bidirectional prefix (REFERENCE sections 2 and 6)
 builds the PrefixLM mask itself, so no caller can forget it. Rows are left-padded to a
 common prompt length; positions restart at 0 at each row's first real token and padding is
 never attended by real tokens. Prompt lengths and generation lengths are rounded up to
-powers of two, so a handful of shapes cover every request (no compile per prompt length).
+powers of two or 1.5x powers of two, so a handful of shapes cover every request (no compile
+per prompt length).
 
-The cache has one slot per (pass, layer): each stack keeps [passes * layers, B, H, K, T]
-keys and [passes * layers, B, H, T, K] values in the 'cache' collection (`H_cycles * (L_cycles + 1) * layers_per_stack`
-slots in all for HRM). The layer and pass scans carry it rather than scan over it, and the
-decode loop carries it too, so each step writes its new keys/values in place (restacking a
-scanned cache copied all of it several times per token).
+The cache has one slot per (pass, layer) call, `H_cycles * (L_cycles + 1) * layers_per_stack`
+for HRM: each is its own pair of arrays, keys [B, H, K, L] and values [B, H, L, K], so the
+decode loop carries them as separate buffers and writes one position of each in place per
+step (no slicing of a stacked cache). The stacked layer weights are split per layer once,
+before the loop (`layers.unstack_layers`), and prefill computes the head on the last
+position only.
 """
 
 from __future__ import annotations
@@ -23,18 +25,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax import attention, flops
+from hrm_jax import attention
 from hrm_jax.config import ModelConfig
-from hrm_jax.layers import CACHE, CURSOR
+from hrm_jax.layers import CACHE, CURSOR, unstack_layers
 from hrm_jax.models import LanguageModel
+from hrm_jax.models.lm import head
 
-Cache = Any  # the 'cache' collection: per stack, keys [slots, B, H, K, T], values [.., T, K]
+Cache = Any  # the 'cache' collection: per attention layer, tuples of per-pass key/value slots
 MIN_BUCKET = 16
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-  """The power of two >= max(n, minimum): padded lengths, to bound recompilation."""
-  return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+  """The smallest power of two or 1.5x a power of two >= max(n, minimum): padded lengths
+  with two shapes per octave, which bounds recompilation and wastes at most a third
+  (pure powers of two padded a 43-token prompt to 64: 50% more prefill work)."""
+  p2 = max(minimum, 1 << (max(n, 1) - 1).bit_length())
+  return p2 * 3 // 4 if p2 * 3 // 4 >= max(n, minimum) and p2 > minimum else p2
 
 
 def _check_arch(config: ModelConfig) -> None:
@@ -43,47 +49,35 @@ def _check_arch(config: ModelConfig) -> None:
                      "stack plays both roles, so H and L passes would share cache slots.")
 
 
-def _attn_paths(config: ModelConfig) -> dict[tuple[str, ...], int]:
-  """Scope path of each stack's (scanned) attention layer -> cache slots of that stack."""
-  return {("core", name, "layers", "attn"): n * config.layers_per_stack
-          for name, n in flops.stack_passes(config).items()}
-
-
-def _nest(leaves: dict[tuple[str, ...], Any]) -> dict:
-  tree: dict = {}
-  for path, leaf in leaves.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = leaf
-  return tree
-
-
-def init_cache(config: ModelConfig, batch: int, cache_len: int) -> Cache:
-  """Zero keys and values of every stack (carried variables must exist before the scans
-  that carry them)."""
-  b, h, k, t = batch, config.num_heads, config.head_dim, cache_len
-  shapes = {"cached_key": (b, h, k, t), "cached_value": (b, h, t, k)}
-  return _nest({path + (name,): jnp.zeros((slots,) + shape, config.dtype)
-                for path, slots in _attn_paths(config).items()
-                for name, shape in shapes.items()})
+def decode_variables(variables: dict) -> dict:
+  """`params` and `buffers` with the layer weights split per layer (the layout decoding
+  reads); call it once outside a decode loop. Idempotent."""
+  out = {k: variables[k] for k in ("params", "buffers") if k in variables}
+  out["params"] = unstack_layers(nn.unbox(out["params"]))
+  return out
 
 
 def _apply(config: ModelConfig, variables: dict, cache: Cache, batch: dict,
            step: attention.CacheStep) -> tuple[jax.Array, Cache]:
-  """The model on `batch` with every stack's cursor at slot 0; logits and the new cache."""
-  cursor = _nest({path + ("slot",): jnp.int32(0) for path in _attn_paths(config)})
-  logits, state = LanguageModel(config).apply(
-      {**variables, CACHE: cache, CURSOR: cursor}, batch, cache=step, mutable=[CACHE, CURSOR])
-  return logits, state[CACHE]
+  """The core on `batch` with the KV cache; final hidden states [B, S, D] and the new cache."""
+  z_BxSxD, state = LanguageModel(config).apply(
+      {**decode_variables(variables), CACHE: cache}, batch, cache=step, hidden_only=True,
+      mutable=[CACHE, CURSOR])
+  return z_BxSxD, state[CACHE]
+
+
+def _logits(config: ModelConfig, variables: dict, z_BxD: jax.Array) -> jax.Array:
+  return head(config).apply({"params": variables["params"]["lm_head"]},
+                            z_BxD).astype(jnp.float32)
 
 
 def prefill(config: ModelConfig, variables: dict, prompt_BxP: jax.Array, pad_B: jax.Array,
             cache_len: int) -> tuple[jax.Array, Cache]:
-  """Run left-padded prompts as one bidirectional prefix; logits [B, P, V] and a new cache.
+  """Run left-padded prompts as one bidirectional prefix; the logits [B, V] of the last
+  position (the next token's) and a new cache of `cache_len` positions (prompt first).
 
-  `pad_B` is the number of left padding tokens of each row; the cache has `cache_len` slots
-  (prompt slots first).
+  `pad_B` is the number of left padding tokens of each row. Attention reads only the
+  prompt's own keys and the head runs on the last position only.
   """
   _check_arch(config)
   b, p = prompt_BxP.shape
@@ -92,24 +86,29 @@ def prefill(config: ModelConfig, variables: dict, prompt_BxP: jax.Array, pad_B: 
   batch = {"inputs": prompt_BxP, "positions": jnp.maximum(idx_P[None] - pad_B[:, None], 0),
            "segment_ids": real_BxP.astype(jnp.int32), "prefix_mask": real_BxP}
   mask_BxPxP = attention.prefix_lm_mask(batch["segment_ids"], real_BxP)
-  mask_BxPxT = jnp.pad(mask_BxPxP, ((0, 0), (0, 0), (0, cache_len - p)))
-  return _apply(config, variables, init_cache(config, b, cache_len), batch,
-                attention.CacheStep(jnp.int32(0), mask_BxPxT))
+  z_BxPxD, cache = _apply(config, variables, {}, batch,
+                          attention.CacheStep(jnp.int32(0), mask_BxPxP, cache_len))
+  return _logits(config, variables, z_BxPxD[:, -1]), cache
+
+
+def cache_length(cache: Cache) -> int:
+  """Positions per slot of a cache made by `prefill`."""
+  return next(leaf.shape[-1] for path, leaf in jax.tree_util.tree_leaves_with_path(cache)
+              if "cached_key" in jax.tree_util.keystr(path))
 
 
 def decode_step(config: ModelConfig, variables: dict, cache: Cache, token_B: jax.Array,
                 slot: jax.Array, pad_B: jax.Array) -> tuple[jax.Array, Cache]:
-  """One causal token per row at cache slot `slot` (same for all rows); logits [B, V]."""
-  t = next(leaf.shape[-1] for path, leaf in jax.tree_util.tree_leaves_with_path(cache)
-           if path[-1].key == "cached_key")
+  """One causal token per row at cache position `slot` (same for all rows); logits [B, V]."""
+  t = cache_length(cache)
   slots_T = jnp.arange(t)
   mask_Bx1xT = ((slots_T[None] >= pad_B[:, None]) & (slots_T[None] <= slot))[:, None]
   ones_Bx1 = jnp.ones((token_B.shape[0], 1), jnp.int32)
   batch = {"inputs": token_B[:, None], "positions": (slot - pad_B)[:, None],
            "segment_ids": ones_Bx1, "prefix_mask": ones_Bx1 == 0}
-  logits_Bx1xV, cache = _apply(config, variables, cache, batch,
-                               attention.CacheStep(slot, mask_Bx1xT))
-  return logits_Bx1xV[:, 0], cache
+  z_Bx1xD, cache = _apply(config, variables, cache, batch,
+                          attention.CacheStep(slot, mask_Bx1xT, t))
+  return _logits(config, variables, z_Bx1xD[:, 0]), cache
 
 
 def sample(logits_BxV: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
@@ -134,8 +133,9 @@ def _generate(variables: dict, prompt_BxP: jax.Array, pad_B: jax.Array, max_new:
   b, p = prompt_BxP.shape
   pick = lambda logits, step: sample(logits, jax.random.fold_in(rng, step), temperature,
                                      top_p, greedy)
-  logits_BxPxV, cache = prefill(config, variables, prompt_BxP, pad_B, p + max_len)
-  first_B = pick(logits_BxPxV[:, -1], 0)
+  variables = decode_variables(variables)  # layer weights split once, outside the loop
+  logits_BxV, cache = prefill(config, variables, prompt_BxP, pad_B, p + max_len)
+  first_B = pick(logits_BxV, 0)
   tokens_BxN = jnp.zeros((b, max_len), jnp.int32).at[:, 0].set(first_B)
 
   def cond(state):

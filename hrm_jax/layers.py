@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import chex
 import flax.linen as nn
@@ -125,36 +125,50 @@ class Attention(nn.Module):
       out_BxSxHxK = attention.attend(q, k, v, seq.mask, c.attention_impl,
                                      c.attention_chunk)
     else:
-      k, v = self.write_cache(k, v, seq.cache)
-      out_BxSxHxK = attention.cached_attention(q, k, v, seq.cache.mask_BxSxT)
+      out_BxSxHxK = self.cached(q, k, v, seq.cache)
     out_BxSxHxK = checkpoint_name(jax.nn.sigmoid(gate) * out_BxSxHxK, "attn_out")
     return dense((c.hidden_size,), ("heads", "head_dim", "embed"), stds["attn_out"], n_in=2,
                  name="o_proj")(out_BxSxHxK)
 
-  def write_cache(self, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
-                  step: attention.CacheStep) -> tuple[jax.Array, jax.Array]:
-    """Store this call's keys/values at positions step.index.. of its slot; return the slot
-    as keys [B, H, K, T] and values [B, H, T, K] (the layouts the attention dots read
-    without a transpose).
+  def cached(self, q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
+             step: attention.CacheStep) -> jax.Array:
+    """Store this call's keys/values at cache positions step.index.. of this call's own slot
+    and attend over the slot by step.mask_BxSxT.
 
-    A stack keeps ONE cache [slots, ...] for all its (pass, layer) calls, carried (not
-    scanned) through the layer and pass loops, so the decode loop updates it in place
-    instead of restacking it; the 'cursor' numbers the calls in execution order, the same
-    in prefill and decode. Both are created by `hrm_jax.decode.init_cache`.
+    Each (pass, layer) call owns one slot: a separate array pair in the 'cache' collection,
+    keys [B, H, K, L] and values [B, H, L, K] (L = step.length; the layouts the attention
+    dots read without a transpose). The 'cursor' (a Python int: decoding runs the pass loops
+    in Python) numbers this module's calls, the same in prefill and decode. The decode loop
+    carries the slots as separate buffers, so each step writes one position of each in
+    place and reads it with no slicing or copying. The first call (prefill) creates the
+    slot; its cache then holds only this call's keys, so it attends to them directly.
     """
-    cursor = self.variable(CURSOR, "slot")
+    b, s, h, k = k_BxSxHxK.shape
+    cursor = self.variable(CURSOR, "calls", lambda: 0)
     slot = cursor.value
     cursor.value = slot + 1
-    keys = self.variable(CACHE, "cached_key")
-    values = self.variable(CACHE, "cached_value")
-    k_1xBxHxKxS = k_BxSxHxK.transpose(0, 2, 3, 1)[None].astype(keys.value.dtype)
-    v_1xBxHxSxK = v_BxSxHxK.transpose(0, 2, 1, 3)[None].astype(values.value.dtype)
-    keys.value = jax.lax.dynamic_update_slice(keys.value, k_1xBxHxKxS,
-                                              (slot, 0, 0, 0, step.index))
-    values.value = jax.lax.dynamic_update_slice(values.value, v_1xBxHxSxK,
-                                                (slot, 0, 0, step.index, 0))
-    return (jax.lax.dynamic_index_in_dim(keys.value, slot, keepdims=False),
-            jax.lax.dynamic_index_in_dim(values.value, slot, keepdims=False))
+    keys = self.variable(CACHE, "cached_key", tuple)
+    values = self.variable(CACHE, "cached_value", tuple)
+    new = slot == len(keys.value)
+    dtype = self.config.dtype
+    k_BxHxKxL = (jnp.zeros((b, h, k, step.length), dtype) if new else keys.value[slot])
+    v_BxHxLxK = (jnp.zeros((b, h, step.length, k), dtype) if new else values.value[slot])
+    k_BxHxKxL = jax.lax.dynamic_update_slice(
+        k_BxHxKxL, k_BxSxHxK.transpose(0, 2, 3, 1).astype(dtype), (0, 0, 0, step.index))
+    v_BxHxLxK = jax.lax.dynamic_update_slice(
+        v_BxHxLxK, v_BxSxHxK.transpose(0, 2, 1, 3).astype(dtype), (0, 0, step.index, 0))
+    keys.value = keys.value[:slot] + (k_BxHxKxL,) + keys.value[slot + 1:]
+    values.value = values.value[:slot] + (v_BxHxLxK,) + values.value[slot + 1:]
+    t = step.mask_BxSxT.shape[-1]
+    if new:
+      if t != s:
+        raise ValueError(f"KV-cache prefill: the mask must cover this call's {s} keys "
+                         f"(index 0), got {t} key positions")
+      return attention.dense_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, step.mask_BxSxT)
+    if t != step.length:
+      raise ValueError(f"KV-cache decoding: the mask must cover all {step.length} cache "
+                       f"positions, got {t}")
+    return attention.cached_attention(q_BxSxHxK, k_BxHxKxL, v_BxHxLxK, step.mask_BxSxT)
 
 
 class SwiGLU(nn.Module):
@@ -215,17 +229,40 @@ class Stack(nn.Module):
   def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo) -> jax.Array:
     c = self.config
     chex.assert_rank(x_BxSxD, 3)
-    remat = c.remat_policy != "none" and seq.cache is None
+    x_BxSxD = x_BxSxD.astype(c.dtype)
+    if seq.cache is not None:  # decoding: per-layer parameters, see `unstack_layers`
+      for i in range(c.layers_per_stack):
+        x_BxSxD, _ = Block(c, name=f"layers_{i}")(x_BxSxD, seq)
+      return rms_norm(x_BxSxD, c.norm_eps)
+    remat = c.remat_policy != "none"
     block = Block
     if remat:
       block = nn.remat(Block, policy=remat_policy(c.remat_policy), prevent_cse=False)
     layers = nn.scan(
-        block, variable_axes={"params": 0}, variable_carry=[CACHE, CURSOR],
-        split_rngs={"params": True}, in_axes=(nn.broadcast,), length=c.layers_per_stack,
-        unroll=c.layers_per_stack if seq.cache is not None or c.unroll_scans else 1,
+        block, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(nn.broadcast,), length=c.layers_per_stack,
+        unroll=c.layers_per_stack if c.unroll_scans else 1,
         metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
     apply = lambda mdl, x, seq: mdl(x, seq)[0]
     if remat and c.remat_scope == "pass":
       apply = nn.remat(apply, policy=remat_policy(c.remat_policy), prevent_cse=False)
-    x_BxSxD = apply(layers, x_BxSxD.astype(c.dtype), seq)
+    x_BxSxD = apply(layers, x_BxSxD, seq)
     return rms_norm(x_BxSxD, c.norm_eps)
+
+
+def unstack_layers(params: dict) -> dict:
+  """Parameters with every Stack's scanned `layers` [N, ...] split into `layers_0` ..
+  `layers_{N-1}`: the layout `Stack` reads when decoding.
+
+  Done once before a decode loop: slicing stacked weights inside the loop copies them on
+  every step (XLA does not hoist slices out of a while loop). Already split trees pass
+  through unchanged.
+  """
+  out = {}
+  for name, sub in params.items():
+    if name == "layers" and isinstance(sub, Mapping):
+      n = jax.tree.leaves(sub)[0].shape[0]
+      out.update({f"layers_{i}": jax.tree.map(lambda x: x[i], sub) for i in range(n)})
+    else:
+      out[name] = unstack_layers(sub) if isinstance(sub, Mapping) else sub
+  return out

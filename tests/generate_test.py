@@ -2,6 +2,7 @@
 transformers' generate, per-row eos, sampling with explicit keys, bounded recompilation."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import hrm_jax
-from hrm_jax import decode, hf
+from hrm_jax import attention, decode, hf
 from hf_test import hf_model
 from helpers import pack_rows, tiny_config
 
@@ -43,8 +44,8 @@ def test_cached_decoding_matches_full_recompute(arch, overrides):
   if arch == "hrm":
     assert sum(np.prod(s) for s in slots.values()) == 2 * cfg.H_cycles * (cfg.L_cycles + 1) * \
         cfg.layers_per_stack  # keys and values, one slot per (pass, layer)
-  for row, p in enumerate(prompts):
-    np.testing.assert_allclose(logits[row, p_len - len(p):], full[row, :len(p)], atol=1e-5)
+  for row, p in enumerate(prompts):  # prefill: the last prompt position's logits
+    np.testing.assert_allclose(logits[row], full[row, len(p) - 1], atol=1e-5)
   for step in range(4):
     token_B = np.array([r[step] for r in responses], np.int32)
     step_logits, cache = decode.decode_step(cfg, variables, cache, token_B,
@@ -99,7 +100,8 @@ def test_prompt_lengths_share_a_compiled_bucket():
   for lengths, new in (([9, 1], 7), ([16, 5], 3), ([4, 12], 16)):
     hrm_jax.generate(cfg, variables, prompts_of(lengths, cfg.vocab_size), new)
   assert decode._generate._cache_size() == compiled
-  assert [decode.bucket(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
+  assert [decode.bucket(n) for n in (1, 16, 17, 24, 25, 43, 48, 49, 100)] == \
+      [16, 16, 24, 24, 32, 48, 48, 64, 128]
 
 
 def test_test_time_depth_override_matches_full_forward():
@@ -122,3 +124,60 @@ def test_bad_requests_are_clear_errors():
   trm, trm_vars = tiny("trm")
   with pytest.raises(ValueError, match="does not support arch 'trm'"):
     hrm_jax.generate(trm, trm_vars, [[1, 2]], 2)
+
+
+def _computations(hlo: str) -> dict[str, list[str]]:
+  """Optimized HLO text -> computation name -> its instruction lines."""
+  comps, name = {}, None
+  for line in hlo.splitlines():
+    head = re.match(r"^(?:ENTRY )?%(\S+) ", line)
+    if head and line.rstrip().endswith("{"):
+      name = head.group(1)
+      comps[name] = []
+    elif name is not None and line.startswith("  "):
+      comps[name].append(line)
+  return comps
+
+
+def test_decode_loop_writes_the_cache_in_place_and_never_copies_weights():
+  """The compiled loop body (XLA's optimized HLO) makes no array the size of a layer weight
+  (the weights were split per layer before the loop, not sliced per step) and none the size
+  of a cache slot except by an in-place dynamic-update-slice of that slot."""
+  cfg, variables = tiny()
+  prompt_BxP = np.ones((3, 16), np.int32)
+  args = (hrm_jax.decode.decode_variables(variables), prompt_BxP, np.zeros(3, np.int32),
+          jnp.int32(16), jnp.float32(1e-6), jnp.float32(1), jnp.int32(-1),
+          jax.random.PRNGKey(0))
+  hlo = decode._generate.lower(*args, config=cfg, max_len=16, greedy=True).compile().as_text()
+  comps = _computations(hlo)
+  body = re.search(r"while\(.*body=%([^,\s]+)", hlo).group(1)
+  layer_sizes = {int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]["core"])}
+  slot_size = 3 * cfg.num_heads * cfg.head_dim * 32  # [B, H, K, prompt 16 + new 16]
+  assert slot_size not in layer_sizes
+  written = 0
+  for line in comps[body]:
+    m = re.match(r"\s+(?:ROOT )?%\S+ = \w+\[([\d,]*)\]\S* ([\w-]+)\(", line)
+    if not m or m.group(2) in ("parameter", "get-tuple-element", "bitcast", "tuple"):
+      continue
+    size = int(np.prod([int(d) for d in m.group(1).split(",") if d]))
+    assert size not in layer_sizes, line
+    if size == slot_size:
+      root = next(l for l in comps[re.search(r"calls=%([^,\s]+)", line).group(1)]
+                  if "ROOT" in l)
+      assert " dynamic-update-slice(" in root, line
+      written += 1
+  assert written == 2 * cfg.H_cycles * (cfg.L_cycles + 1) * cfg.layers_per_stack
+
+
+def test_cache_masks_of_the_wrong_width_are_clear_errors():
+  cfg, variables = tiny("transformer")
+  batch = pack_rows([[([1, 2, 3], [4])]], 4)
+  model, dec = hrm_jax.LanguageModel(cfg), decode.decode_variables(variables)
+  step = attention.CacheStep(jnp.int32(0), np.ones((1, 4, 8), bool), 8)  # prefill: 4 keys
+  with pytest.raises(ValueError, match="must cover this call's 4 keys"):
+    model.apply(dec, batch, cache=step, mutable=["cache", "cursor"])
+  _, cache = decode.prefill(cfg, variables, batch["inputs"], np.zeros(1, np.int32), 8)
+  one = {k: v[:, :1] for k, v in batch.items()}
+  step = attention.CacheStep(jnp.int32(4), np.ones((1, 1, 5), bool), 8)
+  with pytest.raises(ValueError, match="must cover all 8 cache positions"):
+    model.apply({**dec, "cache": cache}, one, cache=step, mutable=["cache", "cursor"])

@@ -6,9 +6,8 @@
         z_H = H(z_H + z_L)
     return z_H
 
-Both loops are `jax.lax.scan`s (via `nn.scan`) with shared parameters; a KV cache, when
-decoding, is carried through them (one slot per pass and layer of each stack, see
-`hrm_jax.decode`). With `bp_steps`, only the last bp_steps passes carry gradient (see
+Both loops are `jax.lax.scan`s (via `nn.scan`) with shared parameters (Python loops when
+decoding with a KV cache, one cache slot per pass and layer; see `hrm_jax.decode`). With `bp_steps`, only the last bp_steps passes carry gradient (see
 `hrm_jax.truncation`).
 """
 
@@ -53,10 +52,7 @@ def hl_recursion(module: nn.Module, H, L, x_BxSxD: jax.Array, z_L_init_D: jax.Ar
     return (z_H, z_L), None
 
   xs = None if grads is None else (jnp.asarray(grads[0]), jnp.asarray(grads[1]))
-  scan = nn.scan(cycle, variable_broadcast=passes.BROADCAST, variable_carry=passes.CARRY,
-                 split_rngs={"params": False}, length=H_cycles,
-                 unroll=passes.unroll(seq, H_cycles, module.config.unroll_scans))
-  (z_H, _), _ = scan(module, (z_H, z_L), xs)
+  z_H, _ = passes.scan_passes(cycle, module, (z_H, z_L), xs, H_cycles, seq)
   return z_H
 
 

@@ -15,20 +15,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax.layers import CACHE, CURSOR, SeqInfo
+from hrm_jax.layers import SeqInfo
 
 # Collections shared (not scanned) by every pass: weights and the fixed buffers (z_L_init).
 BROADCAST = ("params", "buffers")
-# Collections carried from pass to pass: the KV cache (one slot per pass and layer) and its
-# cursor. Carried, not scanned, so decoding updates the cache in place.
-CARRY = [CACHE, CURSOR]
 
 
-def unroll(seq: SeqInfo, n: int, config_unroll: bool) -> int:
-  """Scan unrolling for n iterations: full when decoding, where a step is a few tiny ops
-  per layer and loop overhead would dominate, or when the config asks (`unroll_scans`, small
-  models); else none (compile time and memory of big models)."""
-  return n if seq.cache is not None or config_unroll else 1
+def scan_passes(body, module: nn.Module, carry, xs, n: int, seq: SeqInfo):
+  """`nn.scan` of body(module, carry, x) -> (carry, None) over n passes sharing parameters;
+  returns the final carry.
+
+  Unrolled when the config asks (`unroll_scans`, small models). When decoding with a KV
+  cache it is a Python loop: every attention call then owns a static cache slot (its own
+  array, updated in place by the decode loop; see `layers.Attention.cached`), and a decode
+  step is a few tiny ops per layer, where loop overhead would dominate.
+  """
+  if seq.cache is not None:
+    for i in range(n):
+      carry, _ = body(module, carry, None if xs is None else jax.tree.map(lambda x: x[i], xs))
+    return carry
+  scan = nn.scan(body, variable_broadcast=BROADCAST, split_rngs={"params": False}, length=n,
+                 unroll=n if module.config.unroll_scans else 1)
+  carry, _ = scan(module, carry, xs)
+  return carry
 
 Flags = Union[None, np.ndarray, jax.Array]  # None = every pass has gradient
 
@@ -65,8 +74,4 @@ def repeat(stack: nn.Module, z_BxSxD: jax.Array, injection_BxSxD: Optional[jax.A
   else:
     body = lambda m, z, g: (one_pass(m, z, injection_BxSxD, seq, g), None)
     xs = jnp.asarray(grads)
-  scan = nn.scan(body, variable_broadcast=BROADCAST, variable_carry=CARRY,
-                 split_rngs={"params": False}, length=n,
-                 unroll=unroll(seq, n, stack.config.unroll_scans))
-  z_BxSxD, _ = scan(stack, z_BxSxD, xs)
-  return z_BxSxD
+  return scan_passes(body, stack, z_BxSxD, xs, n, seq)
