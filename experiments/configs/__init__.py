@@ -26,6 +26,20 @@ def path_of(name_or_path: str) -> str:
   return os.path.join(CONFIG_DIR, base + ".py")
 
 
+def resolve_argv(argv: Sequence[str], default: str = "demo") -> list[str]:
+  """argv with --config=NAME mapped to its file, after checking --config.x.y override keys
+  against that named config (ValueError naming the flag otherwise)."""
+  argv = list(argv)
+  name = default
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      name = arg.split("=", 1)[1]
+      argv[i] = "--config=" + path_of(name)
+  if name in NAMES:
+    check_overrides(get(name), argv[1:])
+  return argv
+
+
 def get(name: str) -> ml_collections.ConfigDict:
   if name not in NAMES:
     raise ValueError(f"unknown config {name!r}; valid names: {list(NAMES)}")
