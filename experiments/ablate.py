@@ -58,7 +58,8 @@ QUICK = {
     "model.hidden_size": 32, "model.num_heads": 2, "model.n_layers": 2,
     "model.bp_warmup_ratio": 0.0, "data.rows": 4, "data.row_len": 128,
     "train.warmup_steps": 2, "log.every_steps": 5, "checkpoint.async_save": False,
-    "ablate.total_steps": 16, "ablate.eval_points": 2, "ablate.eval_per_task": 4,
+    "model.unroll_scans": False, "ablate.total_steps": 16, "ablate.eval_points": 2,
+    "ablate.eval_per_task": 4,
 }
 
 

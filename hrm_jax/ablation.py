@@ -200,12 +200,14 @@ def run_one(cfg: ml_collections.ConfigDict, match: Match, seed: int, workdir: st
   per_step = flops_per_step(match.config, seq_len, total_steps)
   points = []
   for step in checkpoint_steps(workdir):
+    eval_start = time.perf_counter()
     config, variables = native.load(os.path.join(workdir, "checkpoints", str(step)))
     scores, _ = demo_report.exact_match(config, variables, result.demo, eval_per_task)
     points.append({"step": step, "tokens": step * tokens_per_step,
                    "train_flops": float(per_step[:step].sum() * tokens_per_step),
                    "scores": with_mean(scores)})
-    log(f"{workdir}: step {step}: exact match {100 * points[-1]['scores'][ALL]:.1f}% (all)")
+    log(f"{workdir}: step {step}: exact match {100 * points[-1]['scores'][ALL]:.1f}% (all; "
+        f"evaluated in {time.perf_counter() - eval_start:.0f} s)")
   out = {
       "arch": match.arch, "seed": seed, "knob": match.knob, "knob_value": match.value,
       "model_config": match.config.to_dict(), "params": match.params,

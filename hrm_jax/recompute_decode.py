@@ -6,8 +6,8 @@ Each row is laid out from position 0 (right-padded): the prompt is the bidirecti
 (PrefixLM), generated tokens follow causally, and everything after a row's current end is
 padding (segment 0), which real tokens never attend to. So every step computes exactly the
 training-time forward of prompt + tokens so far. Lengths are rounded up to powers of two as
-in `decode.generate`, and the loop is one compiled `lax.while_loop`: cost per token is a full
-forward over [batch, prompt bucket + generation bucket].
+in `decode.generate` (rows are grouped by prompt bucket), and each group's loop is one compiled
+`lax.while_loop`: cost per token is a full forward over [rows, prompt bucket + new bucket].
 """
 
 from __future__ import annotations
@@ -74,18 +74,24 @@ def generate_uncached(config: ModelConfig, variables: dict, prompts: Sequence[Se
   if bad:
     raise ValueError(f"generate_uncached: token ids {sorted(set(bad))[:10]} are outside the "
                      f"vocabulary [0, {config.vocab_size})")
-  lens = np.array([len(p) for p in prompts], np.int32)
   max_len = bucket(max_new_tokens)
-  tokens_BxT = np.zeros((len(prompts), bucket(int(lens.max())) + max_len), np.int32)
+  model_vars = nn.unbox({k: variables[k] for k in ("params", "buffers") if k in variables})
+  # Rows are grouped by prompt bucket: every step recomputes the whole row, so a short prompt
+  # should not pay for the longest one.
+  groups: dict[int, list[int]] = {}
   for row, prompt in enumerate(prompts):
-    tokens_BxT[row, :len(prompt)] = prompt
-  model_vars = {k: variables[k] for k in ("params", "buffers") if k in variables}
-  out_BxN = np.asarray(_generate(
-      nn.unbox(model_vars), tokens_BxT, lens, jnp.int32(max_new_tokens),
-      jnp.int32(-1 if eos_id is None else eos_id), config=config, max_len=max_len))
-  out = []
-  for row in out_BxN[:, :max_new_tokens].tolist():
-    if eos_id is not None and eos_id in row:
-      row = row[:row.index(eos_id) + 1]
-    out.append(row)
+    groups.setdefault(bucket(len(prompt)), []).append(row)
+  out: list[list[int]] = [[] for _ in prompts]
+  for p_len, rows in sorted(groups.items()):
+    lens = np.array([len(prompts[r]) for r in rows], np.int32)
+    tokens_BxT = np.zeros((len(rows), p_len + max_len), np.int32)
+    for i, r in enumerate(rows):
+      tokens_BxT[i, :lens[i]] = prompts[r]
+    out_BxN = np.asarray(_generate(
+        model_vars, tokens_BxT, lens, jnp.int32(max_new_tokens),
+        jnp.int32(-1 if eos_id is None else eos_id), config=config, max_len=max_len))
+    for r, tokens in zip(rows, out_BxN[:, :max_new_tokens].tolist()):
+      if eos_id is not None and eos_id in tokens:
+        tokens = tokens[:tokens.index(eos_id) + 1]
+      out[r] = tokens
   return out
