@@ -56,7 +56,7 @@ _SWEEP_L = flags.DEFINE_list("sweep_L_cycles", [], "L_cycles to evaluate trained
 # --quick: applied unless the same --config.x.y is given on the command line.
 QUICK = {
     "model.hidden_size": 32, "model.num_heads": 2, "model.n_layers": 2,
-    "model.bp_warmup_ratio": 0.0, "data.rows": 4, "data.row_len": 128,
+    "model.bp_warmup_ratio": 0.0, "data.rows": 8, "data.row_len": 64,
     "train.warmup_steps": 2, "log.every_steps": 5, "checkpoint.async_save": False,
     "model.unroll_scans": False, "ablate.total_steps": 16, "ablate.eval_points": 2,
     "ablate.eval_per_task": 4,

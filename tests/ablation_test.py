@@ -122,7 +122,7 @@ def test_quick_ablation_end_to_end_and_rerun_skips(tmp_path):
     assert set(run["scores"]) == tasks
     assert [p["step"] for p in run["points"]] == [8, 16]  # 16 steps, 2 evaluation points
     assert run["points"][-1]["train_flops"] == run["train_flops"] > run["points"][0]["train_flops"]
-    assert run["tokens"] == 16 * 4 * 128
+    assert run["tokens"] == 16 * 8 * 64
     saved = json.loads((out / f"{run['arch']}_s0" / "result.json").read_text())
     assert saved == run
   transformer = report["runs"][1]
