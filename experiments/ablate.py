@@ -48,6 +48,9 @@ _MATCH = flags.DEFINE_enum("match", "flops", list(ablation.MATCH_BY),
                            "Match each arch to the HRM anchor by parameters or training FLOPs.")
 _OUT = flags.DEFINE_string("out", None, "Output root (default runs/ablate, runs/ablate_quick).")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny model, a few dozen steps, small eval: minutes.")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Train nothing: tables and plots from the runs already finished "
+    "(e.g. while the full run is still going).")
 _SWEEP_H = flags.DEFINE_list("sweep_cycles", [], "H_cycles to evaluate trained HRM runs at "
                              "(L_cycles as trained).")
 _SWEEP_L = flags.DEFINE_list("sweep_L_cycles", [], "L_cycles to evaluate trained HRM runs at "
@@ -191,28 +194,40 @@ def main(argv):
   plan = [(m, seed) for seed in range(_SEEDS.value) for m in matches]
   for i, (m, seed) in enumerate(plan, 1):
     workdir = os.path.join(out, f"{m.arch}_s{seed}")
+    if _REPORT_ONLY.value:
+      done = ablation.read_result(workdir)
+      if done is not None and done["model_config"] == m.config.to_dict():
+        results.append(done)
+      else:
+        print(f"[{i}/{len(plan)}] {m.arch} seed {seed}: not finished, left out", flush=True)
+      continue
     print(f"[{i}/{len(plan)}] {m.arch} seed {seed} -> {workdir}", flush=True)
     results.append(ablation.run_one(cfg, m, seed, workdir, total_steps=total_steps,
                                     eval_points=cfg.ablate.eval_points,
                                     eval_per_task=cfg.ablate.eval_per_task))
+  if not results:
+    raise app.UsageError(f"--report_only: no finished run in {out}")
   rows = ablation.summarize(results)
   command = "python experiments/ablate.py " + " ".join(sys.argv[1:])
   report = {"command": command, "match": _MATCH.value, "total_steps": total_steps,
             "tokens_per_run": tokens, "anchor": anchor.to_dict(), "summary": rows,
             "runs": results}
   table = ablation.markdown_table(rows)
+  seeds = max(len(r["seeds"]) for r in rows)
   md = [f"`{command}`\n", f"Held-out greedy exact match (%, EMA weights, "
-        f"{cfg.ablate.eval_per_task} examples per task; mean ± std over {_SEEDS.value} "
+        f"{cfg.ablate.eval_per_task} examples per task; mean ± std over {seeds} "
         f"seed(s)) after {total_steps} steps ({tokens:,} tokens), matched by {_MATCH.value}:\n",
         table]
   plot_curves(results, _MATCH.value, os.path.join(out, "ablation.png"))
 
   depths = [(h, anchor.L_cycles) for h in sweep_h] + [(anchor.H_cycles, l) for l in sweep_l]
   depths = list(dict.fromkeys(depths))
+  sweeps = {}
   if depths:
     sweeps = {f"hrm_s{r['seed']}": ablation.sweep_depth(
         os.path.join(out, f"hrm_s{r['seed']}"), demo, depths, cfg.ablate.eval_per_task)
         for r in results if r["arch"] == "hrm"}
+  if depths and sweeps:
     report["sweep"] = sweeps
     sweep = ablation.sweep_table(sweeps)
     md += [f"\nHRM trained at H{anchor.H_cycles} L{anchor.L_cycles}, evaluated at other "
@@ -225,7 +240,7 @@ def main(argv):
   os.replace(os.path.join(out, ".ablation.md.tmp"), os.path.join(out, "ablation.md"))
   print("\n" + "\n".join(md))
   print(f"\nwrote {out}/ablation.json, ablation.md, ablation.png"
-        + (", ablation_sweep.png" if depths else ""))
+        + (", ablation_sweep.png" if sweeps else ""))
 
 
 def data_steps(cfg: ml_collections.ConfigDict, sampled) -> int:

@@ -292,13 +292,13 @@ def pct(ms: tuple[float, float], n: int) -> str:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-  """arch | params | train FLOPs/token | n_layers | per-task exact match (%) | all."""
+  """arch | seeds | params | train FLOPs/token | n_layers | per-task exact match (%) | all."""
   tasks = [t for t in rows[0]["scores"] if t != ALL] + [ALL]
-  head = ["arch", "params", "train MFLOP/token", "n_layers"] + tasks
+  head = ["arch", "seeds", "params", "train MFLOP/token", "n_layers"] + tasks
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     n = len(r["seeds"])
-    cells = [r["arch"], f"{r['params']:,}", f"{r['train_flops_per_token'] / 1e6:.1f}",
+    cells = [r["arch"], str(n), f"{r['params']:,}", f"{r['train_flops_per_token'] / 1e6:.1f}",
              str(r["knob_value"])] + [pct(r["scores"][t], n) for t in tasks]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -94,9 +94,9 @@ def test_summary_mean_and_std_over_seeds():
   assert rows[0]["scores"]["all"] == pytest.approx((np.mean(alls), np.std(alls, ddof=1)))
   assert rows[1]["scores"]["all"] == (0.25, 0.0)
   table = ablation.markdown_table(rows).splitlines()
-  assert table[0] == "| arch | params | train MFLOP/token | n_layers | add | sort | all |"
-  assert table[2].startswith("| hrm | 1,000 | 2.0 | 4 | 75.0 ± 25.0 | 25.0 ± 25.0 |")
-  assert table[3] == "| ut | 1,000 | 2.0 | 4 | 12.5 | 37.5 | 25.0 |"
+  assert table[0] == "| arch | seeds | params | train MFLOP/token | n_layers | add | sort | all |"
+  assert table[2].startswith("| hrm | 3 | 1,000 | 2.0 | 4 | 75.0 ± 25.0 | 25.0 ± 25.0 |")
+  assert table[3] == "| ut | 1 | 1,000 | 2.0 | 4 | 12.5 | 37.5 | 25.0 |"
   x, mean, std = ablation.curve(runs[:3])
   np.testing.assert_allclose(x, [1e10, 2e10])
   np.testing.assert_allclose(mean, [np.mean(alls) / 2, np.mean(alls)])
@@ -104,13 +104,14 @@ def test_summary_mean_and_std_over_seeds():
 
 def run_ablate(out, *args):
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs it (conftest fakes 8)
   return subprocess.run(
       [sys.executable, str(ROOT / "experiments" / "ablate.py"), "--quick",
        "--archs=hrm,transformer", f"--out={out}", "--sweep_cycles=1,2", *args],
       capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_quick_ablation_end_to_end_and_rerun_skips(tmp_path):
+def test_quick_ablation_end_to_end_rerun_skips_and_report_only(tmp_path):
   demo = f"--config.data.demo_dir={tmp_path / 'demo'}"
   first = run_ablate(tmp_path / "out", demo)
   assert first.returncode == 0, first.stderr[-3000:]
@@ -135,11 +136,22 @@ def test_quick_ablation_end_to_end_and_rerun_skips(tmp_path):
     assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   result_mtime = os.path.getmtime(out / "hrm_s0" / "result.json")
 
-  again = run_ablate(tmp_path / "out", demo)
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count("skip ") == 2 and "step 1/" not in again.stdout
+  logged = []
+  saved = json.loads((out / "hrm_s0" / "result.json").read_text())
+  hrm = ablation.Match("hrm", ablation.ModelConfig(**saved["model_config"]), 0, 0.0,
+                       "n_layers", 2)
+  again = ablation.run_one(None, hrm, 0, str(out / "hrm_s0"), total_steps=16, eval_points=2,
+                           eval_per_task=4, log=logged.append)  # finished: no training
+  assert again == saved and logged == [f"skip {out / 'hrm_s0'}: finished (result.json)"]
   assert os.path.getmtime(out / "hrm_s0" / "result.json") == result_mtime
+
+  partial = run_ablate(tmp_path / "out", demo, "--archs=hrm,transformer,ut", "--report_only")
+  assert partial.returncode == 0, partial.stderr[-3000:]
+  assert "ut seed 0: not finished, left out" in partial.stdout and "step 1/" not in partial.stdout
   assert json.loads((out / "ablation.json").read_text())["runs"] == report["runs"]
 
-  bad = run_ablate(tmp_path / "out", demo, "--match=params")  # other sizes, same workdirs
-  assert bad.returncode != 0 and "another --out" in bad.stderr
+  transformer = tiny_config("transformer", vocab_size=256, hidden_size=32, n_layers=2)
+  other = ablation.Match("transformer", transformer, 0, 0.0, "n_layers", 2)  # --match=params
+  with pytest.raises(ValueError, match="another --out"):
+    ablation.run_one(None, other, 0, str(out / "transformer_s0"), total_steps=16,
+                     eval_points=2, eval_per_task=4)

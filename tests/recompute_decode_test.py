@@ -39,12 +39,12 @@ def test_trm_tokens_are_the_argmax_of_a_full_forward():
   cfg, variables = tiny("trm")
   prompts = prompts_of([6, 3], cfg.vocab_size, seed=2)
   outs = generate_uncached(cfg, variables, prompts, max_new_tokens=5)
-  model = hrm_jax.LanguageModel(cfg)
-  for prompt, out in zip(prompts, outs):
-    assert len(out) == 5
-    seq = prompt + out[:-1]
-    logits = np.asarray(model.apply(variables, pack_rows([[(prompt, out[:-1])]], len(seq))))[0]
-    assert out == [int(np.argmax(logits[i])) for i in range(len(prompt) - 1, len(seq))]
+  assert [len(o) for o in outs] == [5, 5]
+  batch = pack_rows([[(p, o[:-1])] for p, o in zip(prompts, outs)], 16)  # one forward
+  logits = np.asarray(hrm_jax.LanguageModel(cfg).apply(variables, batch))
+  for row, (prompt, out) in enumerate(zip(prompts, outs)):
+    steps = range(len(prompt) - 1, len(prompt) + len(out) - 1)
+    assert out == [int(np.argmax(logits[row, i])) for i in steps]
 
 
 def test_rows_stop_at_their_own_eos_and_bad_requests_fail():
