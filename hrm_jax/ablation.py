@@ -85,22 +85,23 @@ def match_size(anchor: ModelConfig, arch: str, by: str, seq_len: int, total_step
     raise ValueError(f"--match={by!r}: expected one of {MATCH_BY}")
   if arch not in ARCHS:
     raise ValueError(f"--archs: unknown arch {arch!r}; expected one of {ARCHS}")
-  base = {**anchor.to_dict(), **ARCH_DEFAULTS[arch], "arch": arch}
-
-  def measure(c: ModelConfig) -> float:
-    if by == "params":
-      return float(param_count(c))
-    return mean_train_flops_per_token(c, seq_len, total_steps)
+  base = (anchor.to_dict() if arch == anchor.arch
+          else {**anchor.to_dict(), **ARCH_DEFAULTS[arch], "arch": arch})
 
   def build(n_layers: int) -> ModelConfig:
     return ModelConfig(**{**base, "n_layers": n_layers})
 
-  target = measure(anchor)
-  if arch == anchor.arch:
-    candidates = [anchor.n_layers]
+  step = 2 if base["half_layers"] else 1
+  if by == "params":
+    # Parameters are affine in n_layers (identical layers): count two sizes, extrapolate.
+    lo, hi = param_count(build(step)), param_count(build(2 * step))
+    measure = lambda c: float(lo + (c.n_layers // step - 1) * (hi - lo))
   else:
-    step = 2 if base["half_layers"] else 1
-    candidates = list(range(step, max_layers + 1, step))
+    measure = lambda c: mean_train_flops_per_token(c, seq_len, total_steps)
+
+  target = float(param_count(anchor)) if by == "params" else measure(anchor)
+  candidates = ([anchor.n_layers] if arch == anchor.arch
+                else list(range(step, max_layers + 1, step)))
   best = None
   for n in candidates:
     c = build(n)
@@ -111,7 +112,10 @@ def match_size(anchor: ModelConfig, arch: str, by: str, seq_len: int, total_step
     if value > target * 2:  # both measures grow with n_layers
       break
   c = best[1]
-  return Match(arch, c, param_count(c), mean_train_flops_per_token(c, seq_len, total_steps),
+  params = param_count(c)
+  if by == "params" and params != measure(c):
+    raise AssertionError(f"{arch}: parameters not affine in n_layers ({params} vs {measure(c)})")
+  return Match(arch, c, params, mean_train_flops_per_token(c, seq_len, total_steps),
                "n_layers", c.n_layers)
 
 

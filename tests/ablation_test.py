@@ -70,6 +70,8 @@ def test_match_picks_the_closest_n_layers(arch, by):
   assert m.params == params_formula(m.config)
   if by == "params":  # every arch has 4 layers of the same width in all: identical counts
     assert m.params == params_formula(anchor)
+  deeper = anchor.replace(H_cycles=3)
+  assert ablation.match_size(deeper, "hrm", by, SEQ, 40).config == deeper  # the anchor itself
   with pytest.raises(ValueError, match="--match='both'"):
     ablation.match_size(anchor, arch, "both", SEQ, 40)
 
