@@ -134,6 +134,7 @@ def plot_sweep(sweeps: dict[str, dict[str, dict[str, float]]], trained: tuple[in
               linewidth=2.5 if task == ablation.ALL else 1.0)
     ax.axvline(trained[0 if name == "H_cycles" else 1], color="gray", linestyle="--",
                linewidth=0.8)
+    ax.set_xticks(sorted(x))
     ax.set_xlabel(f"{name} at inference (dashed: trained)")
     ax.set_ylabel("held-out exact match (%)")
     ax.grid(alpha=0.3)
