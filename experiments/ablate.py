@@ -90,6 +90,7 @@ def write_png(fig, out: str) -> None:
   os.close(fd)
   try:
     fig.savefig(tmp, dpi=110)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, out)
   finally:
     plt.close(fig)
