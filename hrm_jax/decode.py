@@ -160,7 +160,8 @@ def generate(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[in
 
   temperature 0 is greedy; otherwise nucleus sampling with the explicit PRNG key `rng`.
   Test-time depth: pass `config.replace(H_cycles=..., L_cycles=...)` (an experiment knob;
-  the parameters do not depend on the cycle counts).
+  the parameters do not depend on the cycle counts). The trm archs, whose one stack cannot
+  keep a cache per pass, decode greedily with `recompute_decode.generate_uncached`.
   """
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("generate: need at least one prompt and every prompt non-empty "
@@ -177,6 +178,12 @@ def generate(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[in
   if bad:
     raise ValueError(f"generate: token ids {sorted(set(bad))[:10]} are outside the vocabulary "
                      f"[0, {config.vocab_size})")
+  if config.family == "trm":  # one stack plays H and L: no per-pass KV cache, recompute
+    if not greedy:
+      raise ValueError(f"generate: arch {config.arch!r} decodes greedily only (temperature=0); "
+                       "it has no KV cache and recomputes the sequence each step")
+    from hrm_jax.recompute_decode import generate_uncached  # it imports this module
+    return generate_uncached(config, variables, prompts, max_new_tokens, eos_id)
   lens = np.array([len(p) for p in prompts])
   p_len = bucket(int(lens.max()))
   prompt_BxP = np.zeros((len(prompts), p_len), np.int32)

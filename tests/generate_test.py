@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import hrm_jax
-from hrm_jax import attention, decode, hf
+from hrm_jax import attention, decode, hf, recompute_decode
 from hf_test import hf_model
 from helpers import pack_rows, tiny_config
 
@@ -122,8 +122,15 @@ def test_bad_requests_are_clear_errors():
   with pytest.raises(ValueError, match="non-empty"):
     hrm_jax.generate(cfg, variables, [[1], []], 2)
   trm, trm_vars = tiny("trm")
-  with pytest.raises(ValueError, match="does not support arch 'trm'"):
-    hrm_jax.generate(trm, trm_vars, [[1, 2]], 2)
+  with pytest.raises(ValueError, match="arch 'trm' decodes greedily only"):
+    hrm_jax.generate(trm, trm_vars, [[1, 2]], 2, temperature=0.5, rng=jax.random.PRNGKey(0))
+
+
+def test_trm_decodes_greedily_without_a_cache():
+  trm, trm_vars = tiny("trm")
+  prompts = prompts_of([4, 7], trm.vocab_size)
+  assert (hrm_jax.generate(trm, trm_vars, prompts, 3)
+          == recompute_decode.generate_uncached(trm, trm_vars, prompts, 3))
 
 
 def _computations(hlo: str) -> dict[str, list[str]]:

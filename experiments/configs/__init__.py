@@ -27,6 +27,20 @@ def path_of(name_or_path: str) -> str:
   return os.path.join(CONFIG_DIR, base + ".py")
 
 
+def resolve_argv(argv: Sequence[str], default: str = "demo") -> list[str]:
+  """argv with --config=NAME mapped to its file, after checking --config.x.y override keys
+  against that named config (ValueError naming the flag otherwise)."""
+  argv = list(argv)
+  name = default
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      name = arg.split("=", 1)[1]
+      argv[i] = "--config=" + path_of(name)
+  if name in NAMES:
+    check_overrides(get(name), argv[1:])
+  return argv
+
+
 def get(name: str) -> ml_collections.ConfigDict:
   if name not in NAMES:
     raise ValueError(f"unknown config {name!r}; valid names: {list(NAMES)}")
@@ -55,20 +69,9 @@ def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) -> N
 
 
 def parse_flags(argv: list[str], default: str = "demo") -> list[str]:
-  """absl parsing for scripts with a `--config` file flag: maps --config=NAME to its file
-  and checks `--config.key` overrides against that config."""
-  argv = list(argv)
-  name = default
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      name = arg.split("=", 1)[1]
-      try:
-        argv[i] = "--config=" + path_of(name)
-      except ValueError as e:
-        raise app.UsageError(str(e)) from None
-  if name in NAMES:
-    try:
-      check_overrides(get(name), argv[1:])
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
+  """absl flags parser for scripts with a `--config` file flag (see `resolve_argv`)."""
+  try:
+    argv = resolve_argv(argv, default)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   return flags.FLAGS(argv)

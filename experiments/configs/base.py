@@ -52,4 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.log = ml_collections.ConfigDict(dict(every_steps=10))
   c.init_from = ml_collections.ConfigDict(dict(path="", use_ema=True))
   c.demo = ml_collections.ConfigDict(dict(show_answers=0))
+  # experiments/ablate.py: the training budget of each run (0 = train.total_steps, else the
+  # data's epochs), checkpoints evaluated along it, held-out examples per task.
+  c.ablate = ml_collections.ConfigDict(dict(total_steps=0, eval_points=4, eval_per_task=64))
   return c

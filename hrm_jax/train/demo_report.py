@@ -6,23 +6,31 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+from hrm_jax.config import ModelConfig
+from hrm_jax.data.demo import DemoData
 from hrm_jax.decode import generate
 
 
 def evaluate(result: Any, per_task: int = 32) -> tuple[dict[str, float], list[tuple]]:
   """(task -> exact match, [(task, prompt, gold, answer)]) over held-out demo examples."""
-  tok = result.demo.tokenizer()
+  variables = {"params": result.state.ema, "buffers": result.state.buffers}
+  return exact_match(result.model_config, variables, result.demo, per_task)
+
+
+def exact_match(config: ModelConfig, variables: dict, demo: DemoData,
+                per_task: int = 32) -> tuple[dict[str, float], list[tuple]]:
+  """Greedy exact match of `variables` on the first `per_task` held-out examples per task
+  (any arch: `generate` recomputes the row for trm, which has no KV cache)."""
+  tok = demo.tokenizer()
   examples = []
   counts: collections.Counter = collections.Counter()
-  for ex in result.demo.eval_examples:
+  for ex in demo.eval_examples:
     if counts[ex["task"]] < per_task:
       counts[ex["task"]] += 1
       examples.append(ex)
   prompts = [tok.format_prompt(ex["instruction"], ex["condition"]) for ex in examples]
   longest = max(len(tok.encode_text(ex["response"])) for ex in examples)
-  variables = {"params": result.state.ema, "buffers": result.state.buffers}
-  outputs = generate(result.model_config, variables, prompts, max_new_tokens=longest + 1,
-                     eos_id=tok.eoa_id)
+  outputs = generate(config, variables, prompts, max_new_tokens=longest + 1, eos_id=tok.eoa_id)
   right: collections.Counter = collections.Counter()
   rows = []
   for ex, out in zip(examples, outputs):

@@ -1,0 +1,63 @@
+"""Cache-free greedy generation: same tokens as the KV-cache `decode.generate` on hrm, and
+for trm (which the cache cannot serve) the argmax of a full PrefixLM forward at every step."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+import hrm_jax
+from hrm_jax import decode
+from hrm_jax.recompute_decode import generate_uncached
+from helpers import pack_rows, tiny_config
+
+
+@functools.lru_cache(maxsize=None)
+def tiny(arch: str = "hrm", **overrides):
+  cfg = tiny_config(arch, **overrides)
+  batch = pack_rows([[([1, 2, 3], [4])]], 8)
+  return cfg, hrm_jax.LanguageModel(cfg).init(jax.random.PRNGKey(1), batch)
+
+
+def prompts_of(lengths, vocab, seed=0):
+  rng = np.random.default_rng(seed)
+  return [rng.integers(1, vocab, n).tolist() for n in lengths]
+
+
+def test_same_tokens_as_cached_generate_on_hrm():
+  cfg, variables = tiny("hrm", H_cycles=3, L_cycles=2)
+  prompts = prompts_of([5, 17, 1, 9], cfg.vocab_size)  # mixed lengths: padding in both paths
+  cached = decode.generate(cfg, variables, prompts, max_new_tokens=12)
+  assert generate_uncached(cfg, variables, prompts, max_new_tokens=12) == cached
+  eos = cached[1][4]
+  assert (generate_uncached(cfg, variables, prompts, 12, eos_id=eos)
+          == decode.generate(cfg, variables, prompts, 12, eos_id=eos))
+
+
+def test_trm_tokens_are_the_argmax_of_a_full_forward():
+  cfg, variables = tiny("trm")
+  prompts = prompts_of([6, 3], cfg.vocab_size, seed=2)
+  outs = generate_uncached(cfg, variables, prompts, max_new_tokens=5)
+  assert [len(o) for o in outs] == [5, 5]
+  batch = pack_rows([[(p, o[:-1])] for p, o in zip(prompts, outs)], 16)  # one forward
+  logits = np.asarray(hrm_jax.LanguageModel(cfg).apply(variables, batch))
+  for row, (prompt, out) in enumerate(zip(prompts, outs)):
+    steps = range(len(prompt) - 1, len(prompt) + len(out) - 1)
+    assert out == [int(np.argmax(logits[row, i])) for i in steps]
+
+
+def test_rows_stop_at_their_own_eos_and_bad_requests_fail():
+  cfg, variables = tiny("trm")
+  prompts = prompts_of([4, 7], cfg.vocab_size)
+  free = generate_uncached(cfg, variables, prompts, 10)
+  eos = free[0][2]
+  out = generate_uncached(cfg, variables, prompts, 10, eos_id=eos)
+  for row, got in zip(free, out):
+    assert got == (row[:row.index(eos) + 1] if eos in row else row)
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    generate_uncached(cfg, variables, [[1, cfg.vocab_size]], 2)
+  with pytest.raises(ValueError, match="non-empty"):
+    generate_uncached(cfg, variables, [[]], 2)
+  with pytest.raises(ValueError, match="max_new_tokens=0"):
+    generate_uncached(cfg, variables, [[1]], 0)
