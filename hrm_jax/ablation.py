@@ -181,9 +181,11 @@ def run_one(cfg: ml_collections.ConfigDict, match: Match, seed: int, workdir: st
   A workdir that already has `result.json` for the same model is returned as is.
   """
   from hrm_jax.train import demo_report, loop  # the training stack, only when running
+  from hrm_jax.train.checkpoint import IMPLEMENTATION_FIELDS
   done = read_result(workdir)
   if done is not None:
-    if done["model_config"] != match.config.to_dict():
+    model = lambda d: {k: v for k, v in d.items() if k not in IMPLEMENTATION_FIELDS}
+    if model(done["model_config"]) != model(match.config.to_dict()):  # same parameters
       raise ValueError(f"{os.path.join(workdir, RESULT_FILE)} was made by another model "
                        f"config than this ablation's {match.arch} (n_layers="
                        f"{match.config.n_layers}); use another --out or delete the workdir")
