@@ -17,8 +17,10 @@ from absl import app, flags
 
 from hrm_jax.plotting import plot
 
-flags.DEFINE_string("workdir", None, "Training workdir(s), comma-separated to overlay runs.",
-                    required=True)
+# Not `required=True`: tests import this module beside other scripts, and absl checks
+# required flags of every imported module on each parse.
+flags.DEFINE_string("workdir", "", "Training workdir(s), comma-separated to overlay runs "
+                    "(required).")
 flags.DEFINE_string("out", None, "PNG to write (default: <first workdir>/curves.png).")
 flags.DEFINE_string("metrics", "loss,accuracy,exact_accuracy", "Comma-separated metric names.")
 
@@ -51,7 +53,7 @@ def read_metrics(workdir: str) -> dict[int, dict]:
 def main(argv: list[str]) -> None:
   del argv
   f = flags.FLAGS
-  workdirs = [w for w in f.workdir.split(",") if w]
+  workdirs = [w for w in (f.workdir or "").split(",") if w]
   metrics = [m.strip() for m in f.metrics.split(",") if m.strip()]
   if not workdirs or not metrics:
     raise app.UsageError("--workdir and --metrics need at least one name each")

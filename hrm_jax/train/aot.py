@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 from typing import Any, Optional
 
 import jax
@@ -61,6 +62,9 @@ def compile_only_devices(target: str, topology: str, gpu: str = "h100") -> list[
   if target == "tpu":
     if importlib.util.find_spec("libtpu") is None:  # the TPU compiler
       raise RuntimeError("compiling for TPU needs libtpu: pip install -r requirements-aot.txt")
+    # Compile-only use claims no TPU, so skip libtpu's one-process-per-host lock file
+    # (/tmp/libtpu_lockfile), which would fail a second compiling process.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     return list(topologies.get_topology_desc(topology, "tpu").devices)
   if target == "gpu":
     try:
