@@ -9,12 +9,12 @@ Several comma-separated workdirs are overlaid, labelled by directory name.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from absl import app, flags
 
+from hrm_jax import jsonl
 from hrm_jax.plotting import plot
 
 # Not `required=True`: tests import this module beside other scripts, and absl checks
@@ -34,17 +34,10 @@ def read_metrics(workdir: str) -> dict[int, dict]:
     raise FileNotFoundError(f"--workdir={workdir}: {path} does not exist (is it a training "
                             "workdir?)")
   rows: dict[int, dict] = {}
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not JSON ({e})") from e
-      if not isinstance(row, dict) or "step" not in row:
-        raise ValueError(f"{path}:{n}: expected an object with 'step'")
-      rows[int(row["step"])] = row
+  for n, row in jsonl.read_objects(path):
+    if "step" not in row:
+      raise ValueError(f"{path}:{n}: expected an object with 'step'")
+    rows[int(row["step"])] = row
   if not rows:
     raise ValueError(f"{path} is empty: no logged steps to plot")
   return dict(sorted(rows.items()))

@@ -96,7 +96,7 @@ def test_prepare_rules_and_output(tok_files, tmp_path):
     (json.dumps({"instruction": "a"}), ":2: field 'response'"),
     (json.dumps({"instruction": "a", "response": "b", "condition": "slow"}),
      ":2: field 'condition': unknown condition 'slow'"),
-    (json.dumps([1, 2]), ":2: a line must be a JSON object"),
+    (json.dumps([1, 2]), ":2: expected a JSON object per line"),
 ])
 def test_prepare_errors_name_file_and_line(tok_files, tmp_path, line, message):
   f = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "a", "response": "b"}, line])

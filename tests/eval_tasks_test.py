@@ -139,7 +139,7 @@ def test_bad_rows_name_the_file_row_and_field(tmp_path):
   with pytest.raises(sources.EvalDataError, match="row 0: missing field 'question'"):
     runner.load_examples(REGISTRY["GSM8K"], str(tmp_path))
   (bad / "test.jsonl").write_text("{not json\n")
-  with pytest.raises(sources.EvalDataError, match=r"test.jsonl:1: not JSON"):
+  with pytest.raises(sources.EvalDataError, match=r"test.jsonl:1: not valid JSON"):
     runner.load_examples(REGISTRY["GSM8K"], str(tmp_path))
   arc = {"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "C"}
   with pytest.raises(sources.EvalDataError, match=r"answerKey 'C' is not one of the labels"):

@@ -1,7 +1,6 @@
 """KV-cache decoding: cached logits equal a full recompute, greedy generation equals
 transformers' generate, per-row eos, sampling with explicit keys, bounded recompilation."""
 
-import functools
 import re
 
 import jax
@@ -13,19 +12,8 @@ import torch
 import hrm_jax
 from hrm_jax import attention, decode, hf, recompute_decode
 from hf_test import hf_model
-from helpers import pack_rows, tiny_config
-
-
-@functools.lru_cache(maxsize=None)
-def tiny(arch: str = "hrm", **overrides):
-  cfg = tiny_config(arch, **overrides)
-  batch = pack_rows([[([1, 2, 3], [4])]], 8)
-  return cfg, hrm_jax.LanguageModel(cfg).init(jax.random.PRNGKey(1), batch)
-
-
-def prompts_of(lengths, vocab, seed=0):
-  rng = np.random.default_rng(seed)
-  return [rng.integers(1, vocab, n).tolist() for n in lengths]
+from helpers import pack_rows, prompts_of
+from helpers import tiny_model as tiny
 
 
 @pytest.mark.parametrize("arch,overrides", [("hrm", ()), ("hrm", (("H_cycles", 3), ("L_cycles", 2))),

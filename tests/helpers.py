@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
+import jax
 import numpy as np
 
 import hrm_jax
@@ -12,6 +15,20 @@ def tiny_config(arch: str = "hrm", **overrides) -> hrm_jax.ModelConfig:
   kw = dict(hidden_size=32, num_heads=2, n_layers=4, vocab_size=61, max_seq_len=64)
   kw.update(overrides)
   return hrm_jax.model_config("B", arch, **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model(arch: str = "hrm", **overrides) -> tuple[hrm_jax.ModelConfig, dict]:
+  """A tiny_config model and its initial variables (cached per arch and overrides)."""
+  cfg = tiny_config(arch, **overrides)
+  batch = pack_rows([[([1, 2, 3], [4])]], 8)
+  return cfg, hrm_jax.LanguageModel(cfg).init(jax.random.PRNGKey(1), batch)
+
+
+def prompts_of(lengths, vocab: int, seed: int = 0) -> list[list[int]]:
+  """Random prompts of the given lengths (ids 1..vocab-1)."""
+  rng = np.random.default_rng(seed)
+  return [rng.integers(1, vocab, n).tolist() for n in lengths]
 
 
 def pack_rows(rows: list[list[tuple[list[int], list[int]]]], seq_len: int) -> dict:

@@ -1,28 +1,14 @@
 """Cache-free greedy generation: same tokens as the KV-cache `decode.generate` on hrm, and
 for trm (which the cache cannot serve) the argmax of a full PrefixLM forward at every step."""
 
-import functools
-
-import jax
 import numpy as np
 import pytest
 
 import hrm_jax
 from hrm_jax import decode
 from hrm_jax.recompute_decode import generate_uncached
-from helpers import pack_rows, tiny_config
-
-
-@functools.lru_cache(maxsize=None)
-def tiny(arch: str = "hrm", **overrides):
-  cfg = tiny_config(arch, **overrides)
-  batch = pack_rows([[([1, 2, 3], [4])]], 8)
-  return cfg, hrm_jax.LanguageModel(cfg).init(jax.random.PRNGKey(1), batch)
-
-
-def prompts_of(lengths, vocab, seed=0):
-  rng = np.random.default_rng(seed)
-  return [rng.integers(1, vocab, n).tolist() for n in lengths]
+from helpers import pack_rows, prompts_of
+from helpers import tiny_model as tiny
 
 
 def test_same_tokens_as_cached_generate_on_hrm():

@@ -11,10 +11,10 @@ dropped here too (data_io keeps it; the reference's training then crashed on it)
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Literal, Sequence
 
+from hrm_jax import jsonl
 from hrm_jax.data.sampled import MIN_RESP_LEN, DataError, concat_examples, write_sampled
 from hrm_jax.tokenizer import Tokenizer
 
@@ -63,24 +63,15 @@ def read_jsonl(file: str) -> list[tuple[int, str, str, str]]:
   if not os.path.isfile(file):
     raise DataError(f"{file}: input file missing")
   rows = []
-  with open(file, encoding="utf-8") as f:
-    for no, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{file}:{no}: not valid JSON ({e.msg})") from e
-      if not isinstance(obj, dict):
-        raise DataError(f"{file}:{no}: a line must be a JSON object")
-      for key in ("instruction", "response"):
-        if not isinstance(obj.get(key), str):
-          raise DataError(f"{file}:{no}: field '{key}' missing or not a string")
-      cond = obj.get("condition", "direct")
-      if not isinstance(cond, str):
-        raise DataError(f"{file}:{no}: field 'condition' must be a string like 'direct' or "
-                        "'synth,cot'")
-      rows.append((no, obj["instruction"], obj["response"], cond))
+  for no, obj in jsonl.read_objects(file, DataError):
+    for key in ("instruction", "response"):
+      if not isinstance(obj.get(key), str):
+        raise DataError(f"{file}:{no}: field '{key}' missing or not a string")
+    cond = obj.get("condition", "direct")
+    if not isinstance(cond, str):
+      raise DataError(f"{file}:{no}: field 'condition' must be a string like 'direct' or "
+                      "'synth,cot'")
+    rows.append((no, obj["instruction"], obj["response"], cond))
   return rows
 
 

@@ -9,9 +9,10 @@ optional dependency, needed only then).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Optional, Sequence
+
+from hrm_jax import jsonl
 
 EXTENSIONS = (".jsonl", ".parquet")
 
@@ -57,19 +58,7 @@ def read_file(path: str) -> list[dict[str, Any]]:
       return pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several types for a bad file
       raise EvalDataError(f"{path}: not a readable parquet file ({e})") from e
-  rows = []
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise EvalDataError(f"{path}:{n}: not JSON ({e})") from e
-      if not isinstance(row, dict):
-        raise EvalDataError(f"{path}:{n}: expected a JSON object per line")
-      rows.append(row)
-  return rows
+  return [row for _, row in jsonl.read_objects(path, EvalDataError)]
 
 
 def read_hub(split: Split) -> list[dict[str, Any]]:
