@@ -20,11 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from hrm_jax import config as config_lib
-from hrm_jax import optim
 from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel
 from hrm_jax.train import state as state_lib
-from hrm_jax.train.step import jit_train_step
+from hrm_jax.train.step import jit_train_step, optimizer
 
 TARGETS = ("tpu", "gpu", "cpu")
 
@@ -101,9 +100,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, model_config: config_lib.
   """Lower and compile the training step of `cfg` (mesh, rows x row_len, train section) for
   `devices` from abstract shapes; returns the jax Compiled object."""
   mesh = sharding_lib.make_mesh(tuple(cfg.mesh.shape), devices)
-  tx = optim.adam_atan2(optim.warmup_cosine(cfg.train.lr, cfg.train.warmup_steps, 10**6,
-                                            cfg.train.lr_min_ratio),
-                        cfg.train.b1, cfg.train.b2, cfg.train.weight_decay)
+  tx, _ = optimizer(cfg.train, total_steps=10**6)  # the schedule's length changes no shapes
   model = LanguageModel(model_config)
   shardings = state_lib.state_shardings(model, tx, mesh)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

@@ -23,14 +23,13 @@ import numpy as np
 from hrm_jax import config as config_lib
 from hrm_jax import data as data_lib
 from hrm_jax import flops as flops_lib
-from hrm_jax import optim
 from hrm_jax import sharding as sharding_lib
 from hrm_jax import truncation
 from hrm_jax.models import LanguageModel
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import metrics as metrics_lib
 from hrm_jax.train import state as state_lib
-from hrm_jax.train.step import jit_train_step
+from hrm_jax.train.step import jit_train_step, optimizer
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -106,9 +105,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   # run stopped at max_steps and resumed later follows the same trajectory.
   total_steps = cfg.train.total_steps or pipeline.total_steps(cfg.train.epochs)
   stop_at = total_steps if cfg.train.max_steps < 0 else min(total_steps, cfg.train.max_steps)
-  schedule = optim.warmup_cosine(cfg.train.lr, cfg.train.warmup_steps, total_steps,
-                                 cfg.train.lr_min_ratio)
-  tx = optim.adam_atan2(schedule, cfg.train.b1, cfg.train.b2, cfg.train.weight_decay)
+  tx, schedule = optimizer(cfg.train, total_steps)
   model = LanguageModel(model_config)
   shardings = state_lib.state_shardings(model, tx, mesh)
   batch_sharding = sharding_lib.batch_sharding(mesh)

@@ -105,6 +105,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Languag
   return new, metrics
 
 
+def optimizer(train_cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation,
+                                                         optax.Schedule]:
+  """Adam-atan2 and its warm-up + cosine lr schedule, from the config's `train` section."""
+  schedule = optim.warmup_cosine(train_cfg.lr, train_cfg.warmup_steps, total_steps,
+                                 train_cfg.lr_min_ratio)
+  return optim.adam_atan2(schedule, train_cfg.b1, train_cfg.b2, train_cfg.weight_decay), schedule
+
+
 def jit_train_step(model: LanguageModel, tx: optax.GradientTransformation, train_cfg: Any,
                    shardings: TrainState, mesh: Mesh, bp_steps: Optional[int]):
   """The jitted, state-donating step for one bp_steps; train_cfg is the config's `train`
