@@ -1,0 +1,123 @@
+"""Atomic writes: a file or a directory appears whole at its path, or not at all.
+
+Everything is built beside its destination (same filesystem, so the final rename is atomic)
+and then given the modes the user's umask asks for: `tempfile` creates 0600 files and 0700
+directories, which would leave exports and data sets unreadable to the rest of a team.
+Nothing that exists is replaced unless the caller says it may be (`overwrite`) and the
+existing directory is of the kind being written (`same_kind`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import IO, Any, Callable, Iterator, Optional
+
+
+def umask() -> int:
+  """The process umask (read by setting and restoring it; there is no getter)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def _apply_umask(root: pathlib.Path) -> None:
+  mask = umask()
+  if root.is_file():
+    os.chmod(root, 0o666 & ~mask)
+    return
+  os.chmod(root, 0o777 & ~mask)
+  for folder, dirs, files in os.walk(root):
+    for d in dirs:
+      os.chmod(os.path.join(folder, d), 0o777 & ~mask)
+    for f in files:
+      os.chmod(os.path.join(folder, f), 0o666 & ~mask)
+
+
+@contextlib.contextmanager
+def file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+  """Open a temp file beside `path`; on a clean exit it replaces `path` (umask modes)."""
+  path = pathlib.Path(path).expanduser().absolute()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, mode) as f:
+      yield f
+    _apply_umask(pathlib.Path(tmp))
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 1) -> None:
+  with file(path) as f:
+    json.dump(obj, f, indent=indent)
+    f.write("\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  with file(path) as f:
+    f.write(text)
+
+
+def check_replaceable(path: str | os.PathLike, *, overwrite: bool,
+                      same_kind: Optional[Callable[[pathlib.Path], Optional[str]]] = None,
+                      flag: str = "--overwrite") -> None:
+  """Raise FileExistsError unless `path` is absent, an empty directory, or may be replaced.
+
+  `same_kind(path)` returns None when the existing directory is of the kind being written
+  (an export over an export), else the reason it is not; without it nothing non-empty is
+  ever replaced.
+  """
+  path = pathlib.Path(path).expanduser().absolute()
+  if not os.path.lexists(path):
+    return
+  if not path.is_dir():
+    raise FileExistsError(f"{path} exists and is not a directory; refusing to replace it")
+  if not any(path.iterdir()):
+    return
+  if not overwrite:
+    raise FileExistsError(f"{path} exists and is not empty; refusing to replace it "
+                          f"(pass {flag} to replace a directory of the same kind)")
+  why_not = "nothing may replace it" if same_kind is None else same_kind(path)
+  if why_not:
+    raise FileExistsError(f"{path} is not a directory this command wrote ({why_not}); "
+                          f"refusing to replace it even with {flag}")
+
+
+@contextlib.contextmanager
+def directory(path: str | os.PathLike, *, overwrite: bool = False,
+              same_kind: Optional[Callable[[pathlib.Path], Optional[str]]] = None,
+              flag: str = "--overwrite") -> Iterator[pathlib.Path]:
+  """Yield a temp directory beside `path`; on a clean exit it becomes `path`.
+
+  The check (`check_replaceable`) runs before any work and again before the swap; an
+  existing directory that may be replaced is moved aside, the new one renamed in, and only
+  then the old one deleted. On an exception the temp directory is removed and `path` is
+  untouched.
+  """
+  path = pathlib.Path(path).expanduser().absolute()
+  check_replaceable(path, overwrite=overwrite, same_kind=same_kind, flag=flag)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+  try:
+    yield tmp
+    check_replaceable(path, overwrite=overwrite, same_kind=same_kind, flag=flag)
+    _apply_umask(tmp)
+    old = None
+    if os.path.lexists(path):
+      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+      os.rmdir(old)
+      os.rename(path, old)
+    os.rename(tmp, path)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
