@@ -22,11 +22,22 @@ from hrm_jax.data import demo
 from hrm_jax.eval import runner, scoring, tasks
 from hrm_jax.tokenizer import Tokenizer, TokenizerInfo
 
-from eval_tasks_test import FIXTURES, expected_prompts
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "eval"
 ALL = ",".join(tasks.benchmarks())
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def expected_prompts() -> list[dict]:
+  """fixtures/eval/expected_prompts.txt as dump records (its format: that file's header)."""
+  text = (FIXTURES / "expected_prompts.txt").read_text(encoding="utf-8").removesuffix("\n")
+  records = []
+  for block in text.split("\n=== ")[1:]:
+    header, _, prompt = block.partition("\n")
+    name, index, condition = header.split(" ")
+    records.append({"benchmark": name, "index": int(index), "condition": condition,
+                    "prompt": prompt})
+  return records
 
 
 @pytest.fixture(scope="module")
