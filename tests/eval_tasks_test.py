@@ -292,6 +292,7 @@ def test_aime_metrics_against_hand_computed_values():
   assert both["metric"] == "maj_pass@1" and both["score"] == 0.5
   assert both["metrics"]["pass@10"] == pytest.approx((17 / 19 + 309 / 323) / 2, abs=1e-12)
   assert both["metrics"]["valid"] == 9.0
+  assert both["valid_votes"] == [9, 9] and both["consensus_votes"] == [4, 4]
   table = runner.markdown_table({"AIME": {**both, "settings": {"samples": 20}}})
   assert "| AIME | maj_pass@1 (20 samples) | 50.0 | 2 |" in table
   assert "| AIME | pass@10 (20 samples) |" in table

@@ -204,6 +204,9 @@ def aggregate(bench: tasks.Benchmark, examples: Sequence[tasks.Example],
     result["groups"] = {g: v[bench.metric] for g, v in by_group.items()}
   else:
     metrics = {m: float(np.mean([s[m] for s in per_item])) for m in names}
+  if "valid" in names:  # sampled (AIME): valid votes and the largest vote of each problem
+    result["valid_votes"] = [int(s["valid"]) for s in per_item]
+    result["consensus_votes"] = [int(s["consensus"]) for s in per_item]
   result.update(metric=bench.metric, score=metrics[bench.metric], n=len(examples),
                 metrics=metrics)
   return result
