@@ -126,7 +126,14 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(str(e)) from e
   try:
     if f.data_dir is not None:
-      sources.check_local(f.data_dir, runner.needed_files(benches))
+      needed = runner.needed_files(benches)
+      sources.check_local(f.data_dir, needed)
+      inputs = {os.path.realpath(sources.local_file(f.data_dir, folder, split))
+                for _, folder, split, _ in needed}
+      for flag in ("output", "dump_prompts"):
+        if getattr(f, flag) and os.path.realpath(getattr(f, flag)) in inputs:
+          raise app.UsageError(f"--{flag}={getattr(f, flag)} is one of the benchmark files "
+                               "this run reads; refusing to replace it")
     data = {b.name: runner.load_examples(b, f.data_dir, f.limit) for b in benches}
     if f.dump_prompts:
       with atomic.file(f.dump_prompts) as out:

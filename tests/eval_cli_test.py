@@ -145,6 +145,14 @@ def test_dump_prompts_is_the_reference_protocol_and_loads_no_model(tmp_path, cap
   with pytest.raises(app.UsageError, match=r"--dump_prompts=.*exists; pass --overwrite"):
     run_eval(f"--data_dir={FIXTURES}", f"--dump_prompts={out}")
   run_eval(f"--data_dir={FIXTURES}", "--run_only=AIME", f"--dump_prompts={out}", "--overwrite")
+  data = tmp_path / "data"
+  (data / "aime").mkdir(parents=True)
+  aime = (FIXTURES / "aime" / "test.jsonl").read_text()
+  (data / "aime" / "test.jsonl").write_text(aime)
+  with pytest.raises(app.UsageError, match="is one of the benchmark files this run reads"):
+    run_eval(f"--data_dir={data}", "--run_only=AIME", "--overwrite",
+             f"--dump_prompts={data / 'aime' / 'test.jsonl'}")
+  assert (data / "aime" / "test.jsonl").read_text() == aime
   assert [json.loads(l)["benchmark"] for l in out.read_text().splitlines()] == ["AIME"] * 2
 
 
