@@ -242,3 +242,30 @@ def test_a_full_disk_while_saving_is_one_clear_error(demo_dir, small_disk):
     loop.train(cfg, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]
   assert ckpt_lib.manager(os.path.join(workdir, "checkpoints"), 3).latest_step() == 1
+
+
+def test_held_out_loss_and_profile_window(demo_dir, tmp_path):
+  """eval_data: the EMA weights' loss on a second sampled directory (here the demo's own),
+  equal to the model applied by hand; profile: a jax.profiler trace of one step."""
+  from hrm_jax import data, loss_and_metrics
+  from hrm_jax.models import LanguageModel
+  sampled_dir = data.ensure_demo_data(str(demo_dir), epochs=1, seed=0).train_dir
+  workdir = str(tmp_path)
+  out = loop.train(tiny_config(demo_dir, **{
+      "train.max_steps": 2, "eval_data.path": sampled_dir, "eval_data.every_steps": 2,
+      "eval_data.max_batches": 1, "profile.start_step": 0, "profile.steps": 1}), workdir)
+  rows = read_metrics(workdir)
+  assert "eval_loss" not in rows[0] and {"eval_loss", "loss"} <= set(rows[1])
+  batch = data.Pipeline(data.open_sampled(sampled_dir, epochs=1), rows=8, row_len=64).batch(0)
+  variables = {"params": leaves_tree(out.state.ema), "buffers": leaves_tree(out.state.buffers)}
+  logits = LanguageModel(out.model_config).apply(
+      variables, {k: batch[k] for k in ("inputs", "positions", "segment_ids", "prefix_mask")})
+  want, _ = loss_and_metrics(logits, batch["labels"], batch["segment_ids"])
+  np.testing.assert_allclose(rows[1]["eval_loss"], float(want), rtol=1e-5)
+  traces = [f for _, _, fs in os.walk(os.path.join(workdir, "profile")) for f in fs
+            if f.endswith(".xplane.pb")]
+  assert traces, os.listdir(workdir)
+
+
+def leaves_tree(tree):
+  return jax.tree.map(np.asarray, jax.device_get(tree))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
+from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 
 
@@ -45,3 +46,24 @@ def gather_to_host(tree):
   """Every leaf as a whole NumPy array on every process (weights sharded across hosts
   included); all processes must call it together."""
   return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+  """Wait until every process reaches `name` (nothing to wait for in one process).
+
+  Goes through the coordination service, not a collective: gloo gives a collective's first
+  use 30 s for every process to arrive, while one host may compile a step minutes after
+  another. JAX has no public barrier of this kind; orbax and JAX's own multi-process tests
+  call the same client method.
+  """
+  client = jax_distributed.global_state.client
+  if client is not None:
+    client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def compile_everywhere(jitted, *args, name: str):
+  """`jitted` compiled for `args`, after which the processes wait for each other (`barrier`),
+  so that the program's first collective finds every process ready."""
+  compiled = jitted.lower(*args).compile()
+  barrier(f"hrm_jax: compiled {name}")
+  return compiled

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from hrm_jax import data as data_lib
 from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel
+from hrm_jax.train import distributed
 from hrm_jax.train.state import TrainState
 from hrm_jax.train.step import eval_sums, summed_metrics
 
@@ -44,6 +45,7 @@ class HeldOut:
     self._sums = jax.jit(sharding_lib.traced_in_mesh(fn, mesh),
                          in_shardings=(shardings.ema, shardings.buffers, self.batch_sharding),
                          out_shardings=sharding_lib.replicated(mesh))
+    self._compiled = None
 
   def __call__(self, state: TrainState) -> dict[str, float]:
     total: Any = None
@@ -52,7 +54,10 @@ class HeldOut:
         break
       batch = {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
                for k, v in local.items()}
-      sums = self._sums(state.ema, state.buffers, batch)
+      if self._compiled is None:
+        self._compiled = distributed.compile_everywhere(
+            self._sums, state.ema, state.buffers, batch, name="held-out loss")
+      sums = self._compiled(state.ema, state.buffers, batch)
       total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
     if total is None:
       raise ValueError(f"{self.pipeline.sampled.path}: no full held-out batch of "

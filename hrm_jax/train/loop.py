@@ -27,6 +27,7 @@ from hrm_jax import sharding as sharding_lib
 from hrm_jax import truncation
 from hrm_jax.models import LanguageModel
 from hrm_jax.train import checkpoint as ckpt_lib
+from hrm_jax.train import distributed
 from hrm_jax.train import metrics as metrics_lib
 from hrm_jax.train import state as state_lib
 from hrm_jax.train.held_out import HeldOut
@@ -207,9 +208,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
   step_fns: dict[Optional[int], Any] = {}
 
-  def step_fn(bp_steps):
+  def step_fn(bp_steps, state, batch):
+    """The compiled step for `bp_steps`; every process compiles it before any runs it."""
     if bp_steps not in step_fns:
-      step_fns[bp_steps] = jit_train_step(model, tx, cfg.train, shardings, mesh, bp_steps)
+      step_fns[bp_steps] = distributed.compile_everywhere(
+          jit_train_step(model, tx, cfg.train, shardings, mesh, bp_steps), state, batch,
+          name=f"train step, bp_steps={bp_steps}")
     return step_fns[bp_steps]
 
   step = int(jax.device_get(state.step))
@@ -241,7 +245,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
                for k, v in local.items()}
       bp = truncation.bp_steps_at(step + 1, total_steps, model_config)
-      state, metrics = step_fn(bp)(state, batch)
+      state, metrics = step_fn(bp, state, batch)(state, batch)
       health = _track_health(health, metrics["nonfinite"], np.int32(step + 1))
       step += 1
       window_steps += 1
