@@ -65,10 +65,12 @@ def attention_fwd_bwd(impl: str, chunk: int) -> Callable:
   return jax.jit(run)
 
 
-def time_alternating(fns: Mapping[str, Callable[[], Any]], repeats: int,
-                     warmup: bool = True) -> dict[str, float]:
-  """Median wall seconds of each thunk (its outputs waited for). Runs alternate between the
-  thunks, so a changing machine load hits all of them alike."""
+def time_alternating(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: bool = True,
+                     reduce: Callable[[list[float]], float] = statistics.median
+                     ) -> dict[str, float]:
+  """Wall seconds of each thunk (its outputs waited for), the median (or `reduce`) of
+  `repeats` runs. Runs alternate between the thunks, so a changing machine load hits all of
+  them alike."""
   if warmup:
     for fn in fns.values():
       jax.block_until_ready(fn())
@@ -78,7 +80,7 @@ def time_alternating(fns: Mapping[str, Callable[[], Any]], repeats: int,
       start = time.perf_counter()
       jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+  return {name: reduce(t) for name, t in times.items()}
 
 
 def random_qkv(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any

@@ -50,7 +50,11 @@ def test_smoke_run_measures_every_phase_and_writes_both_reports(tmp_path):
   assert 0 < step["mfu"] < 1 and step["loss"] > 0
   assert data["fastest_step_impl"] == "dense"
   (dec,) = data["phases"]["decode"]
-  assert dec["status"] == "ok" and dec["decode_tokens_per_s"] > 0, dec
+  assert dec["end_to_end_tokens_per_s"] > 0, dec
+  # 16 vs 1 new tokens on a shared CPU: the difference may drown in timer noise, and the
+  # report then says so instead of printing a negative rate.
+  assert (dec["status"] == "ok" and dec["decode_tokens_per_s"] > 0
+          or dec["status"].startswith("below timer noise")), dec
   (prefill,) = data["phases"]["prefill"]
   assert prefill["status"] == "ok" and prefill["ms"] > 0, prefill
 
