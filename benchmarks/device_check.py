@@ -112,7 +112,7 @@ FULL = Plan(check_seqs=(1024, 4096), check_dtypes=("bfloat16", "float32"), check
 # Every code path once, with as few compilations as that allows (compiling dominates on CPU;
 # the prefill shares the batch-1 decode program).
 SMOKE = Plan(check_seqs=(64,), check_dtypes=("bfloat16",), check_batch=1, time_seqs=(64,),
-             max_example=48, repeats=3, model=dict(hidden_size=32, num_heads=2,
+             max_example=48, repeats=10, model=dict(hidden_size=32, num_heads=2,
                                                    attention_chunk=16),
              layers_per_stack=1, vocab_size=256, row_len=64, steps=2, step_impls=("dense",),
              decode_batches=(1,), decode_prompt=16, new_tokens=16, prefill_len=16)
