@@ -6,6 +6,7 @@ per-device memory and FLOPs (nothing is allocated or run).
     python benchmarks/aot_compile.py --target=gpu         # hrm1b on 16 H100s (2 hosts x 8)
     python benchmarks/aot_compile.py --target=cpu --cpu_devices=16   # the XLA:CPU view
     python benchmarks/aot_compile.py --target=tpu --sweep_remat      # every remat setting
+    python benchmarks/aot_compile.py --target=tpu --tpu_slices=2 --config.mesh.dcn_shape=(2,1,1)
     python benchmarks/aot_compile.py --target=gpu --config.train.microbatches=2 ...
 
 The step is the one experiments/train.py runs for --config (default hrm1b: its mesh,
@@ -48,6 +49,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _TARGET = flags.DEFINE_enum("target", "tpu", aot.TARGETS, "Backend to compile for.")
 _TPU_TOPOLOGY = flags.DEFINE_string("tpu_topology", "v5p:2x2x2",
                                     "TPU chips (v5p:2x2x2 = 8 chips = v5p-16).")
+_TPU_SLICES = flags.DEFINE_integer(
+    "tpu_slices", 1, "TPU slices joined over DCN; the config's mesh.dcn_shape spans them, "
+    "e.g. --tpu_slices=2 --config.mesh.dcn_shape=(2,1,1).")
 _GPU_TOPOLOGY = flags.DEFINE_string("gpu_topology", "1x2x8",
                                     "<slices>x<hosts per slice>x<GPUs per host>.")
 _GPU = flags.DEFINE_enum("gpu", "h100", sorted(aot.GPU_SPECS), "GPU model.")
@@ -75,7 +79,7 @@ def main(argv):
   del argv
   cfg = _CONFIG.value
   topology = {"tpu": _TPU_TOPOLOGY.value, "gpu": _GPU_TOPOLOGY.value, "cpu": ""}[_TARGET.value]
-  devices = aot.compile_only_devices(_TARGET.value, topology, _GPU.value)
+  devices = aot.compile_only_devices(_TARGET.value, topology, _GPU.value, _TPU_SLICES.value)
   capacity = {"tpu": 95 * 10**9, "gpu": aot.GPU_SPECS[_GPU.value][0]["device_memory_size"]}
   settings = [(cfg.model.remat_policy or "none", cfg.model.remat_scope or "layer")]
   if _SWEEP.value:
@@ -83,7 +87,8 @@ def main(argv):
                 ("proj", "pass"), ("full", "pass")]
   name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
   print(f"{name}: "
-        f"{cfg.data.rows} rows x {cfg.data.row_len} tokens, mesh {tuple(cfg.mesh.shape)}, "
+        f"{cfg.data.rows} rows x {cfg.data.row_len} tokens, mesh {tuple(cfg.mesh.shape)} "
+        f"x dcn {tuple(cfg.mesh.dcn_shape)}, "
         f"microbatches {cfg.train.microbatches}, loss_chunk {cfg.train.loss_chunk}; "
         f"target {_TARGET.value} {topology} ({len(devices)} x {devices[0].device_kind})")
   print("| remat | attention | args GiB | temps GiB | total GiB/device | fits | "

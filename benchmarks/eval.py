@@ -4,10 +4,12 @@
     python benchmarks/eval.py --batch_sizes=1,8 --items=32 --max_new_tokens=64
 
 A random model (it never emits eoa, so every open-ended item generates the full
---max_new_tokens: the worst case) with the demo character tokenizer runs the invented
+--max_new_tokens: the worst case) with the demo character tokenizer runs all ten invented
 fixture benchmarks (tests/fixtures/eval), rows repeated to --items per benchmark. Each batch
 size runs twice: the first run includes compilation, the second is the steady state. Prints
-items/s per stream (the one-token multiple-choice stream, GSM8K+MATH, DROP, AIME samples).
+items/s per stream (the one-token multiple-choice stream, GSM8K+MATH+DROP+MMLU-Pro, AIME
+samples) and how many of its prompts exceed --max_seq_len (empty outputs, no generation:
+with character tokens the 25-shot ARC, 10-shot HellaSwag and DROP prompts do at 512).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def main(argv: list[str]) -> None:
            "segment_ids": np.ones((1, 4), np.int32), "prefix_mask": np.ones((1, 4), bool)}
   variables = jax.jit(hrm_jax.LanguageModel(config).init)(jax.random.PRNGKey(0), batch)
   tok = demo_tokenizer()
-  benches = tasks.select(None, f.aime_samples)
+  benches = list(tasks.benchmarks(f.aime_samples).values())
   data = {}
   for b in benches:
     examples, shots = runner.load_examples(b, str(FIXTURES))
@@ -65,8 +67,9 @@ def main(argv: list[str]) -> None:
   print(f"hrm hidden {f.hidden_size}, {f.layers_per_stack} layers/stack, H{config.H_cycles} "
         f"L{config.L_cycles}, {f.items} items per benchmark, <= {f.max_new_tokens} new tokens, "
         f"{jax.devices()[0].platform}\n")
-  print("| batch | stream | requests | first run s (compiles) | steady s | steady items/s |")
-  print("|---|---|---|---|---|---|")
+  print("| batch | stream | requests | too long | first run s (compiles) | steady s | "
+        "steady items/s |")
+  print("|---|---|---|---|---|---|---|")
   for bs in map(int, f.batch_sizes):
     times = []
     for _ in range(2):
@@ -74,16 +77,17 @@ def main(argv: list[str]) -> None:
       for settings, names in streams.items():
         group = [b for b in benches if b.name in names]
         start = time.perf_counter()
-        runner.evaluate(config, variables, tok, group, None, batch_size=bs,
-                        max_new_tokens=f.max_new_tokens, progress=False, log=lambda m: None,
-                        loaded={n: data[n] for n in names})
+        out = runner.evaluate(config, variables, tok, group, None, batch_size=bs,
+                              max_new_tokens=f.max_new_tokens, progress=False,
+                              log=lambda m: None, loaded={n: data[n] for n in names})
+        too_long = sum(r["too_long"] for r in out.values()) * settings.samples
         per_stream["+".join(names)] = (time.perf_counter() - start,
-                                       len(names) * f.items * settings.samples)
+                                       len(names) * f.items * settings.samples, too_long)
       times.append(per_stream)
-    for name, (first, n) in times[0].items():
+    for name, (first, n, too_long) in times[0].items():
       steady = times[1][name][0]
-      print(f"| {bs} | {name} | {n} | {first:.1f} | {steady:.1f} | {n / steady:.1f} |",
-            flush=True)
+      print(f"| {bs} | {name} | {n} | {too_long} | {first:.1f} | {steady:.1f} | "
+            f"{n / steady:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
-"""Evaluate a checkpoint on the benchmarks of REFERENCE section 6 (hrm_jax.eval).
+"""Evaluate a checkpoint with the reference protocol (hrm_jax.eval, docs/evaluation.md).
 
     python experiments/eval.py --checkpoint=HRM-Text-1B --data_dir=/data/bench \
-        --output=results/hrm1b.json                        # all nine benchmarks
+        --output=results/hrm1b.json                # the eight benchmarks of the default run
     python experiments/eval.py --checkpoint=runs/sft --run_only=MATH,DROP --limit=100
+    python experiments/eval.py --checkpoint=DIR --run_only=AIME --aime_samples=16
+    python experiments/eval.py --data_dir=/data/bench --dump_prompts=prompts.jsonl  # no model
     python experiments/eval.py --checkpoint=DIR --run_only=GSM8K --sweep_cycles=1,2,3,4 \
         --output=depth.json                     # + depth_sweep.md and depth_sweep.png
 
 --checkpoint is a Hugging Face directory or a native training checkpoint (EMA weights unless
 --use_ema=false); the tokenizer is found as in generate.py. Data: `<data_dir>/<benchmark>/
-<split>.jsonl|.parquet` in each source data set's columns (README, "Evaluation"), or without
+<split>.jsonl|.parquet` in each source data set's columns (docs/evaluation.md), or without
 --data_dir the Hugging Face hub through `datasets`. Prints a markdown table of scores and
 writes the results (scores, per-benchmark settings, a few outputs) to --output as JSON.
+--dump_prompts writes every prompt as the model would read it (one JSON line each) and exits
+without loading a model.
 
 --sweep_cycles runs the selected benchmarks at each recursion depth (--sweep_axis, default
 H_cycles) with the same weights: test-time compute; the model was trained at one depth.
@@ -21,31 +25,39 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from typing import Any
 
 import jax
 from absl import app, flags
 
-from hrm_jax import loading
-from hrm_jax.eval import runner, sources, tasks
+from hrm_jax import atomic, loading
+from hrm_jax.eval import runner, scoring, sources, tasks
 from hrm_jax.plotting import plot
 
 flags.DEFINE_string("checkpoint", None, "Hugging Face directory, or training workdir, its "
-                    "checkpoints/ or a step directory.", required=True)
+                    "checkpoints/ or a step directory (required unless --dump_prompts).")
 flags.DEFINE_string("tokenizer", None, "tokenizer.json or its directory (default: the one in "
                     "--checkpoint, else the training data's).")
 flags.DEFINE_bool("use_ema", True, "Use the EMA weights of a training checkpoint.")
 flags.DEFINE_string("data_dir", None, "<data_dir>/<benchmark>/<split>.jsonl|.parquet; default: "
-                    "the Hugging Face hub via `datasets`.")
-flags.DEFINE_string("run_only", None, "Comma-separated benchmarks (default all): "
-                    + ",".join(tasks.benchmarks()))
+                    "the Hugging Face hub via `datasets` (needs network or its cache).")
+flags.DEFINE_string("run_only", None, "Comma-separated benchmarks of "
+                    + ",".join(tasks.benchmarks()) + " (default: "
+                    + ",".join(tasks.DEFAULT) + ").")
 flags.DEFINE_integer("limit", None, "Evaluate only the first N items of each benchmark.")
 flags.DEFINE_string("output", None, "Results JSON (a sweep also writes <stem>_sweep.md/.png).")
+flags.DEFINE_string("dump_prompts", None, "Write every prompt as JSON Lines {benchmark, "
+                    "index, condition, prompt} to this file and exit (no model is loaded).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --output / --dump_prompts file.")
 flags.DEFINE_integer("batch_size", 8, "Prompts per generate call.")
 flags.DEFINE_integer("max_new_tokens", None, "Cap on generated tokens of open-ended benchmarks "
-                     "(default: the rest of the 3072 context; DROP 128).")
-flags.DEFINE_integer("aime_samples", 16, "Samples per AIME problem (temperature 0.6).")
+                     "(default: none, each row generates to the end of the context, as the "
+                     "reference).")
+flags.DEFINE_integer("aime_samples", tasks.AIME_SAMPLES, "Samples per AIME problem "
+                     "(temperature 0.6); the reference draws 256.")
+flags.DEFINE_enum("math_scorer", "reference", list(scoring.MATH_SCORERS), "MATH answer check: "
+                  "'reference' (math-verify on the bare strings, as the published table) or "
+                  "'latex' (the strings wrapped in $...$ first; see docs/evaluation.md).")
 flags.DEFINE_integer("seed", 0, "PRNG seed for sampling (AIME).")
 flags.DEFINE_integer("H_cycles", None, "Test-time override of H_cycles (experiment knob).")
 flags.DEFINE_integer("L_cycles", None, "Test-time override of L_cycles (experiment knob).")
@@ -54,17 +66,13 @@ flags.DEFINE_enum("sweep_axis", "H_cycles", ["H_cycles", "L_cycles"], "What --sw
 flags.DEFINE_bool("progress", True, "Show a progress bar per generation stream.")
 
 
-def write_atomic(path: str, text: str) -> None:
-  path = os.path.abspath(path)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+def check_new_file(flag: str, path: str, overwrite: bool) -> None:
+  """A file this command will write: never a directory, and an existing file only with
+  --overwrite."""
+  if os.path.isdir(path):
+    raise app.UsageError(f"--{flag}={path} is a directory; expected a file path")
+  if os.path.lexists(path) and not overwrite:
+    raise app.UsageError(f"--{flag}={path} exists; pass --overwrite to replace it")
 
 
 def sweep_table(axis: str, by_depth: dict[int, dict[str, dict]]) -> str:
@@ -80,29 +88,62 @@ def sweep_table(axis: str, by_depth: dict[int, dict[str, dict]]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-  del argv
-  f = flags.FLAGS
+def check_flags(f: flags.FlagValues) -> list[int]:
+  """Every flag error before any work; the depths of --sweep_cycles."""
   if f.sweep_cycles and not f.output:
     raise app.UsageError("--sweep_cycles needs --output (the table and PNG go beside it)")
   try:
     depths = [int(d) for d in f.sweep_cycles or []]
   except ValueError as e:
     raise app.UsageError(f"--sweep_cycles={f.sweep_cycles}: expected integers ({e})") from e
-  if any(d < 1 for d in depths) or any(v is not None and v < 1 for v in (f.H_cycles, f.L_cycles)):
-    raise app.UsageError("cycle counts must be >= 1")
-  if f.limit is not None and f.limit < 1:
-    raise app.UsageError(f"--limit={f.limit} must be >= 1")
+  if any(d < 1 for d in depths):
+    raise app.UsageError(f"--sweep_cycles={','.join(f.sweep_cycles)}: cycle counts must be >= 1")
+  for name in ("H_cycles", "L_cycles", "limit", "batch_size", "max_new_tokens", "aime_samples"):
+    value = getattr(f, name)
+    if value is not None and value < 1:
+      raise app.UsageError(f"--{name}={value} must be >= 1" + (
+          " (leave it unset to generate to the end of the context)"
+          if name == "max_new_tokens" else ""))
+  if f.dump_prompts is None and f.checkpoint is None:
+    raise app.UsageError("--checkpoint is required (unless --dump_prompts)")
+  for flag in ("output", "dump_prompts"):
+    if getattr(f, flag):
+      check_new_file(flag, getattr(f, flag), f.overwrite)
+  if f.output:
+    stem = os.path.splitext(f.output)[0]
+    for extra in ([stem + "_sweep.md", stem + "_sweep.png"] if depths else []):
+      check_new_file("output", extra, f.overwrite)
+  return depths
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  f = flags.FLAGS
+  depths = check_flags(f)
   try:
-    benches = tasks.select(f.run_only, f.aime_samples)
+    benches = tasks.select(f.run_only, f.aime_samples, f.math_scorer)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   try:
     if f.data_dir is not None:
-      sources.check_local(f.data_dir, runner.needed_files(benches))
+      needed = runner.needed_files(benches)
+      sources.check_local(f.data_dir, needed)
+      inputs = {os.path.realpath(sources.local_file(f.data_dir, folder, split))
+                for _, folder, split, _ in needed}
+      for flag in ("output", "dump_prompts"):
+        if getattr(f, flag) and os.path.realpath(getattr(f, flag)) in inputs:
+          raise app.UsageError(f"--{flag}={getattr(f, flag)} is one of the benchmark files "
+                               "this run reads; refusing to replace it")
+    data = {b.name: runner.load_examples(b, f.data_dir, f.limit) for b in benches}
+    if f.dump_prompts:
+      with atomic.file(f.dump_prompts) as out:
+        for b in benches:
+          for record in runner.prompt_records(b, *data[b.name]):
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+      print(f"wrote {sum(len(data[b.name][0]) for b in benches)} prompts to {f.dump_prompts}")
+      return
     config, variables = loading.load_model(f.checkpoint, use_ema=f.use_ema)
     tok = loading.load_tokenizer(f.checkpoint, f.tokenizer)
-    data = {b.name: runner.load_examples(b, f.data_dir, f.limit) for b in benches}
   except sources.EvalDataError as e:
     sys.exit(f"eval.py: {e}")
   except FileNotFoundError as e:
@@ -112,8 +153,8 @@ def main(argv: list[str]) -> None:
   settings: dict[str, Any] = {
       "checkpoint": f.checkpoint, "use_ema": f.use_ema, "data_dir": f.data_dir,
       "limit": f.limit, "batch_size": f.batch_size, "max_new_tokens": f.max_new_tokens,
-      "aime_samples": f.aime_samples, "seed": f.seed, "H_cycles": base.H_cycles,
-      "L_cycles": base.L_cycles, "max_seq_len": base.max_seq_len}
+      "aime_samples": f.aime_samples, "math_scorer": f.math_scorer, "seed": f.seed,
+      "H_cycles": base.H_cycles, "L_cycles": base.L_cycles, "max_seq_len": base.max_seq_len}
 
   def run(cfg) -> dict[str, dict]:
     return runner.evaluate(cfg, variables, tok, benches, f.data_dir, limit=f.limit,
@@ -124,7 +165,7 @@ def main(argv: list[str]) -> None:
     results = run(base)
     print(runner.markdown_table(results), flush=True)
     if f.output:
-      write_atomic(f.output, json.dumps({"settings": settings, "results": results}, indent=1))
+      atomic.write_json(f.output, {"settings": settings, "results": results})
       print(f"wrote {f.output}")
     return
   by_depth: dict[int, dict[str, dict]] = {}
@@ -134,10 +175,10 @@ def main(argv: list[str]) -> None:
   table = sweep_table(f.sweep_axis, by_depth)
   print(table, flush=True)
   stem = os.path.splitext(f.output)[0]
-  write_atomic(f.output, json.dumps({"settings": settings, "sweep": {
+  atomic.write_json(f.output, {"settings": settings, "sweep": {
       "axis": f.sweep_axis, "values": depths,
-      "results": {str(d): r for d, r in by_depth.items()}}}, indent=1))
-  write_atomic(stem + "_sweep.md", table + "\n")
+      "results": {str(d): r for d, r in by_depth.items()}}})
+  atomic.write_text(stem + "_sweep.md", table + "\n")
   curves = {name: {d: {"score": by_depth[d][name]["score"]} for d in depths}
             for name in by_depth[depths[0]]}
   plot(curves, ["score"], stem + "_sweep.png", xlabel=f.sweep_axis, marker="o")

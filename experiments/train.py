@@ -5,8 +5,9 @@
     python experiments/train.py --config=demo --config.model.arch=trm --config.train.lr=3e-4
 
 Configs live in experiments/configs/NAME.py; any field can be overridden with
---config.section.key=value. Launch one process per host for multi-host training (pass
---distributed, or set JAX_COORDINATOR_ADDRESS).
+--config.section.key=value. Multi-host: one process per host, each with the same flags plus
+--distributed (cluster detected by JAX) or --coordinator_address=HOST:PORT --num_processes=N
+--process_id=I.
 """
 
 from __future__ import annotations
@@ -23,14 +24,21 @@ import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import configs  # noqa: E402
+from hrm_jax.train import distributed  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path_of("demo"),
     f"Config name ({', '.join(configs.NAMES)}) or path to a config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Checkpoints and logs; default runs/<config name>.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Call jax.distributed.initialize() (multi-host).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-process job whose coordinator, size and rank JAX "
+    "detects (SLURM, Open MPI, Kubernetes, Cloud TPU; or JAX_COORDINATOR_ADDRESS).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0 (with --num_processes and "
+    "--process_id: launch one process per host by hand).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank, 0..N-1.")
 
 
 def config_name() -> str:
@@ -39,19 +47,26 @@ def config_name() -> str:
 
 def main(argv):
   del argv
-  if _DISTRIBUTED.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
-  from hrm_jax.train import loop  # after distributed init: it touches devices
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           auto=_DISTRIBUTED.value or "JAX_COORDINATOR_ADDRESS" in os.environ)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  from hrm_jax.train import checkpoint, loop  # after distributed init: they touch devices
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", config_name())
   logging.info("config:\n%s", cfg)
-  result = loop.train(cfg, workdir)
-  if jax.process_index() == 0:
+  try:
+    result = loop.train(cfg, workdir)
+  except (loop.NonFiniteLossError, checkpoint.CheckpointSaveError,
+          checkpoint.CheckpointMismatchError) as e:  # the message says it all: no traceback
+    sys.exit(f"error: {e}")
+  is_main = jax.process_index() == 0
+  if is_main:
     print(f"done: {result.steps_done} steps; checkpoints in {os.path.join(workdir, 'checkpoints')}")
-    if cfg.demo.show_answers and result.demo is not None and not result.preempted:
-      from hrm_jax.train import demo_report
-      demo_report.print_answers(result, cfg.demo.show_answers)
-
+  if cfg.demo.show_answers and result.demo is not None and not result.preempted:
+    from hrm_jax.train import demo_report
+    demo_report.report(result, cfg.demo.show_answers, show=is_main)
 
 if __name__ == "__main__":
   app.run(main, flags_parser=configs.parse_flags)

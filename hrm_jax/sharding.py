@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -34,23 +35,70 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Mesh over (data, fsdp, tensor); one entry may be -1 to take the remaining devices."""
-  devices = list(jax.devices() if devices is None else devices)
+def _fill(shape: Sequence[int], n: int, what: str) -> list[int]:
+  """`shape` with its one -1 entry (if any) set so that the product is n."""
   shape = list(shape)
   if len(shape) != 3:
-    raise ValueError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {shape}")
+    raise ValueError(f"{what} must have 3 entries (data, fsdp, tensor), got {shape}")
   if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f"mesh shape {shape}: entries are positive, at most one may be -1")
+    raise ValueError(f"{what} {shape}: entries are positive, at most one may be -1")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
-    if len(devices) % known:
-      raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
-    shape[shape.index(-1)] = len(devices) // known
-  if math.prod(shape) != len(devices):
-    raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, "
-                     f"{len(devices)} are available")
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    if n % known:
+      raise ValueError(f"{what} {shape} does not divide {n} devices")
+    shape[shape.index(-1)] = n // known
+  if math.prod(shape) != n:
+    raise ValueError(f"{what} {shape} needs {math.prod(shape)} devices, {n} are available")
+  return shape
+
+
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None,
+              dcn_shape: Sequence[int] = (1, 1, 1)) -> Mesh:
+  """Mesh over (data, fsdp, tensor); one entry may be -1 to take the remaining devices.
+
+  With a `dcn_shape` other than (1, 1, 1) (multi-slice TPU, or GPU hosts joined by a slower
+  network), `shape` is the mesh inside one slice and `dcn_shape` how many slices each axis
+  spans; the mesh is their product, built by `mesh_utils.create_hybrid_device_mesh` so that
+  only the `dcn_shape` axes cross the slow network. Slices are TPU `slice_index` where
+  devices have one, else processes.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  dcn = list(dcn_shape)
+  if len(dcn) != 3 or any(s < 1 for s in dcn):
+    raise ValueError(f"mesh dcn_shape {dcn}: 3 positive entries (data, fsdp, tensor)")
+  slices = math.prod(dcn)
+  if slices == 1:
+    return Mesh(np.asarray(devices).reshape(_fill(shape, len(devices), "mesh shape")),
+                MESH_AXES)
+  by_slice = hasattr(devices[0], "slice_index")
+  granules = len({d.slice_index if by_slice else d.process_index for d in devices})
+  if granules != slices:
+    raise ValueError(f"mesh dcn_shape {dcn} asks for {slices} slices; the devices form "
+                     f"{granules} ({'slice_index' if by_slice else 'processes'})")
+  ici = _fill(shape, len(devices) // slices, "mesh shape (per slice)")
+  grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                              process_is_granule=not by_slice)
+  return Mesh(grid, MESH_AXES)
+
+
+def check_process_layout(mesh: Mesh, rows: int) -> None:
+  """Raise unless each process feeds whole rows: only batch axes may cross processes.
+
+  Every process loads its own rows (`jax.make_array_from_process_local_data`); an axis that
+  is not a batch axis but spans processes would make those rows replicas of each other, and
+  the step would train on a silently smaller global batch. The batch axes must also divide
+  the rows, and the processes split them evenly.
+  """
+  owner = np.vectorize(lambda d: d.process_index)(mesh.devices)
+  for axis, name in enumerate(mesh.axis_names):
+    if name not in BATCH_AXES and not np.all(owner == np.take(owner, [0], axis=axis)):
+      raise ValueError(f"mesh {dict(mesh.shape)}: the {name!r} axis spans several processes; "
+                       f"only the batch axes {BATCH_AXES} may cross processes (hosts)")
+  shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  processes = len(np.unique(owner))
+  if rows % shards or rows % processes:
+    raise ValueError(f"data.rows={rows} must be divisible by the batch axes of mesh "
+                     f"{dict(mesh.shape)} ({shards} shards) and by the {processes} processes")
 
 
 def _fit(spec: P, shape: Sequence[int], mesh: Mesh, name: str) -> P:

@@ -48,3 +48,18 @@ def test_unknown_targets_are_clear_errors():
   with pytest.raises(ValueError, match="--target='ipu'"):
     aot.compile_only_devices("ipu", "")
   assert "major: 9" in aot.gpu_target_config("h200")
+
+
+def test_train_step_compiles_for_two_tpu_slices():
+  """Multi-slice: data parallel over two v5p slices (DCN), FSDP inside each."""
+  cfg = _tiny_config()
+  with cfg.unlocked():
+    cfg.mesh.update(shape=(1, -1, 1), dcn_shape=(2, 1, 1))
+  devices = aot.compile_only_devices("tpu", "v5p:2x2x1", slices=2)
+  assert len(devices) == 8 and {d.slice_index for d in devices} == {0, 1}
+  model_config = loop.model_config_from(cfg, 512)
+  compiled = aot.compile_train_step(cfg, model_config, devices, model_config.bp_max_steps)
+  mesh_devices = compiled.input_shardings[0][1]["inputs"].mesh.devices
+  # data axis = the slices; fsdp = the 4 chips of one slice.
+  assert mesh_devices.shape == (2, 4, 1)
+  assert [{d.slice_index for d in row.flat} for row in mesh_devices] == [{0}, {1}]

@@ -1,8 +1,11 @@
-"""hrm_jax.eval.scoring: every scorer on hand-made right / wrong / invalid answers, DROP
-against lm-evaluation-harness itself, pass@k against the exact binomial formula."""
+"""hrm_jax.eval.scoring: every scorer on hand-made right / wrong / invalid answers, both MATH
+scorers against hand judgement on fixture cases, DROP against lm-evaluation-harness itself,
+pass@k against the exact binomial formula."""
 
 import fractions
+import json
 import math
+import pathlib
 import random
 
 import pytest
@@ -10,12 +13,20 @@ from lm_eval.tasks.drop import utils as lm_eval_drop
 
 from hrm_jax.eval import scoring
 
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "eval"
 
-def test_last_boxed_takes_the_last_and_balances_braces():
+
+def test_last_boxed_follows_the_reference_extraction():
   assert scoring.last_boxed(r"first \boxed{1} then \boxed{\frac{2}{3}} end") == r"\frac{2}{3}"
   assert scoring.last_boxed(r"\boxed{a{b}c}") == "a{b}c"
+  assert scoring.last_boxed(r"\boxed{ 4 }") == "4"                 # stripped
+  assert scoring.last_boxed(r"\fbox{3}") == "3"                    # \fbox when no \boxed
+  assert scoring.last_boxed(r"\boxed{2} then \fbox{1}") == "2"     # any \boxed wins
+  assert scoring.last_boxed(r"\boxed 5 and {x}") == "x"            # the first group after it
+  assert scoring.last_boxed(r"\boxed{}") == ""
   assert scoring.last_boxed("no box here") is None
   assert scoring.last_boxed(r"\boxed{never closed") is None
+  assert scoring.last_boxed(r"\boxed{1} \boxed 2") is None        # the last has no group
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -25,15 +36,44 @@ def test_last_boxed_takes_the_last_and_balances_braces():
     (r"cost \boxed{$18}", 18),                        # $ stripped
     (r"\boxed{7.9}", 7),                              # int(float(.)) truncates
     (r"\boxed{-3}", -3),
+    (r"\fbox{12}", 12),
     ("  56 ", 56),                                    # no box: the whole text
     ("The answer is 56", None),                       # whole text is not a number
     (r"\boxed{1} and later \boxed{2}", 2),            # the last box
     (r"\boxed{x}", None),                             # invalid content
+    (r"\boxed{}", None),                              # empty box: the whole text, no number
     (r"\boxed{inf}", None),                           # int(float('inf')) overflows
     (r"\boxed{nan}", None),
 ])
 def test_gsm8k_answer(text, expected):
   assert scoring.gsm8k_answer(text) == expected
+
+
+def math_cases() -> list[dict]:
+  """Outputs, golds and a hand judgement of whether the output is mathematically right."""
+  return [json.loads(l) for l in (FIXTURES / "math_scorer_cases.jsonl").read_text().splitlines()]
+
+
+def test_math_scorers_against_hand_judgement():
+  """The reference scorer (bare strings) and the latex one ($...$) on the fixture cases: the
+  counts the README quotes. Bare LaTeX falls back to plain-expression parsing, which reads
+  `\\sqrt{2}`, `(1,2)` or `\\text{..}` as nothing and `2\\pi` as 2."""
+  cases = math_cases()
+  wrong = {s: [c for c in cases if scoring.math_correct(c["output"], c["gold"], s)
+               is not c["correct"]] for s in scoring.MATH_SCORERS}
+  assert len(cases) == 34
+  assert [c["gold"] for c in wrong["latex"]] == ["18"]           # `\\$18` keeps its backslash
+  ref = wrong["reference"]
+  assert len(ref) == 15
+  assert [c["gold"] for c in ref if not c["correct"]] == [r"2\pi", r"6\pi", r"2\sqrt{2}"]
+  assert all(c["correct"] for c in ref[:2]) and ref[0]["gold"] == r"\frac{1}{2}"  # \dfrac
+  # On integer golds, the bulk of MATH's answers, the two scorers agree.
+  for c in cases:
+    if c["gold"].lstrip("-").isdigit():
+      assert scoring.math_correct(c["output"], c["gold"], "reference") is scoring.math_correct(
+          c["output"], c["gold"], "latex"), c
+  with pytest.raises(ValueError, match="math scorer 'sympy'"):
+    scoring.math_correct("1", "1", "sympy")
 
 
 @pytest.mark.parametrize("text, gold, expected", [
@@ -43,13 +83,28 @@ def test_gsm8k_answer(text, expected):
     ("32", "32", True),                                     # no box: the whole text
     ("I do not know", "32", False),                         # invalid
     (r"\boxed{5} first, finally \boxed{6}", "5", False),    # only the last box counts
-    (r"so \boxed{\sqrt{2}}", r"\sqrt{2}", True),               # bare LaTeX is read as LaTeX
-    (r"so \boxed{2}", r"2\pi", False),                        # not read as 2
-    (r"\boxed{(1,2)}", r"(1, 2)", True),
-    (r"\boxed{x^2+1}", r"1+x^2", True),
 ])
-def test_math_correct(text, gold, expected):
+def test_math_correct_reference_scorer(text, gold, expected):
   assert scoring.math_correct(text, gold) is expected
+
+
+def test_mmlu_pro_letter():
+  assert scoring.mmlu_pro_letter(r"so \boxed{(C)}", 10) == "C"
+  assert scoring.mmlu_pro_letter("(A) looks right but (B) is", 4) == "B"   # last (X)
+  assert scoring.mmlu_pro_letter("I pick A, then D.", 4) == "D"           # last bare letter
+  assert scoring.mmlu_pro_letter("(E) or (A)", 4) == "A"                  # E is no option
+  assert scoring.mmlu_pro_letter("DA BAD", 4) is None                     # not standing alone
+  assert scoring.mmlu_pro_letter(r"\boxed{} the answer is (J)", 10) == "J"  # empty box: text
+
+
+def test_aime_votes_and_correctness():
+  assert scoring.aime_vote(r"\boxed{ 70 }") == 70
+  assert scoring.aime_vote("  7 ") == 7
+  assert [scoring.aime_vote(t) for t in ("0", "1000", "70.0", r"\boxed{x}", "-5")] == [None] * 5
+  assert scoring.aime_correct(r"so \boxed{70}", 70)
+  assert scoring.aime_correct("The answer is 70", 70)  # math-verify reads the text
+  assert not scoring.aime_correct(r"\boxed{70.0}", 70)
+  assert not scoring.aime_correct(r"\boxed{71}", 70)
 
 
 def test_mcq_credit_right_wrong_invalid():
@@ -116,14 +171,13 @@ def test_pass_at_k_is_the_exact_binomial_estimator():
     scoring.pass_at_k(10, 1, 11)
 
 
-def test_majority_vote():
-  answers = [5, None, 7, 7, 5, 5]
-  assert scoring.majority(answers) == 5
-  assert scoring.majority([None, None]) is None               # no valid answer
-  assert scoring.majority([3, 4]) == 3                        # tie: the first seen
-  assert scoring.maj_at_k(answers, 5, 6) == 1.0
-  assert scoring.maj_at_k(answers, 7, 4) == 1.0               # first 4: 5, None, 7, 7
-  assert scoring.maj_at_k(answers, 5, 4) == 0.0
-  assert scoring.maj_at_k([None] * 3, 0, 3) == 0.0
-  with pytest.raises(ValueError, match="k=7"):
-    scoring.maj_at_k(answers, 5, 7)
+def test_maj_pass_at_k():
+  votes = [5, None, 7, 7, 5, 5, 9]
+  assert scoring.maj_pass_at_k(votes, 5, 1) == 1.0              # 5 x3, 7 x2, 9 x1
+  assert scoring.maj_pass_at_k(votes, 7, 1) == 0.0
+  assert scoring.maj_pass_at_k(votes, 7, 2) == 1.0
+  assert scoring.maj_pass_at_k(votes, 9, 2) == 0.0 and scoring.maj_pass_at_k(votes, 9, 100) == 1.0
+  assert scoring.maj_pass_at_k([3, 4], 4, 1) == 0.0            # tie: the first seen ranks first
+  assert scoring.maj_pass_at_k([None] * 3, 0, 10) == 0.0
+  with pytest.raises(ValueError, match="k >= 1"):
+    scoring.maj_pass_at_k(votes, 5, 0)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from experiments import configs
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import loop
+from hrm_jax.train import metrics as metrics_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,17 +118,70 @@ def test_init_from_loads_weights_with_fresh_optimizer(demo_dir, tmp_path, straig
   assert int(out.state.step) == 1 and int(out.state.opt_state.count) == 1
 
 
-def test_nonfinite_loss_stops_and_names_the_step(demo_dir, tmp_path):
-  with pytest.raises(FloatingPointError, match="non-finite loss at step 1"):
+def test_nonfinite_stops_and_names_the_step_and_the_quantity(demo_dir, tmp_path):
+  # lr nan: step 1's loss and gradient are finite, the parameters it makes are not.
+  with pytest.raises(FloatingPointError, match="non-finite param_norm at step 1; stopping"):
     loop.train(tiny_config(demo_dir, **{"train.lr": float("nan"), "train.max_steps": 2}),
                str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "1"))
 
 
-def test_skip_nonfinite_keeps_params(demo_dir, tmp_path):
+def test_skip_nonfinite_keeps_params_and_counts_skips(demo_dir, tmp_path):
   out = loop.train(tiny_config(demo_dir, **{"train.lr": float("nan"), "train.max_steps": 2,
                                             "train.skip_nonfinite": True}), str(tmp_path))
   assert out.steps_done == 2 and np.isfinite(leaves(out.state.params)[0]).all()
+  assert [m["skipped_steps"] for m in read_metrics(str(tmp_path))] == [1, 2]
+
+
+def test_too_many_consecutive_skips_stop_the_run(demo_dir, tmp_path, capsys):
+  """lr 1e30: every update overflows the parameter norm, so every step is skipped; the run
+  must not 'finish' with its initial weights."""
+  cfg = tiny_config(demo_dir, **{"train.lr": 1e30, "train.max_steps": 6,
+                                 "train.skip_nonfinite": True, "train.max_consecutive_skips": 2})
+  with pytest.raises(FloatingPointError, match=r"3 consecutive steps were skipped as non-finite "
+                     r"\(the first at step 1: param_norm\), more than "
+                     r"train.max_consecutive_skips=2"):
+    loop.train(cfg, str(tmp_path))
+  assert "skipped 3" in capsys.readouterr().out
+
+
+def _truncate_an_array_file(step_dir):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state"))
+           for f in fs if os.path.getsize(os.path.join(d, f)) > 1000]
+  with open(max(files, key=os.path.getsize), "r+b") as f:
+    f.truncate(100)
+
+
+@pytest.mark.parametrize("damage", ["truncated array file", "missing item"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(demo_dir, tmp_path, straight,
+                                                                 capsys, damage):
+  ref, ref_metrics = straight
+  workdir = str(tmp_path)
+  loop.train(tiny_config(demo_dir, **{"train.max_steps": 3, "checkpoint.every_steps": 2}),
+             workdir)
+  newest = os.path.join(workdir, "checkpoints", "3")
+  if damage == "missing item":
+    shutil.rmtree(os.path.join(newest, "state"))
+  else:
+    _truncate_an_array_file(newest)
+  capsys.readouterr()
+  resumed = loop.train(tiny_config(demo_dir, **{"train.max_steps": 6}), workdir)
+  out = capsys.readouterr().out
+  assert f"WARNING: checkpoint {newest} cannot be restored" in out
+  assert "Resuming from step 2" in out
+  for a, b in zip(leaves(resumed.state), leaves(ref.state)):
+    np.testing.assert_array_equal(a, b)
+  assert [m["step"] for m in read_metrics(workdir)] == list(range(1, 7))
+
+
+def test_metrics_of_steps_after_the_resumed_checkpoint_are_dropped(tmp_path):
+  """What a kill -9 between a checkpoint and the next leaves: rows past the checkpoint and a
+  torn last line; the resumed run logs those steps again, so they go."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6))
+                  + '{"step": 6, "lo')
+  metrics_lib.MetricWriter(str(tmp_path), resume_step=3).close()
+  assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
 
 
 def test_config_names_and_keys_are_checked():
@@ -163,3 +218,27 @@ def test_demo_config_loss_falls(demo_dir, tmp_path):
   losses = [m["loss"] for m in read_metrics(str(tmp_path))]
   assert len(losses) == 12 and all(np.isfinite(losses))
   assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 2 MiB tmpfs: room for one checkpoint of the tiny model (1.2 MB), not two."""
+  mnt = tmp_path / "small_disk"
+  mnt.mkdir()
+  if os.geteuid() != 0:
+    pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+  subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+  yield mnt
+  subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_a_full_disk_while_saving_is_one_clear_error(demo_dir, small_disk):
+  workdir = str(small_disk / "run")
+  cfg = tiny_config(demo_dir, **{"train.max_steps": 3, "checkpoint.every_steps": 1,
+                                 "checkpoint.async_save": True})
+  with pytest.raises(ckpt_lib.CheckpointSaveError,
+                     match=r"saving the checkpoint of step 2 in .*/run/checkpoints failed: no "
+                           r"space left on device.*already written are intact \(1\)"):
+    loop.train(cfg, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]
+  assert ckpt_lib.manager(os.path.join(workdir, "checkpoints"), 3).latest_step() == 1

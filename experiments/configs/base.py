@@ -44,12 +44,22 @@ def get_config() -> ml_collections.ConfigDict:
       warmup_steps=2000, lr_min_ratio=1.0, epochs=4,
       total_steps=0,        # 0 = epochs * total_length // global batch tokens (reference)
       max_steps=-1,         # stop early after this many steps (-1 = run to total_steps)
-      microbatches=1, seed=0, skip_nonfinite=False,
+      microbatches=1, seed=0,
+      skip_nonfinite=False,  # skip (do not apply) steps with a non-finite loss/grad/params
+      max_consecutive_skips=10,  # with skip_nonfinite: more skipped steps in a row stop
       loss_chunk=1024,      # tokens per head+loss chunk (0 = materialise all logits)
   ))
-  c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))  # (data, fsdp, tensor)
+  # (data, fsdp, tensor) inside a slice; dcn_shape: slices per axis (multi-slice TPU, GPU
+  # hosts over a slower network), e.g. (2, 1, 1) for data parallelism over two slices.
+  c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), dcn_shape=(1, 1, 1)))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
   c.log = ml_collections.ConfigDict(dict(every_steps=10))
+  # jax.profiler trace of steps start_step+1 .. start_step+steps into <workdir>/profile
+  # (process 0; view with TensorBoard's profile plugin or Perfetto). steps=0: off.
+  c.profile = ml_collections.ConfigDict(dict(start_step=10, steps=0))
+  # Held-out loss of the EMA weights on a second sampled directory every `every_steps`
+  # (at most max_batches batches of its first epoch; 0 = all). path "": off.
+  c.eval_data = ml_collections.ConfigDict(dict(path="", every_steps=500, max_batches=20))
   c.init_from = ml_collections.ConfigDict(dict(path="", use_ema=True))
   c.demo = ml_collections.ConfigDict(dict(show_answers=0))
   # experiments/ablate.py: the training budget of each run (0 = train.total_steps, else the

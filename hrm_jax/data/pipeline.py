@@ -4,8 +4,8 @@ The global batch is `rows` rows of `row_len` tokens (the reference's data-parall
 with `global_batch_size / ranks` tokens). The plan of every epoch depends only on example
 lengths, so each process computes it and builds only its own rows
 [p * rows / P, (p + 1) * rows / P). Steps of all epochs form one grain MapDataset indexed by the
-global step; its iterator state (the next index) is what a checkpoint stores, so a restored
-iterator yields exactly the next batch.
+global step; its iterator state (the next global step) is what a checkpoint stores, so a restored
+iterator yields exactly the next batch, on any number of processes that divides the rows.
 """
 
 from __future__ import annotations
@@ -104,7 +104,6 @@ class Pipeline:
   def _fingerprint(self) -> dict[str, Any]:
     return {"version": STATE_VERSION, "rows": self.rows, "row_len": self.row_len,
             "seed": self.seed, "target_only": self.target_only, "drop_last": self.drop_last,
-            "process_index": self.process_index, "process_count": self.process_count,
             "total_length": self.sampled.total_length, "num_epochs": self.sampled.num_epochs,
             "total_batches": int(self._offsets[-1])}
 
@@ -148,7 +147,9 @@ class PipelineIterator(Iterator[dict[str, np.ndarray]]):
     return {"grain": self._it.get_state(), "pipeline": self.pipeline._fingerprint()}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    want, have = self.pipeline._fingerprint(), state.get("pipeline")
+    want, have = self.pipeline._fingerprint(), dict(state.get("pipeline") or {})
+    for key in ("process_index", "process_count"):  # in states saved before 2026-12
+      have.pop(key, None)
     if want != have:
       raise DataError(f"iterator state was saved by a different pipeline or data: saved "
                       f"{have}, this pipeline {want}")

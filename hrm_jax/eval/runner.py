@@ -1,10 +1,14 @@
 """The evaluation engine: benchmark items -> prompts -> batched `generate` -> scores.
 
 Benchmarks with the same generation settings (`tasks.GenSettings`) share one stream, so the
-five one-token multiple-choice benchmarks run as one sequence of batches. Within a stream
-requests are sorted by prompt length (longest first: the biggest shape compiles and runs
-first, so memory problems show at once) and the last batch is padded to the batch size with
-copies, so `generate`'s length buckets bound the number of compiled shapes.
+five one-token multiple-choice benchmarks run as one sequence of batches. Every row has its
+own budget, as in the reference engine: the rest of the context after its prompt (or the
+benchmark's fixed count, or the --max_new_tokens cap), and a prompt that does not fit the
+context gets an empty output, scored as invalid. Within a stream requests are sorted by
+prompt length (longest first: the biggest shape compiles and runs first, so memory problems
+show at once); a batch generates its largest budget and each row keeps its own. The last
+batch is padded to the batch size with copies, so `generate`'s length buckets bound the
+number of compiled shapes.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ def read_split(bench: tasks.Benchmark, split: sources.Split,
 
 def load_examples(bench: tasks.Benchmark, data_dir: Optional[str], limit: Optional[int] = None
                   ) -> tuple[list[tasks.Example], list[tasks.Example]]:
-  """(evaluated examples, the first `limit` of the eval split; shot examples)."""
+  """(evaluated examples, the first `limit` of the eval split; shot examples: the first
+  `bench.shots` rows of the shot split, or all of them for per-subject shots)."""
   rows, where = read_split(bench, bench.eval_split, data_dir)
   if limit is not None:
     rows = rows[:limit]
@@ -56,6 +61,8 @@ def load_examples(bench: tasks.Benchmark, data_dir: Optional[str], limit: Option
   shots: list[tasks.Example] = []
   if bench.shot_split is not None and bench.shots > 0:
     shot_rows, shot_where = read_split(bench, bench.shot_split, data_dir)
+    if not bench.macro_by_group:
+      shot_rows = shot_rows[:bench.shots]
     shots = [bench.parse(r, f"{shot_where}: row {i}") for i, r in enumerate(shot_rows)]
   return examples, shots
 
@@ -70,58 +77,55 @@ def needed_files(benches: Sequence[tasks.Benchmark]) -> list[tuple[str, str, sou
   return out
 
 
+def prompt_records(bench: tasks.Benchmark, examples: Sequence[tasks.Example],
+                   shots: Sequence[tasks.Example]) -> list[dict[str, Any]]:
+  """One record per item (AIME: per problem, not per sample): what --dump_prompts writes."""
+  return [{"benchmark": bench.name, "index": i, "condition": bench.condition,
+           "prompt": tasks.prompt(bench, ex, shots)} for i, ex in enumerate(examples)]
+
+
 # --- prompts -----------------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Prompts:
-  """The token prompts of one benchmark and how they were fitted to the context."""
+  """The token prompts of one benchmark and each row's generation budget (0: the prompt
+  does not fit the window and its output is empty)."""
   ids: list[list[int]]
   max_new: list[int]
   shots_used: list[int]
-  shots_dropped: int = 0  # items that got fewer shots than the benchmark's count
-  truncated: int = 0  # items whose text alone did not fit (cut from the left)
+  window: int  # prompt + generation fit in it: the reference's context, or max_seq_len
+
+  @property
+  def too_long(self) -> int:
+    return sum(n == 0 for n in self.max_new)
 
 
-def generation_budget(settings: tasks.GenSettings, max_seq_len: int,
-                      cap: Optional[int]) -> tuple[int, int]:
-  """(window, fixed new tokens or 0): prompt + new tokens must fit the window."""
-  if settings.context is not None:
-    return min(settings.context, max_seq_len), 0
-  new = settings.max_new_tokens
+def row_budget(settings: tasks.GenSettings, window: int, prompt_len: int,
+               cap: Optional[int] = None) -> int:
+  """New tokens of one row: the rest of the window (or the fixed count, if smaller), at most
+  `cap` for open-ended generation; 0 when the prompt fills the window."""
+  if prompt_len >= window:
+    return 0
+  new = window - prompt_len
+  if settings.max_new_tokens is not None:
+    new = min(new, settings.max_new_tokens)
   if cap is not None and settings.open_ended:
     new = min(new, cap)
-  return max_seq_len, new
+  return new
 
 
 def build_prompts(bench: tasks.Benchmark, examples: Sequence[tasks.Example],
                   shots: Sequence[tasks.Example], tok: Tokenizer, max_seq_len: int,
                   cap: Optional[int] = None) -> Prompts:
-  """boq + condition + (header, shots, item) + eoq per item, dropping shots from the last
-  while prompt + generation would exceed the model's context; a text too long even without
-  shots keeps its end (the question) and is counted as truncated."""
-  window, fixed_new = generation_budget(bench.settings, max_seq_len, cap)
-  budget = window - max(fixed_new, 1)
-  if budget < 3:
-    raise ValueError(f"{bench.name}: context {window} leaves no room for a prompt")
-  out = Prompts([], [], [])
+  """boq + condition + prompt + eoq per item, each with its own budget in the window
+  min(reference context, max_seq_len). Shots are never dropped to fit."""
+  window = min(bench.settings.context, max_seq_len)
+  out = Prompts([], [], [], window)
   for ex in examples:
-    pool = tasks.shot_pool(bench, list(shots), ex)
-    k = len(pool)
-    ids = tok.format_prompt(tasks.prompt_text(bench, ex, pool), bench.condition)
-    while len(ids) > budget and k > 0:
-      k -= 1
-      ids = tok.format_prompt(tasks.prompt_text(bench, ex, pool[:k]), bench.condition)
-    if len(ids) > budget:
-      head = 1 + len(tok.condition_tokens(bench.condition))
-      ids = ids[:head] + ids[len(ids) - (budget - head):]
-      out.truncated += 1
-    out.shots_dropped += k < len(pool)
-    new = fixed_new or window - len(ids)
-    if cap is not None and bench.settings.open_ended:
-      new = min(new, cap)
+    ids = tok.format_prompt(tasks.prompt(bench, ex, shots), bench.condition)
     out.ids.append(ids)
-    out.max_new.append(new)
-    out.shots_used.append(k)
+    out.max_new.append(row_budget(bench.settings, window, len(ids), cap))
+    out.shots_used.append(len(tasks.shot_pool(bench, shots, ex)))
   return out
 
 
@@ -135,23 +139,48 @@ class Request:
   max_new: int
 
 
+def batches(lengths: Sequence[int], budgets: Sequence[int], batch_size: int,
+            max_seq_len: int) -> list[list[int]]:
+  """Request indices grouped for `generate`, longest prompts first. A batch generates its
+  largest budget (rows are trimmed to their own afterwards), so it closes when full or when
+  its longest prompt plus its largest budget would pass `max_seq_len`."""
+  out: list[list[int]] = []
+  current: list[int] = []
+  longest = most = 0
+  for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    if current and (len(current) == batch_size or
+                    max(longest, lengths[i]) + max(most, budgets[i]) > max_seq_len):
+      out.append(current)
+      current, longest, most = [], 0, 0
+    current.append(i)
+    longest, most = max(longest, lengths[i]), max(most, budgets[i])
+  if current:
+    out.append(current)
+  return out
+
+
 def run_stream(config: ModelConfig, variables: dict, tok: Tokenizer, settings: tasks.GenSettings,
                requests: Sequence[Request], batch_size: int, rng: jax.Array, desc: str,
                progress: bool = True) -> list[str]:
-  """Completion text of every request (eoa removed), in request order."""
-  order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
+  """Completion text of every request (eoa removed, at most its own `max_new` tokens; empty
+  for a request with no budget), in request order."""
+  live = [i for i, r in enumerate(requests) if r.max_new > 0]
   texts: list[str] = [""] * len(requests)
   bar = tqdm.tqdm(total=len(requests), desc=desc, unit="item", file=sys.stderr,
                   disable=not progress, smoothing=0.1)
-  for b, start in enumerate(range(0, len(order), batch_size)):
-    idx = order[start:start + batch_size]
+  bar.update(len(requests) - len(live))
+  groups = batches([len(requests[i].prompt) for i in live], [requests[i].max_new for i in live],
+                   batch_size, config.max_seq_len)
+  for b, group in enumerate(groups):
+    idx = [live[j] for j in group]
     prompts = [list(requests[i].prompt) for i in idx]
     prompts += [prompts[0]] * (batch_size - len(prompts))  # one batch shape per bucket
-    max_new = min(requests[i].max_new for i in idx)
-    outs = generate(config, variables, prompts, max_new, settings.temperature, settings.top_p,
+    most = max(requests[i].max_new for i in idx)
+    outs = generate(config, variables, prompts, most, settings.temperature,
                     eos_id=tok.eoa_id, rng=jax.random.fold_in(rng, b))
     for i, out in zip(idx, outs):
-      texts[i] = tok.decode([t for t in out if t != tok.eoa_id])
+      out = out[:requests[i].max_new]
+      texts[i] = tok.decode(out[:-1] if out and out[-1] == tok.eoa_id else out)
     bar.update(len(idx))
   bar.close()
   return texts
@@ -159,7 +188,8 @@ def run_stream(config: ModelConfig, variables: dict, tok: Tokenizer, settings: t
 
 def aggregate(bench: tasks.Benchmark, examples: Sequence[tasks.Example],
               outputs: Sequence[list[str]]) -> dict[str, Any]:
-  """Mean of each item metric (MMLU: macro-average over subjects, plus per subject)."""
+  """Mean of each item metric (MMLU, MMLU-Pro: macro-average over subjects or categories,
+  plus the micro average and each group)."""
   per_item = [bench.score(ex, outs) for ex, outs in zip(examples, outputs)]
   names = list(per_item[0])
   result: dict[str, Any] = {}
@@ -174,6 +204,9 @@ def aggregate(bench: tasks.Benchmark, examples: Sequence[tasks.Example],
     result["groups"] = {g: v[bench.metric] for g, v in by_group.items()}
   else:
     metrics = {m: float(np.mean([s[m] for s in per_item])) for m in names}
+  if "valid" in names:  # sampled (AIME): valid votes and the largest vote of each problem
+    result["valid_votes"] = [int(s["valid"]) for s in per_item]
+    result["consensus_votes"] = [int(s["consensus"]) for s in per_item]
   result.update(metric=bench.metric, score=metrics[bench.metric], n=len(examples),
                 metrics=metrics)
   return result
@@ -191,8 +224,10 @@ def evaluate(config: ModelConfig, variables: dict, tok: Tokenizer,
   """
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size} must be >= 1")
+  if max_new_tokens is not None and max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1 (None: to the context)")
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  if data_dir is not None:
+  if data_dir is not None and loaded is None:
     sources.check_local(data_dir, needed_files(benches))
   data = loaded if loaded is not None else {
       b.name: load_examples(b, data_dir, limit) for b in benches}
@@ -200,10 +235,12 @@ def evaluate(config: ModelConfig, variables: dict, tok: Tokenizer,
              for b in benches}
   for b in benches:
     p = prompts[b.name]
-    if p.shots_dropped or p.truncated:
-      log(f"[eval] {b.name}: {p.shots_dropped}/{len(p.ids)} prompts got fewer than "
-          f"{b.shots} shots and {p.truncated} were truncated to fit max_seq_len="
-          f"{config.max_seq_len} (shots used: min {min(p.shots_used)}, max {max(p.shots_used)})")
+    if p.window < b.settings.context:
+      log(f"[eval] {b.name}: the model's max_seq_len={config.max_seq_len} is below the "
+          f"reference context {b.settings.context}; prompt + generation fit in {p.window}")
+    if p.too_long:
+      log(f"[eval] {b.name}: {p.too_long}/{len(p.ids)} prompts do not fit the context of "
+          f"{p.window} tokens: empty outputs, scored as invalid (as the reference)")
   streams: dict[tasks.GenSettings, list[tasks.Benchmark]] = collections.defaultdict(list)
   for b in benches:
     streams[b.settings].append(b)
@@ -227,8 +264,9 @@ def evaluate(config: ModelConfig, variables: dict, tok: Tokenizer,
       results[b.name] = {
           **aggregate(b, examples, outputs[b.name]),
           "condition": b.condition, "shots": b.shots,
-          "shots_used_mean": float(np.mean(p.shots_used)), "shots_dropped": p.shots_dropped,
-          "truncated": p.truncated, "settings": dataclasses.asdict(settings),
+          "shots_used_mean": float(np.mean(p.shots_used)), "context": p.window,
+          "reference_context": b.settings.context, "too_long": p.too_long,
+          "settings": dataclasses.asdict(settings),
           "stream_items_per_s": len(requests) / max(seconds, 1e-9),
           "examples": [{"output": outs[0], "gold": ex.gold}
                        for ex, outs in zip(examples[:3], outputs[b.name][:3])],
@@ -237,8 +275,15 @@ def evaluate(config: ModelConfig, variables: dict, tok: Tokenizer,
 
 
 def markdown_table(results: dict[str, dict]) -> str:
-  """| benchmark | metric | score | n | with scores in percent."""
+  """| benchmark | metric | score | n | with scores in percent; a sampled benchmark (AIME)
+  gets a row per maj_pass@k / pass@k, its metric naming the samples per item."""
   lines = ["| benchmark | metric | score | n |", "|---|---|---|---|"]
   for name, r in results.items():
-    lines.append(f"| {name} | {r['metric']} | {100 * r['score']:.1f} | {r['n']} |")
+    samples = r.get("settings", {}).get("samples", 1)
+    if samples == 1:
+      lines.append(f"| {name} | {r['metric']} | {100 * r['score']:.1f} | {r['n']} |")
+      continue
+    for metric, value in r["metrics"].items():
+      if "@" in metric:
+        lines.append(f"| {name} | {metric} ({samples} samples) | {100 * value:.1f} | {r['n']} |")
   return "\n".join(lines)

@@ -1,11 +1,15 @@
-"""Benchmark scorers (REFERENCE section 6), pure Python: no JAX, no model.
+"""Benchmark scorers (the reference protocol, docs/evaluation.md), pure Python: no JAX.
 
-- GSM8K / AIME: the integer in the last `\\boxed{}` (or the whole text), `gsm8k_answer`.
-- MATH: math-verify equivalence of the gold and the last boxed content, `math_correct`.
+- `last_boxed`: the reference's answer extraction (last `\\boxed`, else last `\\fbox`).
+- GSM8K: the integer of the box (else of the whole text), `gsm8k_answer`.
+- MATH: math-verify equivalence of the gold and the box (else the text), `math_correct`, with
+  the reference's bare strings (`scorer="reference"`) or in `$...$` (`scorer="latex"`).
 - DROP: lm-evaluation-harness's EM / F1 (`lm_eval/tasks/drop/utils.py`), `drop_em_f1`.
 - Multiple choice: one generated token read as the letter; an invalid answer earns
-  1/num_choices (the expected credit of a uniform guess), `mcq_credit`.
-- AIME sampling: majority vote `maj_at_k` and the unbiased `pass_at_k` of Chen et al. (2021).
+  1/num_choices (the expected credit of a uniform guess), `mcq_credit`; MMLU-Pro's
+  free-form answers give their letter through `mmlu_pro_letter`.
+- AIME: integer votes `aime_vote`, `maj_pass_at_k` over the most frequent votes, and the
+  unbiased `pass_at_k` of Chen et al. (2021) with math-verify correctness `aime_correct`.
 """
 
 from __future__ import annotations
@@ -18,30 +22,36 @@ from typing import Hashable, Optional, Sequence
 import numpy as np
 
 LETTERS = string.ascii_uppercase
-_BOXED = "\\boxed{"
+MATH_SCORERS = ("reference", "latex")
 
 
 def last_boxed(text: str) -> Optional[str]:
-  """Content of the last `\\boxed{...}` (nested braces balanced), or None if there is none or
-  it is never closed."""
-  start = text.rfind(_BOXED)
+  """The reference's extraction: after the last `\\boxed` (or, when there is none, the last
+  `\\fbox`), the content of the first brace group (nested braces balanced), stripped; None
+  when there is neither or the group never closes."""
+  start = text.rfind("\\boxed")
   if start < 0:
-    return None
-  depth, i = 1, start + len(_BOXED)
-  for j in range(i, len(text)):
-    depth += {"{": 1, "}": -1}.get(text[j], 0)
-    if depth == 0:
-      return text[i:j]
+    start = text.rfind("\\fbox")
+    if start < 0:
+      return None
+  depth, left = 0, None
+  for i in range(start, len(text)):
+    if text[i] == "{":
+      depth += 1
+      left = i if left is None else left
+    elif text[i] == "}":
+      depth -= 1
+      if depth == 0:
+        return None if left is None else text[left + 1:i].strip()
   return None
 
 
 def gsm8k_answer(text: str) -> Optional[int]:
-  """The last boxed content (else the whole text), commas and `$` stripped, as
+  """A non-empty box's content (else the whole text), commas and `$` removed, stripped, as
   `int(float(...))`; None when that fails (not a number, inf, nan)."""
-  boxed = last_boxed(text)
-  raw = (text if boxed is None else boxed).replace(",", "").replace("$", "")
+  raw = last_boxed(text) or text
   try:
-    return int(float(raw))
+    return int(float(raw.replace(",", "").replace("$", "").strip()))
   except (ValueError, OverflowError):
     return None
 
@@ -52,11 +62,15 @@ def _as_latex(answer: str) -> str:
   return answer if "$" in answer else f"${answer}$"
 
 
-def math_correct(text: str, gold: str) -> bool:
-  """math-verify: `verify(parse(gold), parse(last boxed content, else the whole text))`,
-  boxed content and gold read as LaTeX (`$...$`)."""
+def math_correct(text: str, gold: str, scorer: str = "reference") -> bool:
+  """math-verify: `verify(parse(gold), parse(box, else the whole text))`. "reference" parses
+  the bare strings as the reference does; "latex" first wraps gold and box in `$...$`."""
   from math_verify import parse, verify  # imported here: sympy/antlr load take seconds
+  if scorer not in MATH_SCORERS:
+    raise ValueError(f"math scorer {scorer!r}: expected one of {MATH_SCORERS}")
   boxed = last_boxed(text)
+  if scorer == "reference":
+    return bool(verify(parse(gold), parse(text if boxed is None else boxed)))
   return bool(verify(parse(_as_latex(gold)), parse(text if boxed is None else _as_latex(boxed))))
 
 
@@ -151,19 +165,48 @@ def mcq_credit(text: str, num_choices: int, gold_letter: str) -> float:
   return float(answer == gold_letter)
 
 
-# --- sampling: majority vote and pass@k -----------------------------------------------------
+# --- MMLU-Pro ---------------------------------------------------------------------------------
 
-def majority(answers: Sequence[Optional[Hashable]]) -> Optional[Hashable]:
-  """The most frequent non-None answer (ties: the one seen first); None if none is valid."""
-  counts = collections.Counter(a for a in answers if a is not None)
-  return counts.most_common(1)[0][0] if counts else None
+def mmlu_pro_letter(text: str, num_options: int) -> Optional[str]:
+  """The answer letter of a free-form MMLU-Pro output: in the box if there is a non-empty one
+  (else the whole text), the last `(X)` of a valid letter, else the last valid letter
+  standing alone as a word; None if there is none."""
+  text = last_boxed(text) or text
+  letters = "|".join(LETTERS[:num_options])
+  for pattern in (rf"\(({letters})\)", rf"\b({letters})\b"):
+    found = re.findall(pattern, text)
+    if found:
+      return found[-1]
+  return None
 
 
-def maj_at_k(answers: Sequence[Optional[Hashable]], gold: Hashable, k: int) -> float:
-  """1.0 if the majority vote of the first k samples is the gold answer."""
-  if not 1 <= k <= len(answers):
-    raise ValueError(f"maj@k: need 1 <= k={k} <= samples={len(answers)}")
-  return float(majority(answers[:k]) == gold)
+# --- AIME: votes, majority and pass@k -------------------------------------------------------
+
+def aime_vote(text: str) -> Optional[int]:
+  """The box's content (else the whole text) read by `int()`, if it lies in 1..999 (an AIME
+  answer); None otherwise."""
+  boxed = last_boxed(text)
+  try:
+    value = int(text if boxed is None else boxed)
+  except ValueError:
+    return None
+  return value if 1 <= value <= 999 else None
+
+
+def aime_correct(text: str, gold: int) -> bool:
+  """math-verify of the box (else the text) against the gold integer's string."""
+  from math_verify import parse, verify
+  boxed = last_boxed(text)
+  return bool(verify(str(gold), parse(text if boxed is None else boxed)))
+
+
+def maj_pass_at_k(votes: Sequence[Optional[Hashable]], gold: Hashable, k: int) -> float:
+  """1.0 if `gold` is among the k most frequent valid votes of all samples (ties in the
+  order first seen; None votes are not counted)."""
+  if k < 1:
+    raise ValueError(f"maj_pass@k: need k >= 1, got {k}")
+  ranked = collections.Counter(v for v in votes if v is not None).most_common()
+  return float(gold in [v for v, _ in ranked[:k]])
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

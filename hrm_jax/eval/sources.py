@@ -62,15 +62,22 @@ def read_file(path: str) -> list[dict[str, Any]]:
 
 
 def read_hub(split: Split) -> list[dict[str, Any]]:
-  """Rows of `split` from the Hugging Face hub (needs `datasets` and network access)."""
+  """Rows of `split` from the Hugging Face hub (needs `datasets` and network access, or its
+  cache); any failure becomes one EvalDataError that says to pass --data_dir."""
+  hint = ("pass --data_dir=DIR with <DIR>/<benchmark>/<split>.jsonl|.parquet files (layout "
+          "in docs/evaluation.md) to evaluate offline")
   try:
     import datasets
   except ImportError as e:
     raise EvalDataError(f"reading {split.hub_name} from the hub needs `pip install datasets`; "
-                        "or pass --data_dir with local files") from e
+                        f"or {hint}") from e
   rows: list[dict[str, Any]] = []
   for config in split.hub_configs:
-    rows.extend(datasets.load_dataset(split.hub_path, config, split=split.hub_split).to_list())
+    try:
+      rows.extend(datasets.load_dataset(split.hub_path, config, split=split.hub_split).to_list())
+    except Exception as e:  # network, hub and cache errors come in many types
+      raise EvalDataError(f"could not load {split.hub_name} from the Hugging Face hub "
+                          f"({type(e).__name__}: {str(e)[:300]}); {hint}") from e
   return rows
 
 

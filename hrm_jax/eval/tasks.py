@@ -1,65 +1,71 @@
-"""The benchmarks of REFERENCE section 6: data schema, prompt template, shots, condition,
-generation settings and per-item scoring of each.
+"""The benchmarks of the reference protocol (docs/evaluation.md): data schema, prompt, shots,
+condition, generation settings and per-item scoring of each.
 
-| benchmark  | condition | shots (from)    | generation                         | metric      |
-|------------|-----------|-----------------|------------------------------------|-------------|
-| GSM8K      | synth,cot | 0               | greedy, context 3072               | accuracy    |
-| MATH       | synth,cot | 0               | greedy, context 3072               | accuracy    |
-| DROP       | direct    | 3 (train)       | greedy, <= 128 new tokens          | f1 (and em) |
-| MMLU       | direct    | 5 (dev, subject)| one token, the letter              | macro acc.  |
-| ARC-C      | direct    | 25 (train)      | one token, the letter              | accuracy    |
-| HellaSwag  | direct    | 10 (train)      | one token, the letter              | accuracy    |
-| Winogrande | direct    | 5 (train)       | one token, the letter              | accuracy    |
-| BoolQ      | direct    | 5 (train)       | one token, the letter              | accuracy    |
-| AIME       | synth,cot | 0               | n samples at temperature 0.6, 3072 | maj@n       |
+| benchmark  | condition | shots                        | generation (context)             |
+|------------|-----------|------------------------------|----------------------------------|
+| GSM8K      | synth,cot | 0                            | greedy, to the context (3072)    |
+| MATH       | synth,cot | 0                            | greedy, to the context (3072)    |
+| DROP       | direct    | 3 fixed (`drop_shots`)       | greedy, to the context (3072)    |
+| MMLU       | direct    | 5 dev rows of the subject    | one token (4096)                 |
+| ARC-C      | direct    | first 25 of validation       | one token (4096)                 |
+| HellaSwag  | direct    | first 10 of train            | one token (4096)                 |
+| Winogrande | direct    | first 5 of train (debiased)  | one token (4096)                 |
+| BoolQ      | direct    | first 5 of train             | one token (4096)                 |
+| AIME       | synth,cot | 0                            | 256 samples at T 0.6 (4096)      |
+| MMLU-Pro   | synth,cot | 0                            | greedy, to the context (3072)    |
 
-Shots are the first rows of the shot split (MMLU: the subject's dev rows), joined by blank
-lines before the question; every prompt is boq + condition + text + eoq (the bidirectional
-prefix) and generation stops at eoa. Multiple-choice prompts list the choices as `A. ...`
-and end with `Answer:`; the single generated token is the answer letter.
+A prompt is the text `prompt()` returns (already stripped, as the reference engine strips
+it); the engine wraps it in boq + condition tokens + text + eoq. AIME and MMLU-Pro are not in
+the default run (`DEFAULT`), as in the reference's default configuration.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import functools
 from typing import Any, Callable, Optional, Sequence
 
-from hrm_jax.eval import scoring
+from hrm_jax.eval import drop_shots, scoring
 from hrm_jax.eval.sources import EvalDataError, Split
 
-CONTEXT = 3072  # GSM8K / MATH / AIME: prompt + generation (REFERENCE section 6)
-DROP_MAX_NEW = 128  # DROP answers are short spans; generation stops at eoa before that
+CONTEXT = 3072  # GSM8K, MATH, DROP, MMLU-Pro: prompt + generation
+MCQ_CONTEXT = 4096  # the five one-token multiple-choice benchmarks
+AIME_CONTEXT = 4096
 AIME_TEMPERATURE = 0.6
+AIME_SAMPLES = 256
+AIME_KS = (1, 10, 100)
+MMLU_SHOTS = 5
+MMLU_SPECIAL_SHOTS = (("high_school_european_history", 3),)  # its 5-shot prompts are too long
+DEFAULT = ("GSM8K", "MATH", "DROP", "MMLU", "ARC-C", "HellaSwag", "Winogrande", "BoolQ")
 
 
 @dataclasses.dataclass(frozen=True)
 class GenSettings:
   """How a benchmark generates; benchmarks with equal settings share one stream.
 
-  max_new_tokens: a fixed budget; context: instead, prompt + generation <= context.
+  context: prompt + generation fit in it; a longer prompt gets an empty output (invalid).
+  max_new_tokens: a fixed budget (one token for multiple choice); None: to the context.
   """
-  temperature: float = 0.0
-  top_p: float = 1.0
-  samples: int = 1
+  context: int
   max_new_tokens: Optional[int] = None
-  context: Optional[int] = None
+  temperature: float = 0.0
+  samples: int = 1
 
   @property
   def open_ended(self) -> bool:
-    """Long free-form generation (the --max_new_tokens cap applies)."""
-    return self.max_new_tokens is None or self.max_new_tokens > 1
+    """Generation to the context (the --max_new_tokens cap applies)."""
+    return self.max_new_tokens is None
 
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-  """One benchmark item. `text` is what follows the shots (for multiple choice it ends with
-  `Answer:`); `target` completes it when the item serves as a shot."""
+  """One benchmark item: its own text (a multiple-choice query, a bare problem, DROP's
+  passage and question), the gold answer, the choices of a multiple-choice item and its group
+  (MMLU subject, MMLU-Pro category)."""
   text: str
-  target: str
   gold: Any
-  num_choices: int = 0
-  group: str = ""  # MMLU subject (macro-average and per-subject shots)
+  choices: tuple[str, ...] = ()
+  group: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +77,53 @@ class Benchmark:
   shots: int
   condition: str
   columns: tuple[str, ...]  # documented in the missing-file error
-  parse: Callable[[dict, str], Example]  # (row, "file:row") -> Example
+  parse: Callable[[dict, str], Example]  # (row, "file: row i") -> Example
+  render: Callable[[Example, Sequence[Example]], str]  # (item, its shots) -> prompt text
   score: Callable[[Example, list[str]], dict[str, float]]  # item metrics from its outputs
   metric: str  # the headline metric, one of score's keys
   settings: GenSettings
-  header: Callable[[Example], str] = lambda ex: ""
+  special_shots: tuple[tuple[str, int], ...] = ()  # (group, shots) exceptions
   macro_by_group: bool = False
+
+
+# --- prompts ---------------------------------------------------------------------------------
+
+def mcq_block(ex: Example, with_answer: bool) -> str:
+  """`query`, one `L. choice` line per choice, then `Answer: L` (a shot) or `Answer:`."""
+  lines = [ex.text.strip()] + [f"{scoring.LETTERS[i]}. {c.strip()}"
+                               for i, c in enumerate(ex.choices)]
+  return "\n".join(lines) + ("\nAnswer: " + ex.gold if with_answer else "\nAnswer:")
+
+
+def render_mcq(ex: Example, shots: Sequence[Example]) -> str:
+  return "".join(mcq_block(s, True) + "\n\n" for s in shots) + mcq_block(ex, False)
+
+
+DROP_PREFIX = "".join(f"{p}\nQ: {q}\nA: {a}\n\n" for p, q, a in drop_shots.SHOTS)
+
+
+def render_drop(ex: Example, shots: Sequence[Example]) -> str:
+  del shots  # DROP's shots are fixed
+  return DROP_PREFIX + ex.text
+
+
+def render_bare(ex: Example, shots: Sequence[Example]) -> str:
+  del shots
+  return ex.text
+
+
+def shot_pool(bench: Benchmark, shot_examples: Sequence[Example], ex: Example) -> list[Example]:
+  """The shots of `ex`: the first `bench.shots` shot rows (MMLU: of its subject, fewer when
+  the subject has fewer or is one of `special_shots`)."""
+  if bench.macro_by_group:
+    k = dict(bench.special_shots).get(ex.group, bench.shots)
+    return [s for s in shot_examples if s.group == ex.group][:k]
+  return list(shot_examples[:bench.shots])
+
+
+def prompt(bench: Benchmark, ex: Example, shot_examples: Sequence[Example]) -> str:
+  """The exact text the model reads between boq + condition and eoq (stripped)."""
+  return bench.render(ex, shot_pool(bench, shot_examples, ex)).strip()
 
 
 # --- parsing rows of each source schema -----------------------------------------------------
@@ -91,25 +138,6 @@ def _field(row: dict, name: str, where: str, kind: type | tuple = str) -> Any:
   return value
 
 
-def _choices_text(question: str, choices: Sequence[str]) -> str:
-  if not 2 <= len(choices) <= len(scoring.LETTERS):
-    raise EvalDataError(f"need 2..26 choices, got {len(choices)}")
-  lines = [question] + [f"{scoring.LETTERS[i]}. {c}" for i, c in enumerate(choices)]
-  return "\n".join(lines) + "\nAnswer:"
-
-
-def _mcq(question: str, choices: Sequence[str], gold_index: int, where: str,
-         group: str = "") -> Example:
-  if not 0 <= gold_index < len(choices):
-    raise EvalDataError(f"{where}: answer index {gold_index} outside the {len(choices)} choices")
-  try:
-    text = _choices_text(question, [str(c) for c in choices])
-  except EvalDataError as e:
-    raise EvalDataError(f"{where}: {e}") from e
-  letter = scoring.LETTERS[gold_index]
-  return Example(text, f" {letter}", letter, len(choices), group)
-
-
 def _int_field(row: dict, name: str, where: str) -> int:
   value = _field(row, name, where, (int, str))
   try:
@@ -118,39 +146,52 @@ def _int_field(row: dict, name: str, where: str) -> int:
     raise EvalDataError(f"{where}: field {name!r} should be an integer, got {value!r}") from e
 
 
+def _mcq(query: str, choices: Sequence[Any], gold_index: int, where: str,
+         group: str = "") -> Example:
+  if not 2 <= len(choices) <= len(scoring.LETTERS):
+    raise EvalDataError(f"{where}: need 2..26 choices, got {len(choices)}")
+  if not 0 <= gold_index < len(choices):
+    raise EvalDataError(f"{where}: answer index {gold_index} outside the {len(choices)} choices")
+  return Example(query, scoring.LETTERS[gold_index], tuple(str(c) for c in choices), group)
+
+
 def parse_gsm8k(row: dict, where: str) -> Example:
   answer = _field(row, "answer", where)
   if "####" not in answer:
     raise EvalDataError(f"{where}: field 'answer' has no '#### <number>' final answer")
-  gold = scoring.gsm8k_answer(answer.split("####")[-1].strip())
-  if gold is None:
-    raise EvalDataError(f"{where}: the '####' answer {answer.split('####')[-1]!r} is not a number")
-  return Example(_field(row, "question", where), answer, gold)
+  final = answer.split("####")[-1].strip().replace(",", "")
+  try:
+    gold = int(final)
+  except ValueError as e:
+    raise EvalDataError(f"{where}: the '####' answer {final!r} is not an integer") from e
+  return Example(_field(row, "question", where), gold)
 
 
 def parse_math(row: dict, where: str) -> Example:
-  """Gold = the `answer` column when present, else the last boxed of `solution`."""
-  problem = _field(row, "problem", where)
-  gold = row.get("answer")
-  if not isinstance(gold, str) or not gold.strip():
-    gold = scoring.last_boxed(_field(row, "solution", where))
-    if gold is None:
-      raise EvalDataError(f"{where}: no 'answer' field and no \\boxed{{}} in 'solution'")
-  return Example(problem, str(row.get("solution", gold)), gold)
+  """Gold = the last box of `solution` (EleutherAI/hendrycks_math has no answer column)."""
+  gold = scoring.last_boxed(_field(row, "solution", where))
+  if gold is None:
+    raise EvalDataError(f"{where}: field 'solution' has no \\boxed{{}} answer")
+  return Example(_field(row, "problem", where), gold)
 
 
 def parse_aime(row: dict, where: str) -> Example:
-  answer = _field(row, "answer", where, (int, str))
-  gold = scoring.gsm8k_answer(str(answer))
-  if gold is None:
-    raise EvalDataError(f"{where}: field 'answer' {answer!r} is not an integer")
-  return Example(_field(row, "problem", where), str(answer), gold)
+  """Gold = the integer `answer`, else the last box of `solution`."""
+  answer = row.get("answer")
+  if answer is None and isinstance(row.get("solution"), str):
+    answer = scoring.last_boxed(row["solution"])
+  try:
+    gold = int(answer)
+  except (TypeError, ValueError) as e:
+    raise EvalDataError(f"{where}: field 'answer' should be an integer (or 'solution' hold a "
+                        f"boxed one), got {answer!r}") from e
+  return Example(_field(row, "problem", where), gold)
 
 
 def drop_golds(row: dict, where: str) -> list[tuple[str, ...]]:
-  """Gold answers as span tuples. EleutherAI/drop: `answer` plus `validated_answers`, as
-  lm-evaluation-harness (number, else spans, else the date 'day month year'), deduplicated;
-  ucinlp/drop: `answers_spans` = {spans, types}, one gold of all its spans."""
+  """Gold answers as span tuples, as lm-evaluation-harness's DROP `process_docs`:
+  `answer` plus `validated_answers` (number, else spans, else the date 'day month year'),
+  deduplicated. ucinlp/drop rows (`answers_spans`) give one gold of all their spans."""
   if "answers_spans" in row:
     spans = _field(row, "answers_spans", where, dict).get("spans")
     if not isinstance(spans, list) or not spans:
@@ -183,79 +224,80 @@ def drop_golds(row: dict, where: str) -> list[tuple[str, ...]]:
 
 
 def parse_drop(row: dict, where: str) -> Example:
-  golds = drop_golds(row, where)
-  text = (f"Passage: {_field(row, 'passage', where)}\n"
-          f"Question: {_field(row, 'question', where)}\nAnswer:")
-  return Example(text, " " + ", ".join(golds[0]), golds)
+  text = f"{_field(row, 'passage', where)}\nQ: {_field(row, 'question', where)}\nA:"
+  return Example(text, drop_golds(row, where))
 
 
 def parse_mmlu(row: dict, where: str) -> Example:
-  choices = _field(row, "choices", where, list)
-  return _mcq(f"Question: {_field(row, 'question', where).strip()}", choices,
+  return _mcq(_field(row, "question", where), _field(row, "choices", where, list),
               _int_field(row, "answer", where), where, _field(row, "subject", where))
 
 
 def parse_arc(row: dict, where: str) -> Example:
-  """The answer key is matched to the choice labels by position, so digit keys ("1".."4")
-  and letter keys score alike."""
+  """The answer key is found among the choice labels by position, so digit keys ("1".."4")
+  and letter keys alike give the letter of that position."""
   choices = _field(row, "choices", where, dict)
   texts, labels = choices.get("text"), choices.get("label")
   if not isinstance(texts, list) or not isinstance(labels, list) or len(texts) != len(labels):
     raise EvalDataError(f"{where}: field 'choices' needs equal-length 'text' and 'label' lists")
   key = str(_field(row, "answerKey", where, (str, int)))
-  if key not in [str(l) for l in labels]:
+  labels = [str(l) for l in labels]
+  if key not in labels:
     raise EvalDataError(f"{where}: answerKey {key!r} is not one of the labels {labels}")
-  return _mcq(f"Question: {_field(row, 'question', where)}", texts,
-              [str(l) for l in labels].index(key), where)
-
-
-def _hellaswag_clean(text: str) -> str:
-  """lm-evaluation-harness's HellaSwag preprocessing (WikiHow markup)."""
-  text = text.strip().replace(" [title]", ". ")
-  return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+  return _mcq(_field(row, "question", where), texts, labels.index(key), where)
 
 
 def parse_hellaswag(row: dict, where: str) -> Example:
-  context = _field(row, "ctx", where)
-  label = row.get("activity_label")
-  if isinstance(label, str) and label:
-    context = f"{label}: {context}"
-  endings = [_hellaswag_clean(e) for e in _field(row, "endings", where, list)]
-  return _mcq(f"Context: {_hellaswag_clean(context)}\nQuestion: Which ending is the most "
-              "plausible?", endings, _int_field(row, "label", where), where)
+  """`ctx_a`, a space, `ctx_b` through `str.capitalize` (first letter up, the rest down)."""
+  query = (f"{_field(row, 'ctx_a', where)} {_field(row, 'ctx_b', where).capitalize()}\n"
+           "Question: Which is the most logical continuation?")
+  return _mcq(query, _field(row, "endings", where, list), _int_field(row, "label", where), where)
 
 
 def parse_winogrande(row: dict, where: str) -> Example:
   options = [_field(row, "option1", where), _field(row, "option2", where)]
-  return _mcq(f"Sentence: {_field(row, 'sentence', where)}\nQuestion: Which option fills the "
-              "blank (_)?", options, _int_field(row, "answer", where) - 1, where)
+  return _mcq(_field(row, "sentence", where), options, _int_field(row, "answer", where) - 1,
+              where)
 
 
 def parse_boolq(row: dict, where: str) -> Example:
-  question = _field(row, "question", where).strip()
-  question = question[0].upper() + question[1:] if question else question
-  if not question.endswith("?"):
-    question += "?"
-  answer = _field(row, "answer", where, bool)
-  return _mcq(f"Passage: {_field(row, 'passage', where)}\nQuestion: {question}", ["yes", "no"],
-              0 if answer else 1, where)
+  """`question` through `str.capitalize` and a `?`; True is A (Yes)."""
+  query = (f"{_field(row, 'passage', where)}\n"
+           f"Question: {_field(row, 'question', where).capitalize()}?")
+  return _mcq(query, ["Yes", "No"], 0 if _field(row, "answer", where, bool) else 1, where)
+
+
+def parse_mmlu_pro(row: dict, where: str) -> Example:
+  """`question`, `Options:`, one `(L) option` line each; gold = the `answer` letter."""
+  options = _field(row, "options", where, list)
+  if not 1 <= len(options) <= len(scoring.LETTERS):
+    raise EvalDataError(f"{where}: need 1..26 options, got {len(options)}")
+  answer = _field(row, "answer", where)
+  if answer not in scoring.LETTERS[:len(options)]:
+    raise EvalDataError(f"{where}: answer {answer!r} is not one of the {len(options)} option "
+                        f"letters")
+  text = (_field(row, "question", where) + "\nOptions:\n"
+          + "".join(f"({scoring.LETTERS[i]}) {o}\n" for i, o in enumerate(options)))
+  return Example(text, answer, tuple(str(o) for o in options), _field(row, "category", where))
 
 
 # --- per-item scores -------------------------------------------------------------------------
 
 def score_mcq(ex: Example, outputs: list[str]) -> dict[str, float]:
   answer = outputs[0].strip().upper()
-  valid = len(answer) == 1 and answer in scoring.LETTERS[:ex.num_choices]
-  return {"accuracy": scoring.mcq_credit(outputs[0], ex.num_choices, ex.gold),
+  valid = len(answer) == 1 and answer in scoring.LETTERS[:len(ex.choices)]
+  return {"accuracy": scoring.mcq_credit(outputs[0], len(ex.choices), ex.gold),
           "invalid": float(not valid)}
 
 
 def score_gsm8k(ex: Example, outputs: list[str]) -> dict[str, float]:
-  return {"accuracy": float(scoring.gsm8k_answer(outputs[0]) == ex.gold)}
+  answer = scoring.gsm8k_answer(outputs[0])
+  return {"accuracy": float(answer == ex.gold), "invalid": float(answer is None)}
 
 
-def score_math(ex: Example, outputs: list[str]) -> dict[str, float]:
-  return {"accuracy": float(scoring.math_correct(outputs[0], ex.gold))}
+def score_math(ex: Example, outputs: list[str], scorer: str = "reference") -> dict[str, float]:
+  return {"accuracy": float(scoring.math_correct(outputs[0], ex.gold, scorer)),
+          "invalid": float(scoring.last_boxed(outputs[0]) is None)}
 
 
 def score_drop(ex: Example, outputs: list[str]) -> dict[str, float]:
@@ -263,104 +305,106 @@ def score_drop(ex: Example, outputs: list[str]) -> dict[str, float]:
   return {"em": em, "f1": f1}
 
 
-def sample_ks(n: int) -> list[int]:
-  """k of maj@k / pass@k reported for n samples: powers of two below n, and n."""
-  return sorted({1 << i for i in range(n.bit_length()) if 1 << i < n} | {n})
+def score_mmlu_pro(ex: Example, outputs: list[str]) -> dict[str, float]:
+  letter = scoring.mmlu_pro_letter(outputs[0], len(ex.choices))
+  credit = 1.0 / len(ex.choices) if letter is None else float(letter == ex.gold)
+  return {"accuracy": credit, "invalid": float(letter is None)}
 
 
 def score_aime(ex: Example, outputs: list[str]) -> dict[str, float]:
-  answers = [scoring.gsm8k_answer(o) for o in outputs]
-  correct = sum(a == ex.gold for a in answers)
-  out = {}
-  for k in sample_ks(len(outputs)):
-    out[f"maj@{k}"] = scoring.maj_at_k(answers, ex.gold, k)
-    out[f"pass@{k}"] = scoring.pass_at_k(len(outputs), correct, k)
+  """maj_pass@k for every k of AIME_KS, pass@k for those <= the samples, the number of valid
+  votes and the size of the largest vote."""
+  votes = [scoring.aime_vote(o) for o in outputs]
+  correct = sum(scoring.aime_correct(o, ex.gold) for o in outputs)
+  valid = [v for v in votes if v is not None]
+  out = {"valid": float(len(valid)),
+         "consensus": float(max((valid.count(v) for v in set(valid)), default=0))}
+  for k in AIME_KS:
+    out[f"maj_pass@{k}"] = scoring.maj_pass_at_k(votes, ex.gold, k)
+    if k <= len(outputs):
+      out[f"pass@{k}"] = scoring.pass_at_k(len(outputs), correct, k)
   return out
 
 
 # --- the registry ----------------------------------------------------------------------------
 
-def _split(file: str, hub: str, configs: Sequence[Optional[str]], hub_split: str) -> Split:
-  return Split(file, hub, tuple(configs), hub_split)
-
-
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
                  "number_theory", "prealgebra", "precalculus")
-GREEDY_CONTEXT = GenSettings(context=CONTEXT)
-ONE_TOKEN = GenSettings(max_new_tokens=1)
+GREEDY = GenSettings(context=CONTEXT)
+ONE_TOKEN = GenSettings(context=MCQ_CONTEXT, max_new_tokens=1)
 
 
-def _mmlu_header(ex: Example) -> str:
-  return (f"The following are multiple choice questions (with answers) about "
-          f"{ex.group.replace('_', ' ')}.\n\n")
-
-
-def benchmarks(aime_samples: int = 16) -> dict[str, Benchmark]:
-  """Every benchmark by name; AIME draws `aime_samples` samples per problem."""
-  mcq = dict(condition="direct", score=score_mcq, metric="accuracy", settings=ONE_TOKEN)
+def benchmarks(aime_samples: int = AIME_SAMPLES, math_scorer: str = "reference"
+               ) -> dict[str, Benchmark]:
+  """Every benchmark by name; AIME draws `aime_samples` samples per problem; MATH is scored
+  by `math_scorer` ("reference" or "latex", `scoring.math_correct`)."""
+  if aime_samples < 1:
+    raise ValueError(f"aime_samples={aime_samples} must be >= 1")
+  if math_scorer not in scoring.MATH_SCORERS:
+    raise ValueError(f"math_scorer={math_scorer!r}: expected one of {scoring.MATH_SCORERS}")
+  mcq = dict(condition="direct", render=render_mcq, score=score_mcq, metric="accuracy",
+             settings=ONE_TOKEN)
   items = [
-      Benchmark("GSM8K", "gsm8k", _split("test", "openai/gsm8k", ["main"], "test"), None, 0,
-                "synth,cot", ("question", "answer ('... #### N')"), parse_gsm8k, score_gsm8k,
-                "accuracy", GREEDY_CONTEXT),
-      Benchmark("MATH", "math", _split("test", "EleutherAI/hendrycks_math", MATH_SUBJECTS,
-                                       "test"), None, 0, "synth,cot",
-                ("problem", "answer or solution (gold = last \\boxed{})"), parse_math,
-                score_math, "accuracy", GREEDY_CONTEXT),
-      Benchmark("DROP", "drop", _split("validation", "EleutherAI/drop", [None], "validation"),
-                _split("train", "EleutherAI/drop", [None], "train"), 3, "direct",
-                ("passage", "question", "answer + validated_answers (EleutherAI/drop) or "
-                 "answers_spans (ucinlp/drop)"), parse_drop, score_drop, "f1",
-                GenSettings(max_new_tokens=DROP_MAX_NEW)),
-      Benchmark("MMLU", "mmlu", _split("test", "cais/mmlu", ["all"], "test"),
-                _split("dev", "cais/mmlu", ["all"], "dev"), 5,
+      Benchmark("GSM8K", "gsm8k", Split("test", "openai/gsm8k", ("main",), "test"), None, 0,
+                "synth,cot", ("question", "answer ('... #### N')"), parse_gsm8k, render_bare,
+                score_gsm8k, "accuracy", GREEDY),
+      Benchmark("MATH", "math", Split("test", "EleutherAI/hendrycks_math", MATH_SUBJECTS,
+                                      "test"), None, 0, "synth,cot",
+                ("problem", "solution (gold = its last \\boxed{})"), parse_math, render_bare,
+                functools.partial(score_math, scorer=math_scorer), "accuracy", GREEDY),
+      Benchmark("DROP", "drop", Split("validation", "EleutherAI/drop", (None,), "validation"),
+                None, len(drop_shots.SHOTS), "direct",
+                ("passage", "question", "answer + validated_answers (EleutherAI/drop)"),
+                parse_drop, render_drop, score_drop, "f1", GREEDY),
+      Benchmark("MMLU", "mmlu", Split("test", "cais/mmlu", ("all",), "test"),
+                Split("dev", "cais/mmlu", ("all",), "dev"), MMLU_SHOTS,
                 columns=("question", "subject", "choices", "answer (index)"), parse=parse_mmlu,
-                header=_mmlu_header, macro_by_group=True, **mcq),
+                special_shots=MMLU_SPECIAL_SHOTS, macro_by_group=True, **mcq),
       Benchmark("ARC-C", "arc_challenge",
-                _split("test", "allenai/ai2_arc", ["ARC-Challenge"], "test"),
-                _split("train", "allenai/ai2_arc", ["ARC-Challenge"], "train"), 25,
+                Split("test", "allenai/ai2_arc", ("ARC-Challenge",), "test"),
+                Split("validation", "allenai/ai2_arc", ("ARC-Challenge",), "validation"), 25,
                 columns=("question", "choices {text, label}", "answerKey"), parse=parse_arc,
                 **mcq),
-      Benchmark("HellaSwag", "hellaswag", _split("validation", "Rowan/hellaswag", [None],
-                                                 "validation"),
-                _split("train", "Rowan/hellaswag", [None], "train"), 10,
-                columns=("ctx", "endings", "label"), parse=parse_hellaswag, **mcq),
+      Benchmark("HellaSwag", "hellaswag",
+                Split("validation", "Rowan/hellaswag", (None,), "validation"),
+                Split("train", "Rowan/hellaswag", (None,), "train"), 10,
+                columns=("ctx_a", "ctx_b", "endings", "label"), parse=parse_hellaswag, **mcq),
       Benchmark("Winogrande", "winogrande",
-                _split("validation", "allenai/winogrande", ["winogrande_xl"], "validation"),
-                _split("train", "allenai/winogrande", ["winogrande_xl"], "train"), 5,
+                Split("validation", "allenai/winogrande", ("winogrande_debiased",),
+                      "validation"),
+                Split("train", "allenai/winogrande", ("winogrande_debiased",), "train"), 5,
                 columns=("sentence", "option1", "option2", "answer ('1'/'2')"),
                 parse=parse_winogrande, **mcq),
-      Benchmark("BoolQ", "boolq", _split("validation", "google/boolq", [None], "validation"),
-                _split("train", "google/boolq", [None], "train"), 5,
+      Benchmark("BoolQ", "boolq", Split("validation", "google/boolq", (None,), "validation"),
+                Split("train", "google/boolq", (None,), "train"), 5,
                 columns=("question", "passage", "answer (bool)"), parse=parse_boolq, **mcq),
-      Benchmark("AIME", "aime", _split("test", "HuggingFaceH4/aime_2024", [None], "train"),
-                None, 0, "synth,cot", ("problem", "answer (integer)"), parse_aime, score_aime,
-                f"maj@{aime_samples}",
-                GenSettings(temperature=AIME_TEMPERATURE, samples=aime_samples,
-                            context=CONTEXT)),
+      Benchmark("AIME", "aime", Split("test", "math-ai/aime25", (None,), "test"), None, 0,
+                "synth,cot", ("problem", "answer (integer)"), parse_aime, render_bare,
+                score_aime, "maj_pass@1",
+                GenSettings(context=AIME_CONTEXT, temperature=AIME_TEMPERATURE,
+                            samples=aime_samples)),
+      Benchmark("MMLU-Pro", "mmlu_pro", Split("test", "TIGER-Lab/MMLU-Pro", ("default",),
+                                              "test"), None, 0, "synth,cot",
+                ("question", "options", "answer (letter)", "category"), parse_mmlu_pro,
+                render_bare, score_mmlu_pro, "accuracy", GREEDY, macro_by_group=True),
   ]
   return {b.name: b for b in items}
 
 
-def select(names: Optional[str], aime_samples: int = 16) -> list[Benchmark]:
-  """Benchmarks named in a comma list (case-insensitive), in registry order; all if empty."""
-  registry = benchmarks(aime_samples)
-  if not names:
-    return list(registry.values())
+def select(names: Optional[str], aime_samples: int = AIME_SAMPLES,
+           math_scorer: str = "reference") -> list[Benchmark]:
+  """Benchmarks named in a comma list (case-insensitive), in registry order; `DEFAULT` (the
+  reference's default run) when `names` is None."""
+  registry = benchmarks(aime_samples, math_scorer)
+  if names is None:
+    return [registry[n] for n in DEFAULT]
   by_lower = {n.lower(): n for n in registry}
   wanted = [n.strip() for n in names.split(",") if n.strip()]
+  if not wanted:
+    raise ValueError(f"--run_only={names!r} selects no benchmark; name at least one of "
+                     f"{list(registry)}")
   unknown = [n for n in wanted if n.lower() not in by_lower]
   if unknown:
     raise ValueError(f"--run_only: unknown benchmark(s) {unknown}; known: {list(registry)}")
   chosen = {by_lower[n.lower()] for n in wanted}
   return [b for n, b in registry.items() if n in chosen]
-
-
-def shot_pool(bench: Benchmark, shot_examples: list[Example], ex: Example) -> list[Example]:
-  """The shots of `ex`: the first `bench.shots` shot rows (of its subject for MMLU)."""
-  if bench.macro_by_group:
-    return [s for s in shot_examples if s.group == ex.group][:bench.shots]
-  return shot_examples[:bench.shots]
-
-
-def prompt_text(bench: Benchmark, ex: Example, shots: Sequence[Example]) -> str:
-  return bench.header(ex) + "".join(s.text + s.target + "\n\n" for s in shots) + ex.text

@@ -53,8 +53,10 @@ def gpu_target_config(gpu: str) -> str:
           f'platform_name: "CUDA"\ndevice_description_str: "{name}"\n')
 
 
-def compile_only_devices(target: str, topology: str, gpu: str = "h100") -> list[Any]:
-  """Devices to compile for. target tpu: topology like 'v5p:2x2x2' (chips, = v5p-16);
+def compile_only_devices(target: str, topology: str, gpu: str = "h100",
+                         slices: int = 1) -> list[Any]:
+  """Devices to compile for. target tpu: topology like 'v5p:2x2x2' (chips, = v5p-16) per
+  slice, `slices` of them (multi-slice: a mesh with `dcn_shape` spans them);
   gpu: '<slices>x<hosts per slice>x<gpus per host>', e.g. '1x2x8' (16 GPUs); cpu: the
   host's devices (set --xla_force_host_platform_device_count before JAX starts)."""
   from jax.experimental import topologies
@@ -64,7 +66,7 @@ def compile_only_devices(target: str, topology: str, gpu: str = "h100") -> list[
     # Compile-only use claims no TPU, so skip libtpu's one-process-per-host lock file
     # (/tmp/libtpu_lockfile), which would fail a second compiling process.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    return list(topologies.get_topology_desc(topology, "tpu").devices)
+    return list(topologies.get_topology_desc(topology, "tpu", num_slices=slices).devices)
   if target == "gpu":
     try:
       return list(topologies.get_topology_desc("", "cuda", topology=topology,
@@ -99,7 +101,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, model_config: config_lib.
                        devices: list[Any], bp_steps: Optional[int]):
   """Lower and compile the training step of `cfg` (mesh, rows x row_len, train section) for
   `devices` from abstract shapes; returns the jax Compiled object."""
-  mesh = sharding_lib.make_mesh(tuple(cfg.mesh.shape), devices)
+  mesh = sharding_lib.make_mesh(tuple(cfg.mesh.shape), devices, tuple(cfg.mesh.dcn_shape))
   tx, _ = optimizer(cfg.train, total_steps=10**6)  # the schedule's length changes no shapes
   model = LanguageModel(model_config)
   shardings = state_lib.state_shardings(model, tx, mesh)

@@ -9,11 +9,18 @@ from typing import Any
 from hrm_jax.config import ModelConfig
 from hrm_jax.data.demo import DemoData
 from hrm_jax.decode import generate
+from hrm_jax.train import distributed
 
 
 def evaluate(result: Any, per_task: int = 32) -> tuple[dict[str, float], list[tuple]]:
-  """(task -> exact match, [(task, prompt, gold, answer)]) over held-out demo examples."""
-  variables = {"params": result.state.ema, "buffers": result.state.buffers}
+  """(task -> exact match, [(task, prompt, gold, answer)]) over held-out demo examples.
+
+  The EMA weights may be sharded over several processes (multi-host training): every
+  process gathers them whole and generates the same greedy answers, so no process computes
+  on arrays it cannot address. All processes must call this together.
+  """
+  variables = distributed.gather_to_host(
+      {"params": result.state.ema, "buffers": result.state.buffers})
   return exact_match(result.model_config, variables, result.demo, per_task)
 
 
@@ -40,8 +47,12 @@ def exact_match(config: ModelConfig, variables: dict, demo: DemoData,
   return {task: right[task] / n for task, n in counts.items()}, rows
 
 
-def print_answers(result: Any, n: int) -> None:
+def report(result: Any, n: int, show: bool = True) -> None:
+  """Print the per-task table and `n` answers (`show`: on this process; every process of a
+  multi-host run calls this, see `evaluate`)."""
   scores, rows = evaluate(result)
+  if not show:
+    return
   print("\nHeld-out exact match (greedy, EMA weights):\n")
   print("| task | exact match |\n|---|---|")
   for task, score in scores.items():

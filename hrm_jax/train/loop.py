@@ -29,7 +29,8 @@ from hrm_jax.models import LanguageModel
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import metrics as metrics_lib
 from hrm_jax.train import state as state_lib
-from hrm_jax.train.step import jit_train_step, optimizer
+from hrm_jax.train.held_out import HeldOut
+from hrm_jax.train.step import NONFINITE, jit_train_step, optimizer
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -56,20 +57,68 @@ class TrainResult:
 
 
 class _Preemption:
-  """Sets a flag on SIGTERM so the loop can save and exit between steps."""
+  """SIGTERM on any host -> every host saves the same step and exits.
 
-  def __init__(self):
+  Multi-process: `jax.distributed.initialize` starts JAX's preemption service, which
+  catches SIGTERM on whichever host gets it and lets orbax's `reached_preemption(step)`
+  return True on every host at one agreed step. A single process has no such service, so
+  a Python handler sets a flag instead (installing it in multi-process runs would take the
+  signal away from the service).
+  """
+
+  def __init__(self, mngr):
+    self.mngr = mngr
     self.requested = threading.Event()
     self._previous = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if (not jax.distributed.is_initialized()
+        and threading.current_thread() is threading.main_thread()):
       self._previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
     return self
 
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+  def reached(self, step: int) -> bool:
+    """Called by every process after every step, with the same step."""
+    return self.requested.is_set() or self.mngr.reached_preemption(step)
+
+
+_HEALTHY = {"first_step": np.int32(-1), "first_code": np.int32(0), "skipped": np.int32(0),
+            "run": np.int32(0), "longest_run": np.int32(0)}
+
+
+@jax.jit
+def _track_health(health: dict, nonfinite: jax.Array, step: jax.Array) -> dict:
+  """Fold one step's `nonfinite` bits (step.NONFINITE) into the running record: the first
+  bad step and what was bad in it, steps skipped, the longest run of consecutive bad steps."""
+  bad = nonfinite != 0
+  new = (health["first_step"] < 0) & bad
+  run = jnp.where(bad, health["run"] + 1, 0)
+  return {"first_step": jnp.where(new, step, health["first_step"]),
+          "first_code": jnp.where(new, nonfinite, health["first_code"]),
+          "skipped": health["skipped"] + bad.astype(jnp.int32), "run": run,
+          "longest_run": jnp.maximum(health["longest_run"], run)}
+
+
+def _raise_if_unhealthy(health: dict, train_cfg: ml_collections.ConfigDict,
+                        workdir: str) -> None:
+  first = int(health["first_step"])
+  if first < 0:
+    return
+  what = ", ".join(n for i, n in enumerate(NONFINITE) if int(health["first_code"]) >> i & 1)
+  kept = (f"The last good checkpoint is kept in {os.path.join(workdir, 'checkpoints')}")
+  if not train_cfg.skip_nonfinite:
+    raise NonFiniteLossError(f"non-finite {what} at step {first}; stopping. {kept} (set "
+                             "train.skip_nonfinite to skip such steps)")
+  if int(health["longest_run"]) > train_cfg.max_consecutive_skips:
+    raise NonFiniteLossError(
+        f"{int(health['longest_run'])} consecutive steps were skipped as non-finite (the "
+        f"first at step {first}: {what}), more than train.max_consecutive_skips="
+        f"{train_cfg.max_consecutive_skips}; stopping, so the run cannot finish with "
+        f"untrained weights. {kept}")
 
 
 def open_data(cfg: ml_collections.ConfigDict):
@@ -87,8 +136,25 @@ def open_data(cfg: ml_collections.ConfigDict):
   return data_lib.open_sampled(path, epochs=cfg.train.epochs), demo
 
 
+def make_mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """The config's mesh, checked against the processes that will feed it."""
+  try:
+    mesh = sharding_lib.make_mesh(tuple(cfg.mesh.shape), dcn_shape=tuple(cfg.mesh.dcn_shape))
+    sharding_lib.check_process_layout(mesh, cfg.data.rows)
+  except ValueError as e:
+    raise ValueError(f"--config.mesh.shape={tuple(cfg.mesh.shape)} "
+                     f"--config.mesh.dcn_shape={tuple(cfg.mesh.dcn_shape)} with "
+                     f"{jax.process_count()} process(es) x {jax.local_device_count()} "
+                     f"device(s): {e}") from None
+  return mesh
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-  """Run (or resume) the training job described by `cfg` in `workdir`."""
+  """Run (or resume) the training job described by `cfg` in `workdir`.
+
+  Every process runs this with the same config (one process per host); each feeds its own
+  rows of the global batch, process 0 logs.
+  """
   is_main = jax.process_index() == 0
   sampled, demo = open_data(cfg)
   model_config = model_config_from(cfg, sampled.vocab_size)
@@ -96,7 +162,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     raise ValueError(f"--config.model.vocab_size={model_config.vocab_size} is smaller than the "
                      f"data's tokenizer vocabulary ({sampled.tokenizer_info['vocab_size']}, "
                      f"{sampled.path}/metadata.json)")
-  mesh = sharding_lib.make_mesh(tuple(cfg.mesh.shape))
+  mesh = make_mesh(cfg)
   pipeline = data_lib.Pipeline(sampled, rows=cfg.data.rows, row_len=cfg.data.row_len,
                                seed=cfg.data.seed, target_only=cfg.data.target_only,
                                process_index=jax.process_index(),
@@ -110,20 +176,21 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   shardings = state_lib.state_shardings(model, tx, mesh)
   batch_sharding = sharding_lib.batch_sharding(mesh)
   saved_config = {"config": cfg.to_dict(), "model_config": dataclasses.asdict(model_config)}
+  held_out = (HeldOut(cfg, model, shardings, mesh, model_config.vocab_size)
+              if cfg.eval_data.path else None)
 
   mngr = ckpt_lib.manager(os.path.join(workdir, "checkpoints"), cfg.checkpoint.keep,
                           cfg.checkpoint.async_save)
   iterator = pipeline.iterator()
-  latest = mngr.latest_step()
-  if latest is not None:
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            state_lib.abstract_state(model, tx), shardings)
-    state, data_state, _ = ckpt_lib.restore(mngr, latest, abstract, model_config)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          state_lib.abstract_state(model, tx), shardings)
+  restored = ckpt_lib.restore_latest(mngr, abstract, model_config)
+  if restored is not None:
+    state, data_state, _ = restored
     if data_state:
       iterator.set_state(data_state)
-    logging.info("Resuming from step %d", latest)
     if is_main:
-      print(f"Resuming from step {latest}", flush=True)
+      print(f"Resuming from step {int(jax.device_get(state.step))}", flush=True)
   else:
     state = state_lib.init_state(model, tx, jax.random.PRNGKey(cfg.train.seed), shardings)
     if cfg.init_from.path:
@@ -145,40 +212,45 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
       step_fns[bp_steps] = jit_train_step(model, tx, cfg.train, shardings, mesh, bp_steps)
     return step_fns[bp_steps]
 
-  writer = metrics_lib.MetricWriter(workdir)
+  step = int(jax.device_get(state.step))
+  writer = metrics_lib.MetricWriter(workdir, resume_step=step)
   peak = metrics_lib.peak_flops_per_device() * jax.device_count()
   tokens_per_batch = cfg.data.rows * cfg.data.row_len
-  step = int(jax.device_get(state.step))
-  first_bad = jnp.asarray(-1, jnp.int32)  # first step with a non-finite loss, on device
+  profile = range(cfg.profile.start_step, cfg.profile.start_step + cfg.profile.steps)
+  health = jax.device_put(_HEALTHY, sharding_lib.replicated(mesh))  # on device: no sync
   last: dict[str, float] = {}
   window_start, window_steps = time.perf_counter(), 0
   preempted = False
 
   def check_finite():
-    bad = int(jax.device_get(first_bad))
-    if bad >= 0 and not cfg.train.skip_nonfinite:
-      raise NonFiniteLossError(
-          f"non-finite loss at step {bad}; stopping. The last good checkpoint is kept in "
-          f"{os.path.join(workdir, 'checkpoints')} (set train.skip_nonfinite to skip such steps)")
+    _raise_if_unhealthy(jax.device_get(health), cfg.train, workdir)
 
   def save(force: bool = False):
     check_finite()
     ckpt_lib.save(mngr, step, state, iterator.get_state(), saved_config, force=force)
 
-  with _Preemption() as preemption:
+  with _Preemption(mngr) as preemption:
     while step < stop_at:
       try:
         local = next(iterator)
       except StopIteration:
         logging.info("data exhausted at step %d", step)
         break
+      if is_main and profile and step == profile.start:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
                for k, v in local.items()}
       bp = truncation.bp_steps_at(step + 1, total_steps, model_config)
       state, metrics = step_fn(bp)(state, batch)
-      first_bad = jnp.where((first_bad < 0) & metrics["nonfinite"], step + 1, first_bad)
+      health = _track_health(health, metrics["nonfinite"], np.int32(step + 1))
       step += 1
       window_steps += 1
+      if is_main and profile and step == profile.stop:
+        jax.block_until_ready(metrics)
+        jax.profiler.stop_trace()
+        print(f"Profiled steps {profile.start + 1}-{profile.stop}: "
+              f"{os.path.join(workdir, 'profile')}", flush=True)
+      row: dict[str, float] = {}
       if step % cfg.log.every_steps == 0 or step == stop_at:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         elapsed = time.perf_counter() - window_start
@@ -186,14 +258,23 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         tokens_per_s = tokens_per_batch / sec_per_step
         flops_per_token = flops_lib.train_flops_per_token(model_config, cfg.data.row_len, bp)
         values.update(lr=float(schedule(step - 1)), bp_steps=bp, tokens_per_s=tokens_per_s,
-                      mfu=flops_per_token * tokens_per_s / peak, step_time_s=sec_per_step)
-        last = values
-        writer.write(step, values)
+                      mfu=flops_per_token * tokens_per_s / peak, step_time_s=sec_per_step,
+                      skipped_steps=int(jax.device_get(health["skipped"])))
+        last = row = values
         if is_main:
           print(metrics_lib.progress_line(step, stop_at, values, sec_per_step), flush=True)
         check_finite()
         window_start, window_steps = time.perf_counter(), 0
-      if preemption.requested.is_set() or mngr.reached_preemption(step):
+      if held_out and (step % cfg.eval_data.every_steps == 0 or step == stop_at):
+        scores = held_out(state)
+        row = {**row, **scores}
+        if is_main:
+          print(f"step {step}: held-out " + " | ".join(
+              f"{k[len('eval_'):]} {v:.4f}" for k, v in scores.items()), flush=True)
+        window_start = time.perf_counter()  # evaluation time is not training throughput
+      if row:
+        writer.write(step, row)
+      if preemption.reached(step):
         save(force=True)
         preempted = True
         if is_main:
@@ -203,7 +284,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         save()
     if not preempted and mngr.latest_step() != step:
       save(force=True)
-  mngr.wait_until_finished()
+  ckpt_lib.wait(mngr, step)
   mngr.close()
   writer.close()
   return TrainResult(state=state, model_config=model_config, last_metrics=last,

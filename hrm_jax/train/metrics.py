@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hrm_jax import atomic
+
 # Dense bf16 peak FLOP/s per device (vendor figures).
 PEAK_FLOPS = {
     "H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12, "A100": 312e12,
@@ -50,18 +52,24 @@ def peak_flops_per_device(device: Optional[jax.Device] = None) -> float:
 class MetricWriter:
   """Appends one JSON object per logged step to metrics.jsonl and mirrors it to TensorBoard.
 
-  Only process 0 writes. Resumed runs append to the same files.
+  Only process 0 writes. A resumed run (`resume_step`) first drops the rows and events
+  logged after the step it resumes from (a run killed after its last checkpoint logged
+  steps it will repeat), so every step appears once.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled and jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      path = os.path.join(workdir, "metrics.jsonl")
+      if resume_step and os.path.exists(path):
+        _drop_rows_after(path, resume_step)
+      self._jsonl = open(path, "a", encoding="utf-8")
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                               purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, values: dict[str, Any]) -> None:
     if not self.enabled:
@@ -83,6 +91,27 @@ class MetricWriter:
       self._tb.close()
 
 
+def _drop_rows_after(path: str, step: int) -> None:
+  """Rewrite metrics.jsonl (atomically) without rows past `step`; a torn last line (kill -9
+  mid-write) goes too."""
+  keep, dropped = [], 0
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        dropped += 1
+        continue
+      if int(row.get("step", 0)) > step:
+        dropped += 1
+      else:
+        keep.append(line if line.endswith("\n") else line + "\n")
+  if dropped:
+    logging.info("%s: dropped %d rows logged after step %d", path, dropped, step)
+    with atomic.file(path) as f:
+      f.writelines(keep)
+
+
 def format_duration(seconds: float) -> str:
   seconds = max(0, int(seconds))
   h, rem = divmod(seconds, 3600)
@@ -96,4 +125,5 @@ def progress_line(step: int, total: int, values: dict[str, float], seconds_per_s
           f"loss {values['loss']:.4f} | acc {values['accuracy']:.3f} | "
           f"exact {values['exact_accuracy']:.3f} | lr {values['lr']:.2e} | "
           f"bp {values['bp_steps']} | {values['tokens_per_s']:.0f} tok/s | "
-          f"MFU {100 * values['mfu']:.1f}% | {1e3 * seconds_per_step:.0f} ms/step | ETA {eta}")
+          f"MFU {100 * values['mfu']:.1f}% | {1e3 * seconds_per_step:.0f} ms/step | ETA {eta}"
+          + (f" | skipped {values['skipped_steps']}" if values.get("skipped_steps") else ""))

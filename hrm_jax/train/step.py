@@ -23,6 +23,8 @@ from hrm_jax.models.lm import head
 from hrm_jax.train.state import TrainState
 
 MODEL_KEYS = ("inputs", "positions", "segment_ids", "prefix_mask")
+# Bits of metrics["nonfinite"]: 1 loss, 2 gradient norm, 4 parameter norm.
+NONFINITE = ("loss", "grad_norm", "param_norm")
 
 
 def _microbatch_sums(model: LanguageModel, loss_chunk: int, params, buffers, batch, bp_steps,
@@ -83,19 +85,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Languag
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = optim.ema_update(state.ema, params, ema_decay)
-  tokens = jnp.maximum(sums["tokens"], 1.0)
   metrics = {
-      "loss": sums["loss"] / tokens,
-      "accuracy": sums["accuracy"] / tokens,
-      "exact_accuracy": sums["exact_accuracy"] / jnp.maximum(sums["examples"], 1.0),
+      **summed_metrics(sums),
       "grad_norm": optax.tree.norm(grads),
       "param_norm": optax.tree.norm(params),
       "tokens": sums["tokens"],
   }
-  # A step is bad if its loss or gradient is non-finite, or if it made the params so.
-  finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-            & jnp.isfinite(metrics["param_norm"]))
-  metrics["nonfinite"] = ~finite
+  # A step is bad if its loss or gradient is non-finite, or if it made the params so;
+  # `nonfinite` says which (bits in NONFINITE order), so an error can name the quantity.
+  bad = [~jnp.isfinite(metrics[k]) for k in NONFINITE]
+  metrics["nonfinite"] = sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
+  finite = metrics["nonfinite"] == 0
   new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
   if skip_nonfinite:
     keep = lambda new_x, old_x: jnp.where(finite, new_x, old_x)
@@ -103,6 +103,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Languag
                       opt_state=jax.tree.map(keep, new.opt_state, state.opt_state),
                       ema=jax.tree.map(keep, new.ema, state.ema))
   return new, metrics
+
+
+def eval_sums(params, buffers, batch: dict[str, jax.Array], *, model: LanguageModel,
+              loss_chunk: int = 0) -> dict[str, jax.Array]:
+  """Loss and metric sums of a batch, forward only (every pass, no truncation needed);
+  `summed_metrics` turns the sums of many batches into means."""
+  _, sums = _microbatch_sums(model, loss_chunk, params, buffers, batch, None, 1.0)
+  return sums
+
+
+def summed_metrics(sums: dict[str, Any]) -> dict[str, Any]:
+  """Means from sums: loss and accuracy per labelled token, exact accuracy per example."""
+  tokens = jnp.maximum(sums["tokens"], 1.0)
+  return {"loss": sums["loss"] / tokens, "accuracy": sums["accuracy"] / tokens,
+          "exact_accuracy": sums["exact_accuracy"] / jnp.maximum(sums["examples"], 1.0)}
 
 
 def optimizer(train_cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation,
