@@ -353,7 +353,7 @@ def time_steps(plan: Plan, report: Report, peak_flops: float) -> None:
       report.add("step", {**row, "status": "skipped (time budget)"})
       continue
     try:
-      mesh = sharding_lib.make_mesh(tuple(cfg.mesh.shape))
+      mesh = loop.make_mesh(cfg)
       tx, _ = optimizer(cfg.train, total_steps=10**6)
       model = hrm_jax.LanguageModel(mc)
       shardings = state_lib.state_shardings(model, tx, mesh)
