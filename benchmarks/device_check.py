@@ -1,7 +1,7 @@
 """One accelerator check in a fixed time budget: are the attention kernels right on this
 device, how fast are they, and what do the hrm1b-shaped train step and decoding reach.
 
-    pip install -r requirements-gpu.txt          # jax 0.10.2 with its CUDA 12 plugin
+    pip install -r requirements-gpu.txt          # jax 0.10.2 with its CUDA 13 plugin
     python benchmarks/device_check.py --out=runs/device_check    # <= 8 minutes on one H200
     python benchmarks/device_check.py --smoke    # CPU: interpreted kernels, tiny shapes
 
