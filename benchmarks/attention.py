@@ -5,18 +5,16 @@
 
 Rows are packed like SFT data: examples of uniform random length in [16, --max_example]
 with a random prompt share, then padding (the table's last line: the share of tiles the
-blockwise kernels visit for that packing; the rest are skipped). Each variant is jitted as grad of a weighted sum
-of `attention.attend` wrt q, k and v (mask preparation included); time is the median of
---repeats runs after compilation (the impls' runs alternate), memory the compiled program's temp bytes (XLA's
-memory_analysis). Pallas kernels off their backend only run interpreted, which measures
+blockwise kernels visit for that packing; the rest are skipped). Each variant is the jitted
+forward and backward (wrt q, k and v) of `attention.attend`, mask preparation included
+(`hrm_jax.benchmarking.attention_fwd_bwd`, which benchmarks/device_check.py times too);
+time is the median of --repeats runs after compilation (the impls' runs alternate), memory
+the compiled program's temp bytes (XLA's memory_analysis). Pallas kernels off their backend only run interpreted, which measures
 nothing: they are listed as "n/a on <backend>". Variants whose temp memory exceeds
 --max_temp_gib are compiled but not run. Prints a markdown table and writes a PNG.
 """
 
 from __future__ import annotations
-
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +22,7 @@ import matplotlib
 import numpy as np
 from absl import app, flags
 
-from hrm_jax import attention
+from hrm_jax import attention, benchmarking
 from hrm_jax.kernels import ranges as ranges_lib
 
 matplotlib.use("Agg")
@@ -44,24 +42,10 @@ _MAX_TEMP = flags.DEFINE_float("max_temp_gib", 6.0, "skip running variants above
 _OUT = flags.DEFINE_string("out", "attention.png", "plot path")
 
 
-def packed_rows(rng: np.random.Generator, batch: int, seq: int,
-                max_example: int) -> tuple[np.ndarray, np.ndarray]:
-  """segment_ids and prefix_mask [batch, seq] of rows packed with random examples."""
-  seg = np.zeros((batch, seq), np.int32)
-  prefix = np.zeros((batch, seq), bool)
-  for r in range(batch):
-    t, n = 0, 1
-    while seq - t >= 16:
-      length = int(rng.integers(16, min(max_example, seq - t) + 1))
-      seg[r, t:t + length] = n
-      prefix[r, t:t + int(rng.integers(0, length))] = True
-      t, n = t + length, n + 1
-  return seg, prefix
-
-
 def visited_tiles(seq: int) -> float:
   """Share of the [S/chunk]^2 tiles the blockwise kernels visit for this seq's packing."""
-  seg, prefix = packed_rows(np.random.default_rng(seq), _BATCH.value, seq, _MAX_EXAMPLE.value)
+  seg, prefix = benchmarking.packed_rows(np.random.default_rng(seq), _BATCH.value, seq,
+                                         _MAX_EXAMPLE.value)
   r, padded = ranges_lib.pad_rows(ranges_lib.prefix_lm_ranges(jnp.asarray(seg),
                                                               jnp.asarray(prefix)),
                                   min(_CHUNK.value, seq))
@@ -73,37 +57,21 @@ def visited_tiles(seq: int) -> float:
 def compile_variant(impl: str, seq: int):
   """(compiled fwd+bwd, its args, temp bytes) of one impl on this seq's packing."""
   rng = np.random.default_rng(seq)  # the same packing and inputs for every impl
-  b, h, k = _BATCH.value, _HEADS.value, _HEAD_DIM.value
-  seg, prefix = packed_rows(rng, b, seq, _MAX_EXAMPLE.value)
-  q, kk, v, w = (jnp.asarray(rng.standard_normal((b, seq, h, k)), jnp.float32)
-                 for _ in range(4))
-
-  def loss(q, k, v, seg, prefix):
-    info = attention.make_mask_info(seg, prefix, impl)
-    return jnp.sum(attention.attend(q, k, v, info, impl, _CHUNK.value) * w)
-
-  args = (q, kk, v, jnp.asarray(seg), jnp.asarray(prefix))
-  compiled = jax.jit(jax.grad(loss, (0, 1, 2))).lower(*args).compile()
+  seg, prefix = benchmarking.packed_rows(rng, _BATCH.value, seq, _MAX_EXAMPLE.value)
+  q, k, v, w = benchmarking.random_qkv(rng, (_BATCH.value, seq, _HEADS.value, _HEAD_DIM.value),
+                                       jnp.float32)
+  args = (q, k, v, w, jnp.asarray(seg), jnp.asarray(prefix))
+  compiled = benchmarking.attention_fwd_bwd(impl, _CHUNK.value).lower(*args).compile()
   return compiled, args, compiled.memory_analysis().temp_size_in_bytes
 
 
 def measure(impls: list[str], seq: int) -> dict[str, tuple[float | None, int]]:
-  """impl -> (median fwd+bwd seconds or None when not run, compiled temp bytes). Runs of
-  the impls alternate, so a changing machine load hits all of them alike."""
+  """impl -> (median fwd+bwd seconds or None when not run, compiled temp bytes)."""
   variants = {impl: compile_variant(impl, seq) for impl in impls}
-  runnable = [i for i, (_, _, temp) in variants.items() if temp <= _MAX_TEMP.value * 2**30]
-  times: dict[str, list[float]] = {impl: [] for impl in runnable}
-  for impl in runnable:
-    compiled, args, _ = variants[impl]
-    jax.block_until_ready(compiled(*args))
-  for _ in range(_REPEATS.value):
-    for impl in runnable:
-      compiled, args, _ = variants[impl]
-      start = time.perf_counter()
-      jax.block_until_ready(compiled(*args))
-      times[impl].append(time.perf_counter() - start)
-  return {impl: (statistics.median(times[impl]) if impl in times else None, temp)
-          for impl, (_, _, temp) in variants.items()}
+  runnable = {i: (lambda c=c, a=a: c(*a)) for i, (c, a, temp) in variants.items()
+              if temp <= _MAX_TEMP.value * 2**30}
+  times = benchmarking.time_alternating(runnable, _REPEATS.value)
+  return {impl: (times.get(impl), temp) for impl, (_, _, temp) in variants.items()}
 
 
 def main(argv: list[str]) -> None:
