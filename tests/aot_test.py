@@ -55,6 +55,7 @@ def test_train_step_compiles_for_two_tpu_slices():
   cfg = _tiny_config()
   with cfg.unlocked():
     cfg.mesh.update(shape=(1, -1, 1), dcn_shape=(2, 1, 1))
+    cfg.data.rows = 8  # one row per chip
   devices = aot.compile_only_devices("tpu", "v5p:2x2x1", slices=2)
   assert len(devices) == 8 and {d.slice_index for d in devices} == {0, 1}
   model_config = loop.model_config_from(cfg, 512)

@@ -102,6 +102,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, model_config: config_lib.
   """Lower and compile the training step of `cfg` (mesh, rows x row_len, train section) for
   `devices` from abstract shapes; returns the jax Compiled object."""
   mesh = sharding_lib.make_mesh(tuple(cfg.mesh.shape), devices, tuple(cfg.mesh.dcn_shape))
+  sharding_lib.check_process_layout(mesh, cfg.data.rows)  # the hosts train.py would run on
   tx, _ = optimizer(cfg.train, total_steps=10**6)  # the schedule's length changes no shapes
   model = LanguageModel(model_config)
   shardings = state_lib.state_shardings(model, tx, mesh)
