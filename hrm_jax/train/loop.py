@@ -1,8 +1,10 @@
 """The training loop: data -> sharded jitted steps -> metrics and orbax checkpoints.
 
-Resumes automatically from the latest checkpoint in the workdir; SIGTERM saves and exits.
-A non-finite loss stops the run naming the step (the last good checkpoint is kept), or is
-skipped with `train.skip_nonfinite`.
+One process per host runs `train` with the same config (docs/multihost.md). It resumes from
+the newest checkpoint in the workdir that restores; SIGTERM on any host makes all save one
+step and exit. A non-finite loss, gradient or parameter norm stops the run naming the step
+and the quantity (the last good checkpoint is kept), or the step is skipped with
+`train.skip_nonfinite`, up to `train.max_consecutive_skips` in a row.
 """
 
 from __future__ import annotations
