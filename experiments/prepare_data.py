@@ -3,9 +3,14 @@
     python experiments/prepare_data.py --jsonl=a.jsonl,b.jsonl --tokenizer=tokenizer.json \
         --tokenizer_info=tokenizer_info.json --out=/tmp/sft --epochs=5 --max_seq_len=4096
 
-Drop/truncate rules are data_io's (see hrm_jax/data/prepare.py). The output is written to a
-temp folder and renamed into place, so an existing --out is never left half-written. Prints a
-markdown table of rows and tokens per input file.
+Drop/truncate rules are data_io's (see hrm_jax/data/prepare.py). Streams: chunks of lines are
+tokenised by --workers processes and appended to the output, so memory does not grow with the
+corpus. The output is written to a temp folder and renamed into place. An existing non-empty
+--out is refused; with --overwrite only a sampled directory (metadata.json, tokens.npy,
+epoch_*/ and this script's extras) that holds none of the inputs is replaced. Shows a progress
+bar (MB/s, rows/s) on stderr and prints a markdown table of rows, tokens and <unk> tokens per
+input file. Token ids are checked while writing and recorded (token_check.json), so training
+never rescans tokens.npy.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ _MAX_SEQ_LEN = flags.DEFINE_integer("max_seq_len", 4096, "model context (metadat
 _LONG = flags.DEFINE_enum("long_context", "truncate", ["truncate", "drop"],
                           "examples longer than the context: cut the response, or drop")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of the epoch permutations")
+_WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1,
+                                "processes that parse and tokenise (default: CPU count)",
+                                lower_bound=1)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing sampled directory at "
+                               "--out (never anything else)")
 flags.mark_flags_as_required(["jsonl", "tokenizer", "out", "epochs"])
 
 
@@ -47,7 +57,10 @@ def main(argv):
   try:
     summary = data.prepare_jsonl(_JSONL.value, tok, _OUT.value, epochs=_EPOCHS.value,
                                  max_seq_len=_MAX_SEQ_LEN.value, long_context=_LONG.value,
-                                 seed=_SEED.value, tokenizer_json=_TOKENIZER.value)
+                                 seed=_SEED.value, tokenizer_json=_TOKENIZER.value,
+                                 workers=_WORKERS.value, overwrite=_OVERWRITE.value,
+                                 other_inputs=[_INFO.value] if _INFO.value else [],
+                                 progress=True)
   except data.DataError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -189,21 +189,18 @@ def dtype_bounds_ids(dtype: np.dtype, vocab: int) -> bool:
   return np.iinfo(dtype).max < vocab and np.iinfo(dtype).min >= 0
 
 
-def scan_tokens(file: str, tokens: np.ndarray, vocab: int) -> tuple[int, int]:
-  """Reads all of `tokens` in chunks: (min id, max id); raises at the first id outside
-  [0, vocab), naming its index. O(tokens): for check_data.py, never on a training start."""
-  _check_dtype(file, tokens)
+def scan_tokens(tokens: np.ndarray, vocab: int) -> tuple[int, int, int | None]:
+  """Reads all of `tokens` in chunks: (min id, max id, index of the first id outside
+  [0, vocab) or None). O(tokens): for check_data.py, never on a training start."""
   lo_id, hi_id = 0, -1
   for lo in range(0, len(tokens), _SCAN_CHUNK):
     chunk = np.asarray(tokens[lo:lo + _SCAN_CHUNK])
-    bad = np.flatnonzero((chunk < 0) | (chunk >= vocab))
-    if bad.size:
-      i = lo + int(bad[0])
-      raise _fail(file, "tokens", f"token id {int(tokens[i])} at index {i} is outside the "
-                  f"vocabulary [0, {vocab})")
     lo_id = int(chunk.min()) if lo == 0 else min(lo_id, int(chunk.min()))
     hi_id = max(hi_id, int(chunk.max()))
-  return lo_id, hi_id
+    bad = np.flatnonzero((chunk < 0) | (chunk >= vocab))
+    if bad.size:
+      return lo_id, hi_id, lo + int(bad[0])
+  return lo_id, hi_id, None
 
 
 def token_record(tokens_file: str, dtype: np.dtype, min_id: int, max_id: int) -> dict[str, Any]:
