@@ -123,6 +123,11 @@ def test_prepare_data_script(tok_files, tmp_path):
   r = run(f"--jsonl={f}", f"--tokenizer={tok_files}", f"--out={out}", "--epochs=2",
           "--long_context=cut")
   assert r.returncode != 0 and "long_context" in r.stderr
+  r = run(f"--mix={f}:1.5", f"--tokenizer={tok_files}", f"--out={tmp_path}/mix", "--epochs=1")
+  assert r.returncode == 0, r.stderr
+  assert "| 6 | 1.50x |" in r.stdout
+  r = run(f"--mix={f}:lots", f"--tokenizer={tok_files}", f"--out={tmp_path}/m2", "--epochs=1")
+  assert r.returncode != 0 and "--mix" in r.stderr
 
 
 def reference_prepare(files, tok, out, *, epochs, max_seq_len, long_context, seed, tokenizer_json):
@@ -268,3 +273,48 @@ def test_prepare_data_never_replaces_what_it_did_not_write(tok_files, tmp_path):
   r = run(f"--jsonl={inside}", f"--out={out}", "--overwrite")
   assert r.returncode == 1 and "holds the input" in r.stderr
   assert os.path.isfile(inside)
+
+
+def test_parquet_input_equals_the_same_rows_as_jsonl(tok_files, tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  rows = random_rows(np.random.default_rng(4), 120)
+  j = write_jsonl(tmp_path / "rows.jsonl", rows)
+  p = str(tmp_path / "rows.parquet")
+  pq.write_table(pa.Table.from_pylist(rows), p, row_group_size=17)
+  tok = tokenizer.Tokenizer.load(tok_files)
+  out = str(tmp_path / "out")
+  data.prepare_jsonl([j], tok, out, epochs=2, max_seq_len=40, seed=1, chunk_bytes=500)
+  os.rename(out, tmp_path / "from_jsonl")
+  s = data.prepare_jsonl([p], tok, out, epochs=2, max_seq_len=40, seed=1, chunk_bytes=500,
+                         workers=2)
+  assert s.files[p].rows == 120
+  assert tree_bytes(out) == tree_bytes(tmp_path / "from_jsonl")
+  bad = str(tmp_path / "bad.parquet")
+  pq.write_table(pa.table({"instruction": ["a", None], "response": ["b", "c"]}), bad)
+  with pytest.raises(data.DataError, match=rf"{bad}:2: field 'instruction'"):
+    data.prepare_jsonl([bad], tok, str(tmp_path / "o"), epochs=1)
+  pq.write_table(pa.table({"prompt": ["a"], "response": ["b"]}), bad)
+  with pytest.raises(data.DataError, match=rf"{bad}: column 'instruction' missing"):
+    data.prepare_jsonl([bad], tok, str(tmp_path / "o"), epochs=1)
+
+
+def test_mix_repeats_and_caps_files_and_reports_coverage(tok_files, tmp_path):
+  a = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"a{i}", "response": "x"}
+                                         for i in range(10)])
+  b = write_jsonl(tmp_path / "b.jsonl", [{"instruction": f"b{i}", "response": "yy"}
+                                         for i in range(8)])
+  tok = tokenizer.Tokenizer.load(tok_files)
+  out = str(tmp_path / "mix")
+  s = data.prepare_jsonl([a, b], tok, out, epochs=2, repeats={a: 2, b: 0.25})
+  assert (s.files[a].used, s.files[b].used) == (20, 2)
+  assert "| 20 | 2.00x |" in s.table() and "| 2 | 0.25x |" in s.table()
+  d = data.open_sampled(out)
+  ex = d.examples(0)
+  assert len(ex) == 22 and d.total_length == int(ex.inst_len.sum() + ex.resp_len.sum())
+  texts = sorted(tok.decode(d.tokens[i:i + n]) for i, n in zip(ex.inst_start, ex.inst_len))
+  strip = lambda t: t.split("<|object_ref_start|>")[1].split("<|im_end|>")[0]
+  assert sorted(map(strip, texts)) == sorted([f"a{i}" for i in range(10)] * 2 + ["b0", "b1"])
+  assert len(d.tokens) == s.total.inst_tokens + s.total.resp_tokens  # tokens written once
+  with pytest.raises(data.DataError, match="repeat factor 0"):
+    data.prepare_jsonl([a], tok, str(tmp_path / "o"), epochs=1, repeats={a: 0})

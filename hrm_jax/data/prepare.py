@@ -1,4 +1,4 @@
-"""JSONL {"instruction", "response", "condition"} -> data_io sampled directory (the SFT path).
+"""JSONL or Parquet {instruction, response, condition} -> data_io sampled directory (SFT path).
 
 Rules of data_io's sampler (REFERENCE section 5): instruction = boq + condition tokens + text +
 eoq, response = text + eoa; responses shorter than 2 tokens are dropped (so an empty response
@@ -11,6 +11,11 @@ Streaming: the input is read in chunks of lines (`chunk_bytes`), each chunk is p
 tokenised (the `tokenizers` batch encoder) in one of `workers` forked processes, and the results
 are appended to the output in input order, so memory is bounded by the chunks in flight, not by
 the corpus. The output is byte-identical whatever the chunking and worker count.
+
+Mixing (data_io's per-prefix sampling idea): `repeats[file] = r` uses the file's kept examples
+floor(r) times plus its first round(frac(r) * kept) once more (r = 0.25 caps a file to its
+first quarter, r = 2 doubles it); tokens are written once, repeated examples share their
+spans, and the epoch permutations run over the whole mixed list.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
+import pyarrow.parquet as pq
 import tqdm
 
 from hrm_jax import jsonl
@@ -31,6 +37,7 @@ from hrm_jax.tokenizer import Tokenizer
 
 LongContext = Literal["truncate", "drop"]
 CHUNK_BYTES = 1 << 20  # input bytes per chunk: ~1M tokens at most in flight per worker
+PARQUET_COLUMNS = ("instruction", "response", "condition")  # data_io's cleaned data sets
 
 
 @dataclasses.dataclass
@@ -43,6 +50,7 @@ class FileStats:
   inst_tokens: int = 0
   resp_tokens: int = 0
   unk_tokens: int = 0  # <unk> ids in the tokenised texts of all rows (kept or not)
+  used: int = 0  # examples in the index after the file's repeat (mixing)
 
   def add(self, other: "FileStats") -> None:
     for f in dataclasses.fields(FileStats):
@@ -65,13 +73,14 @@ class PrepareSummary:
   def table(self) -> str:
     """Markdown table: rows and tokens per input file and in total."""
     head = ("| file | rows | kept | dropped (short response) | dropped (too long) | truncated "
-            "| instruction tokens | response tokens | tokens | `<unk>` tokens |")
-    lines = [head, "|" + "---|" * 10]
+            "| instruction tokens | response tokens | tokens | `<unk>` tokens | examples used "
+            "| coverage |")
+    lines = [head, "|" + "---|" * 12]
     for name, s in [*self.files.items(), ("**total**", self.total)]:
       lines.append(f"| {name} | {s.rows:,} | {s.kept:,} | {s.dropped_short:,} | "
                    f"{s.dropped_long:,} | {s.truncated:,} | {s.inst_tokens:,} | "
                    f"{s.resp_tokens:,} | {s.inst_tokens + s.resp_tokens:,} | "
-                   f"{s.unk_tokens:,} |")
+                   f"{s.unk_tokens:,} | {s.used:,} | {s.used / max(s.kept, 1):.2f}x |")
     return "\n".join(lines)
 
 
@@ -91,8 +100,39 @@ class Chunk:
   stats: FileStats
 
 
-def read_chunks(file: str, chunk_bytes: int) -> Iterator[tuple[list[tuple[int, bytes]], int]]:
-  """(lines [(line number, raw bytes)], their size in bytes) of about `chunk_bytes` each."""
+def is_parquet(file: str) -> bool:
+  return file.endswith(".parquet")
+
+
+def read_parquet_chunks(file: str, chunk_bytes: int) -> Iterator[tuple[list[tuple[int, dict]],
+                                                                       int]]:
+  """(rows [(row number from 1, {column: value})], bytes of the file they stand for)."""
+  try:
+    f = pq.ParquetFile(file)
+  except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+    raise DataError(f"{file}: not a readable Parquet file ({e})") from e
+  names = f.schema_arrow.names
+  for col in PARQUET_COLUMNS[:2]:
+    if col not in names:
+      raise DataError(f"{file}: column '{col}' missing (has {names}); expected "
+                      f"{list(PARQUET_COLUMNS)} (condition optional)")
+  columns = [c for c in PARQUET_COLUMNS if c in names]
+  total, size = max(f.metadata.num_rows, 1), os.path.getsize(file)
+  rows_per_chunk = max(1, int(chunk_bytes * total / max(size, 1)))
+  no = 0
+  for batch in f.iter_batches(batch_size=rows_per_chunk, columns=columns):
+    cols = batch.to_pydict()
+    rows = [(no + k + 1, {c: cols[c][k] for c in columns}) for k in range(batch.num_rows)]
+    no += batch.num_rows
+    yield rows, int(size * batch.num_rows / total)
+
+
+def read_chunks(file: str, chunk_bytes: int) -> Iterator[tuple[list[tuple[int, Any]], int]]:
+  """(rows [(line number, raw bytes)], their size in bytes) of about `chunk_bytes` each;
+  Parquet files give [(row number, {column: value})]."""
+  if is_parquet(file):
+    yield from read_parquet_chunks(file, chunk_bytes)
+    return
   lines: list[tuple[int, bytes]] = []
   size = 0
   with open(file, "rb") as f:
@@ -106,18 +146,21 @@ def read_chunks(file: str, chunk_bytes: int) -> Iterator[tuple[list[tuple[int, b
     yield lines, size
 
 
-def encode_chunk(tokenizer: Tokenizer, file: str, lines: Sequence[tuple[int, bytes]],
+def encode_chunk(tokenizer: Tokenizer, file: str, lines: Sequence[tuple[int, Any]],
                  rules: Rules) -> Chunk:
-  """Parse, tokenise and filter one chunk of JSONL lines; errors name `file` and the line."""
+  """Parse, tokenise and filter one chunk of JSONL lines (or Parquet rows); errors name
+  `file` and the line (row)."""
   stats = FileStats()
   conds: list[list[int]] = []
   insts: list[str] = []
   resps: list[str] = []
   cond_ids: dict[str, list[int]] = {}
   for no, raw in lines:
-    obj = jsonl.parse_line(file, no, raw, DataError)
+    obj = raw if isinstance(raw, dict) else jsonl.parse_line(file, no, raw, DataError)
     if obj is None:
       continue
+    if isinstance(raw, dict) and obj.get("condition") is None:
+      obj = dict(obj, condition="direct")
     for key in ("instruction", "response"):
       if not isinstance(obj.get(key), str):
         raise DataError(f"{file}:{no}: field '{key}' missing or not a string")
@@ -180,7 +223,7 @@ def _init_worker(tokenizer: Tokenizer) -> None:
   _worker["tokenizer"] = tokenizer
 
 
-def _encode_in_worker(file: str, lines: list[tuple[int, bytes]], rules: Rules) -> Chunk:
+def _encode_in_worker(file: str, lines: list[tuple[int, Any]], rules: Rules) -> Chunk:
   return encode_chunk(_worker["tokenizer"], file, lines, rules)
 
 
@@ -211,12 +254,15 @@ def prepare_jsonl(files: Sequence[str], tokenizer: Tokenizer, out: str, *, epoch
                   max_seq_len: int = 4096, long_context: LongContext = "truncate", seed: int = 0,
                   tokenizer_json: str | None = None, workers: int = 1,
                   chunk_bytes: int = CHUNK_BYTES, overwrite: bool = False,
-                  other_inputs: Sequence[str] = (), progress: bool = False) -> PrepareSummary:
+                  other_inputs: Sequence[str] = (), progress: bool = False,
+                  repeats: dict[str, float] | None = None) -> PrepareSummary:
   """Tokenise, filter and write `out` (atomically, streaming). max_seq_len: model context
   (metadata stores max_seq_len + 1). tokenizer_json: copied into `out` for
   self-containment. An existing non-empty `out` is refused unless `overwrite`, and even then
   only a sampled directory holding none of the inputs (files, tokenizer_json, other_inputs)
-  is replaced. progress: a bar with MB/s and rows/s on stderr."""
+  is replaced. progress: a bar with MB/s and rows/s on stderr. Files ending in .parquet are
+  read as Parquet (columns instruction, response, condition). repeats: file -> repeat factor
+  (mixing, see the module doc; default 1)."""
   if epochs < 1:
     raise ValueError(f"epochs={epochs} must be >= 1")
   if long_context not in ("truncate", "drop"):
@@ -224,6 +270,14 @@ def prepare_jsonl(files: Sequence[str], tokenizer: Tokenizer, out: str, *, epoch
   for file in files:
     if not os.path.isfile(file):
       raise DataError(f"{file}: input file missing")
+  repeats = dict(repeats or {})
+  if repeats and len(set(files)) < len(files):
+    raise DataError(f"{files}: a file is listed twice; give it a repeat factor instead")
+  for file, r in repeats.items():
+    if file not in files:
+      raise DataError(f"{file}: has a repeat factor but is not an input")
+    if not r > 0:
+      raise DataError(f"{file}: repeat factor {r} must be > 0")
   out = os.path.abspath(out)
   info = dict(tokenizer.info.to_dict(), tokenizer_path=out,
               vocab_size=tokenizer.tokenizer_vocab_size)
@@ -248,6 +302,24 @@ def prepare_jsonl(files: Sequence[str], tokenizer: Tokenizer, out: str, *, epoch
                             refresh=False)
       if not sum(s.kept for s in stats.values()):
         raise DataError(f"{', '.join(files)}: no example survived filtering; nothing to write")
+      if repeats:
+        writer.selection = mix_selection(files, stats, repeats)
   except FileExistsError as e:
     raise DataError(str(e)) from e
+  for file, st in stats.items():
+    st.used = len(mix_selection([file], {file: st}, {file: repeats.get(file, 1.0)}))
   return PrepareSummary(stats, epochs, max_seq_len)
+
+
+def mix_selection(files: Sequence[str], stats: dict[str, FileStats],
+                  repeats: dict[str, float]) -> np.ndarray:
+  """Indices into the written examples ([kept] in file order) that form the mixed list:
+  per file (in order), its examples floor(r) times, then its first round(frac(r) * kept)."""
+  parts, first = [], 0
+  for file in dict.fromkeys(files):
+    kept, r = stats[file].kept, float(repeats.get(file, 1.0))
+    ids = np.arange(first, first + kept, dtype=np.int64)
+    whole = int(r)
+    parts += [ids] * whole + [ids[:int(round((r - whole) * kept))]]
+    first += kept
+  return np.concatenate(parts)

@@ -373,6 +373,7 @@ class SampledWriter:
     self._resp: list[np.ndarray] = []
     self.num_tokens, self.min_id, self.max_id = 0, 0, -1
     self.spans: Examples | None = None  # explicit spans into tokens.npy (write_sampled)
+    self.selection: np.ndarray | None = None  # appended examples to index, repeats allowed
 
   def append(self, tokens: np.ndarray, inst_len: np.ndarray, resp_len: np.ndarray) -> None:
     """tokens: [sum(inst_len + resp_len)] ids, each example's instruction then its response;
@@ -400,7 +401,7 @@ class SampledWriter:
 
   def finish(self) -> Examples:
     """Fixes up the tokens.npy header; returns the examples' spans: `self.spans` when set,
-    else the appended examples in order."""
+    else the appended examples in order (`self.selection` of them when set)."""
     header = _npy_header(self.dtype, self.num_tokens)
     if len(header) != self._header_len:
       raise AssertionError("numpy's .npy header length changed with the array length")
@@ -412,8 +413,8 @@ class SampledWriter:
     inst_len = np.concatenate([np.zeros(0, np.int64), *self._inst])
     resp_len = np.concatenate([np.zeros(0, np.int64), *self._resp])
     starts = np.concatenate([[0], np.cumsum(inst_len + resp_len)[:-1]]).astype(np.int64)
-    return Examples(starts[:len(inst_len)], inst_len, starts[:len(inst_len)] + inst_len,
-                    resp_len)
+    ex = Examples(starts[:len(inst_len)], inst_len, starts[:len(inst_len)] + inst_len, resp_len)
+    return ex if self.selection is None else ex.take(self.selection)
 
   def close(self) -> None:
     if not self._f.closed:
