@@ -4,8 +4,9 @@
     python benchmarks/data.py --only=prepare,plan --baseline_root=/path/to/other/checkout
 
 - prepare: `experiments/prepare_data.py` (a subprocess, the demo's character tokenizer) on a
-  generated JSONL corpus at each of --corpus_mb: MB/s and peak RSS (the main process alone,
-  and summed over it and its workers, sampled every 20 ms).
+  generated JSONL corpus at each of --corpus_mb: MB/s, CPU seconds (all processes: on a
+  shared machine the load-independent figure), peak RSS of the main process and peak PSS
+  summed over it and its workers (sampled every 20 ms).
 - plan: seconds and MiB (peak RSS growth; RSS still held after) of one epoch's multipack plan
   for --plan_examples examples at 64 rows x 4,096 tokens, in a fresh subprocess (numba's
   compile-or-load time is printed apart).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -75,14 +77,18 @@ def write_corpus(path: str, megabytes: float, seed: int = 0) -> int:
   return os.path.getsize(path)
 
 
-def _rss_tree(pid: int) -> tuple[int, int]:
-  """(RSS of pid, RSS summed over pid and its descendants) in bytes, from /proc."""
-  def rss(p: int) -> int:
+def _memory_tree(pid: int) -> tuple[int, int]:
+  """(RSS of pid, PSS summed over pid and its descendants) in bytes, from /proc. PSS splits
+  pages that forked workers share with their parent, so the sum is the tree's real use."""
+  def field(p: int, name: str, file: str) -> int:
     try:
-      with open(f"/proc/{p}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+      with open(f"/proc/{p}/{file}") as f:
+        for line in f:
+          if line.startswith(name):
+            return int(line.split()[1]) * 1024
     except OSError:
-      return 0
+      pass
+    return 0
 
   def children(p: int) -> list[int]:
     out = []
@@ -94,25 +100,26 @@ def _rss_tree(pid: int) -> tuple[int, int]:
       pass
     return out
 
-  own, total, todo = rss(pid), 0, [pid]
+  own, total, todo = field(pid, "VmRSS:", "status"), 0, [pid]
   while todo:
     p = todo.pop()
-    total += rss(p)
+    total += field(p, "Pss:", "smaps_rollup")
     todo += children(p)
   return own, total
 
 
-def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, int, str]:
-  """(seconds, peak RSS of the process, peak RSS of its tree, stdout) of a subprocess."""
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, int, str]:
+  """(wall seconds, CPU seconds of the process and its children, peak RSS of the process,
+  peak PSS of its tree, stdout) of a subprocess."""
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
   t0 = time.perf_counter()
   proc = subprocess.Popen(cmd, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE,
-                          text=True)
+                          stderr=subprocess.PIPE, text=True)
   peak = [0, 0]
 
   def poll():
     while proc.poll() is None:
-      own, tree = _rss_tree(proc.pid)
+      own, tree = _memory_tree(proc.pid)
       peak[0], peak[1] = max(peak[0], own), max(peak[1], tree)
       time.sleep(0.02)
 
@@ -121,9 +128,11 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, int, 
   out, err = proc.communicate()
   secs = time.perf_counter() - t0
   poller.join()
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
   if proc.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
-  return secs, peak[0], peak[1], out
+  return secs, cpu, peak[0], peak[1], out
 
 
 def prepare_rows(tmp: str) -> list[tuple]:
@@ -143,10 +152,11 @@ def prepare_rows(tmp: str) -> list[tuple]:
       if name == "this":
         flags_.append(f"--workers={_WORKERS.value}")
       env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
-      secs, own, tree, _ = run_measured(
+      secs, cpu, own, tree, _ = run_measured(
           [sys.executable, os.path.join(root, "experiments", "prepare_data.py"), *flags_], env)
-      tokens = int(json.load(open(os.path.join(out, "metadata.json")))["total_length"])
-      rows.append((name, size, tokens, secs, own, tree))
+      with open(os.path.join(out, "metadata.json")) as f:
+        tokens = int(json.load(f)["total_length"])
+      rows.append((name, size, tokens, secs, cpu, own, tree))
       subprocess.run(["rm", "-rf", out], check=True)
   return rows
 
@@ -263,18 +273,19 @@ def model_tokens_per_s() -> float:
 def print_prepare(rows: list[tuple]) -> None:
   print(f"## prepare_data (--workers={_WORKERS.value} for this checkout; demo character "
         "tokenizer)\n")
-  print("| code | input MB | tokens | seconds | MB/s | peak RSS main GiB | peak RSS all "
-        "processes GiB |")
-  print("|---|---|---|---|---|---|---|")
-  for name, size, tokens, secs, own, tree in rows:
+  print("| code | input MB | tokens | wall s | MB/s | CPU s (all processes) | CPU s per MB | "
+        "peak RSS main GiB | peak PSS all processes GiB |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for name, size, tokens, secs, cpu, own, tree in rows:
     print(f"| {name} | {size / 1e6:,.1f} | {tokens:,} | {secs:.1f} | {size / 1e6 / secs:.2f} | "
-          f"{own / 2**30:.2f} | {tree / 2**30:.2f} |")
+          f"{cpu:.1f} | {cpu / (size / 1e6):.2f} | {own / 2**30:.2f} | {tree / 2**30:.2f} |")
   by = {(r[0], r[1]): r for r in rows}
   for (name, size), r in by.items():
     base = by.get(("baseline", size))
     if name == "this" and base:
-      print(f"\n{size / 1e6:.1f} MB: MB/s this / baseline = {base[3] / r[3]:.2f}x, peak RSS "
-            f"(all processes) baseline / this = {base[5] / r[5]:.1f}x")
+      print(f"\n{size / 1e6:.1f} MB: MB/s this / baseline = {base[3] / r[3]:.2f}x; CPU s "
+            f"baseline / this = {base[4] / r[4]:.2f}x; peak PSS baseline / this = "
+            f"{base[6] / r[6]:.1f}x")
 
 
 def print_plan(rows: list[tuple]) -> None:

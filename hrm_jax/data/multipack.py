@@ -78,20 +78,19 @@ def _lpt_assign(window: np.ndarray, num_rows: int, row: np.ndarray) -> np.ndarra
 @numba.njit(cache=True, nogil=True)
 def _plan(lengths: np.ndarray, capacity: int, num_rows: int, drop_last: bool
           ) -> tuple[np.ndarray, np.ndarray]:
-  """(examples [M] int32 in (step, row, placement) order, row_ends [steps * num_rows] int64)."""
+  """(examples [M] int32 in (step, row, placement) order, row_ends [steps * num_rows] int64).
+  Working memory beyond the output is one batch window."""
   n_total = lengths.size
-  cumsum = np.zeros(n_total + 1, np.int64)
-  for i in range(n_total):
-    cumsum[i + 1] = cumsum[i] + lengths[i]
   examples = np.empty(n_total, np.int32)
-  row_ends = np.empty(n_total + 1, np.int64)
-  row = np.empty(n_total, np.int64)
+  row_ends = np.empty(max(num_rows, n_total // 16), np.int64)  # grown by doubling
   fill = np.zeros(num_rows + 1, np.int64)
   n_out, n_rows_out, start = 0, 0, 0
   while start < n_total:
     # Smallest window from `start` whose tokens reach the batch (or the rest of the epoch).
-    goal = cumsum[start] + capacity * num_rows
-    end = min(max(np.searchsorted(cumsum, goal, side="left"), start + 1), n_total)
+    end, acc = start, 0
+    while end < n_total and acc < capacity * num_rows:
+      acc += lengths[end]
+      end += 1
     window = lengths[start:end]
     lo, hi = 1, 1 + window.size  # binary search over counts in [lo, hi)
     while hi - lo > 1:
@@ -104,7 +103,12 @@ def _plan(lengths: np.ndarray, capacity: int, num_rows: int, drop_last: bool
       break
     if drop_last and start + lo >= n_total:
       break
+    row = np.empty(lo, np.int64)
     order = _lpt_assign(window[:lo], num_rows, row)
+    if n_rows_out + num_rows > row_ends.size:
+      grown = np.empty(2 * row_ends.size, np.int64)
+      grown[:n_rows_out] = row_ends[:n_rows_out]
+      row_ends = grown
     fill[:] = 0
     for i in range(lo):
       fill[row[i] + 1] += 1
@@ -141,7 +145,9 @@ class EpochPlan:
 
   def map(self, order: np.ndarray) -> "EpochPlan":
     """The same plan with example i renamed order[i] (plan of a permuted epoch)."""
-    return EpochPlan(np.asarray(order, np.int32)[self.examples], self.row_starts, self.num_rows)
+    renamed = np.empty_like(self.examples)
+    np.take(order, self.examples, out=renamed)
+    return EpochPlan(renamed, self.row_starts, self.num_rows)
 
   @property
   def nbytes(self) -> int:

@@ -53,20 +53,15 @@ class Pipeline:
   def global_batch_tokens(self) -> int:
     return self.rows * self.row_len
 
-  @functools.lru_cache(maxsize=None)
-  def _order(self, epoch: int) -> np.ndarray:
-    n = len(self.sampled.examples(epoch))
-    if self.seed == 0:
-      return np.arange(n)
-    return np.random.default_rng([self.seed, epoch]).permutation(n)
-
   @functools.lru_cache(maxsize=2)
   def plan(self, epoch: int) -> EpochPlan:
     """Per step of the epoch, per global row: indices into `examples(epoch)`
     (`plan(e).row(step, r)`)."""
-    order = self._order(epoch)
-    lengths = self.sampled.examples(epoch).lengths[order]
-    return plan_epoch(lengths, self.row_len, self.rows, self.drop_last).map(order)
+    lengths = self.sampled.examples(epoch).lengths
+    if self.seed == 0:  # the directory's order
+      return plan_epoch(lengths, self.row_len, self.rows, self.drop_last)
+    order = np.random.default_rng([self.seed, epoch]).permutation(len(lengths))
+    return plan_epoch(lengths[order], self.row_len, self.rows, self.drop_last).map(order)
 
   @functools.lru_cache(maxsize=None)
   def steps_per_epoch(self, epoch: int) -> int:

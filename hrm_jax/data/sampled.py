@@ -285,7 +285,9 @@ def open_sampled(path: str, *, epochs: int | None = None, vocab_size: int | None
   """Open and validate a data_io sampled directory.
 
   epochs: how many epoch folders training needs (default: all present). vocab_size: every
-  token id must be below it (default: the tokenizer vocab of the metadata). max_seq_len: the
+  token id must be below it (default: the tokenizer vocab of the metadata); known from the
+  dtype or a current token_check.json without reading tokens.npy, else left to the pipeline's
+  per-batch check (`ids_checked` says which). max_seq_len: the
   model context; no example may need more (default: metadata max_seq_len - 1).
   """
   path = os.fspath(path)
