@@ -48,6 +48,34 @@ def _lpt_fits(window: np.ndarray, count: int, capacity: int, num_rows: int) -> b
 
 
 @numba.njit(cache=True, nogil=True)
+def _lpt_fits_presorted(window: np.ndarray, ascending: np.ndarray, count: int, capacity: int,
+                        num_rows: int) -> bool:
+  """_lpt_fits(window, count, ...) given `ascending`, an argsort of the whole window: the
+  prefix is visited longest first by skipping indices >= count (no sort per probe; the order
+  of equal lengths does not change the loads)."""
+  loads = np.zeros(num_rows, np.int64)
+  for k in range(ascending.size - 1, -1, -1):
+    if ascending[k] >= count:
+      continue
+    load = loads[0] + window[ascending[k]]
+    if load > capacity:
+      return False
+    loads[0] = load
+    u = 0
+    while True:  # sift down
+      v = 2 * u + 1
+      if v >= num_rows:
+        break
+      if v + 1 < num_rows and loads[v + 1] < loads[v]:
+        v += 1
+      if loads[u] <= loads[v]:
+        break
+      loads[u], loads[v] = loads[v], loads[u]
+      u = v
+  return True
+
+
+@numba.njit(cache=True, nogil=True)
 def _lpt_assign(window: np.ndarray, num_rows: int, row: np.ndarray) -> np.ndarray:
   """row[i] = the row LPT gives window[i]; returns the stable ascending order of lengths
   (placement visits it from the end).
@@ -92,10 +120,11 @@ def _plan(lengths: np.ndarray, capacity: int, num_rows: int, drop_last: bool
       acc += lengths[end]
       end += 1
     window = lengths[start:end]
+    ascending = np.argsort(window)
     lo, hi = 1, 1 + window.size  # binary search over counts in [lo, hi)
     while hi - lo > 1:
       mid = (lo + hi) // 2
-      if _lpt_fits(window, mid, capacity, num_rows):
+      if _lpt_fits_presorted(window, ascending, mid, capacity, num_rows):
         lo = mid
       else:
         hi = mid
