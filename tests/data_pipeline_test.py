@@ -268,3 +268,32 @@ def test_demo_answers_are_right_and_eval_is_held_out(demo_data):
   texts = {tok.decode(s.tokens[a:a + n]) for a, n in zip(ex.inst_start, ex.inst_len)}
   assert texts == {"<|im_start|><|quad_end|>" + r["instruction"] + "<|im_end|>" for r in train}
   assert int(ex.lengths.max()) < 40  # small enough for a CPU model at seq 256
+
+
+def test_plan_cache_is_reused_keyed_and_recomputed_when_corrupt(demo_data, tmp_path,
+                                                               monkeypatch, caplog):
+  s = data.open_sampled(demo_data.train_dir)
+  cache = str(tmp_path / "plans")
+  first = data.Pipeline(s, rows=4, row_len=128, seed=3, plan_cache=cache)
+  want = [first.plan(e) for e in range(3)]
+  files = sorted(os.listdir(cache))
+  assert len(files) == 3 and all(f.endswith(".npz") for f in files)
+
+  def no_planning(*a, **k):
+    raise AssertionError("planned although cached")
+
+  monkeypatch.setattr(multipack, "plan_epoch", no_planning)
+  again = data.Pipeline(s, rows=4, row_len=128, seed=3, plan_cache=cache)
+  for e in range(3):
+    np.testing.assert_array_equal(again.plan(e).examples, want[e].examples)
+    np.testing.assert_array_equal(again.plan(e).row_starts, want[e].row_starts)
+  with pytest.raises(AssertionError, match="planned although cached"):
+    data.Pipeline(s, rows=4, row_len=128, seed=4, plan_cache=cache).plan(0)  # another key
+  monkeypatch.undo()
+  with open(os.path.join(cache, files[0]), "wb") as f:
+    f.write(b"garbage")
+  fresh = data.Pipeline(s, rows=4, row_len=128, seed=3, plan_cache=cache)
+  with caplog.at_level("WARNING"):
+    plans = [fresh.plan(e) for e in range(3)]
+  assert "recomputing" in caplog.text
+  assert all(np.array_equal(p.examples, w.examples) for p, w in zip(plans, want))

@@ -151,7 +151,7 @@ def _plan(lengths: np.ndarray, capacity: int, num_rows: int, drop_last: bool
     n_out += lo
     n_rows_out += num_rows
     start += lo
-  return examples[:n_out].copy(), row_ends[:n_rows_out].copy()
+  return examples[:n_out], row_ends[:n_rows_out]
 
 
 @dataclasses.dataclass(frozen=True)

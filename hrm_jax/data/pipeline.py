@@ -14,25 +14,35 @@ iterator yields exactly the next batch.
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
+import os
 from typing import Any, Iterator
 
 import grain
 import numpy as np
 
-from hrm_jax.data.multipack import EpochPlan, plan_epoch
+from hrm_jax import atomic
+from hrm_jax.data import multipack
+from hrm_jax.data.multipack import EpochPlan
 from hrm_jax.data.packing import IGNORE_LABEL, empty_rows, fill_row
 from hrm_jax.data.sampled import DataError, SampledData
 
 STATE_VERSION = 1
+PLAN_CACHE_VERSION = 1  # bump when the plan of given lengths changes
+
+log = logging.getLogger(__name__)
 
 
 class Pipeline:
   """Packed batches of `rows` x `row_len` tokens; seed 0 keeps the directory's epoch order
-  (the reference); another seed reshuffles each epoch deterministically per (seed, epoch)."""
+  (the reference); another seed reshuffles each epoch deterministically per (seed, epoch).
+  plan_cache: a directory where epoch plans are kept (`plan_*.npz`, keyed by a hash of the
+  epoch's lengths, rows, row_len, seed, epoch and drop_last) and reused by later starts."""
 
   def __init__(self, sampled: SampledData, *, rows: int, row_len: int, seed: int = 0,
                target_only: bool = True, process_index: int = 0, process_count: int = 1,
-               prefetch: int = 2, drop_last: bool = True):
+               prefetch: int = 2, drop_last: bool = True, plan_cache: str | None = None):
     if rows < 1 or row_len < 2:
       raise ValueError(f"rows={rows} and row_len={row_len} must be >= 1 and >= 2")
     if process_count < 1 or rows % process_count:
@@ -48,6 +58,7 @@ class Pipeline:
     self.process_index, self.process_count = process_index, process_count
     self.local_rows = rows // process_count
     self._row_lo = process_index * self.local_rows
+    self.plan_cache = plan_cache
 
   @property
   def global_batch_tokens(self) -> int:
@@ -58,10 +69,33 @@ class Pipeline:
     """Per step of the epoch, per global row: indices into `examples(epoch)`
     (`plan(e).row(step, r)`)."""
     lengths = self.sampled.examples(epoch).lengths
+    file = self._plan_file(epoch, lengths) if self.plan_cache else None
+    if file and os.path.exists(file):
+      try:
+        with np.load(file) as z:
+          plan = EpochPlan(z["examples"], z["row_starts"], self.rows)
+        if (plan.examples.dtype == np.int32 and plan.row_starts[-1] == plan.examples.size
+            and (plan.row_starts.size - 1) % self.rows == 0):
+          return plan
+      except (OSError, ValueError, KeyError, IndexError):
+        pass
+      log.warning("%s: unreadable or inconsistent plan cache file; recomputing it", file)
     if self.seed == 0:  # the directory's order
-      return plan_epoch(lengths, self.row_len, self.rows, self.drop_last)
-    order = np.random.default_rng([self.seed, epoch]).permutation(len(lengths))
-    return plan_epoch(lengths[order], self.row_len, self.rows, self.drop_last).map(order)
+      plan = multipack.plan_epoch(lengths, self.row_len, self.rows, self.drop_last)
+    else:
+      order = np.random.default_rng([self.seed, epoch]).permutation(len(lengths))
+      plan = multipack.plan_epoch(lengths[order], self.row_len, self.rows,
+                                  self.drop_last).map(order)
+    if file:
+      with atomic.file(file, "wb") as f:
+        np.savez(f, examples=plan.examples, row_starts=plan.row_starts)
+    return plan
+
+  def _plan_file(self, epoch: int, lengths: np.ndarray) -> str:
+    digest = hashlib.blake2b(memoryview(np.ascontiguousarray(lengths, np.int64)),
+                             digest_size=12).hexdigest()
+    return os.path.join(self.plan_cache, f"plan_v{PLAN_CACHE_VERSION}_{digest}_r{self.rows}_"
+                        f"l{self.row_len}_s{self.seed}_e{epoch}_d{int(self.drop_last)}.npz")
 
   @functools.lru_cache(maxsize=None)
   def steps_per_epoch(self, epoch: int) -> int:
