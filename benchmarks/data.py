@@ -1,17 +1,30 @@
-"""Throughput of the data pipeline: it must never be the bottleneck of training.
+"""Data at scale: prepare_data speed and memory, the epoch plan, pipeline throughput.
 
-    python benchmarks/data.py
+    python benchmarks/data.py                                  # everything
+    python benchmarks/data.py --only=prepare,plan --baseline_root=/path/to/other/checkout
 
-Prints batches/s and tokens/s of `hrm_jax.data.Pipeline` on the demo data at the demo shape
-(8 x 256) and on a synthetic data_io directory at 16 x 4096, and, in the same run, the token
-rate of one jitted forward+backward of the demo model (hidden 256, 2 layers per stack, H2 L3,
-8 x 256) with the ratio pipeline / training step.
+- prepare: `experiments/prepare_data.py` (a subprocess, the demo's character tokenizer) on a
+  generated JSONL corpus at each of --corpus_mb: MB/s, CPU seconds (all processes: on a
+  shared machine the load-independent figure), peak RSS of the main process and peak PSS
+  summed over it and its workers (sampled every 20 ms).
+- plan: seconds and MiB (peak RSS growth; RSS still held after) of one epoch's multipack plan
+  for --plan_examples examples at 64 rows x 4,096 tokens, in a fresh subprocess (numba's
+  compile-or-load time is printed apart).
+- pipeline: batches/s and tokens/s of `hrm_jax.data.Pipeline` on the demo data (8 x 256) and
+  a synthetic directory (16 x 4096), and the demo model's training step for the ratio.
+With --baseline_root, prepare and plan also run on that checkout's code (e.g. the commit
+before the streaming writer) in the same run, side by side with the ratio.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 
 from absl import app, flags
@@ -19,9 +32,178 @@ import numpy as np
 
 from hrm_jax import data
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_ONLY = flags.DEFINE_list("only", ["prepare", "plan", "pipeline"], "sections to run")
 _BATCHES = flags.DEFINE_integer("batches", 200, "batches timed per configuration")
 _PREFETCH = flags.DEFINE_integer("prefetch", 2, "pipeline prefetch (threads)")
 _MODEL = flags.DEFINE_bool("model", True, "also time the demo model's training step")
+_CORPUS_MB = flags.DEFINE_list("corpus_mb", ["18.5", "74"], "generated JSONL sizes (MB); 74 MB "
+                               "is ~200k rows, ~63M tokens")
+_WORKERS = flags.DEFINE_integer("workers", 2, "prepare_data --workers")
+_PLAN_EXAMPLES = flags.DEFINE_list("plan_examples", ["1000000", "4000000"], "plan sizes")
+_BASELINE = flags.DEFINE_string("baseline_root", None, "another checkout to run side by side")
+_BASELINE_MB = flags.DEFINE_float("baseline_max_mb", 20.0, "largest corpus the baseline gets "
+                                  "(the old prepare_data held ~100 bytes per token)")
+
+
+# --- prepare_data ----------------------------------------------------------------------------
+
+def write_corpus(path: str, megabytes: float, seed: int = 0) -> int:
+  """SFT-like JSONL of printable ASCII (a few non-ASCII characters become <unk>): instruction
+  10-400 and response 2-600 characters; returns its size in bytes."""
+  rng = np.random.default_rng(seed)
+  alphabet = np.frombuffer(bytes(range(32, 127)) + b"\n\n", np.uint8)
+  target = int(megabytes * 1e6)
+  size = 0
+  conds = ["direct", "cot", "synth,cot", "noisy"]
+  with open(path, "w", encoding="utf-8") as f:
+    while size < target:
+      block = rng.choice(alphabet, 1 << 20)
+      text = block.tobytes().decode("ascii")
+      pos = 0
+      lines = []
+      for _ in range(1500):
+        ni, nr = int(rng.integers(10, 400)), int(rng.integers(2, 600))
+        inst, resp = text[pos:pos + ni], text[pos + ni:pos + ni + nr]
+        pos = (pos + ni + nr) % ((1 << 20) - 1000)
+        if rng.random() < 0.01:
+          inst += "\u00e9\u4e2d"
+        lines.append(json.dumps({"instruction": inst, "response": resp,
+                                 "condition": conds[int(rng.integers(len(conds)))]}) + "\n")
+      chunk = "".join(lines)
+      f.write(chunk)
+      size += len(chunk.encode())
+  return os.path.getsize(path)
+
+
+def _memory_tree(pid: int) -> tuple[int, int]:
+  """(RSS of pid, PSS summed over pid and its descendants) in bytes, from /proc. PSS splits
+  pages that forked workers share with their parent, so the sum is the tree's real use."""
+  def field(p: int, name: str, file: str) -> int:
+    try:
+      with open(f"/proc/{p}/{file}") as f:
+        for line in f:
+          if line.startswith(name):
+            return int(line.split()[1]) * 1024
+    except OSError:
+      pass
+    return 0
+
+  def children(p: int) -> list[int]:
+    out = []
+    try:
+      for task in os.listdir(f"/proc/{p}/task"):
+        with open(f"/proc/{p}/task/{task}/children") as f:
+          out += [int(c) for c in f.read().split()]
+    except OSError:
+      pass
+    return out
+
+  own, total, todo = field(pid, "VmRSS:", "status"), 0, [pid]
+  while todo:
+    p = todo.pop()
+    total += field(p, "Pss:", "smaps_rollup")
+    todo += children(p)
+  return own, total
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, int, str]:
+  """(wall seconds, CPU seconds of the process and its children, peak RSS of the process,
+  peak PSS of its tree, stdout) of a subprocess."""
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  t0 = time.perf_counter()
+  proc = subprocess.Popen(cmd, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  peak = [0, 0]
+
+  def poll():
+    while proc.poll() is None:
+      own, tree = _memory_tree(proc.pid)
+      peak[0], peak[1] = max(peak[0], own), max(peak[1], tree)
+      time.sleep(0.02)
+
+  poller = threading.Thread(target=poll, daemon=True)
+  poller.start()
+  out, err = proc.communicate()
+  secs = time.perf_counter() - t0
+  poller.join()
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  if proc.returncode:
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
+  return secs, cpu, peak[0], peak[1], out
+
+
+def prepare_rows(tmp: str) -> list[tuple]:
+  tok = os.path.join(tmp, "tokenizer.json")
+  data.demo.build_tokenizer().save(tok)
+  roots = [("this", ROOT)] + ([("baseline", _BASELINE.value)] if _BASELINE.value else [])
+  rows = []
+  for mb in map(float, _CORPUS_MB.value):
+    corpus = os.path.join(tmp, f"corpus_{mb}.jsonl")
+    size = write_corpus(corpus, mb)
+    for name, root in roots:
+      if name == "baseline" and mb > _BASELINE_MB.value:
+        continue
+      out = os.path.join(tmp, f"out_{name}_{mb}")
+      flags_ = [f"--jsonl={corpus}", f"--tokenizer={tok}", f"--out={out}", "--epochs=1",
+                "--max_seq_len=4096"]
+      if name == "this":
+        flags_.append(f"--workers={_WORKERS.value}")
+      env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+      secs, cpu, own, tree, _ = run_measured(
+          [sys.executable, os.path.join(root, "experiments", "prepare_data.py"), *flags_], env)
+      with open(os.path.join(out, "metadata.json")) as f:
+        tokens = int(json.load(f)["total_length"])
+      rows.append((name, size, tokens, secs, cpu, own, tree))
+      subprocess.run(["rm", "-rf", out], check=True)
+  return rows
+
+
+# --- epoch plan ----------------------------------------------------------------------------
+
+_PLAN_SNIPPET = """
+import json, resource, sys, time
+import numpy as np
+def rss():
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * 4096
+n, rows, row_len = int(sys.argv[1]), 64, 4096
+rng = np.random.default_rng(0)
+lengths = np.clip(rng.lognormal(np.log(600), 1.0, n), 3, row_len).astype(np.int64)
+order = rng.permutation(n)
+from hrm_jax.data import multipack
+t = time.perf_counter()
+compact = hasattr(multipack, "plan_epoch")
+if compact:
+  multipack.plan_epoch(lengths[:1000], row_len, rows)  # numba: compile or load the cache
+warm = time.perf_counter() - t
+base = rss()
+t = time.perf_counter()
+if compact:
+  plan = multipack.plan_epoch(lengths, row_len, rows).map(order)
+  steps = len(plan)
+else:  # the former Pipeline.plan: lists of index arrays per row
+  plan = tuple([order[r] for r in b] for b in multipack.Multipack(lengths, row_len, rows).plan())
+  steps = len(plan)
+secs = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"secs": secs, "warm": warm, "steps": steps,
+                  "peak_mib": max(0, peak - base) / 2**20, "held_mib": (rss() - base) / 2**20}))
+"""
+
+
+def plan_rows() -> list[tuple]:
+  roots = [("this", ROOT)] + ([("baseline", _BASELINE.value)] if _BASELINE.value else [])
+  rows = []
+  for n in map(int, _PLAN_EXAMPLES.value):
+    for name, root in roots:
+      env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+      r = subprocess.run([sys.executable, "-c", _PLAN_SNIPPET, str(n)], env=env, cwd=root,
+                         capture_output=True, text=True, check=True)
+      rows.append((name, n, json.loads(r.stdout.strip().splitlines()[-1])))
+  return rows
 
 
 def synthetic_dir(root: str, examples: int = 6000, seed: int = 0) -> str:
@@ -88,7 +270,48 @@ def model_tokens_per_s() -> float:
   return 8 * 256 / float(np.median(times))
 
 
+def print_prepare(rows: list[tuple]) -> None:
+  print(f"## prepare_data (--workers={_WORKERS.value} for this checkout; demo character "
+        "tokenizer)\n")
+  print("| code | input MB | tokens | wall s | MB/s | CPU s (all processes) | CPU s per MB | "
+        "peak RSS main GiB | peak PSS all processes GiB |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for name, size, tokens, secs, cpu, own, tree in rows:
+    print(f"| {name} | {size / 1e6:,.1f} | {tokens:,} | {secs:.1f} | {size / 1e6 / secs:.2f} | "
+          f"{cpu:.1f} | {cpu / (size / 1e6):.2f} | {own / 2**30:.2f} | {tree / 2**30:.2f} |")
+  by = {(r[0], r[1]): r for r in rows}
+  for (name, size), r in by.items():
+    base = by.get(("baseline", size))
+    if name == "this" and base:
+      print(f"\n{size / 1e6:.1f} MB: MB/s this / baseline = {base[3] / r[3]:.2f}x; CPU s "
+            f"baseline / this = {base[4] / r[4]:.2f}x; peak PSS baseline / this = "
+            f"{base[6] / r[6]:.1f}x")
+
+
+def print_plan(rows: list[tuple]) -> None:
+  print("\n## epoch plan (64 rows x 4,096 tokens, lognormal lengths median 600)\n")
+  print("| code | examples | steps | seconds | numba compile/load s | peak MiB | held MiB |")
+  print("|---|---|---|---|---|---|---|")
+  for name, n, r in rows:
+    print(f"| {name} | {n:,} | {r['steps']:,} | {r['secs']:.2f} | {r['warm']:.2f} | "
+          f"{r['peak_mib']:.0f} | {r['held_mib']:.0f} |")
+  by = {(name, n): r for name, n, r in rows}
+  for (name, n), r in by.items():
+    base = by.get(("baseline", n))
+    if name == "this" and base:
+      print(f"\n{n:,} examples: baseline / this = {base['secs'] / r['secs']:.0f}x faster, "
+            f"peak memory {base['peak_mib'] / max(r['peak_mib'], 1):.0f}x less")
+
+
 def main(_):
+  if "prepare" in _ONLY.value:
+    with tempfile.TemporaryDirectory() as tmp:
+      print_prepare(prepare_rows(tmp))
+  if "plan" in _ONLY.value:
+    print_plan(plan_rows())
+  if "pipeline" not in _ONLY.value:
+    return
+  print("\n## pipeline\n")
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     demo = data.ensure_demo_data(os.path.join(tmp, "cache"))

@@ -102,6 +102,13 @@ class Tokenizer:
     return self._tok.get_vocab_size(with_added_tokens=True)
 
   @property
+  def unk_id(self) -> int | None:
+    """The id text outside the vocabulary becomes (BPE/WordPiece `unk_token`); None when the
+    model has none (byte-level BPE never needs one)."""
+    token = getattr(self._tok.model, "unk_token", None)
+    return None if token is None else self._tok.token_to_id(token)
+
+  @property
   def vocab_size(self) -> int:
     """The model vocabulary: round_up(tokenizer vocab, 256)."""
     return round_up(self.tokenizer_vocab_size, 256)

@@ -1,6 +1,7 @@
 """Multipack balance and determinism, the grain pipeline (rows per process, resume), and the
 demo data (deterministic, cached atomically, correct answers, held-out eval)."""
 
+import heapq
 import json
 import os
 
@@ -58,6 +59,72 @@ def test_multipack_is_deterministic_and_stops_at_unfillable_batch():
   assert len(multipack.Multipack(np.array([10, 10]), 10, 2, drop_last=False).plan()) == 1
   with pytest.raises(ValueError, match="more than a row"):
     multipack.Multipack(np.array([11]), 10, 1)
+
+
+def former_plan(lengths, capacity, num_rows, drop_last):
+  """The former pure-Python multipack (heapq LPT, lists per row), kept as the reference."""
+  def fits(a):
+    loads = [0] * num_rows
+    for size in sorted(a.tolist(), reverse=True):
+      if loads[0] + size > capacity:
+        return False
+      heapq.heapreplace(loads, loads[0] + size)
+    return True
+
+  def assign(a):
+    heap, row_of, rows = [0] * (num_rows + 1), list(range(-1, num_rows)), [[] for _ in range(num_rows)]
+    for idx in np.argsort(a, kind="mergesort")[::-1].tolist():
+      heap[1] += int(a[idx])
+      rows[row_of[1]].append(idx)
+      u = 1
+      while 2 * u <= num_rows:
+        v = 2 * u + (2 * u + 1 <= num_rows and heap[2 * u + 1] < heap[2 * u])
+        if heap[u] <= heap[v]:
+          break
+        heap[u], heap[v], row_of[u], row_of[v] = heap[v], heap[u], row_of[v], row_of[u]
+        u = v
+    return rows
+
+  cumsum, start, n, plan = np.concatenate([[0], np.cumsum(lengths)]), 0, len(lengths), []
+  while start < n:
+    goal = cumsum[start] + capacity * num_rows
+    end = min(max(int(np.searchsorted(cumsum, goal, side="left")), start + 1), n)
+    window, lo, hi = lengths[start:end], 1, 1 + end - start
+    while hi - lo > 1:
+      mid = (lo + hi) // 2
+      lo, hi = (mid, hi) if fits(window[:mid]) else (lo, mid)
+    rows = [[start + i for i in r] for r in assign(window[:lo])]
+    start += lo
+    if lo < num_rows or (drop_last and start >= n):
+      break
+    plan.append(rows)
+  return plan
+
+
+@pytest.mark.parametrize("seed,n,lo,hi,cap,rows,drop_last", [
+    (0, 20000, 1, 300, 1024, 8, True), (1, 5000, 2, 4096, 4096, 64, True),
+    (2, 3000, 1, 50, 100, 3, False), (3, 2000, 5, 5, 20, 4, False),  # all ties
+    (4, 10000, 1, 2000, 2048, 16, False)])
+def test_compiled_plan_equals_the_former_python_plan(seed, n, lo, hi, cap, rows, drop_last):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(lo, hi + 1, n)
+  want = former_plan(lengths, cap, rows, drop_last)
+  got = multipack.plan_epoch(lengths, cap, rows, drop_last)
+  assert len(got) == len(want) > 0
+  for step, batch in enumerate(want):
+    assert [got.row(step, r).tolist() for r in range(rows)] == batch
+  assert got.examples.dtype == np.int32 and got.nbytes < 5 * n + 8 * (len(got) * rows + 1)
+
+
+def test_pipeline_plan_is_the_former_plan_through_the_epoch_order(demo_data):
+  s = data.open_sampled(demo_data.train_dir)
+  pipe = data.Pipeline(s, rows=4, row_len=128, seed=9)
+  order = np.random.default_rng([9, 1]).permutation(len(s.examples(1)))
+  want = former_plan(s.examples(1).lengths[order], 128, 4, True)
+  plan = pipe.plan(1)
+  assert len(plan) == len(want) == pipe.steps_per_epoch(1)
+  for step, batch in enumerate(want):
+    assert [plan.row(step, r).tolist() for r in range(4)] == [order[r].tolist() for r in batch]
 
 
 # --- pipeline ------------------------------------------------------------------------------
@@ -201,3 +268,32 @@ def test_demo_answers_are_right_and_eval_is_held_out(demo_data):
   texts = {tok.decode(s.tokens[a:a + n]) for a, n in zip(ex.inst_start, ex.inst_len)}
   assert texts == {"<|im_start|><|quad_end|>" + r["instruction"] + "<|im_end|>" for r in train}
   assert int(ex.lengths.max()) < 40  # small enough for a CPU model at seq 256
+
+
+def test_plan_cache_is_reused_keyed_and_recomputed_when_corrupt(demo_data, tmp_path,
+                                                               monkeypatch, caplog):
+  s = data.open_sampled(demo_data.train_dir)
+  cache = str(tmp_path / "plans")
+  first = data.Pipeline(s, rows=4, row_len=128, seed=3, plan_cache=cache)
+  want = [first.plan(e) for e in range(3)]
+  files = sorted(os.listdir(cache))
+  assert len(files) == 3 and all(f.endswith(".npz") for f in files)
+
+  def no_planning(*a, **k):
+    raise AssertionError("planned although cached")
+
+  monkeypatch.setattr(multipack, "plan_epoch", no_planning)
+  again = data.Pipeline(s, rows=4, row_len=128, seed=3, plan_cache=cache)
+  for e in range(3):
+    np.testing.assert_array_equal(again.plan(e).examples, want[e].examples)
+    np.testing.assert_array_equal(again.plan(e).row_starts, want[e].row_starts)
+  with pytest.raises(AssertionError, match="planned although cached"):
+    data.Pipeline(s, rows=4, row_len=128, seed=4, plan_cache=cache).plan(0)  # another key
+  monkeypatch.undo()
+  with open(os.path.join(cache, files[0]), "wb") as f:
+    f.write(b"garbage")
+  fresh = data.Pipeline(s, rows=4, row_len=128, seed=3, plan_cache=cache)
+  with caplog.at_level("WARNING"):
+    plans = [fresh.plan(e) for e in range(3)]
+  assert "recomputing" in caplog.text
+  assert all(np.array_equal(p.examples, w.examples) for p, w in zip(plans, want))

@@ -123,3 +123,198 @@ def test_prepare_data_script(tok_files, tmp_path):
   r = run(f"--jsonl={f}", f"--tokenizer={tok_files}", f"--out={out}", "--epochs=2",
           "--long_context=cut")
   assert r.returncode != 0 and "long_context" in r.stderr
+  r = run(f"--mix={f}:1.5", f"--tokenizer={tok_files}", f"--out={tmp_path}/mix", "--epochs=1")
+  assert r.returncode == 0, r.stderr
+  assert "| 6 | 1.50x |" in r.stdout
+  r = run(f"--mix={f}:lots", f"--tokenizer={tok_files}", f"--out={tmp_path}/m2", "--epochs=1")
+  assert r.returncode != 0 and "--mix" in r.stderr
+
+
+def reference_prepare(files, tok, out, *, epochs, max_seq_len, long_context, seed, tokenizer_json):
+  """The pre-streaming prepare_jsonl + write_sampled, kept as the reference for the output's
+  bytes: the whole corpus as Python lists, one np.save per array."""
+  context = max_seq_len + 1
+  inst_all, resp_all = [], []
+  for file in files:
+    with open(file, encoding="utf-8") as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    prompts = [tok.condition_tokens(r.get("condition", "direct")) for r in rows]
+    inst_ids = tok.encode_texts([r["instruction"] for r in rows])
+    resp_ids = tok.encode_texts([r["response"] for r in rows])
+    for cond_ids, i_text, o_text in zip(prompts, inst_ids, resp_ids):
+      inst = [tok.boq_id, *cond_ids, *i_text, tok.eoq_id]
+      resp = [*o_text, tok.eoa_id]
+      if len(resp) < 2:
+        continue
+      allowed = context - min(len(inst), context)
+      if long_context == "truncate":
+        if len(resp) > allowed:
+          if allowed < 2:
+            continue
+          resp = resp[:allowed]
+      elif len(resp) > allowed:
+        continue
+      inst_all.append(inst)
+      resp_all.append(resp)
+  inst_len = np.array([len(i) for i in inst_all], np.int64)
+  resp_len = np.array([len(o) for o in resp_all], np.int64)
+  starts = np.concatenate([[0], np.cumsum(inst_len + resp_len)[:-1]]).astype(np.int64)
+  tokens = np.fromiter((t for i, o in zip(inst_all, resp_all) for t in (*i, *o)), np.int64)
+  fields = {"inst_start": starts, "inst_len": inst_len, "resp_start": starts + inst_len,
+            "resp_len": resp_len}
+  info = dict(tok.info.to_dict(), tokenizer_path=out, vocab_size=tok.tokenizer_vocab_size)
+  os.makedirs(out)
+  vocab = tok.tokenizer_vocab_size
+  dtype = np.uint8 if vocab <= 255 else np.uint16 if vocab <= 65535 else np.int32
+  np.save(os.path.join(out, "tokens.npy"), tokens.astype(dtype))
+  with open(tokenizer_json, "rb") as src, open(os.path.join(out, "tokenizer.json"), "wb") as dst:
+    dst.write(src.read())
+  with open(os.path.join(out, "tokenizer_info.json"), "w") as f:
+    json.dump(info, f, indent=1)
+  rng = np.random.Generator(np.random.Philox(seed=seed))
+  for e in range(epochs):
+    order = rng.permutation(len(inst_len))
+    os.makedirs(os.path.join(out, f"epoch_{e}"))
+    for name, a in fields.items():
+      np.save(os.path.join(out, f"epoch_{e}", f"{name}.npy"), a[order])
+  meta = {"tokenizer_info": info, "vocab_size": None, "max_seq_len": context,
+          "total_length": int(inst_len.sum() + resp_len.sum())}
+  with open(os.path.join(out, "metadata.json"), "w") as f:
+    json.dump(meta, f, indent=1)
+
+
+def tree_bytes(root):
+  out = {}
+  for folder, _, files in os.walk(root):
+    for name in files:
+      p = os.path.join(folder, name)
+      with open(p, "rb") as f:
+        out[os.path.relpath(p, root)] = f.read()
+  return out
+
+
+def random_rows(rng, n):
+  alphabet = list("abc xyz0123456789+-*/=()\n\"\\") + ["é", "中", "<|im_end|>", "\u2028"]
+  text = lambda k: "".join(rng.choice(alphabet, int(k)).tolist())
+  conds = ["direct", "cot", "synth,cot", "noisy"]
+  return [{"instruction": text(rng.integers(0, 40)), "response": text(rng.integers(0, 60)),
+           "condition": conds[int(rng.integers(4))]} for _ in range(n)]
+
+
+@pytest.mark.parametrize("long_context,workers,chunk_bytes", [("truncate", 1, 700),
+                                                              ("drop", 2, 3000),
+                                                              ("truncate", 2, 1 << 20)])
+def test_streaming_output_is_byte_identical_to_the_former_writer(tok_files, tmp_path,
+                                                                  long_context, workers,
+                                                                  chunk_bytes):
+  rng = np.random.default_rng(3)
+  files = [write_jsonl(tmp_path / f"in{k}.jsonl",  # raw UTF-8 in one file, \u escapes in others
+                       [json.dumps(r, ensure_ascii=k > 0) for r in random_rows(rng, n)] + [""])
+           for k, n in enumerate((150, 1, 90))]
+  tok = tokenizer.Tokenizer.load(tok_files)
+  out = str(tmp_path / "out")
+  s = data.prepare_jsonl(files, tok, out, epochs=3, max_seq_len=40, long_context=long_context,
+                         seed=5, tokenizer_json=tok_files, workers=workers,
+                         chunk_bytes=chunk_bytes)
+  assert s.total.truncated + s.total.dropped_long > 10  # the length rules were exercised
+  os.rename(out, tmp_path / "streamed")
+  reference_prepare(files, tok, out, epochs=3, max_seq_len=40, long_context=long_context,
+                    seed=5, tokenizer_json=tok_files)
+  got, want = tree_bytes(tmp_path / "streamed"), tree_bytes(out)
+  assert set(got) == set(want) | {data.sampled.TOKEN_CHECK}
+  for name in want:
+    assert got[name] == want[name], name
+
+
+def test_unk_tokens_are_counted_per_file(tok_files, tmp_path):
+  tok = tokenizer.Tokenizer.load(tok_files)
+  assert tok.unk_id == 1
+  a = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "é中x", "response": "ok中"}])
+  b = write_jsonl(tmp_path / "b.jsonl", [{"instruction": "plain", "response": "ascii"}])
+  s = data.prepare_jsonl([a, b], tok, str(tmp_path / "o"), epochs=1)
+  assert (s.files[a].unk_tokens, s.files[b].unk_tokens) == (3, 0)
+  head, total = s.table().splitlines()[0].split("|"), s.table().splitlines()[-1].split("|")
+  assert total[head.index(" `<unk>` tokens ")] == " 3 "
+
+
+def test_non_utf8_input_names_file_and_line(tok_files, tmp_path):
+  f = tmp_path / "latin1.jsonl"
+  f.write_bytes(b'{"instruction": "a", "response": "b"}\n\n'
+                b'{"instruction": "caf\xe9", "response": "b"}\n')
+  with pytest.raises(data.DataError, match=rf"{f}:3: not valid UTF-8"):
+    data.prepare_jsonl([str(f)], tokenizer.Tokenizer.load(tok_files), str(tmp_path / "o"),
+                       epochs=1, workers=2)
+  assert not os.path.exists(tmp_path / "o")
+
+
+def test_prepare_data_never_replaces_what_it_did_not_write(tok_files, tmp_path):
+  """Issue 13: --out onto a directory holding the input JSONL, or onto the input itself."""
+  script = os.path.join(ROOT, "experiments", "prepare_data.py")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  run = lambda *flags: subprocess.run([sys.executable, script, f"--tokenizer={tok_files}",
+                                       "--epochs=1", "--workers=2", *flags], env=env,
+                                      capture_output=True, text=True, timeout=300)
+  home = tmp_path / "project"
+  home.mkdir()
+  f = write_jsonl(home / "in.jsonl", [{"instruction": "2*3", "response": "6"}] * 4)
+  for flags in ([f"--out={home}"], [f"--out={home}", "--overwrite"], [f"--out={f}"],
+                [f"--out={f}", "--overwrite"]):
+    r = run(f"--jsonl={f}", *flags)
+    assert r.returncode == 1 and "refusing to replace" in r.stderr, (flags, r.stderr)
+    assert os.listdir(home) == ["in.jsonl"] and os.path.isfile(f)
+  out = str(tmp_path / "out")
+  assert run(f"--jsonl={f}", f"--out={out}").returncode == 0
+  r = run(f"--jsonl={f}", f"--out={out}")
+  assert r.returncode == 1 and "--overwrite" in r.stderr
+  r = run(f"--jsonl={f}", f"--out={out}", "--overwrite")
+  assert r.returncode == 0, r.stderr
+  assert data.open_sampled(out).ids_checked
+  inside = write_jsonl(os.path.join(out, "more.jsonl"), [{"instruction": "1", "response": "2"}])
+  r = run(f"--jsonl={inside}", f"--out={out}", "--overwrite")
+  assert r.returncode == 1 and "holds the input" in r.stderr
+  assert os.path.isfile(inside)
+
+
+def test_parquet_input_equals_the_same_rows_as_jsonl(tok_files, tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  rows = random_rows(np.random.default_rng(4), 120)
+  j = write_jsonl(tmp_path / "rows.jsonl", rows)
+  p = str(tmp_path / "rows.parquet")
+  pq.write_table(pa.Table.from_pylist(rows), p, row_group_size=17)
+  tok = tokenizer.Tokenizer.load(tok_files)
+  out = str(tmp_path / "out")
+  data.prepare_jsonl([j], tok, out, epochs=2, max_seq_len=40, seed=1, chunk_bytes=500)
+  os.rename(out, tmp_path / "from_jsonl")
+  s = data.prepare_jsonl([p], tok, out, epochs=2, max_seq_len=40, seed=1, chunk_bytes=500,
+                         workers=2)
+  assert s.files[p].rows == 120
+  assert tree_bytes(out) == tree_bytes(tmp_path / "from_jsonl")
+  bad = str(tmp_path / "bad.parquet")
+  pq.write_table(pa.table({"instruction": ["a", None], "response": ["b", "c"]}), bad)
+  with pytest.raises(data.DataError, match=rf"{bad}:2: field 'instruction'"):
+    data.prepare_jsonl([bad], tok, str(tmp_path / "o"), epochs=1)
+  pq.write_table(pa.table({"prompt": ["a"], "response": ["b"]}), bad)
+  with pytest.raises(data.DataError, match=rf"{bad}: column 'instruction' missing"):
+    data.prepare_jsonl([bad], tok, str(tmp_path / "o"), epochs=1)
+
+
+def test_mix_repeats_and_caps_files_and_reports_coverage(tok_files, tmp_path):
+  a = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"a{i}", "response": "x"}
+                                         for i in range(10)])
+  b = write_jsonl(tmp_path / "b.jsonl", [{"instruction": f"b{i}", "response": "yy"}
+                                         for i in range(8)])
+  tok = tokenizer.Tokenizer.load(tok_files)
+  out = str(tmp_path / "mix")
+  s = data.prepare_jsonl([a, b], tok, out, epochs=2, repeats={a: 2, b: 0.25})
+  assert (s.files[a].used, s.files[b].used) == (20, 2)
+  assert "| 20 | 2.00x |" in s.table() and "| 2 | 0.25x |" in s.table()
+  d = data.open_sampled(out)
+  ex = d.examples(0)
+  assert len(ex) == 22 and d.total_length == int(ex.inst_len.sum() + ex.resp_len.sum())
+  texts = sorted(tok.decode(d.tokens[i:i + n]) for i, n in zip(ex.inst_start, ex.inst_len))
+  strip = lambda t: t.split("<|object_ref_start|>")[1].split("<|im_end|>")[0]
+  assert sorted(map(strip, texts)) == sorted([f"a{i}" for i in range(10)] * 2 + ["b0", "b1"])
+  assert len(d.tokens) == s.total.inst_tokens + s.total.resp_tokens  # tokens written once
+  with pytest.raises(data.DataError, match="repeat factor 0"):
+    data.prepare_jsonl([a], tok, str(tmp_path / "o"), epochs=1, repeats={a: 0})

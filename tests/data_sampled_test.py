@@ -3,17 +3,22 @@
 import json
 import logging
 import os
+import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from hrm_jax import data
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 INFO = {"tokenizer_path": "", "boq": "<b>", "eoq": "<e>", "eoa": "<a>", "condition_mapping": {},
         "vocab_size": 300}
 
 
-def make_dir(tmp_path, n=30, epochs=2, max_seq_len=64, resp_lens=None):
+def make_dir(tmp_path, n=30, epochs=2, max_seq_len=64, resp_lens=None, overwrite=True):
   rng = np.random.default_rng(0)
   inst = [rng.integers(0, 300, int(k)).tolist() for k in rng.integers(2, 10, n)]
   resp = [rng.integers(0, 300, int(k)).tolist()
@@ -21,7 +26,7 @@ def make_dir(tmp_path, n=30, epochs=2, max_seq_len=64, resp_lens=None):
   tokens, ex = data.concat_examples(inst, resp)
   path = str(tmp_path / "d")
   data.write_sampled(path, tokens=tokens, examples=ex, tokenizer_info=INFO,
-                     max_seq_len=max_seq_len, epochs=epochs)
+                     max_seq_len=max_seq_len, epochs=epochs, overwrite=overwrite)
   return path
 
 
@@ -124,13 +129,81 @@ def test_negative_span(tmp_path):
   expect_error(path, f, "'resp_start'", "outside tokens.npy")
 
 
-def test_token_ids_beyond_vocab(tmp_path):
-  path = make_dir(tmp_path)
-  tokens = np.load(os.path.join(path, "tokens.npy"))
-  expect_error(path, "tokens.npy", "'tokens'", "vocabulary [0, 100)", vocab_size=100)
-  tokens[5] = 300  # == tokenizer vocab in the metadata
-  np.save(os.path.join(path, "tokens.npy"), tokens)
-  expect_error(path, "tokens.npy", "'tokens'", "index 5", "vocabulary [0, 300)")
+def test_token_ids_checked_once_by_the_writers_record(tmp_path):
+  path = make_dir(tmp_path)  # uint16 ids, tokenizer vocab 300: the dtype does not bound them
+  with open(os.path.join(path, data.sampled.TOKEN_CHECK)) as f:
+    rec = json.load(f)
+  assert rec["bytes"] == os.path.getsize(os.path.join(path, "tokens.npy"))
+  assert 0 <= rec["min_id"] <= rec["max_id"] < 300 and rec["dtype"] == "uint16"
+  assert data.open_sampled(path).ids_checked
+  # the record's max id against a smaller vocabulary: refused at open without a scan
+  expect_error(path, "tokens.npy", "'tokens'", "recorded in token_check.json",
+               "vocabulary [0, 100)", vocab_size=100)
+  os.remove(os.path.join(path, data.sampled.TOKEN_CHECK))
+  assert not data.open_sampled(path).ids_checked
+
+
+def _far_bad_id_dir(tmp_path, n_tokens=1 << 26):
+  """A sampled dir with int32 ids (vocab 70,000), a 256 MiB sparse tokens.npy and one example
+  whose response, at the very end of the file, holds the id 70,001."""
+  info = dict(INFO, vocab_size=70000)
+  tokens, ex = data.concat_examples([[1, 2, 3]] * 40, [[4, 5, 6]] * 40)
+  path = str(tmp_path / "far")
+  data.write_sampled(path, tokens=tokens, examples=ex, tokenizer_info=info, max_seq_len=64,
+                     epochs=1)
+  big = np.lib.format.open_memmap(os.path.join(path, "tokens.npy"), "w+", np.int32, (n_tokens,))
+  big[:tokens.size] = tokens
+  big[-3:] = [7, 70001, 8]
+  big.flush()
+  del big
+  f = os.path.join(path, "epoch_0", "resp_start.npy")
+  starts = np.load(f)
+  victim = 17
+  starts[victim] = n_tokens - 3
+  np.save(f, starts)
+  return path, victim
+
+
+def test_open_does_not_read_tokens_in_full_and_the_batch_names_the_bad_id(tmp_path):
+  path, victim = _far_bad_id_dir(tmp_path)
+  s = data.open_sampled(path)  # a full scan would find 70,001 and raise
+  assert not s.ids_checked  # tokens.npy changed size: the record is stale, not trusted
+  pipe = data.Pipeline(s, rows=2, row_len=16, prefetch=0, drop_last=False)
+  with pytest.raises(data.DataError) as e:
+    for _ in pipe.iterator():
+      pass
+  msg = str(e.value)
+  for part in (path, f"example {victim}", "token id 70001", "vocabulary [0, 70000)",
+               "check_data.py"):
+    assert part in msg, (part, msg)
+
+
+def test_check_data_script_scans_and_records_only_when_asked(tmp_path):
+  script = os.path.join(ROOT, "experiments", "check_data.py")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  run = lambda *a: subprocess.run([sys.executable, script, *a], env=env, capture_output=True,
+                                  text=True, timeout=300)
+  path, victim = _far_bad_id_dir(tmp_path, n_tokens=1 << 20)
+  r = run(path)
+  assert r.returncode == 1
+  assert f"token id 70001 at index {(1 << 20) - 2}" in r.stderr and f"[{victim}]" in r.stderr
+  good = make_dir(tmp_path)
+  os.remove(os.path.join(good, data.sampled.TOKEN_CHECK))
+  before = sorted(os.listdir(good))
+  r = run(good)
+  assert r.returncode == 0, r.stderr
+  assert "absent or stale" in r.stdout and sorted(os.listdir(good)) == before  # read-only
+  assert not data.open_sampled(good).ids_checked
+  old = os.umask(0o022)
+  try:
+    r = run(good, "--record")
+  finally:
+    os.umask(old)
+  assert r.returncode == 0, r.stderr
+  rec_file = os.path.join(good, data.sampled.TOKEN_CHECK)
+  assert stat.S_IMODE(os.stat(rec_file).st_mode) == 0o644
+  assert data.open_sampled(good).ids_checked
+  assert "current" in run(good).stdout
 
 
 def test_examples_longer_than_max_seq_len(tmp_path):
@@ -166,8 +239,31 @@ def test_pipeline_rejects_rows_shorter_than_an_example(tmp_path):
     data.Pipeline(s, rows=2, row_len=8)
 
 
-def test_writer_replaces_existing_output_atomically(tmp_path):
-  path = make_dir(tmp_path, epochs=1)
-  make_dir(tmp_path, epochs=3)
+def test_writer_refuses_what_it_did_not_write_and_follows_the_umask(tmp_path):
+  old = os.umask(0o022)
+  try:
+    path = make_dir(tmp_path, epochs=1)
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
+  assert stat.S_IMODE(os.stat(os.path.join(path, "epoch_0", "inst_len.npy")).st_mode) == 0o644
+  with pytest.raises(FileExistsError, match="not empty.*--overwrite"):
+    make_dir(tmp_path, epochs=3, overwrite=False)
+  tokens, ex = data.concat_examples([[1, 2]] * 4, [[3, 4]] * 4)
+  write = lambda **kw: data.write_sampled(path, tokens=tokens, examples=ex, tokenizer_info=INFO,
+                                          max_seq_len=64, epochs=3, **kw)
+  write(overwrite=True)  # a sampled directory: replaced
   assert data.open_sampled(path).num_epochs == 3
   assert sorted(os.listdir(tmp_path)) == ["d"]  # no temp or old folders left behind
+  with pytest.raises(FileExistsError, match="holds the input"):
+    write(overwrite=True, inputs=[os.path.join(path, "tokenizer.json")])
+  with open(os.path.join(path, "notes.txt"), "w") as f:
+    f.write("mine")
+  with pytest.raises(FileExistsError, match="holds notes.txt"):
+    write(overwrite=True)
+  assert open(os.path.join(path, "notes.txt")).read() == "mine"
+  os.remove(os.path.join(path, "notes.txt"))
+  with open(os.path.join(path, "epoch_1", "extra.npy"), "w") as f:
+    f.write("x")
+  with pytest.raises(FileExistsError, match="epoch_1/extra.npy"):
+    write(overwrite=True)

@@ -3,33 +3,47 @@
 The global batch is `rows` rows of `row_len` tokens (the reference's data-parallel ranks, each
 with `global_batch_size / ranks` tokens). The plan of every epoch depends only on example
 lengths, so each process computes it and builds only its own rows
-[p * rows / P, (p + 1) * rows / P). Steps of all epochs form one grain MapDataset indexed by the
-global step; its iterator state (the next global step) is what a checkpoint stores, so a restored
-iterator yields exactly the next batch, on any number of processes that divides the rows.
+[p * rows / P, (p + 1) * rows / P). Plans are compact arrays (`multipack.EpochPlan`, ~4 bytes
+per example) computed per epoch when needed; only the last two are kept. Each batch's token
+ids are checked against the vocabulary as it is built (O(batch)), so a bad id fails with the
+example named even when the directory's ids were not checked in full at open. Steps of all
+epochs form one grain MapDataset indexed by the global step; its iterator state (the next
+global step) is what a checkpoint stores, so a restored iterator yields exactly the next
+batch, on any number of processes that divides the rows.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
+import os
 from typing import Any, Iterator
 
 import grain
 import numpy as np
 
-from hrm_jax.data.multipack import Multipack
-from hrm_jax.data.packing import empty_rows, fill_row
+from hrm_jax import atomic
+from hrm_jax.data import multipack
+from hrm_jax.data.multipack import EpochPlan
+from hrm_jax.data.packing import IGNORE_LABEL, empty_rows, fill_row
 from hrm_jax.data.sampled import DataError, SampledData
 
 STATE_VERSION = 1
+PLAN_CACHE_VERSION = 1  # bump when the plan of given lengths changes
+
+log = logging.getLogger(__name__)
 
 
 class Pipeline:
   """Packed batches of `rows` x `row_len` tokens; seed 0 keeps the directory's epoch order
-  (the reference); another seed reshuffles each epoch deterministically per (seed, epoch)."""
+  (the reference); another seed reshuffles each epoch deterministically per (seed, epoch).
+  plan_cache: a directory where epoch plans are kept (`plan_*.npz`, keyed by a hash of the
+  epoch's lengths, rows, row_len, seed, epoch and drop_last) and reused by later starts."""
 
   def __init__(self, sampled: SampledData, *, rows: int, row_len: int, seed: int = 0,
                target_only: bool = True, process_index: int = 0, process_count: int = 1,
-               prefetch: int = 2, drop_last: bool = True):
+               prefetch: int = 2, drop_last: bool = True, plan_cache: str | None = None):
     if rows < 1 or row_len < 2:
       raise ValueError(f"rows={rows} and row_len={row_len} must be >= 1 and >= 2")
     if process_count < 1 or rows % process_count:
@@ -45,26 +59,46 @@ class Pipeline:
     self.process_index, self.process_count = process_index, process_count
     self.local_rows = rows // process_count
     self._row_lo = process_index * self.local_rows
+    self.plan_cache = plan_cache
 
   @property
   def global_batch_tokens(self) -> int:
     return self.rows * self.row_len
 
-  @functools.lru_cache(maxsize=None)
-  def _order(self, epoch: int) -> np.ndarray:
-    n = len(self.sampled.examples(epoch))
-    if self.seed == 0:
-      return np.arange(n)
-    return np.random.default_rng([self.seed, epoch]).permutation(n)
+  @functools.lru_cache(maxsize=2)
+  def plan(self, epoch: int) -> EpochPlan:
+    """Per step of the epoch, per global row: indices into `examples(epoch)`
+    (`plan(e).row(step, r)`)."""
+    lengths = self.sampled.examples(epoch).lengths
+    file = self._plan_file(epoch, lengths) if self.plan_cache else None
+    if file and os.path.exists(file):
+      try:
+        with np.load(file) as z:
+          plan = EpochPlan(z["examples"], z["row_starts"], self.rows)
+        if (plan.examples.dtype == np.int32 and plan.row_starts[-1] == plan.examples.size
+            and (plan.row_starts.size - 1) % self.rows == 0):
+          return plan
+      except (OSError, ValueError, KeyError, IndexError):
+        pass
+      log.warning("%s: unreadable or inconsistent plan cache file; recomputing it", file)
+    if self.seed == 0:  # the directory's order
+      plan = multipack.plan_epoch(lengths, self.row_len, self.rows, self.drop_last)
+    else:
+      order = np.random.default_rng([self.seed, epoch]).permutation(len(lengths))
+      plan = multipack.plan_epoch(lengths[order], self.row_len, self.rows,
+                                  self.drop_last).map(order)
+    if file:
+      with atomic.file(file, "wb") as f:
+        np.savez(f, examples=plan.examples, row_starts=plan.row_starts)
+    return plan
+
+  def _plan_file(self, epoch: int, lengths: np.ndarray) -> str:
+    digest = hashlib.blake2b(memoryview(np.ascontiguousarray(lengths, np.int64)),
+                             digest_size=12).hexdigest()
+    return os.path.join(self.plan_cache, f"plan_v{PLAN_CACHE_VERSION}_{digest}_r{self.rows}_"
+                        f"l{self.row_len}_s{self.seed}_e{epoch}_d{int(self.drop_last)}.npz")
 
   @functools.lru_cache(maxsize=None)
-  def plan(self, epoch: int) -> tuple[list[np.ndarray], ...]:
-    """Per step of the epoch, per global row: indices into `examples(epoch)`."""
-    order = self._order(epoch)
-    lengths = self.sampled.examples(epoch).lengths[order]
-    batches = Multipack(lengths, self.row_len, self.rows, self.drop_last).plan()
-    return tuple([order[r] for r in rows] for rows in batches)
-
   def steps_per_epoch(self, epoch: int) -> int:
     return len(self.plan(epoch))
 
@@ -74,8 +108,7 @@ class Pipeline:
 
   def efficiency(self, epoch: int) -> float:
     """Share of row tokens holding data (not padding) over the epoch."""
-    ex = self.sampled.examples(epoch)
-    used = sum(int(ex.lengths[r].sum()) for rows in self.plan(epoch) for r in rows)
+    used = int(self.sampled.examples(epoch).lengths[self.plan(epoch).examples].sum())
     return used / max(1, self.steps_per_epoch(epoch) * self.global_batch_tokens)
 
   @functools.cached_property
@@ -94,12 +127,34 @@ class Pipeline:
     epoch, i = self.locate(step)
     ex, tokens = self.sampled.examples(epoch), self.sampled.tokens
     out = empty_rows(self.local_rows, self.row_len)
-    for r, idx in enumerate(self.plan(epoch)[i][self._row_lo:self._row_lo + self.local_rows]):
+    plan = self.plan(epoch)
+    rows = [plan.row(i, self._row_lo + r) for r in range(self.local_rows)]
+    for r, idx in enumerate(rows):
       pieces = [(tokens[s:s + n], tokens[rs:rs + rn]) for s, n, rs, rn in zip(
           ex.inst_start[idx].tolist(), ex.inst_len[idx].tolist(),
           ex.resp_start[idx].tolist(), ex.resp_len[idx].tolist())]
       fill_row(out, r, pieces, self.target_only)
+    self._check_ids(out, epoch, rows)
     return out
+
+  def _check_ids(self, out: dict[str, np.ndarray], epoch: int, rows: list[np.ndarray]) -> None:
+    """Raise naming the example if a token id of the batch is outside the vocabulary.
+    inputs hold every token but each response's last; labels hold that one."""
+    limit, inputs, labels = self.sampled.id_limit, out["inputs"], out["labels"]
+    bad = (inputs < 0) | (inputs >= limit) | (labels >= limit) | (
+        (labels < 0) & (labels != IGNORE_LABEL))
+    if not bad.any():
+      return
+    r, t = np.argwhere(bad)[0]
+    value = inputs[r, t] if not 0 <= inputs[r, t] < limit else labels[r, t]
+    example = int(rows[r][out["segment_ids"][r, t] - 1])
+    ex = self.sampled.examples(epoch)
+    raise DataError(
+        f"{self.sampled.path}: epoch {epoch} example {example} (tokens.npy "
+        f"[{ex.inst_start[example]}, {ex.inst_start[example] + ex.inst_len[example]}) and "
+        f"[{ex.resp_start[example]}, {ex.resp_start[example] + ex.resp_len[example]})) has "
+        f"token id {int(value)}, outside the vocabulary [0, {limit}); run "
+        f"experiments/check_data.py {self.sampled.path} to find every bad id")
 
   def _fingerprint(self) -> dict[str, Any]:
     return {"version": STATE_VERSION, "rows": self.rows, "row_len": self.row_len,

@@ -1,4 +1,4 @@
-"""JSONL {"instruction", "response", "condition"} -> data_io sampled directory (the SFT path).
+"""JSONL or Parquet {instruction, response, condition} -> data_io sampled directory (SFT path).
 
 Rules of data_io's sampler (REFERENCE section 5): instruction = boq + condition tokens + text +
 eoq, response = text + eoa; responses shorter than 2 tokens are dropped (so an empty response
@@ -6,19 +6,38 @@ text is dropped); with context = max_seq_len + 1, `truncate` cuts the response t
 `context - len(instruction)` tokens (dropping the example when nothing is left), `drop` drops
 examples longer than the context. One deviation: a response truncated to a single token is
 dropped here too (data_io keeps it; the reference's training then crashed on it).
+
+Streaming: the input is read in chunks of lines (`chunk_bytes`), each chunk is parsed and
+tokenised (the `tokenizers` batch encoder) in one of `workers` forked processes, and the results
+are appended to the output in input order, so memory is bounded by the chunks in flight, not by
+the corpus. The output is byte-identical whatever the chunking and worker count.
+
+Mixing (data_io's per-prefix sampling idea): `repeats[file] = r` uses the file's kept examples
+floor(r) times plus its first round(frac(r) * kept) once more (r = 0.25 caps a file to its
+first quarter, r = 2 doubles it); tokens are written once, repeated examples share their
+spans, and the epoch permutations run over the whole mixed list.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import multiprocessing
 import os
-from typing import Literal, Sequence
+import time
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+import tqdm
 
 from hrm_jax import jsonl
-from hrm_jax.data.sampled import MIN_RESP_LEN, DataError, concat_examples, write_sampled
+from hrm_jax.data.sampled import MIN_RESP_LEN, DataError, sampled_writer, token_dtype
 from hrm_jax.tokenizer import Tokenizer
 
 LongContext = Literal["truncate", "drop"]
+CHUNK_BYTES = 1 << 20  # input bytes per chunk: ~1M tokens at most in flight per worker
+PARQUET_COLUMNS = ("instruction", "response", "condition")  # data_io's cleaned data sets
 
 
 @dataclasses.dataclass
@@ -30,6 +49,12 @@ class FileStats:
   truncated: int = 0
   inst_tokens: int = 0
   resp_tokens: int = 0
+  unk_tokens: int = 0  # <unk> ids in the tokenised texts of all rows (kept or not)
+  used: int = 0  # examples in the index after the file's repeat (mixing)
+
+  def add(self, other: "FileStats") -> None:
+    for f in dataclasses.fields(FileStats):
+      setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 @dataclasses.dataclass
@@ -42,28 +67,100 @@ class PrepareSummary:
   def total(self) -> FileStats:
     t = FileStats()
     for s in self.files.values():
-      for f in dataclasses.fields(FileStats):
-        setattr(t, f.name, getattr(t, f.name) + getattr(s, f.name))
+      t.add(s)
     return t
 
   def table(self) -> str:
     """Markdown table: rows and tokens per input file and in total."""
     head = ("| file | rows | kept | dropped (short response) | dropped (too long) | truncated "
-            "| instruction tokens | response tokens | tokens |")
-    lines = [head, "|" + "---|" * 9]
+            "| instruction tokens | response tokens | tokens | `<unk>` tokens | examples used "
+            "| coverage |")
+    lines = [head, "|" + "---|" * 12]
     for name, s in [*self.files.items(), ("**total**", self.total)]:
       lines.append(f"| {name} | {s.rows:,} | {s.kept:,} | {s.dropped_short:,} | "
                    f"{s.dropped_long:,} | {s.truncated:,} | {s.inst_tokens:,} | "
-                   f"{s.resp_tokens:,} | {s.inst_tokens + s.resp_tokens:,} |")
+                   f"{s.resp_tokens:,} | {s.inst_tokens + s.resp_tokens:,} | "
+                   f"{s.unk_tokens:,} | {s.used:,} | {s.used / max(s.kept, 1):.2f}x |")
     return "\n".join(lines)
 
 
-def read_jsonl(file: str) -> list[tuple[int, str, str, str]]:
-  """(line number, instruction, response, condition) per non-blank line of `file`."""
-  if not os.path.isfile(file):
-    raise DataError(f"{file}: input file missing")
-  rows = []
-  for no, obj in jsonl.read_objects(file, DataError):
+@dataclasses.dataclass(frozen=True)
+class Rules:
+  context: int  # max_seq_len + 1
+  long_context: LongContext
+  dtype: np.dtype  # of tokens.npy
+
+
+@dataclasses.dataclass
+class Chunk:
+  """One chunk of rows, tokenised and filtered: its examples' tokens and lengths."""
+  tokens: np.ndarray  # [sum(inst_len + resp_len)] in `Rules.dtype`
+  inst_len: np.ndarray  # [kept] int64
+  resp_len: np.ndarray  # [kept] int64
+  stats: FileStats
+
+
+def is_parquet(file: str) -> bool:
+  return file.endswith(".parquet")
+
+
+def read_parquet_chunks(file: str, chunk_bytes: int) -> Iterator[tuple[list[tuple[int, dict]],
+                                                                       int]]:
+  """(rows [(row number from 1, {column: value})], bytes of the file they stand for)."""
+  try:
+    f = pq.ParquetFile(file)
+  except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+    raise DataError(f"{file}: not a readable Parquet file ({e})") from e
+  names = f.schema_arrow.names
+  for col in PARQUET_COLUMNS[:2]:
+    if col not in names:
+      raise DataError(f"{file}: column '{col}' missing (has {names}); expected "
+                      f"{list(PARQUET_COLUMNS)} (condition optional)")
+  columns = [c for c in PARQUET_COLUMNS if c in names]
+  total, size = max(f.metadata.num_rows, 1), os.path.getsize(file)
+  rows_per_chunk = max(1, int(chunk_bytes * total / max(size, 1)))
+  no = 0
+  for batch in f.iter_batches(batch_size=rows_per_chunk, columns=columns):
+    cols = batch.to_pydict()
+    rows = [(no + k + 1, {c: cols[c][k] for c in columns}) for k in range(batch.num_rows)]
+    no += batch.num_rows
+    yield rows, int(size * batch.num_rows / total)
+
+
+def read_chunks(file: str, chunk_bytes: int) -> Iterator[tuple[list[tuple[int, Any]], int]]:
+  """(rows [(line number, raw bytes)], their size in bytes) of about `chunk_bytes` each;
+  Parquet files give [(row number, {column: value})]."""
+  if is_parquet(file):
+    yield from read_parquet_chunks(file, chunk_bytes)
+    return
+  lines: list[tuple[int, bytes]] = []
+  size = 0
+  with open(file, "rb") as f:
+    for no, line in enumerate(f, 1):
+      lines.append((no, line))
+      size += len(line)
+      if size >= chunk_bytes:
+        yield lines, size
+        lines, size = [], 0
+  if lines:
+    yield lines, size
+
+
+def encode_chunk(tokenizer: Tokenizer, file: str, lines: Sequence[tuple[int, Any]],
+                 rules: Rules) -> Chunk:
+  """Parse, tokenise and filter one chunk of JSONL lines (or Parquet rows); errors name
+  `file` and the line (row)."""
+  stats = FileStats()
+  conds: list[list[int]] = []
+  insts: list[str] = []
+  resps: list[str] = []
+  cond_ids: dict[str, list[int]] = {}
+  for no, raw in lines:
+    obj = raw if isinstance(raw, dict) else jsonl.parse_line(file, no, raw, DataError)
+    if obj is None:
+      continue
+    if isinstance(raw, dict) and obj.get("condition") is None:
+      obj = dict(obj, condition="direct")
     for key in ("instruction", "response"):
       if not isinstance(obj.get(key), str):
         raise DataError(f"{file}:{no}: field '{key}' missing or not a string")
@@ -71,66 +168,158 @@ def read_jsonl(file: str) -> list[tuple[int, str, str, str]]:
     if not isinstance(cond, str):
       raise DataError(f"{file}:{no}: field 'condition' must be a string like 'direct' or "
                       "'synth,cot'")
-    rows.append((no, obj["instruction"], obj["response"], cond))
-  return rows
+    if cond not in cond_ids:
+      try:
+        cond_ids[cond] = tokenizer.condition_tokens(cond)
+      except ValueError as e:
+        raise DataError(f"{file}:{no}: field 'condition': {e}") from e
+    conds.append(cond_ids[cond])
+    insts.append(obj["instruction"])
+    resps.append(obj["response"])
+  stats.rows = len(insts)
+  boq, eoq, eoa, unk = tokenizer.boq_id, tokenizer.eoq_id, tokenizer.eoa_id, tokenizer.unk_id
+  buf: list[int] = []
+  inst_len: list[int] = []
+  resp_len: list[int] = []
+  for cond, i_ids, o_ids in zip(conds, tokenizer.encode_texts(insts),
+                                tokenizer.encode_texts(resps)):
+    if unk is not None:
+      stats.unk_tokens += i_ids.count(unk) + o_ids.count(unk)
+    n_inst, n_resp = len(cond) + len(i_ids) + 2, len(o_ids) + 1
+    if n_resp < MIN_RESP_LEN:
+      stats.dropped_short += 1
+      continue
+    allowed = rules.context - min(n_inst, rules.context)
+    keep = n_resp
+    if n_resp > allowed:
+      if rules.long_context == "drop" or allowed < MIN_RESP_LEN:
+        stats.dropped_long += 1
+        continue
+      keep = allowed
+      stats.truncated += 1
+    buf.append(boq)
+    buf.extend(cond)
+    buf.extend(i_ids)
+    buf.append(eoq)
+    if keep == n_resp:
+      buf.extend(o_ids)
+      buf.append(eoa)
+    else:
+      buf.extend(o_ids[:keep])
+    inst_len.append(n_inst)
+    resp_len.append(keep)
+  stats.kept = len(inst_len)
+  stats.inst_tokens, stats.resp_tokens = sum(inst_len), sum(resp_len)
+  return Chunk(np.array(buf, rules.dtype), np.array(inst_len, np.int64),
+               np.array(resp_len, np.int64), stats)
+
+
+_worker: dict[str, Any] = {}  # the tokenizer of a forked worker process (set by _init_worker)
+
+
+def _init_worker(tokenizer: Tokenizer) -> None:
+  # One thread per worker: the processes are the parallelism (threads inside each contend).
+  os.environ["TOKENIZERS_PARALLELISM"] = "false"
+  _worker["tokenizer"] = tokenizer
+
+
+def _encode_in_worker(file: str, lines: list[tuple[int, Any]], rules: Rules) -> Chunk:
+  return encode_chunk(_worker["tokenizer"], file, lines, rules)
+
+
+def encoded_chunks(files: Sequence[str], tokenizer: Tokenizer, rules: Rules, *, workers: int,
+                   chunk_bytes: int) -> Iterator[tuple[str, int, Chunk]]:
+  """(file, input bytes, Chunk) in input order; with workers > 1, chunks are encoded by that
+  many forked processes with at most 2 * workers chunks in flight (bounded memory)."""
+  jobs = ((f, lines, size) for f in files for lines, size in read_chunks(f, chunk_bytes))
+  if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    for f, lines, size in jobs:
+      yield f, size, encode_chunk(tokenizer, f, lines, rules)
+    return
+  # fork: workers inherit the loaded tokenizer (nothing is pickled but lines and results);
+  # the parent has not encoded anything, so the tokenizers thread pool is not forked.
+  with multiprocessing.get_context("fork").Pool(workers, _init_worker, (tokenizer,)) as pool:
+    pending: collections.deque = collections.deque()
+    for f, lines, size in jobs:
+      pending.append((f, size, pool.apply_async(_encode_in_worker, (f, lines, rules))))
+      if len(pending) >= 2 * workers:
+        f0, size0, result = pending.popleft()
+        yield f0, size0, result.get()
+    while pending:
+      f0, size0, result = pending.popleft()
+      yield f0, size0, result.get()
 
 
 def prepare_jsonl(files: Sequence[str], tokenizer: Tokenizer, out: str, *, epochs: int,
                   max_seq_len: int = 4096, long_context: LongContext = "truncate", seed: int = 0,
-                  tokenizer_json: str | None = None) -> PrepareSummary:
-  """Tokenise, filter and write `out` (atomically). max_seq_len: model context (metadata
-  stores max_seq_len + 1). tokenizer_json: copied into `out` for self-containment."""
+                  tokenizer_json: str | None = None, workers: int = 1,
+                  chunk_bytes: int = CHUNK_BYTES, overwrite: bool = False,
+                  other_inputs: Sequence[str] = (), progress: bool = False,
+                  repeats: dict[str, float] | None = None) -> PrepareSummary:
+  """Tokenise, filter and write `out` (atomically, streaming). max_seq_len: model context
+  (metadata stores max_seq_len + 1). tokenizer_json: copied into `out` for
+  self-containment. An existing non-empty `out` is refused unless `overwrite`, and even then
+  only a sampled directory holding none of the inputs (files, tokenizer_json, other_inputs)
+  is replaced. progress: a bar with MB/s and rows/s on stderr. Files ending in .parquet are
+  read as Parquet (columns instruction, response, condition). repeats: file -> repeat factor
+  (mixing, see the module doc; default 1)."""
   if epochs < 1:
     raise ValueError(f"epochs={epochs} must be >= 1")
   if long_context not in ("truncate", "drop"):
     raise ValueError(f"long_context={long_context!r} must be 'truncate' or 'drop'")
-  context = max_seq_len + 1
-  stats: dict[str, FileStats] = {}
-  inst_all: list[list[int]] = []
-  resp_all: list[list[int]] = []
   for file in files:
-    rows = read_jsonl(file)
-    s = stats.setdefault(file, FileStats())
-    s.rows += len(rows)
-    prompts = []
-    for no, inst, _, cond in rows:
-      try:
-        prompts.append(tokenizer.condition_tokens(cond))
-      except ValueError as e:
-        raise DataError(f"{file}:{no}: field 'condition': {e}") from e
-    inst_ids = tokenizer.encode_texts([r[1] for r in rows])
-    resp_ids = tokenizer.encode_texts([r[2] for r in rows])
-    for cond_ids, i_text, o_text in zip(prompts, inst_ids, resp_ids):
-      inst = [tokenizer.boq_id, *cond_ids, *i_text, tokenizer.eoq_id]
-      resp = [*o_text, tokenizer.eoa_id]
-      if len(resp) < MIN_RESP_LEN:
-        s.dropped_short += 1
-        continue
-      allowed = context - min(len(inst), context)
-      if long_context == "truncate":
-        if len(resp) > allowed:
-          if allowed < MIN_RESP_LEN:
-            s.dropped_long += 1
-            continue
-          resp = resp[:allowed]
-          s.truncated += 1
-      elif len(resp) > allowed:
-        s.dropped_long += 1
-        continue
-      s.kept += 1
-      s.inst_tokens += len(inst)
-      s.resp_tokens += len(resp)
-      inst_all.append(inst)
-      resp_all.append(resp)
-  if not inst_all:
-    raise DataError(f"{', '.join(files)}: no example survived filtering; nothing to write")
-
-  tokens, examples = concat_examples(inst_all, resp_all)
+    if not os.path.isfile(file):
+      raise DataError(f"{file}: input file missing")
+  repeats = dict(repeats or {})
+  if repeats and len(set(files)) < len(files):
+    raise DataError(f"{files}: a file is listed twice; give it a repeat factor instead")
+  for file, r in repeats.items():
+    if file not in files:
+      raise DataError(f"{file}: has a repeat factor but is not an input")
+    if not r > 0:
+      raise DataError(f"{file}: repeat factor {r} must be > 0")
   out = os.path.abspath(out)
   info = dict(tokenizer.info.to_dict(), tokenizer_path=out,
               vocab_size=tokenizer.tokenizer_vocab_size)
-  write_sampled(out, tokens=tokens, examples=examples, tokenizer_info=info, max_seq_len=context,
-                epochs=epochs, seed=seed,
-                extra_files={"tokenizer.json": tokenizer_json} if tokenizer_json else None,
-                extra_json={"tokenizer_info.json": info})
+  rules = Rules(max_seq_len + 1, long_context, token_dtype(tokenizer.tokenizer_vocab_size))
+  stats = {file: FileStats() for file in files}
+  inputs = [*files, *([tokenizer_json] if tokenizer_json else []), *other_inputs]
+  try:
+    with sampled_writer(out, tokenizer_info=info, max_seq_len=rules.context, epochs=epochs,
+                        seed=seed, overwrite=overwrite, inputs=inputs,
+                        extra_files={"tokenizer.json": tokenizer_json} if tokenizer_json else None,
+                        extra_json={"tokenizer_info.json": info}) as writer, tqdm.tqdm(
+                            total=sum(os.path.getsize(f) for f in files), unit="B",
+                            unit_scale=True, desc="prepare", disable=not progress) as bar:
+      t0, rows = time.perf_counter(), 0
+      for file, size, chunk in encoded_chunks(files, tokenizer, rules, workers=workers,
+                                              chunk_bytes=chunk_bytes):
+        stats[file].add(chunk.stats)
+        writer.append(chunk.tokens, chunk.inst_len, chunk.resp_len)
+        rows += chunk.stats.rows
+        bar.update(size)
+        bar.set_postfix_str(f"{rows / max(time.perf_counter() - t0, 1e-9):,.0f} rows/s",
+                            refresh=False)
+      if not sum(s.kept for s in stats.values()):
+        raise DataError(f"{', '.join(files)}: no example survived filtering; nothing to write")
+      if repeats:
+        writer.selection = mix_selection(files, stats, repeats)
+  except FileExistsError as e:
+    raise DataError(str(e)) from e
+  for file, st in stats.items():
+    st.used = len(mix_selection([file], {file: st}, {file: repeats.get(file, 1.0)}))
   return PrepareSummary(stats, epochs, max_seq_len)
+
+
+def mix_selection(files: Sequence[str], stats: dict[str, FileStats],
+                  repeats: dict[str, float]) -> np.ndarray:
+  """Indices into the written examples ([kept] in file order) that form the mixed list:
+  per file (in order), its examples floor(r) times, then its first round(frac(r) * kept)."""
+  parts, first = [], 0
+  for file in dict.fromkeys(files):
+    kept, r = stats[file].kept, float(repeats.get(file, 1.0))
+    ids = np.arange(first, first + kept, dtype=np.int64)
+    whole = int(r)
+    parts += [ids] * whole + [ids[:int(round((r - whole) * kept))]]
+    first += kept
+  return np.concatenate(parts)

@@ -3,26 +3,41 @@
 Layout: `metadata.json` ({tokenizer_info, max_seq_len = context + 1, total_length}),
 `tokens.npy` (uint8/uint16/int32 by vocab size) and per epoch `epoch_{e}/{inst_start,
 inst_len, resp_start, resp_len}.npy` (int64 spans into tokens.npy, in training order).
-Everything is checked on open so that a bad directory fails before training, with the file and
-field named, instead of deep inside a jitted step.
+Metadata and index arrays are checked on open so that a bad directory fails before training,
+with the file and field named, instead of deep inside a jitted step.
+
+Token ids are checked once, not on every start of every host: the writer (and
+`experiments/check_data.py --record`) leaves `token_check.json` ({bytes, dtype, min_id,
+max_id}) beside tokens.npy; open trusts it while tokens.npy still has that size, and
+otherwise reads nothing of tokens.npy (the pipeline checks each batch's ids as it builds it).
+The writer streams: tokens are appended to tokens.npy as they come, so memory is bounded by
+the chunk, not the corpus (the per-example index arrays stay in memory: 8 bytes each).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import io
 import json
 import logging
 import os
+import pathlib
 import shutil
 import tempfile
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from hrm_jax import atomic
 
 INDEX_FIELDS = ("inst_start", "inst_len", "resp_start", "resp_len")
 TOKEN_DTYPES = (np.uint8, np.uint16, np.int32)
 MIN_RESP_LEN = 2  # at least one content token + eoa (data_io's min_resp_length)
 _SCAN_CHUNK = 1 << 24
+TOKEN_CHECK = "token_check.json"  # the writer's record of the token id range
+EXTRA_FILES = ("tokenizer.json", "tokenizer_info.json")  # what prepare_data copies in
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +94,18 @@ class SampledData:
   """A validated data_io directory; tokens stay memory-mapped."""
 
   def __init__(self, path: str, metadata: dict[str, Any], tokens: np.ndarray,
-               epochs: list[Examples], dropped: list[int]):
+               epochs: list[Examples], dropped: list[int], id_limit: int | None = None,
+               ids_checked: bool = False):
     self.path = path
     self.metadata = metadata
     self.tokens = tokens
     self._epochs = epochs
     self.dropped = dropped  # per epoch: examples dropped for an empty/1-token response
+    # Every token id must be below id_limit; ids_checked: verified for the whole file at open
+    # (by dtype or by the writer's record), else only per batch by the pipeline.
+    self.id_limit = (int(metadata["tokenizer_info"]["vocab_size"]) if id_limit is None
+                     else id_limit)
+    self.ids_checked = ids_checked
 
   @property
   def tokenizer_info(self) -> dict[str, Any]:
@@ -158,18 +179,66 @@ def _load_array(file: str, field: str) -> np.ndarray:
   return arr
 
 
-def _check_tokens(file: str, tokens: np.ndarray, vocab: int) -> None:
+def _check_dtype(file: str, tokens: np.ndarray) -> None:
   if tokens.dtype not in [np.dtype(d) for d in TOKEN_DTYPES]:
     raise _fail(file, "tokens", f"dtype {tokens.dtype}, expected one of uint8/uint16/int32")
-  if np.iinfo(tokens.dtype).max < vocab and np.iinfo(tokens.dtype).min >= 0:
-    return  # every representable id is in the vocabulary: no scan needed
+
+
+def dtype_bounds_ids(dtype: np.dtype, vocab: int) -> bool:
+  """Whether every id the dtype can represent is inside [0, vocab) (nothing to check)."""
+  return np.iinfo(dtype).max < vocab and np.iinfo(dtype).min >= 0
+
+
+def scan_tokens(tokens: np.ndarray, vocab: int) -> tuple[int, int, int | None]:
+  """Reads all of `tokens` in chunks: (min id, max id, index of the first id outside
+  [0, vocab) or None). O(tokens): for check_data.py, never on a training start."""
+  lo_id, hi_id = 0, -1
   for lo in range(0, len(tokens), _SCAN_CHUNK):
     chunk = np.asarray(tokens[lo:lo + _SCAN_CHUNK])
+    lo_id = int(chunk.min()) if lo == 0 else min(lo_id, int(chunk.min()))
+    hi_id = max(hi_id, int(chunk.max()))
     bad = np.flatnonzero((chunk < 0) | (chunk >= vocab))
     if bad.size:
-      i = lo + int(bad[0])
-      raise _fail(file, "tokens", f"token id {int(tokens[i])} at index {i} is outside the "
-                  f"vocabulary [0, {vocab})")
+      return lo_id, hi_id, lo + int(bad[0])
+  return lo_id, hi_id, None
+
+
+def token_record(tokens_file: str, dtype: np.dtype, min_id: int, max_id: int) -> dict[str, Any]:
+  """The `token_check.json` record: the id range of tokens.npy while it has this size."""
+  return {"file": "tokens.npy", "bytes": os.path.getsize(tokens_file), "dtype": dtype.name,
+          "min_id": int(min_id), "max_id": int(max_id)}
+
+
+def read_token_record(path: str, tokens: np.ndarray) -> dict[str, Any] | None:
+  """The record of `path`, or None when absent, unreadable or stale (size or dtype differ)."""
+  file = os.path.join(path, TOKEN_CHECK)
+  try:
+    with open(file) as f:
+      rec = json.load(f)
+    fresh = (rec["bytes"] == os.path.getsize(os.path.join(path, "tokens.npy"))
+             and rec["dtype"] == tokens.dtype.name)
+    int(rec["min_id"]), int(rec["max_id"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  return rec if fresh else None
+
+
+def _check_tokens(path: str, file: str, tokens: np.ndarray, vocab: int) -> bool:
+  """Whether all ids are known to be in [0, vocab) without reading tokens.npy (dtype or
+  record); raises when the record says an id is outside."""
+  _check_dtype(file, tokens)
+  if dtype_bounds_ids(tokens.dtype, vocab):
+    return True
+  rec = read_token_record(path, tokens)
+  if rec is None:
+    log.info("%s: no current %s; token ids are checked per batch (run experiments/"
+             "check_data.py %s --record to check them all once)", file, TOKEN_CHECK, path)
+    return False
+  for value in (rec["min_id"], rec["max_id"]):
+    if not 0 <= value < vocab:
+      raise _fail(file, "tokens", f"token id {value} (recorded in {TOKEN_CHECK}) is outside "
+                  f"the vocabulary [0, {vocab}); experiments/check_data.py {path} finds where")
+  return True
 
 
 def _load_epoch(path: str, epoch: int, n_tokens: int, max_example: int,
@@ -216,7 +285,9 @@ def open_sampled(path: str, *, epochs: int | None = None, vocab_size: int | None
   """Open and validate a data_io sampled directory.
 
   epochs: how many epoch folders training needs (default: all present). vocab_size: every
-  token id must be below it (default: the tokenizer vocab of the metadata). max_seq_len: the
+  token id must be below it (default: the tokenizer vocab of the metadata); known from the
+  dtype or a current token_check.json without reading tokens.npy, else left to the pipeline's
+  per-batch check (`ids_checked` says which). max_seq_len: the
   model context; no example may need more (default: metadata max_seq_len - 1).
   """
   path = os.fspath(path)
@@ -225,7 +296,7 @@ def open_sampled(path: str, *, epochs: int | None = None, vocab_size: int | None
   tok_file = os.path.join(path, "tokens.npy")
   tokens = _load_array(tok_file, "tokens")
   vocab = int(meta["tokenizer_info"]["vocab_size"]) if vocab_size is None else vocab_size
-  _check_tokens(tok_file, tokens, vocab)
+  ids_checked = _check_tokens(path, tok_file, tokens, vocab)
 
   limit, limit_field = meta["max_seq_len"] - 1, f"{meta_file} max_seq_len {meta['max_seq_len']}"
   if max_seq_len is not None and max_seq_len < limit:
@@ -240,7 +311,8 @@ def open_sampled(path: str, *, epochs: int | None = None, vocab_size: int | None
                     f"asks for {wanted} epoch(s) but the directory has {found} "
                     f"(epoch_0..epoch_{found - 1}); regenerate with more epochs")
   loaded = [_load_epoch(path, e, len(tokens), limit, limit_field) for e in range(wanted)]
-  return SampledData(path, meta, tokens, [ex for ex, _ in loaded], [d for _, d in loaded])
+  return SampledData(path, meta, tokens, [ex for ex, _ in loaded], [d for _, d in loaded],
+                     id_limit=vocab, ids_checked=ids_checked)
 
 
 def _replace_dir(tmp: str, out: str) -> None:
@@ -255,45 +327,163 @@ def _replace_dir(tmp: str, out: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_sampled(out: str, *, tokens: np.ndarray, examples: Examples,
-                  tokenizer_info: Mapping[str, Any], max_seq_len: int, epochs: int,
-                  seed: int = 0, extra_files: Mapping[str, str] | None = None,
-                  epoch_orders: Iterable[np.ndarray] | None = None,
-                  extra_json: Mapping[str, Any] | None = None) -> None:
-  """Write a sampled directory atomically (temp dir + rename; an interrupt leaves no output).
+def sampled_kind(path: pathlib.Path, inputs: Sequence[str] = ()) -> str | None:
+  """None when `path` is a sampled directory this writer made (so --overwrite may replace
+  it): metadata.json, tokens.npy, epoch_*/ of index arrays and nothing but the writer's own
+  extras, holding none of `inputs`; else why it is not."""
+  root = os.path.realpath(path)
+  for f in inputs:
+    real = os.path.realpath(f)
+    if real == root or real.startswith(root + os.sep):
+      return f"it holds the input {f}"
+  names = set(os.listdir(path))
+  for need in ("metadata.json", "tokens.npy"):
+    if need not in names:
+      return f"it has no {need}"
+  for name in sorted(names - {"metadata.json", "tokens.npy", TOKEN_CHECK, *EXTRA_FILES}):
+    folder = path / name
+    if not (name.startswith("epoch_") and name[6:].isdigit() and folder.is_dir()
+            and not folder.is_symlink()):
+      return f"it holds {name}, which the writer does not make"
+    extra = set(os.listdir(folder)) - {f"{f}.npy" for f in INDEX_FIELDS}
+    if extra:
+      return f"it holds {name}/{sorted(extra)[0]}, which the writer does not make"
+  return None
 
-  tokens: [T] ids; examples: spans into them; max_seq_len: metadata value (context + 1).
+
+def _npy_header(dtype: np.dtype, n: int) -> bytes:
+  """The .npy header np.save writes for a 1-D [n] array of `dtype` (numpy pads it so that its
+  length does not depend on n, which lets tokens.npy be written before n is known)."""
+  buf = io.BytesIO()
+  np.lib.format.write_array_header_1_0(
+      buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+            "shape": (n,)})
+  return buf.getvalue()
+
+
+class SampledWriter:
+  """Appends examples to a sampled directory under construction (see `sampled_writer`)."""
+
+  def __init__(self, folder: pathlib.Path, vocab: int):
+    self.folder, self.vocab = folder, vocab
+    self.dtype = token_dtype(vocab)
+    self.tokens_file = str(folder / "tokens.npy")
+    self._header_len = len(_npy_header(self.dtype, 0))
+    self._f = open(self.tokens_file, "wb")
+    self._f.write(b"\0" * self._header_len)
+    self._inst: list[np.ndarray] = []
+    self._resp: list[np.ndarray] = []
+    self.num_tokens, self.min_id, self.max_id = 0, 0, -1
+    self.spans: Examples | None = None  # explicit spans into tokens.npy (write_sampled)
+    self.selection: np.ndarray | None = None  # appended examples to index, repeats allowed
+
+  def append(self, tokens: np.ndarray, inst_len: np.ndarray, resp_len: np.ndarray) -> None:
+    """tokens: [sum(inst_len + resp_len)] ids, each example's instruction then its response;
+    inst_len, resp_len: [n] per example."""
+    inst_len, resp_len = np.asarray(inst_len, np.int64), np.asarray(resp_len, np.int64)
+    if int(inst_len.sum() + resp_len.sum()) != np.size(tokens):
+      raise ValueError(f"{np.size(tokens)} tokens for examples of {int(inst_len.sum())} + "
+                       f"{int(resp_len.sum())}")
+    self.append_tokens(tokens)
+    self._inst.append(inst_len)
+    self._resp.append(resp_len)
+
+  def append_tokens(self, tokens: np.ndarray) -> None:
+    """Appends ids to tokens.npy (checked against the vocabulary, range recorded)."""
+    tokens = np.asarray(tokens)
+    if tokens.size:
+      lo, hi = int(tokens.min()), int(tokens.max())
+      if lo < 0 or hi >= self.vocab:
+        raise DataError(f"{self.tokens_file}: token id {lo if lo < 0 else hi} is outside the "
+                        f"tokenizer vocabulary [0, {self.vocab})")
+      self.min_id = lo if self.num_tokens == 0 else min(self.min_id, lo)
+      self.max_id = max(self.max_id, hi)
+    self._f.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+    self.num_tokens += tokens.size
+
+  def finish(self) -> Examples:
+    """Fixes up the tokens.npy header; returns the examples' spans: `self.spans` when set,
+    else the appended examples in order (`self.selection` of them when set)."""
+    header = _npy_header(self.dtype, self.num_tokens)
+    if len(header) != self._header_len:
+      raise AssertionError("numpy's .npy header length changed with the array length")
+    self._f.seek(0)
+    self._f.write(header)
+    self._f.close()
+    if self.spans is not None:
+      return self.spans
+    inst_len = np.concatenate([np.zeros(0, np.int64), *self._inst])
+    resp_len = np.concatenate([np.zeros(0, np.int64), *self._resp])
+    starts = np.concatenate([[0], np.cumsum(inst_len + resp_len)[:-1]]).astype(np.int64)
+    ex = Examples(starts[:len(inst_len)], inst_len, starts[:len(inst_len)] + inst_len, resp_len)
+    return ex if self.selection is None else ex.take(self.selection)
+
+  def close(self) -> None:
+    if not self._f.closed:
+      self._f.close()
+
+
+@contextlib.contextmanager
+def sampled_writer(out: str, *, tokenizer_info: Mapping[str, Any], max_seq_len: int,
+                   epochs: int, seed: int = 0, extra_files: Mapping[str, str] | None = None,
+                   extra_json: Mapping[str, Any] | None = None,
+                   epoch_orders: Iterable[np.ndarray] | None = None, overwrite: bool = False,
+                   inputs: Sequence[str] = ()) -> Iterator[SampledWriter]:
+  """Build a sampled directory at `out` from appended examples; it appears whole on a clean
+  exit, or not at all.
+
+  An existing non-empty `out` is refused unless `overwrite`, and even then only a sampled
+  directory holding none of `inputs` is replaced (`sampled_kind`); files follow the umask.
   Epoch e lists the examples in the order of a Philox(seed) permutation, as the reference SFT
-  script does, unless `epoch_orders` gives them. extra_files: name -> source path to copy;
-  extra_json: name -> object written as JSON beside metadata.json.
+  script does, unless `epoch_orders` gives them. max_seq_len: metadata value (context + 1).
+  extra_files: name -> source path to copy; extra_json: name -> object written as JSON.
   """
-  out = os.path.abspath(os.fspath(out))
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
-  try:
-    dtype = token_dtype(int(tokenizer_info["vocab_size"]))
-    np.save(os.path.join(tmp, "tokens.npy"), np.asarray(tokens).astype(dtype, copy=False))
+  with atomic.directory(out, overwrite=overwrite,
+                        same_kind=functools.partial(sampled_kind, inputs=inputs)) as tmp:
     for name, src in (extra_files or {}).items():
-      shutil.copyfile(src, os.path.join(tmp, name))
+      shutil.copyfile(src, tmp / name)
+    writer = SampledWriter(tmp, int(tokenizer_info["vocab_size"]))
+    try:
+      yield writer
+      examples = writer.finish()
+    finally:
+      writer.close()
+    if not len(examples):
+      raise DataError(f"{out}: no examples to write")
     for name, obj in (extra_json or {}).items():
-      with open(os.path.join(tmp, name), "w") as f:
+      with open(tmp / name, "w") as f:
         json.dump(obj, f, indent=1)
     n = len(examples)
     if epoch_orders is None:
       rng = np.random.Generator(np.random.Philox(seed=seed))
-      epoch_orders = [rng.permutation(n) for _ in range(epochs)]
+      epoch_orders = (rng.permutation(n) for _ in range(epochs))
     for e, order in enumerate(epoch_orders):
-      folder = os.path.join(tmp, f"epoch_{e}")
-      os.makedirs(folder)
+      folder = tmp / f"epoch_{e}"
+      folder.mkdir()
       for f in INDEX_FIELDS:
-        np.save(os.path.join(folder, f"{f}.npy"), np.asarray(getattr(examples, f), np.int64)[order])
+        np.save(folder / f"{f}.npy", getattr(examples, f)[order])
     meta = {"tokenizer_info": dict(tokenizer_info), "vocab_size": None,
             "max_seq_len": int(max_seq_len),
             "total_length": int(np.sum(examples.inst_len) + np.sum(examples.resp_len))}
-    with open(os.path.join(tmp, "metadata.json"), "w") as f:
+    with open(tmp / "metadata.json", "w") as f:
       json.dump(meta, f, indent=1)
-    _replace_dir(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    with open(tmp / TOKEN_CHECK, "w") as f:
+      json.dump(token_record(writer.tokens_file, writer.dtype, writer.min_id, writer.max_id), f,
+                indent=1)
+
+
+def write_sampled(out: str, *, tokens: np.ndarray, examples: Examples,
+                  tokenizer_info: Mapping[str, Any], max_seq_len: int, epochs: int,
+                  seed: int = 0, extra_files: Mapping[str, str] | None = None,
+                  epoch_orders: Iterable[np.ndarray] | None = None,
+                  extra_json: Mapping[str, Any] | None = None, overwrite: bool = False,
+                  inputs: Sequence[str] = ()) -> None:
+  """Write a sampled directory from in-memory arrays (see `sampled_writer`).
+
+  tokens: [T] ids, written whole; examples: spans into them.
+  """
+  with sampled_writer(out, tokenizer_info=tokenizer_info, max_seq_len=max_seq_len,
+                      epochs=epochs, seed=seed, extra_files=extra_files, extra_json=extra_json,
+                      epoch_orders=epoch_orders, overwrite=overwrite, inputs=inputs) as w:
+    w.append_tokens(tokens)
+    w.spans = Examples(*(np.asarray(getattr(examples, f), np.int64) for f in INDEX_FIELDS))
