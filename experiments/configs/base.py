@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
       row_len=12288,        # tokens per row: 16 x 12,288 = 196,608 tokens per batch
       seed=0,
       target_only=True,
+      plan_cache="",        # a directory to keep epoch plans in across restarts ("" = off)
   ))
   c.train = ml_collections.ConfigDict(dict(
       lr=2.2e-4, b1=0.9, b2=0.95, weight_decay=0.1, ema_decay=0.9999,

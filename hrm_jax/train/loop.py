@@ -169,7 +169,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   pipeline = data_lib.Pipeline(sampled, rows=cfg.data.rows, row_len=cfg.data.row_len,
                                seed=cfg.data.seed, target_only=cfg.data.target_only,
                                process_index=jax.process_index(),
-                               process_count=jax.process_count())
+                               process_count=jax.process_count(),
+                               plan_cache=cfg.data.plan_cache or None)
   # The schedules (lr, bp_steps) run over total_steps; max_steps only stops early, so a
   # run stopped at max_steps and resumed later follows the same trajectory.
   total_steps = cfg.train.total_steps or pipeline.total_steps(cfg.train.epochs)
