@@ -70,6 +70,8 @@ def read_items(f: flags.FlagValues) -> list[dict]:
     rows = jsonl.read_objects(f.prompts_jsonl, error=app.UsageError)
   except OSError as e:
     raise app.UsageError(f"--prompts_jsonl={f.prompts_jsonl}: cannot read ({e.strerror})") from e
+  except UnicodeDecodeError as e:
+    raise app.UsageError(f"--prompts_jsonl={f.prompts_jsonl}: not UTF-8 text ({e.reason})") from e
   items = []
   for n, row in rows:
     where = f"{f.prompts_jsonl}:{n}"
@@ -94,10 +96,13 @@ def main(argv: list[str]) -> None:
   try:
     config, variables = loading.load_model(f.checkpoint, use_ema=f.use_ema)
     tok = loading.load_tokenizer(f.checkpoint, f.tokenizer)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ValueError) as e:  # messages name the file
     raise app.UsageError(f"--checkpoint={f.checkpoint}: {e}") from e
   depth = {k: v for k, v in (("H_cycles", f.H_cycles), ("L_cycles", f.L_cycles)) if v is not None}
-  config = config.replace(**depth)
+  try:
+    config = config.replace(**depth)
+  except ValueError as e:  # e.g. a trm's backprop window deeper than the new H_cycles
+    raise app.UsageError(f"--H_cycles/--L_cycles: {e}") from e
   for it in items:
     try:
       it["ids"] = tok.format_prompt(it["prompt"], it["condition"])
@@ -125,6 +130,7 @@ def main(argv: list[str]) -> None:
         print(text, flush=True)
     if f.prompts_jsonl:
       print(f"[generate] {start + len(chunk)}/{len(items)} prompts", file=sys.stderr, flush=True)
+
 
 if __name__ == "__main__":
   app.run(main)

@@ -85,8 +85,9 @@ def check_replaceable(path: str | os.PathLike, *, overwrite: bool,
   if not any(path.iterdir()):
     return
   if not overwrite:
-    raise FileExistsError(f"{path} exists and is not empty; refusing to replace it "
-                          f"(pass {flag} to replace a directory of the same kind)")
+    hint = (f" (pass {flag} to replace a directory of the same kind)" if same_kind is not None
+            else "; choose a new path")
+    raise FileExistsError(f"{path} exists and is not empty; refusing to replace it{hint}")
   why_not = "nothing may replace it" if same_kind is None else same_kind(path)
   if why_not:
     raise FileExistsError(f"{path} is not a directory this command wrote ({why_not}); "

@@ -49,7 +49,10 @@ def test_directory_refuses_non_empty_unless_same_kind_and_overwrite(tmp_path):
   target.mkdir()
   (target / "metrics.jsonl").write_text("precious\n")
   with pytest.raises(FileExistsError, match=r"run exists and is not empty.*--overwrite"):
-    with atomic.directory(target):
+    with atomic.directory(target, same_kind=lambda p: None):
+      pass
+  with pytest.raises(FileExistsError, match=r"run exists and is not empty.*choose a new path"):
+    with atomic.directory(target):  # nothing may replace it: no flag to suggest
       pass
   with pytest.raises(FileExistsError, match="not a directory this command wrote"):
     with atomic.directory(target, overwrite=True, same_kind=lambda p: "it has metrics.jsonl"):

@@ -165,6 +165,10 @@ def ensure_demo_data(cache_dir: str, *, epochs: int = 8, seed: int = 0,
   manifest = os.path.join(root, "manifest.json")
   if _manifest_matches(manifest, settings):
     return _load(root)
+  foreign = os.path.isdir(root) and _stale_cache(root)
+  if foreign:
+    raise FileExistsError(f"{root}: {foreign}; refusing to rebuild the demo cache over it "
+                          "(move those files away or choose another data.demo_dir)")
   try:
     with atomic.directory(root, overwrite=True, same_kind=_stale_cache) as tmp:
       _write(str(tmp), root, settings)
