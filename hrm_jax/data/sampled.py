@@ -25,7 +25,6 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -313,18 +312,6 @@ def open_sampled(path: str, *, epochs: int | None = None, vocab_size: int | None
   loaded = [_load_epoch(path, e, len(tokens), limit, limit_field) for e in range(wanted)]
   return SampledData(path, meta, tokens, [ex for ex, _ in loaded], [d for _, d in loaded],
                      id_limit=vocab, ids_checked=ids_checked)
-
-
-def _replace_dir(tmp: str, out: str) -> None:
-  """Move a finished directory into place; an existing `out` is swapped out, then deleted."""
-  old = None
-  if os.path.exists(out):
-    old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=os.path.dirname(out))
-    os.rmdir(old)
-    os.rename(out, old)
-  os.rename(tmp, out)
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def sampled_kind(path: pathlib.Path, inputs: Sequence[str] = ()) -> str | None:
