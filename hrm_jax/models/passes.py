@@ -17,22 +17,17 @@ import jax
 import numpy as np
 
 from hrm_jax import truncation
-from hrm_jax.layers import SeqInfo
+from hrm_jax.layers import SeqInfo, unroll_scans
 
 # Collections shared (not scanned) by every pass: weights and the fixed buffers (z_L_init).
 BROADCAST = ("params", "buffers")
 
 
-def unrolled(config) -> bool:
-  """Whether this config's layer and pass scans are unrolled in the compiled program."""
-  return config.unroll_scans
-
-
 def scan_passes(body: Callable, module: nn.Module, carry, n: int, seq: SeqInfo):
   """n passes carry = body(module, carry) sharing `module`'s parameters; the final carry.
 
-  One pass is a plain call; more are an `nn.scan`, unrolled when the config asks
-  (`unroll_scans`, small models). When decoding with a KV cache it is a Python loop: every
+  One pass is a plain call; more are an `nn.scan`, unrolled for small models on CPU
+  (`layers.unroll_scans`). When decoding with a KV cache it is a Python loop: every
   attention call then owns a static cache slot (its own array, updated in place by the
   decode loop; see `layers.Attention.cached`), and a decode step is a few tiny ops per
   layer, where loop overhead would dominate.
@@ -43,7 +38,7 @@ def scan_passes(body: Callable, module: nn.Module, carry, n: int, seq: SeqInfo):
     return carry
   scan = nn.scan(lambda m, c, _: (body(m, c), None), variable_broadcast=BROADCAST,
                  split_rngs={"params": False}, length=n,
-                 unroll=n if unrolled(module.config) else 1)
+                 unroll=n if unroll_scans(module.config) else 1)
   carry, _ = scan(module, carry, None)
   return carry
 
