@@ -77,7 +77,9 @@ def recompute_flops_per_token(config: ModelConfig, seq_len: int,
   `full` the whole block; `proj` (saves gqkv, gated attention, gate_up) o_proj and the
   attention matmuls; `dots` (saves every matmul without batch dims) the attention matmuls.
   `remat_scope="pass"` nests the same policy around each pass, recomputing as much again.
-  Passes without gradient have no backward, so nothing of theirs is recomputed.
+  Passes without gradient have no backward, so nothing of theirs is recomputed. The
+  attention matmuls count as recomputed whole (an upper bound); the score recompute that
+  blockwise attention kernels do in their own backward, under any policy, is not counted.
   """
   c = config
   if c.remat_policy == "none":
