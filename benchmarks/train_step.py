@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import hrm_jax  # noqa: E402
 from hrm_jax import flops as flops_lib  # noqa: E402
 from hrm_jax import optim  # noqa: E402
+from hrm_jax.layers import unroll_scans  # noqa: E402
 from hrm_jax import sharding as sharding_lib  # noqa: E402
 from hrm_jax.train import metrics as metrics_lib  # noqa: E402
 from hrm_jax.train import state as state_lib  # noqa: E402
@@ -119,6 +120,21 @@ def step_temporaries(cfg, state, batch, bp_steps):
   return None if mem is None else mem.temp_size_in_bytes
 
 
+def grad_temporaries(cfg, batch, bp_steps):
+  """Compiled temporaries (bytes) of the loss gradient alone at `bp_steps` (no optimizer)."""
+  model = hrm_jax.LanguageModel(cfg)
+  inputs = {k: v for k, v in batch.items() if k != "labels"}
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), inputs)
+  rest = {k: v for k, v in variables.items() if k != "params"}
+
+  def loss(params, rest):
+    logits = model.apply({**rest, "params": params}, inputs, bp_steps=bp_steps)
+    return hrm_jax.loss_and_metrics(logits, batch["labels"], inputs["segment_ids"])[0]
+
+  mem = jax.jit(jax.grad(loss)).lower(variables["params"], rest).compile().memory_analysis()
+  return None if mem is None else mem.temp_size_in_bytes
+
+
 def time_torch(cfg):
   import torch
   import transformers
@@ -164,7 +180,7 @@ def main(argv):
   print(f"backend={jax.default_backend()} devices={jax.device_count()} hidden={cfg.hidden_size} "
         f"layers/stack={cfg.layers_per_stack} H{cfg.H_cycles} L{cfg.L_cycles} "
         f"batch={_ROWS.value}x{_ROW_LEN.value} dtype={cfg.dtype} bp_steps={_BP.value} "
-        f"remat={cfg.remat_policy}/{cfg.remat_scope} unroll_scans={cfg.unroll_scans} "
+        f"remat={cfg.remat_policy}/{cfg.remat_scope} unroll_scans={unroll_scans(cfg)} "
         f"(compiled in {compile_s:.1f} s)")
   rows = [("hrm_jax", step_s)]
   if jax.default_backend() == "cpu" and _TORCH.value:
@@ -175,12 +191,14 @@ def main(argv):
   for name, t in rows:
     print(f"| {name} | {1e3 * t:.0f} | {tokens / t:.0f} | {100 * flops * tokens / t / peak:.1f}% "
           f"| {rows[-1][1] / t:.2f}x |")
-  temps = {bp: step_temporaries(cfg, state, batch, None if bp == "full" else int(bp))
-           for bp in _MEMORY_BP.value}
-  if None not in temps.values():
-    print("| bp_steps | " + " | ".join(temps) + " |\n|---|" + "---|" * len(temps))
-    print("| step temporaries MiB | "
-          + " | ".join(f"{t / 2**20:,.0f}" for t in temps.values()) + " |")
+  bps = {bp: None if bp == "full" else int(bp) for bp in _MEMORY_BP.value}
+  mem_rows = {"train step": [step_temporaries(cfg, state, batch, b) for b in bps.values()],
+              "gradient alone": [grad_temporaries(cfg, batch, b) for b in bps.values()]}
+  print("| compiled temporaries MiB at bp_steps | " + " | ".join(bps) + " |\n|---|"
+        + "---|" * len(bps))
+  for name, temps in mem_rows.items():
+    if None not in temps:
+      print(f"| {name} | " + " | ".join(f"{t / 2**20:,.0f}" for t in temps) + " |")
   if jax.default_backend() != "cpu":
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:

@@ -9,9 +9,9 @@ from experiments.configs import base
 def get_config():
   c = base.get_config()
   c.model = base.model_section("XL", "hrm")
-  # bf16 compute; the backward keeps the matmul outputs of the gradient-carrying passes
-  # (remat dots: the least recompute that fits), O(S) attention memory: 12,288-token rows
-  # take 41 GiB of an H100's 80 GB (benchmarks/aot_compile.py, benchmarks/README.md).
-  c.model.update(dtype="bfloat16", remat_policy="dots", remat_scope="layer",
+  # bf16 compute; one saved input per layer and pass (remat full), O(S) attention memory:
+  # 12,288-token rows fit 80 GB and v5p-16's 24,576 tokens/chip fit 95 GB; remat dots (less
+  # recompute) fits 16 x H100 but not v5p-16 (benchmarks/aot_compile.py, benchmarks/README.md).
+  c.model.update(dtype="bfloat16", remat_policy="full", remat_scope="layer",
                  attention_impl="chunked")
   return c
