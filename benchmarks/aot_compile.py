@@ -11,6 +11,8 @@ per-device memory and FLOPs (nothing is allocated or run).
 
 The step is the one experiments/train.py runs for --config (default hrm1b: its mesh,
 rows x row_len, remat, attention, loss_chunk, microbatches), at its largest bp_steps.
+FLOPs: the compiler's count, the analytic model count (hrm_jax/flops.py) and what
+rematerialisation adds to it (`flops.recompute_flops_per_token`).
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def _one(cfg, devices):
   rep = aot.report(compiled, devices)
   tokens = cfg.data.rows * cfg.data.row_len
   model_flops = flops_lib.train_flops_per_token(model_config, cfg.data.row_len, bp) * tokens
-  return model_config, rep, seconds, model_flops / rep.devices
+  recompute = flops_lib.recompute_flops_per_token(model_config, cfg.data.row_len, bp) * tokens
+  return model_config, rep, seconds, model_flops / rep.devices, recompute / rep.devices
 
 
 def main(argv):
@@ -92,18 +95,19 @@ def main(argv):
         f"microbatches {cfg.train.microbatches}, loss_chunk {cfg.train.loss_chunk}; "
         f"target {_TARGET.value} {topology} ({len(devices)} x {devices[0].device_kind})")
   print("| remat | attention | args GiB | temps GiB | total GiB/device | fits | "
-        "compiler GFLOP/device | model GFLOP/device | compile s |")
-  print("|---|---|---|---|---|---|---|---|---|")
+        "compiler GFLOP/device | model GFLOP/device | + recompute | compile s |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for policy, scope in settings:
     run = cfg.copy_and_resolve_references()
     with run.unlocked():
       run.model.remat_policy, run.model.remat_scope = policy, scope
-    model_config, rep, seconds, model_flops = _one(run, devices)
+    model_config, rep, seconds, model_flops, recompute = _one(run, devices)
     fits = rep.total < capacity.get(_TARGET.value, float("inf"))
     compiler = f"{rep.flops / 1e9:,.0f}" if rep.flops else "n/a"
     print(f"| {policy}/{scope} | {model_config.attention_impl} | {rep.arguments / GIB:.2f} | "
           f"{rep.temporaries / GIB:.2f} | {rep.total / GIB:.2f} | {'yes' if fits else 'NO'} | "
-          f"{compiler} | {model_flops / 1e9:,.0f} | {seconds:.0f} |", flush=True)
+          f"{compiler} | {model_flops / 1e9:,.0f} | {recompute / model_flops:+.0%} | "
+          f"{seconds:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import hrm_jax  # noqa: E402
 from hrm_jax import flops as flops_lib  # noqa: E402
 from hrm_jax import optim  # noqa: E402
+from hrm_jax.layers import unroll_scans  # noqa: E402
 from hrm_jax import sharding as sharding_lib  # noqa: E402
 from hrm_jax.train import metrics as metrics_lib  # noqa: E402
 from hrm_jax.train import state as state_lib  # noqa: E402
@@ -46,24 +47,26 @@ _BP = flags.DEFINE_integer("bp_steps", 5, "truncated-backprop window")
 _DTYPE = flags.DEFINE_string("dtype", "", "compute dtype (default: float32 on CPU, else bf16)")
 _REMAT = flags.DEFINE_enum("remat", "none", hrm_jax.config.REMAT_POLICIES, "remat policy")
 _SCOPE = flags.DEFINE_enum("remat_scope", "layer", hrm_jax.config.REMAT_SCOPES, "remat scope")
-_UNROLL = flags.DEFINE_bool("unroll", True, "unroll_scans (small models on CPU)")
+_UNROLL = flags.DEFINE_enum("unroll", "auto", ["auto", "true", "false"],
+                            "unroll_scans; auto = the config's per-backend default")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
 _TORCH = flags.DEFINE_bool("torch", True, "also time transformers on CPU")
+_MEMORY_BP = flags.DEFINE_list("memory_bp_steps", ["1", "5", "full"],
+                               "bp_steps values whose compiled step temporaries are printed")
 
 
 def model_config() -> hrm_jax.ModelConfig:
   dtype = _DTYPE.value or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+  common = dict(n_layers=2 * _LAYERS.value, dtype=dtype, remat_policy=_REMAT.value,
+                remat_scope=_SCOPE.value)
+  if _UNROLL.value != "auto":
+    common["unroll_scans"] = _UNROLL.value == "true"
   if _CONFIG.value:
     from experiments import configs
     m = configs.get(_CONFIG.value).model
-    return hrm_jax.model_config(m.size, m.arch, n_layers=2 * _LAYERS.value,
-                                vocab_size=m.vocab_size or 65536, dtype=dtype,
-                                remat_policy=_REMAT.value, remat_scope=_SCOPE.value,
-                                unroll_scans=_UNROLL.value)
+    return hrm_jax.model_config(m.size, m.arch, vocab_size=m.vocab_size or 65536, **common)
   return hrm_jax.model_config("B", "hrm", hidden_size=_HIDDEN.value, num_heads=_HEADS.value,
-                              n_layers=2 * _LAYERS.value, vocab_size=_VOCAB.value, dtype=dtype,
-                              remat_policy=_REMAT.value, remat_scope=_SCOPE.value,
-                                unroll_scans=_UNROLL.value)
+                              vocab_size=_VOCAB.value, **common)
 
 
 def make_batch(cfg, rows, row_len, seed=0):
@@ -95,7 +98,9 @@ def time_jax(cfg):
   state = state_lib.init_state(model, tx, jax.random.PRNGKey(0), shardings)
   batch = jax.device_put(make_batch(cfg, _ROWS.value, _ROW_LEN.value),
                          sharding_lib.batch_sharding(mesh))
+  t = time.perf_counter()
   compiled = fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t
   state, m = compiled(state, batch)
   jax.block_until_ready(m)
   times = []
@@ -104,8 +109,30 @@ def time_jax(cfg):
     state, m = compiled(state, batch)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
-  mem = compiled.memory_analysis()
-  return float(np.median(times)), mem
+  return float(np.median(times)), compile_s, state, batch
+
+
+def step_temporaries(cfg, state, batch, bp_steps):
+  """Compiled temporaries (bytes) of the train step at `bp_steps`: what the backward keeps."""
+  mesh = sharding_lib.make_mesh((1, -1, 1))
+  _, _, _, fn = build_step(cfg, mesh, bp_steps)
+  mem = fn.lower(state, batch).compile().memory_analysis()
+  return None if mem is None else mem.temp_size_in_bytes
+
+
+def grad_temporaries(cfg, batch, bp_steps):
+  """Compiled temporaries (bytes) of the loss gradient alone at `bp_steps` (no optimizer)."""
+  model = hrm_jax.LanguageModel(cfg)
+  inputs = {k: v for k, v in batch.items() if k != "labels"}
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), inputs)
+  rest = {k: v for k, v in variables.items() if k != "params"}
+
+  def loss(params, rest):
+    logits = model.apply({**rest, "params": params}, inputs, bp_steps=bp_steps)
+    return hrm_jax.loss_and_metrics(logits, batch["labels"], inputs["segment_ids"])[0]
+
+  mem = jax.jit(jax.grad(loss)).lower(variables["params"], rest).compile().memory_analysis()
+  return None if mem is None else mem.temp_size_in_bytes
 
 
 def time_torch(cfg):
@@ -147,13 +174,14 @@ def main(argv):
   del argv
   cfg = model_config()
   tokens = _ROWS.value * _ROW_LEN.value
-  step_s, mem = time_jax(cfg)
+  step_s, compile_s, state, batch = time_jax(cfg)
   flops = flops_lib.train_flops_per_token(cfg, _ROW_LEN.value, _BP.value)
   peak = metrics_lib.peak_flops_per_device() * jax.device_count()
   print(f"backend={jax.default_backend()} devices={jax.device_count()} hidden={cfg.hidden_size} "
         f"layers/stack={cfg.layers_per_stack} H{cfg.H_cycles} L{cfg.L_cycles} "
         f"batch={_ROWS.value}x{_ROW_LEN.value} dtype={cfg.dtype} bp_steps={_BP.value} "
-        f"remat={cfg.remat_policy}/{cfg.remat_scope}")
+        f"remat={cfg.remat_policy}/{cfg.remat_scope} unroll_scans={unroll_scans(cfg)} "
+        f"(compiled in {compile_s:.1f} s)")
   rows = [("hrm_jax", step_s)]
   if jax.default_backend() == "cpu" and _TORCH.value:
     rows.append(("transformers (PyTorch)", time_torch(cfg)))
@@ -163,9 +191,14 @@ def main(argv):
   for name, t in rows:
     print(f"| {name} | {1e3 * t:.0f} | {tokens / t:.0f} | {100 * flops * tokens / t / peak:.1f}% "
           f"| {rows[-1][1] / t:.2f}x |")
-  if mem is not None:
-    print(f"hrm_jax step memory (compiled): args {mem.argument_size_in_bytes / 2**20:.1f} MiB, "
-          f"temps {mem.temp_size_in_bytes / 2**20:.1f} MiB")
+  bps = {bp: None if bp == "full" else int(bp) for bp in _MEMORY_BP.value}
+  mem_rows = {"train step": [step_temporaries(cfg, state, batch, b) for b in bps.values()],
+              "gradient alone": [grad_temporaries(cfg, batch, b) for b in bps.values()]}
+  print("| compiled temporaries MiB at bp_steps | " + " | ".join(bps) + " |\n|---|"
+        + "---|" * len(bps))
+  for name, temps in mem_rows.items():
+    if None not in temps:
+      print(f"| {name} | " + " | ".join(f"{t / 2**20:,.0f}" for t in temps) + " |")
   if jax.default_backend() != "cpu":
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:

@@ -97,7 +97,8 @@ class ModelConfig:
   remat_scope: str = "layer"
   # Unroll the layer and recursion scans in the compiled program: faster for small models on
   # CPU (no per-iteration slicing of stacked weights), slower to compile for big ones.
-  unroll_scans: bool = False
+  # None = by backend and size (`hrm_jax.layers.unroll_scans`).
+  unroll_scans: Optional[bool] = None
 
   def __post_init__(self):
     if self.intermediate_size is None:

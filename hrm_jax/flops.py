@@ -67,3 +67,27 @@ def train_flops_per_token(config: ModelConfig, seq_len: int, bp_steps: Optional[
   stack = c.layers_per_stack * layer_flops(c, seq_len)
   head = 2 * c.hidden_size * c.vocab_size
   return (passes + 2 * grad_passes) * stack + 3 * head
+
+
+def recompute_flops_per_token(config: ModelConfig, seq_len: int,
+                              bp_steps: Optional[int]) -> float:
+  """Forward FLOPs rematerialisation repeats in the backward: hardware FLOPs minus model FLOPs.
+
+  Per gradient-carrying pass and layer, what `remat_policy` does not save is recomputed:
+  `full` the whole block; `proj` (saves gqkv, gated attention, gate_up) o_proj and the
+  attention matmuls; `dots` (saves every matmul without batch dims) the attention matmuls.
+  `remat_scope="pass"` nests the same policy around each pass, recomputing as much again.
+  Passes without gradient have no backward, so nothing of theirs is recomputed. The
+  attention matmuls count as recomputed whole (an upper bound); the score recompute that
+  blockwise attention kernels do in their own backward, under any policy, is not counted.
+  """
+  c = config
+  if c.remat_policy == "none":
+    return 0.0
+  d, hk = c.hidden_size, c.num_heads * c.head_dim
+  attention = 2 * 2 * hk * seq_len / 2
+  per_layer = {"full": layer_flops(c, seq_len), "proj": 2 * hk * d + attention,
+               "dots": attention}[c.remat_policy]
+  scopes = 2 if c.remat_scope == "pass" else 1
+  _, grad_passes = pass_counts(c, bp_steps)
+  return float(scopes * grad_passes * c.layers_per_stack * per_layer)

@@ -202,6 +202,19 @@ class Block(nn.Module):
     return x_BxSxD, None
 
 
+# Largest hidden size whose scans are unrolled on CPU by default: there a pass's matmuls are
+# small enough that a scan's per-iteration slicing of the stacked weights costs more than
+# the compile time unrolling adds (benchmarks/train_step.py --unroll).
+CPU_UNROLL_MAX_HIDDEN = 512
+
+
+def unroll_scans(config: ModelConfig) -> bool:
+  """config.unroll_scans, or when None: unrolled for small models compiled for CPU."""
+  if config.unroll_scans is not None:
+    return config.unroll_scans
+  return jax.default_backend() == "cpu" and config.hidden_size <= CPU_UNROLL_MAX_HIDDEN
+
+
 def remat_policy(name: str):
   """Checkpoint policy for a scanned layer; None means no rematerialisation."""
   if name == "none":
@@ -241,7 +254,7 @@ class Stack(nn.Module):
     layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast,), length=c.layers_per_stack,
-        unroll=c.layers_per_stack if c.unroll_scans else 1,
+        unroll=c.layers_per_stack if unroll_scans(c) else 1,
         metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
     apply = lambda mdl, x, seq: mdl(x, seq)[0]
     if remat and c.remat_scope == "pass":

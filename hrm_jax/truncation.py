@@ -1,8 +1,9 @@
 """Truncated backpropagation: which recurrent passes carry gradient, and its warm-up.
 
-A pass without gradient behaves like `stop_gradient` on its output (REFERENCE section 1).
-Flags are NumPy arrays computed from static integers, so each `bp_steps` value is one
-compiled variant of the model.
+A pass without gradient behaves like `stop_gradient` on its output: nothing flows back
+through it, not even into its inputs. Flags are NumPy arrays computed from static integers,
+so each `bp_steps` value is one compiled variant of the model, and the models split their
+passes into static runs of equal flags (`runs`, `hl_segments`): no flag is ever traced.
 """
 
 from __future__ import annotations
@@ -28,6 +29,34 @@ def hl_grad_flags(H_cycles: int, L_cycles: int, H_bp: int,
   """
   L_grad = trailing(H_cycles * L_cycles, L_bp).reshape(H_cycles, L_cycles)
   return L_grad, trailing(H_cycles, H_bp)
+
+
+def runs(flags: np.ndarray) -> list[tuple[int, bool]]:
+  """Run-length encoding of [n] bool flags: [(count, flag), ...] in order."""
+  out: list[tuple[int, bool]] = []
+  for f in np.asarray(flags, bool).tolist():
+    if out and out[-1][1] == f:
+      out[-1] = (out[-1][0] + 1, f)
+    else:
+      out.append((1, f))
+  return out
+
+
+def hl_segments(L_grad_HxL: np.ndarray,
+                H_grad_H: np.ndarray) -> list[tuple[int, np.ndarray, bool]]:
+  """Consecutive H cycles with equal flags, grouped in order: [(cycles, L flags [L_cycles],
+  H flag), ...].
+
+  With trailing windows there are at most four groups (gradient-free cycles, the cycle where
+  the L window starts, the one where the H window starts, cycles with gradient throughout).
+  """
+  out: list[tuple[int, np.ndarray, bool]] = []
+  for L_flags, H_flag in zip(np.asarray(L_grad_HxL, bool), np.asarray(H_grad_H, bool)):
+    if out and np.array_equal(out[-1][1], L_flags) and out[-1][2] == H_flag:
+      out[-1] = (out[-1][0] + 1, out[-1][1], out[-1][2])
+    else:
+      out.append((1, L_flags, bool(H_flag)))
+  return out
 
 
 def hrm_bp_split(H_cycles: int, bp_steps: int) -> tuple[int, int]:

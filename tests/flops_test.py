@@ -24,3 +24,19 @@ def test_truncation_reduces_training_flops_monotonically():
 def test_baseline_pass_counts(arch, expected):
   c = hrm_jax.model_config("B", arch)
   assert flops.pass_counts(c, hrm_jax.bp_steps_at(0, 1, c)) == expected
+
+
+def test_recompute_flops_by_policy():
+  c = hrm_jax.model_config("XL")
+  d, hk, s = 1536, 1536, 4096
+  layer, attention = flops.layer_flops(c, s), 2 * hk * s
+  assert flops.recompute_flops_per_token(c, s, 5) == 0.0  # remat none
+  full = c.replace(remat_policy="full")
+  assert flops.recompute_flops_per_token(full, s, 5) == pytest.approx(5 * 16 * layer)
+  assert flops.recompute_flops_per_token(full, s, None) == pytest.approx(8 * 16 * layer)
+  assert flops.recompute_flops_per_token(full.replace(remat_scope="pass"), s, 5) == (
+      pytest.approx(2 * 5 * 16 * layer))
+  assert flops.recompute_flops_per_token(c.replace(remat_policy="proj"), s, 2) == (
+      pytest.approx(2 * 16 * (2 * hk * d + attention)))
+  assert flops.recompute_flops_per_token(c.replace(remat_policy="dots"), s, 5) == (
+      pytest.approx(5 * 16 * attention))

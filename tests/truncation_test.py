@@ -96,8 +96,10 @@ def test_hrm_gradients_equal_hand_unrolled(bp_steps):
                     reference_grads(variables["params"], bp_steps))
 
 
-def test_hrm_other_cycles_gradients_equal_hand_unrolled():
-  _, variables, model_grads, reference_grads = setup("hrm", H_cycles=3, L_cycles=2)
+@pytest.mark.parametrize("unroll", [False, True])  # scans of H cycles and L passes, or not
+def test_hrm_other_cycles_gradients_equal_hand_unrolled(unroll):
+  _, variables, model_grads, reference_grads = setup("hrm", H_cycles=3, L_cycles=2,
+                                                     unroll_scans=unroll)
   for bp in (2, 4, 6):
     assert_tree_close(model_grads(variables["params"], bp),
                       reference_grads(variables["params"], bp))
@@ -150,3 +152,55 @@ def test_bp_steps_schedule():
   sft = cfg.replace(bp_warmup_ratio=0.0)
   assert hrm_jax.bp_steps_at(0, 1000, sft) == 5
   assert hrm_jax.bp_steps_at(0, 10, hrm_jax.model_config("B", "ut")) == 2
+
+
+def test_runs_and_hl_segments():
+  assert truncation.runs(np.array([0, 0, 1, 1, 1], bool)) == [(2, False), (3, True)]
+  assert truncation.runs(np.ones(4, bool)) == [(4, True)]
+  # H3 L2, bp 4 (H_bp 3, L_bp 1): every H pass has gradient, only the last L pass does.
+  segments = truncation.hl_segments(*truncation.hl_grad_flags(3, 2, 3, 1))
+  assert [(n, L.tolist(), H) for n, L, H in segments] == [
+      (2, [False, False], True), (1, [False, True], True)]
+  # H2 L3, bp 5: a gradient-free L run then an H pass with gradient; then gradient throughout.
+  segments = truncation.hl_segments(*truncation.hl_grad_flags(2, 3, 2, 3))
+  assert [(n, L.tolist(), H) for n, L, H in segments] == [
+      (1, [False] * 3, True), (1, [True] * 3, True)]
+  segments = truncation.hl_segments(*truncation.hl_grad_flags(4, 3, 1, 1))
+  assert [(n, L.tolist(), H) for n, L, H in segments] == [
+      (3, [False] * 3, False), (1, [False, False, True], True)]
+
+
+def _grad_fn(cfg, bp_steps, seq):
+  model = hrm_jax.LanguageModel(cfg)
+  batch = random_rows(np.random.default_rng(0), 2, seq, cfg.vocab_size)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)
+  others = {k: v for k, v in variables.items() if k != "params"}
+  grad = jax.grad(lambda p, o: model.apply({**o, "params": p}, batch, bp_steps=bp_steps).mean())
+  return grad, (variables["params"], others)
+
+
+@pytest.mark.parametrize("arch", ["hrm", "trm_match_recurrence", "rins", "ut"])
+def test_gradient_selects_no_branch_on_a_traced_flag(arch):
+  cfg = tiny_config(arch)
+  grad, args = _grad_fn(cfg, hrm_jax.bp_steps_at(0, 10, cfg), SEQ)
+  jaxpr = str(jax.make_jaxpr(grad)(*args))
+  assert " cond[" not in jaxpr, "a branch on a traced flag"
+
+
+def _temp_bytes(cfg, bp_steps):
+  cfg = cfg.replace(unroll_scans=False)  # scans: what large models compile to
+  grad, args = _grad_fn(cfg, bp_steps, 128)  # activations dominate the temporaries
+  return jax.jit(grad).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_compiled_gradient_memory_grows_with_the_window():
+  cfg = tiny_config("hrm")
+  temps = {bp: _temp_bytes(cfg, bp) for bp in (1, 5, None)}
+  assert temps[1] < temps[5] < temps[None], temps
+
+
+@pytest.mark.parametrize("arch", ["trm_match_recurrence", "rins", "ut"])
+def test_baseline_truncation_saves_compiled_memory(arch):
+  cfg = tiny_config(arch)
+  truncated, full = (_temp_bytes(cfg, bp) for bp in (hrm_jax.bp_steps_at(0, 10, cfg), None))
+  assert truncated < full, (truncated, full)

@@ -14,7 +14,7 @@ from ml_collections import config_dict
 from hrm_jax.config import ModelConfig
 
 _FIELD_TYPES = {"init_std": float, "intermediate_size": int, "head_dim": int,
-                "embedding_scale": float}
+                "embedding_scale": float, "unroll_scans": bool}
 
 
 def model_section(size: str, arch: str) -> ml_collections.ConfigDict:

@@ -6,9 +6,11 @@
         z_H = H(z_H + z_L)
     return z_H
 
-Both loops are `jax.lax.scan`s (via `nn.scan`) with shared parameters (Python loops when
-decoding with a KV cache, one cache slot per pass and layer; see `hrm_jax.decode`). With `bp_steps`, only the last bp_steps passes carry gradient (see
-`hrm_jax.truncation`).
+With `bp_steps`, only the last bp_steps passes carry gradient (`hrm_jax.truncation`). The
+flags are static, so `hl_recursion` runs H cycles with the same flags as one scan
+(`nn.scan`, shared parameters), and within a cycle each run of L passes with equal flags
+as one scan: gradient-free passes keep nothing for the backward pass. Decoding with a KV
+cache runs the same passes in the same order as Python loops (`hrm_jax.decode`).
 """
 
 from __future__ import annotations
@@ -36,23 +38,24 @@ def z_L_init_variable(module: nn.Module, hidden: int) -> nn.Variable:
 def hl_recursion(module: nn.Module, H, L, x_BxSxD: jax.Array, z_L_init_D: jax.Array,
                  seq: SeqInfo, H_cycles: int, L_cycles: int,
                  grads: Optional[tuple[np.ndarray, np.ndarray]]) -> jax.Array:
-  """The H/L loop; grads = (L flags [H_cycles, L_cycles], H flags [H_cycles]) or None.
+  """The H/L loop; grads = static (L flags [H_cycles, L_cycles], H flags [H_cycles]), or
+  None for gradient through every pass.
 
-  `module` owns both stacks (it is what the outer scan lifts); H and L map it to the stack
+  `module` owns both stacks (it is what the cycle scan lifts); H and L map it to the stack
   to use, so TRM can pass the same stack twice.
   """
+  if grads is None:
+    grads = (np.ones((H_cycles, L_cycles), bool), np.ones(H_cycles, bool))
   z_H = x_BxSxD
   z_L = jnp.broadcast_to(z_L_init_D.astype(x_BxSxD.dtype), x_BxSxD.shape)
+  for cycles, L_grads, H_grad in truncation.hl_segments(*grads):  # H cycles alike, in order
+    def cycle(mdl, carry, L_grads=L_grads, H_grad=H_grad):
+      z_H, z_L = carry
+      z_L = passes.repeat(L(mdl), z_L, z_H, seq, L_cycles, L_grads)  # z_L = L(z_L + z_H), L times
+      z_H = passes.one_pass(H(mdl), z_H, z_L, seq, H_grad)            # z_H = H(z_H + z_L)
+      return z_H, z_L
 
-  def cycle(mdl, carry, grads_i):
-    z_H, z_L = carry
-    L_grad, H_grad = grads_i if grads_i is not None else (None, None)
-    z_L = passes.repeat(L(mdl), z_L, z_H, seq, L_cycles, L_grad)
-    z_H = passes.one_pass(H(mdl), z_H, z_L, seq, H_grad)
-    return (z_H, z_L), None
-
-  xs = None if grads is None else (jnp.asarray(grads[0]), jnp.asarray(grads[1]))
-  z_H, _ = passes.scan_passes(cycle, module, (z_H, z_L), xs, H_cycles, seq)
+    z_H, z_L = passes.scan_passes(cycle, module, (z_H, z_L), cycles, seq)
   return z_H
 
 
