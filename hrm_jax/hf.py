@@ -37,8 +37,35 @@ _EXPORT_FILE = re.compile(r"config\.json|model.*\.safetensors(\.index\.json)?")
 _NOT_AN_EXPORT = ("metrics.jsonl", "metadata.json", "manifest.json")
 
 
-def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
-  """ModelConfig of an hrm_text config.json; every shape field is taken as given."""
+def _layers_per_stack(hf: dict[str, Any], where: str, in_weights: Optional[int]) -> int:
+  """Per-stack layer count: `num_layers_per_stack` when set, else the weights' count checked
+  against the three meanings `num_hidden_layers` has in the wild: per stack (transformers'
+  legacy configs), both stacks (the reference's convert_to_hf.py writes its n_layers), or
+  the inflated cache slot count layers * H_cycles * (L_cycles + 1) (transformers' own)."""
+  if hf.get("num_layers_per_stack"):
+    return int(hf["num_layers_per_stack"])
+  total = hf.get("num_hidden_layers")
+  if not total:
+    raise ValueError(f"{where}: needs num_layers_per_stack (or num_hidden_layers)")
+  if in_weights is None:
+    return int(total)
+  n, slots = in_weights, hf.get("H_cycles", 2) * (hf.get("L_cycles", 3) + 1)
+  meanings = {"per stack": n, "both stacks": 2 * n, "inflated (layers*H_cycles*(L_cycles+1))":
+              n * slots}
+  if total not in meanings.values():
+    raise ValueError(f"{where}: num_hidden_layers={total} fits none of the layouts of weights "
+                     f"with {n} layers per stack: "
+                     + ", ".join(f"{k} = {v}" for k, v in meanings.items())
+                     + "; set num_layers_per_stack")
+  return n
+
+
+def config_from_hf(hf: dict[str, Any], where: str = "config.json",
+                   layers_in_weights: Optional[int] = None) -> ModelConfig:
+  """ModelConfig of an hrm_text config.json; every shape field is taken as given.
+
+  `layers_in_weights` (the `layers.N` count of each stack) settles what num_hidden_layers
+  means (see `_layers_per_stack`); without it num_hidden_layers is taken as per stack."""
   if hf.get("model_type") != MODEL_TYPE:
     raise ValueError(f"{where}: model_type={hf.get('model_type')!r}, expected {MODEL_TYPE!r}")
   need = ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
@@ -50,11 +77,7 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
   if kv_heads != heads:
     raise ValueError(f"{where}: num_key_value_heads={kv_heads} != num_attention_heads={heads};"
                      " HRM-Text uses multi-head attention")
-  # num_hidden_layers is inflated to layers * H_cycles * (L_cycles + 1) once
-  # num_layers_per_stack is set; without it, it is still the per-stack count.
-  per_stack = hf.get("num_layers_per_stack") or hf.get("num_hidden_layers")
-  if not per_stack:
-    raise ValueError(f"{where}: needs num_layers_per_stack (or num_hidden_layers)")
+  per_stack = _layers_per_stack(hf, where, layers_in_weights)
   rope = hf.get("rope_parameters") or {}
   if rope.get("rope_type", "default") != "default":
     raise ValueError(f"{where}: rope_parameters.rope_type={rope['rope_type']!r} is not "
@@ -176,6 +199,18 @@ def _fuse(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return fused
 
 
+def _layers_in(tensors: dict[str, np.ndarray], path: pathlib.Path) -> Optional[int]:
+  """The number of `model.{H,L}_module.layers.N` blocks in the weights (None when there are
+  none: the shape check then lists what is missing); both stacks must agree."""
+  found = {s: {int(m.group(1)) for k in tensors
+               if (m := re.match(rf"model\.{s}_module\.layers\.(\d+)\.", k))} for s in STACKS}
+  counts = {s: max(found[s]) + 1 if found[s] else 0 for s in STACKS}
+  if len(set(counts.values())) != 1:
+    raise ValueError(f"{path}: the stacks have different layer counts in the weights "
+                     f"({', '.join(f'{s}: {n}' for s, n in counts.items())})")
+  return counts["H"] or None
+
+
 def load(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
   """(ModelConfig, {"params", "buffers"}) of a Hugging Face hrm_text directory, float32."""
   path = pathlib.Path(path)
@@ -184,8 +219,8 @@ def load(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
   hf_config = _read_json(path / "config.json")
   if not isinstance(hf_config, dict):
     raise ValueError(f"{path / 'config.json'}: expected a JSON object")
-  c = config_from_hf(hf_config, str(path / "config.json"))
   tensors = _fuse(_read_tensors(path))
+  c = config_from_hf(hf_config, str(path / "config.json"), _layers_in(tensors, path))
   want = _hf_shapes(c)
   problems = [f"missing {k} {s}" for k, s in want.items() if k not in tensors]
   problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in tensors.items() if k not in want]

@@ -163,6 +163,75 @@ def test_split_names_sharded_files_and_bf16_load_the_same(tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, bf16, rounded)
 
 
+def reference_export(model, path, **config_edits):
+  """`model` laid out as the reference's conversion/convert_to_hf.py writes it: bf16 fused
+  weights, num_hidden_layers = the layers of both stacks, top-level rope_theta, no
+  num_layers_per_stack / rope_parameters, its extra keys (L_bp_steps, token ids)."""
+  model.to(torch.bfloat16).save_pretrained(path)
+  c = model.config
+  n = c.num_layers_per_stack
+  cfg = {"model_type": "hrm_text", "architectures": ["HrmTextForCausalLM"],
+         "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+         "intermediate_size": c.intermediate_size, "num_hidden_layers": 2 * n,
+         "num_attention_heads": c.num_attention_heads,
+         "num_key_value_heads": c.num_attention_heads, "head_dim": c.head_dim,
+         "H_cycles": c.H_cycles, "L_cycles": c.L_cycles, "L_bp_steps": [0, 2],
+         "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
+         "rope_theta": c.rope_parameters["rope_theta"], "tie_word_embeddings": False,
+         "initializer_range": c.initializer_range, "embedding_scale": c.embedding_scale,
+         "prefix_lm": True, "pad_token_id": 0, "bos_token_id": 3, "eos_token_id": 4,
+         **config_edits}
+  (path / "config.json").write_text(json.dumps(cfg, indent=2))
+  return path
+
+
+@pytest.mark.parametrize("name", ["h2l3", "h1l1_4heads"])
+def test_reference_export_loads_with_the_logits_of_the_transformers_layout(name, tmp_path):
+  """Before: num_hidden_layers (both stacks) was read as per stack, tensors went missing."""
+  model = hf_model(name)
+  reference_export(model, tmp_path / "ref")
+  model.save_pretrained(tmp_path / "tf")  # model is bf16 now: the same weights, HF's config
+  ref_config, ref = hf.load(tmp_path / "ref")
+  tf_config, tf = hf.load(tmp_path / "tf")
+  assert ref_config == tf_config
+  assert ref_config.layers_per_stack == HF_CONFIGS[name]["num_hidden_layers"]
+  assert ref_config.rope_theta == 500.0
+  jax.tree_util.tree_map(np.testing.assert_array_equal, ref, tf)
+  batch = example_batch(ref_config.vocab_size)
+  ours = np.asarray(hrm_jax.LanguageModel(ref_config).apply(ref, batch))
+  np.testing.assert_array_equal(ours, hrm_jax.LanguageModel(tf_config).apply(tf, batch))
+  # a fresh float32 model: .float() would keep RoPE's inv_freq buffer rounded to bf16
+  f32 = transformers.HrmTextForCausalLM.from_pretrained(tmp_path / "tf", dtype=torch.float32)
+  expected = hf_logits(f32.eval(), batch["inputs"], batch["prefix_mask"])
+  np.testing.assert_allclose(ours, expected, **TOL)
+
+
+def test_every_meaning_of_num_hidden_layers_is_read_and_a_misfit_is_listed(tmp_path):
+  model = hf_model("h2l3")  # 2 layers per stack, H_cycles 2, L_cycles 3
+  for total in (2, 4, 16):
+    reference_export(model, tmp_path / str(total), num_hidden_layers=total)
+    assert hf.load(tmp_path / str(total))[0].layers_per_stack == 2
+  reference_export(model, tmp_path / "bad", num_hidden_layers=6)
+  with pytest.raises(ValueError, match=r"num_hidden_layers=6 fits none of the layouts of weights "
+                     r"with 2 layers per stack: per stack = 2, both stacks = 4, inflated "
+                     r"\(layers\*H_cycles\*\(L_cycles\+1\)\) = 16"):
+    hf.load(tmp_path / "bad")
+  # num_layers_per_stack wins; the weights must then match it
+  reference_export(model, tmp_path / "wins", num_hidden_layers=6, num_layers_per_stack=2)
+  assert hf.load(tmp_path / "wins")[0].layers_per_stack == 2
+  reference_export(model, tmp_path / "three", num_layers_per_stack=3)
+  with pytest.raises(ValueError, match="missing model.H_module.layers.2.attn.gqkv_proj.weight"):
+    hf.load(tmp_path / "three")
+
+
+def test_stacks_with_different_layer_counts_are_an_error(tmp_path):
+  def edit(t):
+    for k in [k for k in t if k.startswith("model.L_module.layers.1.")]:
+      del t[k]
+  with pytest.raises(ValueError, match="different layer counts in the weights \\(H: 2, L: 1\\)"):
+    hf.load(_corrupt(tmp_path, edit_tensors=edit))
+
+
 def _corrupt(tmp_path, edit_tensors=None, edit_config=None, seed=0):
   hf_model("h2l3", seed).save_pretrained(tmp_path)
   if edit_tensors:
