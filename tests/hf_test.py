@@ -14,7 +14,8 @@ from safetensors.numpy import load_file, save_file
 from safetensors.torch import save_file as torch_save_file
 
 import hrm_jax
-from hrm_jax import hf
+from hrm_jax import hf, tokenizer
+from hrm_jax.data import demo
 from helpers import modes, pack_rows, umask
 
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -30,10 +31,10 @@ HF_CONFIGS = {
 }
 
 
-def hf_model(name: str, seed: int = 0) -> transformers.HrmTextForCausalLM:
+def hf_model(name: str, seed: int = 0, vocab_size: int = 67) -> transformers.HrmTextForCausalLM:
   """A random HF model with O(1) logits and a non-zero z_L_init."""
   torch.manual_seed(seed)
-  cfg = transformers.HrmTextConfig(vocab_size=67, rope_parameters={"rope_theta": 500.0,
+  cfg = transformers.HrmTextConfig(vocab_size=vocab_size, rope_parameters={"rope_theta": 500.0,
                                    "rope_type": "default"}, **HF_CONFIGS[name])
   model = transformers.HrmTextForCausalLM(cfg).eval()
   with torch.no_grad():
@@ -161,6 +162,65 @@ def test_split_names_sharded_files_and_bf16_load_the_same(tmp_path):
   rounded = jax.tree_util.tree_map(lambda a: np.asarray(a, jax.numpy.bfloat16).astype(np.float32),
                                    fused)
   jax.tree_util.tree_map(np.testing.assert_array_equal, bf16, rounded)
+
+
+def demo_tokenizer() -> tokenizer.Tokenizer:
+  """The demo data's character-level tokenizer with the default HRM-Text specials."""
+  tok = demo.build_tokenizer()
+  return tokenizer.Tokenizer(tok, tokenizer.TokenizerInfo.default(
+      "tokenizer.json", tok.get_vocab_size(with_added_tokens=True)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_export_runs_with_auto_classes_and_its_tokenizer(dtype, tmp_path):
+  """AutoTokenizer + AutoModelForCausalLM on an hf.save export: the ids, logits (tolerance
+  1e-4, float32 compute on the stored weights) and a greedy continuation of hrm_jax."""
+  tok = demo_tokenizer()
+  hf_model("h2l3", vocab_size=tok.vocab_size).save_pretrained(tmp_path / "src")
+  config, variables = hf.load(tmp_path / "src")
+  hf.save(tmp_path / "out", config, variables, tokenizer=tok, dtype=dtype)
+  config, variables = hf.load(tmp_path / "out")  # what was stored (bf16-rounded for bfloat16)
+  auto_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+  prompt = tok.format_prompt("12+34=", "synth")
+  assert auto_tok("12+34=", add_special_tokens=False)["input_ids"] == tok.encode_text("12+34=")
+  assert auto_tok.convert_tokens_to_ids(tokenizer.DEFAULT_CONDITIONS["synth"]) == prompt[1]
+  assert (auto_tok.bos_token_id, auto_tok.eos_token_id, auto_tok.pad_token_id) == (
+      tok.boq_id, tok.eoa_id, 0)
+  stored = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+  assert stored.dtype == {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  assert (stored.config.bos_token_id, stored.config.eos_token_id,
+          stored.config.pad_token_id) == (tok.boq_id, tok.eoa_id, 0)
+  model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out",
+                                                            dtype=torch.float32).eval()
+  batch = example_batch(config.vocab_size)
+  np.testing.assert_allclose(hf_logits(model, batch["inputs"], batch["prefix_mask"]),
+                             hrm_jax.LanguageModel(config).apply(variables, batch), **TOL)
+  ids = torch.tensor([prompt])
+  with torch.no_grad():
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                         token_type_ids=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+  ours = hrm_jax.generate(config, variables, [prompt], 8, eos_id=tok.eoa_id)[0]
+  assert out[0, len(prompt):].tolist() == ours
+  assert len(set(ours)) > 1
+
+
+def test_overwrite_replaces_the_tokenizer_it_writes_and_keeps_the_rest(tmp_path):
+  config, variables = hf.load(_corrupt(tmp_path / "a"))
+  out = tmp_path / "out"
+  hf.save(out, config, variables)
+  (out / "tokenizer.json").write_text("{}")
+  (out / "README.md").write_text("notes\n")
+  hf.save(out, config, variables, overwrite=True)  # no tokenizer given: the user's is kept
+  assert (out / "tokenizer.json").read_text() == "{}"
+  tok = demo_tokenizer()
+  hf.save(out, config, variables, overwrite=True, tokenizer=tok, dtype="bfloat16")
+  assert tokenizer.load(str(out)).encode_text("7*8=") == tok.encode_text("7*8=")
+  assert (out / "README.md").read_text() == "notes\n"
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      ["README.md", "config.json", hf.WEIGHTS, "tokenizer.json", *hf.tokenizer_files(tok, config)])
+  assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+  with pytest.raises(ValueError, match="dtype='float16'; expected one of"):
+    hf.save(tmp_path / "f16", config, variables, dtype="float16")
 
 
 def reference_export(model, path, **config_edits):
