@@ -2,10 +2,10 @@
 
     python experiments/convert.py --from_hf=DIR --to=CKPT_DIR
     python experiments/convert.py --from=CKPT_DIR --to_hf=DIR [--use_ema=false] [--overwrite]
-        [--dtype=bfloat16] [--tokenizer=PATH]
+        [--dtype=bfloat16] [--tokenizer=PATH] [--step=N]
 
 A native checkpoint is a training checkpoint (`hrm_jax/native.py`): --from takes a training
-workdir (its latest step), its checkpoints/ directory or one step directory, and exports
+workdir or its checkpoints/ directory (their latest step, or --step) or one step directory, and exports
 the EMA weights unless --use_ema=false, in --dtype (float32 by default), with the tokenizer
 files AutoTokenizer reads: --tokenizer, else the one a tokenizer.json beside --from or the
 run's saved data config names (as generate.py finds it); when none is found the export has
@@ -41,6 +41,8 @@ flags.DEFINE_bool("overwrite", False, "Let --to_hf replace an existing Hugging F
 flags.DEFINE_bool("use_ema", True, "Export the EMA weights of a training checkpoint (weights-only "
                   "checkpoints have one set).")
 
+flags.DEFINE_integer("step", None, "With --from: the checkpoint of this step (default the "
+                     "latest), like the reference's --ckpt_epoch.")
 flags.DEFINE_enum("dtype", None, sorted(hf.DTYPES), "Weights dtype of --to_hf (default float32).")
 flags.DEFINE_string("tokenizer", None, "Tokenizer for --to_hf (a tokenizer.json, or a directory "
                     "with tokenizer.json / tokenizer_info.json or a data set's metadata.json); "
@@ -60,9 +62,9 @@ def _tokenizer(f: flags.FlagValues):
 
 def convert(f: flags.FlagValues) -> None:
   if f.from_hf and f.to and not (f["from"].value or f.to_hf):
-    for name in ("dtype", "tokenizer"):
+    for name in ("dtype", "tokenizer", "step"):
       if f[name].value:
-        raise app.UsageError(f"--{name} applies to --to_hf only")
+        raise app.UsageError(f"--{name} applies to --from/--to_hf only")
     if f.overwrite:
       raise app.UsageError("--overwrite applies to --to_hf only; a native checkpoint (--to) is "
                            "never replaced: pass a new --to directory")
@@ -75,7 +77,7 @@ def convert(f: flags.FlagValues) -> None:
           f"hidden {config.hidden_size})")
   elif f["from"].value and f.to_hf and not (f.from_hf or f.to):
     atomic.check_replaceable(f.to_hf, overwrite=f.overwrite, same_kind=hf.export_kind)
-    config, variables = native.load(f["from"].value, use_ema=f.use_ema)
+    config, variables = native.load(f["from"].value, use_ema=f.use_ema, step=f.step)
     tok = _tokenizer(f)
     hf.save(f.to_hf, config, variables, overwrite=f.overwrite, tokenizer=tok,
             dtype=f.dtype or "float32")

@@ -110,7 +110,31 @@ def test_convert_export_runs_with_auto_classes_and_the_runs_tokenizer(trained, t
   assert "no tokenizer at /nonexistent" in out.stderr
   out = run("experiments/convert.py", f"--from_hf={tmp_path / 'hf'}", f"--to={tmp_path / 'y'}",
             "--dtype=bfloat16", ok=False)
-  assert "--dtype applies to --to_hf only" in out.stderr
+  assert "--dtype applies to --from/--to_hf only" in out.stderr
+
+
+def test_load_and_convert_choose_a_step(tmp_path):
+  """native.load(step=) and convert.py --step pick an older checkpoint; a step that is not
+  there is an error listing the steps that are."""
+  workdir = tmp_path / "run"
+  loop.train(tiny_config(tmp_path / "demo", **{"train.max_steps": 2, "checkpoint.every_steps": 1,
+                                                "checkpoint.keep": 3}), str(workdir))
+  first = native.load(workdir / "checkpoints" / "1")
+  for path in (workdir, workdir / "checkpoints", workdir / "checkpoints" / "1"):
+    config, variables = native.load(path, step=1)
+    assert config == first[0]
+    assert_trees_equal(variables, first[1])
+  assert not np.array_equal(native.load(workdir)[1]["params"]["embed_tokens"],
+                            first[1]["params"]["embed_tokens"])
+  with pytest.raises(native.NotACheckpointError, match="no checkpoint of step 7; it has steps 1, 2"):
+    native.load(workdir, step=7)
+  with pytest.raises(native.NotACheckpointError, match="is the checkpoint of step 1, not of step 2"):
+    native.load(workdir / "checkpoints" / "1", step=2)
+  run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}", "--step=1")
+  assert_trees_equal(hf.load(tmp_path / "hf")[1], first[1])
+  out = run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'x'}",
+            "--step=9", ok=False)
+  assert "no checkpoint of step 9; it has steps 1, 2" in out.stderr
 
 
 def test_generate_cli_on_a_training_workdir(trained):
