@@ -205,14 +205,15 @@ def test_export_runs_with_auto_classes_and_its_tokenizer(dtype, tmp_path):
 
 
 def test_overwrite_replaces_the_tokenizer_it_writes_and_keeps_the_rest(tmp_path):
-  config, variables = hf.load(_corrupt(tmp_path / "a"))
+  tok = demo_tokenizer()
+  hf_model("h2l3", vocab_size=tok.vocab_size).save_pretrained(tmp_path / "a")
+  config, variables = hf.load(tmp_path / "a")
   out = tmp_path / "out"
   hf.save(out, config, variables)
   (out / "tokenizer.json").write_text("{}")
   (out / "README.md").write_text("notes\n")
   hf.save(out, config, variables, overwrite=True)  # no tokenizer given: the user's is kept
   assert (out / "tokenizer.json").read_text() == "{}"
-  tok = demo_tokenizer()
   hf.save(out, config, variables, overwrite=True, tokenizer=tok, dtype="bfloat16")
   assert tokenizer.load(str(out)).encode_text("7*8=") == tok.encode_text("7*8=")
   assert (out / "README.md").read_text() == "notes\n"
@@ -221,6 +222,10 @@ def test_overwrite_replaces_the_tokenizer_it_writes_and_keeps_the_rest(tmp_path)
   assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
   with pytest.raises(ValueError, match="dtype='float16'; expected one of"):
     hf.save(tmp_path / "f16", config, variables, dtype="float16")
+  small, small_variables = hf.load(_corrupt(tmp_path / "small"))  # vocab_size 67
+  with pytest.raises(ValueError, match="the tokenizer has 105 tokens, more than the model's "
+                     "vocab_size 67"):
+    hf.save(tmp_path / "v", small, small_variables, tokenizer=tok)
 
 
 def reference_export(model, path, **config_edits):
