@@ -2,10 +2,14 @@
 
     python experiments/convert.py --from_hf=DIR --to=CKPT_DIR
     python experiments/convert.py --from=CKPT_DIR --to_hf=DIR [--use_ema=false] [--overwrite]
+        [--dtype=bfloat16] [--tokenizer=PATH] [--step=N]
 
 A native checkpoint is a training checkpoint (`hrm_jax/native.py`): --from takes a training
-workdir (its latest step), its checkpoints/ directory or one step directory, and exports
-the EMA weights unless --use_ema=false. --to writes a weights-only checkpoint in that layout
+workdir or its checkpoints/ directory (their latest step, or --step) or one step directory, and exports
+the EMA weights unless --use_ema=false, in --dtype (float32 by default), with the tokenizer
+files AutoTokenizer reads: --tokenizer, else the one a tokenizer.json beside --from or the
+run's saved data config names (as generate.py finds it); when none is found the export has
+no tokenizer and a warning says so. --to writes a weights-only checkpoint in that layout
 (plus the Hugging Face directory's tokenizer.json / tokenizer_info.json when present).
 
 Nothing is ever deleted: the output is built beside its path and renamed into place, and an
@@ -18,10 +22,11 @@ README) kept. A training run, a data set or a native checkpoint is never replace
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags
 
-from hrm_jax import atomic, hf, native
+from hrm_jax import atomic, hf, loading, native
 
 # Copied into a converted checkpoint, so generate.py finds the tokenizer there.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_info.json")
@@ -36,9 +41,30 @@ flags.DEFINE_bool("overwrite", False, "Let --to_hf replace an existing Hugging F
 flags.DEFINE_bool("use_ema", True, "Export the EMA weights of a training checkpoint (weights-only "
                   "checkpoints have one set).")
 
+flags.DEFINE_integer("step", None, "With --from: the checkpoint of this step (default the "
+                     "latest), like the reference's --ckpt_epoch.")
+flags.DEFINE_enum("dtype", None, sorted(hf.DTYPES), "Weights dtype of --to_hf (default float32).")
+flags.DEFINE_string("tokenizer", None, "Tokenizer for --to_hf (a tokenizer.json, or a directory "
+                    "with tokenizer.json / tokenizer_info.json or a data set's metadata.json); "
+                    "default: the training run's.")
+
+
+def _tokenizer(f: flags.FlagValues):
+  """--tokenizer, else the checkpoint's; None (with a warning) when it has none."""
+  if f.tokenizer:
+    return loading.load_tokenizer(f["from"].value, f.tokenizer)
+  try:
+    return loading.load_tokenizer(f["from"].value)
+  except FileNotFoundError as e:
+    print(f"warning: the export has no tokenizer files: {e}", file=sys.stderr)
+    return None
+
 
 def convert(f: flags.FlagValues) -> None:
   if f.from_hf and f.to and not (f["from"].value or f.to_hf):
+    for name in ("dtype", "tokenizer", "step"):
+      if f[name].value:
+        raise app.UsageError(f"--{name} applies to --from/--to_hf only")
     if f.overwrite:
       raise app.UsageError("--overwrite applies to --to_hf only; a native checkpoint (--to) is "
                            "never replaced: pass a new --to directory")
@@ -51,9 +77,12 @@ def convert(f: flags.FlagValues) -> None:
           f"hidden {config.hidden_size})")
   elif f["from"].value and f.to_hf and not (f.from_hf or f.to):
     atomic.check_replaceable(f.to_hf, overwrite=f.overwrite, same_kind=hf.export_kind)
-    config, variables = native.load(f["from"].value, use_ema=f.use_ema)
-    hf.save(f.to_hf, config, variables, overwrite=f.overwrite)
-    print(f"wrote Hugging Face directory {f.to_hf}")
+    config, variables = native.load(f["from"].value, use_ema=f.use_ema, step=f.step)
+    tok = _tokenizer(f)
+    hf.save(f.to_hf, config, variables, overwrite=f.overwrite, tokenizer=tok,
+            dtype=f.dtype or "float32")
+    print(f"wrote Hugging Face directory {f.to_hf}"
+          + (" with its tokenizer" if tok else " (no tokenizer)"))
   else:
     raise app.UsageError("give either --from_hf=DIR --to=CKPT_DIR or --from=CKPT_DIR --to_hf=DIR")
 

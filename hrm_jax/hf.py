@@ -4,7 +4,8 @@
 `model.safetensors.index.json`) with either the fused key layout of the released model
 (`attn.gqkv_proj` = gate, q, k, v; `mlp.gate_up_proj` = gate, up) or the split names of
 transformers' modules (`self_attn.{gate,q,k,v,o}_proj`, `mlp.{gate,up}_proj`), in bf16 or
-f32. `save` writes the fused layout, which transformers converts on load. Torch linear
+f32. `save` writes the fused layout (f32 or bf16), which transformers converts on load, and
+with a tokenizer the files `AutoTokenizer` reads. Torch linear
 weights are [out, in]; hrm_jax kernels are [in, out], split by role (see layers.py).
 """
 
@@ -25,6 +26,7 @@ from safetensors.numpy import save_file
 
 from hrm_jax import atomic
 from hrm_jax.config import ModelConfig
+from hrm_jax.tokenizer import Tokenizer
 
 MODEL_TYPE = "hrm_text"
 WEIGHTS = "model.safetensors"
@@ -33,12 +35,40 @@ STACKS = ("H", "L")
 # Files `save` writes (and replaces): the config and every weights file, sharded or not, so no
 # stale shard or index of an earlier export survives next to the new weights.
 _EXPORT_FILE = re.compile(r"config\.json|model.*\.safetensors(\.index\.json)?")
+DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}
 # Marks of a training run or of data: a directory holding any of them is never replaced.
 _NOT_AN_EXPORT = ("metrics.jsonl", "metadata.json", "manifest.json")
 
 
-def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
-  """ModelConfig of an hrm_text config.json; every shape field is taken as given."""
+def _layers_per_stack(hf: dict[str, Any], where: str, in_weights: Optional[int]) -> int:
+  """Per-stack layer count: `num_layers_per_stack` when set, else the weights' count checked
+  against the three meanings `num_hidden_layers` has in the wild: per stack (transformers'
+  legacy configs), both stacks (the reference's convert_to_hf.py writes its n_layers), or
+  the inflated cache slot count layers * H_cycles * (L_cycles + 1) (transformers' own)."""
+  if hf.get("num_layers_per_stack"):
+    return int(hf["num_layers_per_stack"])
+  total = hf.get("num_hidden_layers")
+  if not total:
+    raise ValueError(f"{where}: needs num_layers_per_stack (or num_hidden_layers)")
+  if in_weights is None:
+    return int(total)
+  n, slots = in_weights, hf.get("H_cycles", 2) * (hf.get("L_cycles", 3) + 1)
+  meanings = {"per stack": n, "both stacks": 2 * n, "inflated (layers*H_cycles*(L_cycles+1))":
+              n * slots}
+  if total not in meanings.values():
+    raise ValueError(f"{where}: num_hidden_layers={total} fits none of the layouts of weights "
+                     f"with {n} layers per stack: "
+                     + ", ".join(f"{k} = {v}" for k, v in meanings.items())
+                     + "; set num_layers_per_stack")
+  return n
+
+
+def config_from_hf(hf: dict[str, Any], where: str = "config.json",
+                   layers_in_weights: Optional[int] = None) -> ModelConfig:
+  """ModelConfig of an hrm_text config.json; every shape field is taken as given.
+
+  `layers_in_weights` (the `layers.N` count of each stack) settles what num_hidden_layers
+  means (see `_layers_per_stack`); without it num_hidden_layers is taken as per stack."""
   if hf.get("model_type") != MODEL_TYPE:
     raise ValueError(f"{where}: model_type={hf.get('model_type')!r}, expected {MODEL_TYPE!r}")
   need = ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
@@ -50,11 +80,7 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
   if kv_heads != heads:
     raise ValueError(f"{where}: num_key_value_heads={kv_heads} != num_attention_heads={heads};"
                      " HRM-Text uses multi-head attention")
-  # num_hidden_layers is inflated to layers * H_cycles * (L_cycles + 1) once
-  # num_layers_per_stack is set; without it, it is still the per-stack count.
-  per_stack = hf.get("num_layers_per_stack") or hf.get("num_hidden_layers")
-  if not per_stack:
-    raise ValueError(f"{where}: needs num_layers_per_stack (or num_hidden_layers)")
+  per_stack = _layers_per_stack(hf, where, layers_in_weights)
   rope = hf.get("rope_parameters") or {}
   if rope.get("rope_type", "default") != "default":
     raise ValueError(f"{where}: rope_parameters.rope_type={rope['rope_type']!r} is not "
@@ -72,10 +98,14 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
       max_seq_len=hf.get("max_position_embeddings", 4096), embedding_scale=float(scale))
 
 
-def config_to_hf(c: ModelConfig) -> dict[str, Any]:
-  """config.json of `c` as transformers writes it (num_hidden_layers inflated)."""
+def config_to_hf(c: ModelConfig, dtype: str = "float32",
+                 token_ids: Optional[dict[str, int]] = None) -> dict[str, Any]:
+  """config.json of `c` as transformers writes it (num_hidden_layers inflated), for weights
+  stored in `dtype`; `token_ids` adds bos/eos/pad_token_id."""
   if c.arch != "hrm":
     raise ValueError(f"Hugging Face export supports arch 'hrm' only, got {c.arch!r}")
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype={dtype!r}; expected one of {sorted(DTYPES)}")
   return {
       "architectures": ["HrmTextForCausalLM"], "model_type": MODEL_TYPE,
       "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
@@ -87,7 +117,31 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
       "rope_parameters": {"rope_theta": c.rope_theta, "rope_type": "default"},
       "max_position_embeddings": c.max_seq_len, "embedding_scale": c.embedding_scale,
       "initializer_range": 1.0 / c.embedding_scale, "prefix_lm": True,
-      "tie_word_embeddings": False, "hidden_act": "silu", "dtype": "float32",
+      "tie_word_embeddings": False, "hidden_act": "silu",
+      "dtype": dtype, "torch_dtype": dtype,  # transformers >= 5 reads dtype, older torch_dtype
+      **(token_ids or {}),
+  }
+
+
+def token_ids(tok: Tokenizer) -> dict[str, int]:
+  """bos = boq (a prompt starts with it), eos = eoa (a response ends with it), pad."""
+  return {"bos_token_id": tok.boq_id, "eos_token_id": tok.eoa_id, "pad_token_id": tok.pad_id}
+
+
+def tokenizer_files(tok: Tokenizer, config: ModelConfig) -> dict[str, Any]:
+  """{file name: JSON} of what AutoTokenizer reads besides tokenizer.json, plus
+  tokenizer_info.json (the HRM-Text prompt format, read by hrm_jax.tokenizer.load) and
+  generation_config.json (generate() stops at eoa)."""
+  special = {"bos_token": tok.info.boq, "eos_token": tok.info.eoa,
+             "pad_token": tok.id_to_token(tok.pad_id)}
+  info = {**tok.info.to_dict(), "tokenizer_path": "tokenizer.json"}
+  return {
+      "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast",
+                                "model_max_length": config.max_seq_len,
+                                "clean_up_tokenization_spaces": False, **special},
+      "special_tokens_map.json": special,
+      "tokenizer_info.json": info,
+      "generation_config.json": {**token_ids(tok), "do_sample": False},
   }
 
 
@@ -176,6 +230,18 @@ def _fuse(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return fused
 
 
+def _layers_in(tensors: dict[str, np.ndarray], path: pathlib.Path) -> Optional[int]:
+  """The number of `model.{H,L}_module.layers.N` blocks in the weights (None when there are
+  none: the shape check then lists what is missing); both stacks must agree."""
+  found = {s: {int(m.group(1)) for k in tensors
+               if (m := re.match(rf"model\.{s}_module\.layers\.(\d+)\.", k))} for s in STACKS}
+  counts = {s: max(found[s]) + 1 if found[s] else 0 for s in STACKS}
+  if len(set(counts.values())) != 1:
+    raise ValueError(f"{path}: the stacks have different layer counts in the weights "
+                     f"({', '.join(f'{s}: {n}' for s, n in counts.items())})")
+  return counts["H"] or None
+
+
 def load(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
   """(ModelConfig, {"params", "buffers"}) of a Hugging Face hrm_text directory, float32."""
   path = pathlib.Path(path)
@@ -184,8 +250,8 @@ def load(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
   hf_config = _read_json(path / "config.json")
   if not isinstance(hf_config, dict):
     raise ValueError(f"{path / 'config.json'}: expected a JSON object")
-  c = config_from_hf(hf_config, str(path / "config.json"))
   tensors = _fuse(_read_tensors(path))
+  c = config_from_hf(hf_config, str(path / "config.json"), _layers_in(tensors, path))
   want = _hf_shapes(c)
   problems = [f"missing {k} {s}" for k, s in want.items() if k not in tensors]
   problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in tensors.items() if k not in want]
@@ -280,26 +346,39 @@ def export_kind(path: pathlib.Path) -> Optional[str]:
 
 
 def save(path: str | os.PathLike, config: ModelConfig, variables: Any,
-         use_ema: bool = True, overwrite: bool = False) -> None:
-  """Write a directory `HrmTextForCausalLM.from_pretrained` loads (fused keys, float32).
+         use_ema: bool = True, overwrite: bool = False, tokenizer: Optional[Tokenizer] = None,
+         dtype: str = "float32") -> None:
+  """Write a directory `AutoModelForCausalLM.from_pretrained` loads (fused keys, `dtype`
+  float32 or bfloat16), and with `tokenizer` one `AutoTokenizer.from_pretrained` loads
+  (`tokenizer_files`; config.json then has bos = boq, eos = eoa and pad ids).
 
   With use_ema the `ema` weights of a training state are exported (the reference evaluates
   and releases EMA weights), else `params`; for a checkpoint on disk pass
   `native.load(path, use_ema)`, which already picks them. The directory is built beside
   `path` and renamed into place (`atomic.directory`), so a crash leaves `path` as it was.
   An existing non-empty `path` is refused unless `overwrite` and it is an export
-  (`export_kind`); then its config.json and weights files are replaced and every other file
-  (tokenizer, README, ...) is kept, as transformers' save_pretrained does.
+  (`export_kind`); then the files this call writes (config.json, the weights, the tokenizer
+  files when a tokenizer is given) replace theirs, every stale `model*.safetensors*` shard is
+  dropped, and every other file (README, a tokenizer when none is given, ...) is kept.
   """
   path = pathlib.Path(path).expanduser().absolute()
-  tensors = to_hf_tensors(config, variables, use_ema)
+  if tokenizer is not None and tokenizer.tokenizer_vocab_size > config.vocab_size:
+    raise ValueError(f"the tokenizer has {tokenizer.tokenizer_vocab_size} tokens, more than the "
+                     f"model's vocab_size {config.vocab_size}: not this model's tokenizer")
+  hf_config = config_to_hf(config, dtype, token_ids(tokenizer) if tokenizer else None)
+  tensors = {k: v.astype(DTYPES[dtype])
+             for k, v in to_hf_tensors(config, variables, use_ema).items()}
   with atomic.directory(path, overwrite=overwrite, same_kind=export_kind) as tmp:
     save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    atomic.write_json(tmp / "config.json", config_to_hf(config), indent=2)
+    atomic.write_json(tmp / "config.json", hf_config, indent=2)
+    if tokenizer is not None:
+      tokenizer.save(str(tmp / "tokenizer.json"))
+      for name, content in tokenizer_files(tokenizer, config).items():
+        atomic.write_json(tmp / name, content, indent=2)
     kept = {}
     if path.is_dir():
       for old in path.iterdir():
-        if not _EXPORT_FILE.fullmatch(old.name):
+        if not _EXPORT_FILE.fullmatch(old.name) and not (tmp / old.name).exists():
           shutil.copy2(old, tmp / old.name, follow_symlinks=False)
           if not old.is_symlink():
             kept[old.name] = os.stat(old).st_mode

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -49,23 +49,31 @@ def _has_steps(directory: pathlib.Path) -> bool:
                                     for p in directory.iterdir())
 
 
-def locate(path: str | os.PathLike) -> tuple[ocp.CheckpointManager, int, pathlib.Path]:
+def locate(path: str | os.PathLike, step: Optional[int] = None
+           ) -> tuple[ocp.CheckpointManager, int, pathlib.Path]:
   """(read-only manager, step, step directory) of the checkpoint `path` names.
 
-  `path` is a training workdir (its latest step), a checkpoints/ directory (latest step)
-  or one step directory.
+  `path` is a training workdir, a checkpoints/ directory (their latest step, or `step`) or
+  one step directory (whose name must then equal `step`, if given).
   """
   p = pathlib.Path(path).expanduser().absolute()
   if not p.is_dir():
     raise NotACheckpointError(f"{p}: no such directory; expected {EXPECTED}")
   if p.name.isdigit() and (p / "state").is_dir():
+    if step is not None and step != int(p.name):
+      raise NotACheckpointError(f"{p} is the checkpoint of step {p.name}, not of step {step}; "
+                                "pass its workdir or checkpoints/ directory to choose a step")
     return _manager(p.parent), int(p.name), p
   for root in (p / CHECKPOINTS, p):
     if _has_steps(root):
       mngr = _manager(root)
-      step = mngr.latest_step()
-      if step is not None:
-        return mngr, step, root / str(step)
+      steps = sorted(mngr.all_steps())
+      if step is not None and step not in steps:
+        raise NotACheckpointError(f"{root}: no checkpoint of step {step}; it has steps "
+                                  f"{', '.join(map(str, steps))}")
+      chosen = mngr.latest_step() if step is None else step
+      if chosen is not None:
+        return mngr, chosen, root / str(chosen)
   if (p / "config.json").exists() and any(p.glob("model.safetensors*")):
     raise NotACheckpointError(f"{p} is a Hugging Face directory, not an hrm_jax checkpoint; "
                               "read it with hrm_jax.hf.load (or convert.py --from_hf)")
@@ -75,9 +83,9 @@ def locate(path: str | os.PathLike) -> tuple[ocp.CheckpointManager, int, pathlib
   raise NotACheckpointError(f"{p}: no finished checkpoint found; expected {EXPECTED}")
 
 
-def saved_config(path: str | os.PathLike) -> dict[str, Any]:
-  """The `config` item of the checkpoint at `path`: {"model_config", "config"?}."""
-  mngr, step, where = locate(path)
+def saved_config(path: str | os.PathLike, step: Optional[int] = None) -> dict[str, Any]:
+  """The `config` item of the checkpoint at `path` (`locate`): {"model_config", "config"?}."""
+  mngr, step, where = locate(path, step)
   return read_config(mngr, step, where)
 
 
@@ -95,12 +103,14 @@ def weights_key(state_keys: Any, use_ema: bool) -> str:
   return "ema" if use_ema and "ema" in state_keys else "params"
 
 
-def load(path: str | os.PathLike, use_ema: bool = True) -> tuple[ModelConfig, dict]:
-  """(ModelConfig, {"params", "buffers"}) as host float arrays; EMA weights when use_ema.
+def load(path: str | os.PathLike, use_ema: bool = True,
+         step: Optional[int] = None) -> tuple[ModelConfig, dict]:
+  """(ModelConfig, {"params", "buffers"}) as host float arrays; EMA weights when use_ema;
+  the latest checkpoint under `path`, or the one of `step` (as the reference's --ckpt_epoch).
 
   Only the weights and buffers are read (orbax partial restore), not the optimizer state.
   """
-  mngr, step, where = locate(path)
+  mngr, step, where = locate(path, step)
   config = ModelConfig(**read_config(mngr, step, where)["model_config"])
   tree = mngr.item_metadata(step)["state"]
   tree = getattr(tree, "tree", tree)

@@ -113,6 +113,16 @@ class Tokenizer:
     """The model vocabulary: round_up(tokenizer vocab, 256)."""
     return round_up(self.tokenizer_vocab_size, 256)
 
+  @property
+  def pad_id(self) -> int:
+    """The padding id of tokenizer.json when it sets one, else 0 (what hrm_jax batches and
+    the reference's Hugging Face exports pad with)."""
+    padding = self._tok.padding
+    return int(padding["pad_id"]) if padding else 0
+
+  def id_to_token(self, tid: int) -> str | None:
+    return self._tok.id_to_token(int(tid))
+
   def encode_text(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
 

@@ -14,7 +14,8 @@ from safetensors.numpy import load_file, save_file
 from safetensors.torch import save_file as torch_save_file
 
 import hrm_jax
-from hrm_jax import hf
+from hrm_jax import hf, tokenizer
+from hrm_jax.data import demo
 from helpers import modes, pack_rows, umask
 
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -30,10 +31,10 @@ HF_CONFIGS = {
 }
 
 
-def hf_model(name: str, seed: int = 0) -> transformers.HrmTextForCausalLM:
+def hf_model(name: str, seed: int = 0, vocab_size: int = 67) -> transformers.HrmTextForCausalLM:
   """A random HF model with O(1) logits and a non-zero z_L_init."""
   torch.manual_seed(seed)
-  cfg = transformers.HrmTextConfig(vocab_size=67, rope_parameters={"rope_theta": 500.0,
+  cfg = transformers.HrmTextConfig(vocab_size=vocab_size, rope_parameters={"rope_theta": 500.0,
                                    "rope_type": "default"}, **HF_CONFIGS[name])
   model = transformers.HrmTextForCausalLM(cfg).eval()
   with torch.no_grad():
@@ -161,6 +162,139 @@ def test_split_names_sharded_files_and_bf16_load_the_same(tmp_path):
   rounded = jax.tree_util.tree_map(lambda a: np.asarray(a, jax.numpy.bfloat16).astype(np.float32),
                                    fused)
   jax.tree_util.tree_map(np.testing.assert_array_equal, bf16, rounded)
+
+
+def demo_tokenizer() -> tokenizer.Tokenizer:
+  """The demo data's character-level tokenizer with the default HRM-Text specials."""
+  tok = demo.build_tokenizer()
+  return tokenizer.Tokenizer(tok, tokenizer.TokenizerInfo.default(
+      "tokenizer.json", tok.get_vocab_size(with_added_tokens=True)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_export_runs_with_auto_classes_and_its_tokenizer(dtype, tmp_path):
+  """AutoTokenizer + AutoModelForCausalLM on an hf.save export: the ids, logits (tolerance
+  1e-4, float32 compute on the stored weights) and a greedy continuation of hrm_jax."""
+  tok = demo_tokenizer()
+  hf_model("h2l3", vocab_size=tok.vocab_size).save_pretrained(tmp_path / "src")
+  config, variables = hf.load(tmp_path / "src")
+  hf.save(tmp_path / "out", config, variables, tokenizer=tok, dtype=dtype)
+  config, variables = hf.load(tmp_path / "out")  # what was stored (bf16-rounded for bfloat16)
+  auto_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+  prompt = tok.format_prompt("12+34=", "synth")
+  assert auto_tok("12+34=", add_special_tokens=False)["input_ids"] == tok.encode_text("12+34=")
+  assert auto_tok.convert_tokens_to_ids(tokenizer.DEFAULT_CONDITIONS["synth"]) == prompt[1]
+  assert (auto_tok.bos_token_id, auto_tok.eos_token_id, auto_tok.pad_token_id) == (
+      tok.boq_id, tok.eoa_id, 0)
+  stored = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+  assert stored.dtype == {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  assert (stored.config.bos_token_id, stored.config.eos_token_id,
+          stored.config.pad_token_id) == (tok.boq_id, tok.eoa_id, 0)
+  model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out",
+                                                            dtype=torch.float32).eval()
+  batch = example_batch(config.vocab_size)
+  np.testing.assert_allclose(hf_logits(model, batch["inputs"], batch["prefix_mask"]),
+                             hrm_jax.LanguageModel(config).apply(variables, batch), **TOL)
+  ids = torch.tensor([prompt])
+  with torch.no_grad():
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                         token_type_ids=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+  ours = hrm_jax.generate(config, variables, [prompt], 8, eos_id=tok.eoa_id)[0]
+  assert out[0, len(prompt):].tolist() == ours
+  assert len(set(ours)) > 1
+
+
+def test_overwrite_replaces_the_tokenizer_it_writes_and_keeps_the_rest(tmp_path):
+  tok = demo_tokenizer()
+  hf_model("h2l3", vocab_size=tok.vocab_size).save_pretrained(tmp_path / "a")
+  config, variables = hf.load(tmp_path / "a")
+  out = tmp_path / "out"
+  hf.save(out, config, variables)
+  (out / "tokenizer.json").write_text("{}")
+  (out / "README.md").write_text("notes\n")
+  hf.save(out, config, variables, overwrite=True)  # no tokenizer given: the user's is kept
+  assert (out / "tokenizer.json").read_text() == "{}"
+  hf.save(out, config, variables, overwrite=True, tokenizer=tok, dtype="bfloat16")
+  assert tokenizer.load(str(out)).encode_text("7*8=") == tok.encode_text("7*8=")
+  assert (out / "README.md").read_text() == "notes\n"
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      ["README.md", "config.json", hf.WEIGHTS, "tokenizer.json", *hf.tokenizer_files(tok, config)])
+  assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+  with pytest.raises(ValueError, match="dtype='float16'; expected one of"):
+    hf.save(tmp_path / "f16", config, variables, dtype="float16")
+  small, small_variables = hf.load(_corrupt(tmp_path / "small"))  # vocab_size 67
+  with pytest.raises(ValueError, match="the tokenizer has 105 tokens, more than the model's "
+                     "vocab_size 67"):
+    hf.save(tmp_path / "v", small, small_variables, tokenizer=tok)
+
+
+def reference_export(model, path, **config_edits):
+  """`model` laid out as the reference's conversion/convert_to_hf.py writes it: bf16 fused
+  weights, num_hidden_layers = the layers of both stacks, top-level rope_theta, no
+  num_layers_per_stack / rope_parameters, its extra keys (L_bp_steps, token ids)."""
+  model.to(torch.bfloat16).save_pretrained(path)
+  c = model.config
+  n = c.num_layers_per_stack
+  cfg = {"model_type": "hrm_text", "architectures": ["HrmTextForCausalLM"],
+         "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+         "intermediate_size": c.intermediate_size, "num_hidden_layers": 2 * n,
+         "num_attention_heads": c.num_attention_heads,
+         "num_key_value_heads": c.num_attention_heads, "head_dim": c.head_dim,
+         "H_cycles": c.H_cycles, "L_cycles": c.L_cycles, "L_bp_steps": [0, 2],
+         "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
+         "rope_theta": c.rope_parameters["rope_theta"], "tie_word_embeddings": False,
+         "initializer_range": c.initializer_range, "embedding_scale": c.embedding_scale,
+         "prefix_lm": True, "pad_token_id": 0, "bos_token_id": 3, "eos_token_id": 4,
+         **config_edits}
+  (path / "config.json").write_text(json.dumps(cfg, indent=2))
+  return path
+
+
+@pytest.mark.parametrize("name", ["h2l3", "h1l1_4heads"])
+def test_reference_export_loads_with_the_logits_of_the_transformers_layout(name, tmp_path):
+  """Before: num_hidden_layers (both stacks) was read as per stack, tensors went missing."""
+  model = hf_model(name)
+  reference_export(model, tmp_path / "ref")
+  model.save_pretrained(tmp_path / "tf")  # model is bf16 now: the same weights, HF's config
+  ref_config, ref = hf.load(tmp_path / "ref")
+  tf_config, tf = hf.load(tmp_path / "tf")
+  assert ref_config == tf_config
+  assert ref_config.layers_per_stack == HF_CONFIGS[name]["num_hidden_layers"]
+  assert ref_config.rope_theta == 500.0
+  jax.tree_util.tree_map(np.testing.assert_array_equal, ref, tf)
+  batch = example_batch(ref_config.vocab_size)
+  ours = np.asarray(hrm_jax.LanguageModel(ref_config).apply(ref, batch))
+  np.testing.assert_array_equal(ours, hrm_jax.LanguageModel(tf_config).apply(tf, batch))
+  # a fresh float32 model: .float() would keep RoPE's inv_freq buffer rounded to bf16
+  f32 = transformers.HrmTextForCausalLM.from_pretrained(tmp_path / "tf", dtype=torch.float32)
+  expected = hf_logits(f32.eval(), batch["inputs"], batch["prefix_mask"])
+  np.testing.assert_allclose(ours, expected, **TOL)
+
+
+def test_every_meaning_of_num_hidden_layers_is_read_and_a_misfit_is_listed(tmp_path):
+  model = hf_model("h2l3")  # 2 layers per stack, H_cycles 2, L_cycles 3
+  for total in (2, 4, 16):
+    reference_export(model, tmp_path / str(total), num_hidden_layers=total)
+    assert hf.load(tmp_path / str(total))[0].layers_per_stack == 2
+  reference_export(model, tmp_path / "bad", num_hidden_layers=6)
+  with pytest.raises(ValueError, match=r"num_hidden_layers=6 fits none of the layouts of weights "
+                     r"with 2 layers per stack: per stack = 2, both stacks = 4, inflated "
+                     r"\(layers\*H_cycles\*\(L_cycles\+1\)\) = 16"):
+    hf.load(tmp_path / "bad")
+  # num_layers_per_stack wins; the weights must then match it
+  reference_export(model, tmp_path / "wins", num_hidden_layers=6, num_layers_per_stack=2)
+  assert hf.load(tmp_path / "wins")[0].layers_per_stack == 2
+  reference_export(model, tmp_path / "three", num_layers_per_stack=3)
+  with pytest.raises(ValueError, match="missing model.H_module.layers.2.attn.gqkv_proj.weight"):
+    hf.load(tmp_path / "three")
+
+
+def test_stacks_with_different_layer_counts_are_an_error(tmp_path):
+  def edit(t):
+    for k in [k for k in t if k.startswith("model.L_module.layers.1.")]:
+      del t[k]
+  with pytest.raises(ValueError, match="different layer counts in the weights \\(H: 2, L: 1\\)"):
+    hf.load(_corrupt(tmp_path, edit_tensors=edit))
 
 
 def _corrupt(tmp_path, edit_tensors=None, edit_config=None, seed=0):

@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import torch
 import transformers
 
 import hrm_jax
@@ -83,6 +84,59 @@ def test_convert_exports_ema_that_transformers_loads(trained, tmp_path):
   assert_trees_equal(hf.load(tmp_path / "raw")[1]["params"], state.params)
 
 
+def test_convert_export_runs_with_auto_classes_and_the_runs_tokenizer(trained, tmp_path):
+  """The run's tokenizer is found from its saved config; bf16 weights; a greedy continuation
+  of AutoModelForCausalLM (float32 compute) equals hrm_jax.generate on the stored weights."""
+  result, workdir = trained
+  out = run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}",
+            "--dtype=bfloat16")
+  assert "with its tokenizer" in out.stdout
+  tok = tokenizer.load(result.demo.tokenizer_path)
+  auto_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+  prompt = tok.format_prompt("12+34=", "synth")
+  assert auto_tok.decode(prompt) == tok.decode(prompt)
+  assert (auto_tok.bos_token_id, auto_tok.eos_token_id) == (tok.boq_id, tok.eoa_id)
+  assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").dtype == torch.bfloat16
+  model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+  ids = torch.tensor([prompt])
+  with torch.no_grad():
+    theirs = model.eval().generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                   token_type_ids=torch.ones_like(ids), max_new_tokens=6,
+                                   do_sample=False)[0, len(prompt):].tolist()
+  config, variables = hf.load(tmp_path / "hf")
+  assert theirs == hrm_jax.generate(config, variables, [prompt], 6, eos_id=tok.eoa_id)[0]
+  out = run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'x'}",
+            "--tokenizer=/nonexistent", ok=False)
+  assert "no tokenizer at /nonexistent" in out.stderr
+  out = run("experiments/convert.py", f"--from_hf={tmp_path / 'hf'}", f"--to={tmp_path / 'y'}",
+            "--dtype=bfloat16", ok=False)
+  assert "--dtype applies to --from/--to_hf only" in out.stderr
+
+
+def test_load_and_convert_choose_a_step(tmp_path):
+  """native.load(step=) and convert.py --step pick an older checkpoint; a step that is not
+  there is an error listing the steps that are."""
+  workdir = tmp_path / "run"
+  loop.train(tiny_config(tmp_path / "demo", **{"train.max_steps": 2, "checkpoint.every_steps": 1,
+                                                "checkpoint.keep": 3}), str(workdir))
+  first = native.load(workdir / "checkpoints" / "1")
+  for path in (workdir, workdir / "checkpoints", workdir / "checkpoints" / "1"):
+    config, variables = native.load(path, step=1)
+    assert config == first[0]
+    assert_trees_equal(variables, first[1])
+  assert not np.array_equal(native.load(workdir)[1]["params"]["embed_tokens"],
+                            first[1]["params"]["embed_tokens"])
+  with pytest.raises(native.NotACheckpointError, match="no checkpoint of step 7; it has steps 1, 2"):
+    native.load(workdir, step=7)
+  with pytest.raises(native.NotACheckpointError, match="is the checkpoint of step 1, not of step 2"):
+    native.load(workdir / "checkpoints" / "1", step=2)
+  run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}", "--step=1")
+  assert_trees_equal(hf.load(tmp_path / "hf")[1], first[1])
+  out = run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'x'}",
+            "--step=9", ok=False)
+  assert "no checkpoint of step 9; it has steps 1, 2" in out.stderr
+
+
 def test_generate_cli_on_a_training_workdir(trained):
   result, workdir = trained
   out = run("experiments/generate.py", f"--checkpoint={workdir}", "--prompt=12+34=",
@@ -151,7 +205,7 @@ def test_convert_never_destroys_a_run_and_replaces_an_export_only_with_overwrite
   assert "pass --overwrite" in out.stderr
   run("experiments/convert.py", f"--from={workdir}", f"--to_hf={export}", "--use_ema=false",
       "--overwrite")
-  assert (export / "tokenizer.json").read_text() == "{}"
+  assert (export / "tokenizer.json").read_text() != "{}"  # the export's own file: rewritten
   assert (export / "README.md").read_text() == "notes\n"
   assert_trees_equal(hf.load(export)[1]["params"], native.load(workdir, use_ema=False)[1]["params"])
   out = run("experiments/convert.py", f"--from_hf={export}", f"--to={tmp_path / 'new'}",
