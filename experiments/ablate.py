@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -34,7 +33,7 @@ import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import configs  # noqa: E402
-from hrm_jax import ablation  # noqa: E402
+from hrm_jax import ablation, atomic  # noqa: E402
 from hrm_jax.config import ARCHS  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -85,17 +84,11 @@ def int_list(flag: str, values: list[str]) -> list[int]:
 
 
 def write_png(fig, out: str) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".png",
-                             dir=os.path.dirname(out))
-  os.close(fd)
   try:
-    fig.savefig(tmp, dpi=110)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, out)
+    with atomic.file(out, "wb") as f:
+      fig.savefig(f, format="png", dpi=110)
   finally:
     plt.close(fig)
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def plot_curves(results: list[dict], match: str, out: str) -> None:
@@ -236,10 +229,8 @@ def main(argv):
            "depths (same weights):\n", sweep]
     plot_sweep(sweeps, (anchor.H_cycles, anchor.L_cycles),
                os.path.join(out, "ablation_sweep.png"))
-  ablation.write_json(os.path.join(out, "ablation.json"), report)
-  with open(os.path.join(out, ".ablation.md.tmp"), "w") as f:
-    f.write("\n".join(md) + "\n")
-  os.replace(os.path.join(out, ".ablation.md.tmp"), os.path.join(out, "ablation.md"))
+  atomic.write_json(os.path.join(out, "ablation.json"), report)
+  atomic.write_text(os.path.join(out, "ablation.md"), "\n".join(md) + "\n")
   print("\n" + "\n".join(md))
   print(f"\nwrote {out}/ablation.json, ablation.md, ablation.png"
         + (", ablation_sweep.png" if sweeps else ""))

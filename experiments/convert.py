@@ -1,12 +1,18 @@
 """Convert between Hugging Face hrm_text directories and native hrm_jax checkpoints.
 
     python experiments/convert.py --from_hf=DIR --to=CKPT_DIR
-    python experiments/convert.py --from=CKPT_DIR --to_hf=DIR [--use_ema=false]
+    python experiments/convert.py --from=CKPT_DIR --to_hf=DIR [--use_ema=false] [--overwrite]
 
 A native checkpoint is a training checkpoint (`hrm_jax/native.py`): --from takes a training
 workdir (its latest step), its checkpoints/ directory or one step directory, and exports
 the EMA weights unless --use_ema=false. --to writes a weights-only checkpoint in that layout
 (plus the Hugging Face directory's tokenizer.json / tokenizer_info.json when present).
+
+Nothing is ever deleted: the output is built beside its path and renamed into place, and an
+existing non-empty output directory is refused. With --overwrite, --to_hf may replace an
+earlier Hugging Face export (config.json + model*.safetensors, no subdirectories, no
+training or data files): its config and weights are replaced, its other files (tokenizer,
+README) kept. A training run, a data set or a native checkpoint is never replaced.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import os
 
 from absl import app, flags
 
-from hrm_jax import hf, native
+from hrm_jax import atomic, hf, native
 
 # Copied into a converted checkpoint, so generate.py finds the tokenizer there.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_info.json")
@@ -25,14 +31,18 @@ flags.DEFINE_string("to", None, "Native checkpoint directory to write (with --fr
 flags.DEFINE_string("from", None, "Training workdir, checkpoints/ or step directory to export "
                     "(with --to_hf).")
 flags.DEFINE_string("to_hf", None, "Hugging Face directory to write (with --from).")
+flags.DEFINE_bool("overwrite", False, "Let --to_hf replace an existing Hugging Face export "
+                  "(its config and weights; other files are kept).")
 flags.DEFINE_bool("use_ema", True, "Export the EMA weights of a training checkpoint (weights-only "
                   "checkpoints have one set).")
 
 
-def main(argv: list[str]) -> None:
-  del argv
-  f = flags.FLAGS
+def convert(f: flags.FlagValues) -> None:
   if f.from_hf and f.to and not (f["from"].value or f.to_hf):
+    if f.overwrite:
+      raise app.UsageError("--overwrite applies to --to_hf only; a native checkpoint (--to) is "
+                           "never replaced: pass a new --to directory")
+    atomic.check_replaceable(f.to, overwrite=False)  # fail before the work
     config, variables = hf.load(f.from_hf)
     tokenizer_files = [p for p in (os.path.join(f.from_hf, n) for n in TOKENIZER_FILES)
                        if os.path.exists(p)]
@@ -40,11 +50,20 @@ def main(argv: list[str]) -> None:
     print(f"wrote native checkpoint {f.to} ({config.layers_per_stack} layers per stack, "
           f"hidden {config.hidden_size})")
   elif f["from"].value and f.to_hf and not (f.from_hf or f.to):
+    atomic.check_replaceable(f.to_hf, overwrite=f.overwrite, same_kind=hf.export_kind)
     config, variables = native.load(f["from"].value, use_ema=f.use_ema)
-    hf.save(f.to_hf, config, variables)
+    hf.save(f.to_hf, config, variables, overwrite=f.overwrite)
     print(f"wrote Hugging Face directory {f.to_hf}")
   else:
     raise app.UsageError("give either --from_hf=DIR --to=CKPT_DIR or --from=CKPT_DIR --to_hf=DIR")
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  try:
+    convert(flags.FLAGS)
+  except (FileExistsError, FileNotFoundError, ValueError) as e:  # messages name the path
+    raise app.UsageError(str(e)) from e
 
 
 if __name__ == "__main__":

@@ -13,8 +13,11 @@ one of the training data named in the checkpoint's saved config (the demo cache 
 data.source=demo, or data.path's metadata.json tokenizer_info).
 
 Each prompt is boq + condition tokens + text + eoq, the bidirectional prefix; generation
-stops at eoa. --H_cycles/--L_cycles override the recursion depth at test time (an
-experiment knob: the model was trained with the depth in its config).
+stops at eoa. A prompt plus --max_new_tokens must fit the model's max_seq_len (an error
+otherwise); left unset, --max_new_tokens is 256 cut to what the context leaves. Every
+prompt is read and checked before anything is generated. --H_cycles/--L_cycles override the
+recursion depth at test time (an experiment knob: the model was trained with the depth in
+its config).
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import jax
 from absl import app, flags
 
 import hrm_jax
-from hrm_jax import loading
+from hrm_jax import decode, jsonl, loading
+
+DEFAULT_NEW_TOKENS = 256
 
 flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoints/ or step directory, or a "
                     "Hugging Face directory.", required=True)
@@ -36,7 +41,8 @@ flags.DEFINE_bool("use_ema", True, "Use the EMA weights of a training checkpoint
 flags.DEFINE_string("prompt", None, "One prompt text.")
 flags.DEFINE_string("prompts_jsonl", None, 'File of {"prompt": ..., "condition": ...} lines.')
 flags.DEFINE_string("condition", "direct", "Comma-joined condition tags, e.g. synth,cot.")
-flags.DEFINE_integer("max_new_tokens", 256, "Most tokens generated per prompt.")
+flags.DEFINE_integer("max_new_tokens", None, "Most tokens generated per prompt (default: "
+                     f"{DEFAULT_NEW_TOKENS}, cut to what the model's max_seq_len leaves).")
 flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
 flags.DEFINE_integer("seed", 0, "PRNG seed for sampling.")
@@ -45,30 +51,77 @@ flags.DEFINE_integer("H_cycles", None, "Test-time override of H_cycles (experime
 flags.DEFINE_integer("L_cycles", None, "Test-time override of L_cycles (experiment knob).")
 
 
+def check_flags(f: flags.FlagValues) -> None:
+  if (f.prompt is None) == (f.prompts_jsonl is None):
+    raise app.UsageError("give exactly one of --prompt and --prompts_jsonl")
+  for name in ("batch_size", "max_new_tokens", "H_cycles", "L_cycles"):
+    if f[name].value is not None and f[name].value < 1:
+      raise app.UsageError(f"--{name}={f[name].value}: must be >= 1")
+  if f.temperature < 0 or not 0 < f.top_p <= 1:
+    raise app.UsageError(f"--temperature={f.temperature} must be >= 0 and "
+                         f"--top_p={f.top_p} in (0, 1]")
+
+
+def read_items(f: flags.FlagValues) -> list[dict]:
+  """[{"name", "prompt", "condition"}]; name (`--prompt` or `FILE:LINE`) labels errors."""
+  if f.prompt is not None:
+    return [{"name": "--prompt", "prompt": f.prompt, "condition": f.condition}]
+  try:
+    rows = jsonl.read_objects(f.prompts_jsonl, error=app.UsageError)
+  except OSError as e:
+    raise app.UsageError(f"--prompts_jsonl={f.prompts_jsonl}: cannot read ({e.strerror})") from e
+  except UnicodeDecodeError as e:
+    raise app.UsageError(f"--prompts_jsonl={f.prompts_jsonl}: not UTF-8 text ({e.reason})") from e
+  items = []
+  for n, row in rows:
+    where = f"{f.prompts_jsonl}:{n}"
+    for key in ("prompt", "condition"):
+      problem = ("is missing" if key == "prompt" and key not in row else
+                 "must be a string" if key in row and not isinstance(row[key], str) else None)
+      if problem:
+        raise app.UsageError(f'{where}: field "{key}" {problem}; expected '
+                             '{"prompt": str, "condition"?: str}')
+    items.append({"name": where, "prompt": row["prompt"],
+                  "condition": row.get("condition", f.condition)})
+  if not items:
+    raise app.UsageError(f"--prompts_jsonl={f.prompts_jsonl}: no prompts in the file")
+  return items
+
+
 def main(argv: list[str]) -> None:
   del argv
   f = flags.FLAGS
-  if (f.prompt is None) == (f.prompts_jsonl is None):
-    raise app.UsageError("give exactly one of --prompt and --prompts_jsonl")
+  check_flags(f)
+  items = read_items(f)
   try:
     config, variables = loading.load_model(f.checkpoint, use_ema=f.use_ema)
     tok = loading.load_tokenizer(f.checkpoint, f.tokenizer)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ValueError) as e:  # messages name the file
     raise app.UsageError(f"--checkpoint={f.checkpoint}: {e}") from e
-  depth = {k: v for k, v in (("H_cycles", f.H_cycles), ("L_cycles", f.L_cycles)) if v}
-  config = config.replace(**depth)
-  if f.prompt is not None:
-    items = [{"prompt": f.prompt, "condition": f.condition}]
-  else:
-    with open(f.prompts_jsonl) as fh:
-      items = [json.loads(line) for line in fh if line.strip()]
+  depth = {k: v for k, v in (("H_cycles", f.H_cycles), ("L_cycles", f.L_cycles)) if v is not None}
+  try:
+    config = config.replace(**depth)
+  except ValueError as e:  # e.g. a trm's backprop window deeper than the new H_cycles
+    raise app.UsageError(f"--H_cycles/--L_cycles: {e}") from e
+  for it in items:
+    try:
+      it["ids"] = tok.format_prompt(it["prompt"], it["condition"])
+    except ValueError as e:
+      raise app.UsageError(f"{it['name']}: {e}") from e
+  names, prompts = [it["name"] for it in items], [it["ids"] for it in items]
+  try:  # all prompts checked before any output; the default budget is cut to fit
+    decode.check_request(config, prompts, f.max_new_tokens or 1, names, where="generate.py")
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  for it in items:
+    it["new"] = f.max_new_tokens or min(DEFAULT_NEW_TOKENS, config.max_seq_len - len(it["ids"]))
   rng = jax.random.PRNGKey(f.seed)
   for start in range(0, len(items), f.batch_size):
     chunk = items[start:start + f.batch_size]
-    prompts = [tok.format_prompt(it["prompt"], it.get("condition", f.condition)) for it in chunk]
     rng, key = jax.random.split(rng)
-    outs = hrm_jax.generate(config, variables, prompts, f.max_new_tokens, f.temperature,
-                            f.top_p, eos_id=tok.eoa_id, rng=key)
+    outs = hrm_jax.generate(config, variables, [it["ids"] for it in chunk],
+                            min(it["new"] for it in chunk), f.temperature, f.top_p,
+                            eos_id=tok.eoa_id, rng=key)
     for it, out in zip(chunk, outs):
       text = tok.decode([t for t in out if t != tok.eoa_id])
       if f.prompts_jsonl:

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hrm_jax import atomic
 from hrm_jax import flops as flops_lib
 from hrm_jax import native, truncation
 from hrm_jax.config import ARCH_DEFAULTS, ARCHS, ModelConfig
@@ -121,18 +121,6 @@ def match_size(anchor: ModelConfig, arch: str, by: str, seq_len: int, total_step
 
 # --- runs -------------------------------------------------------------------------------
 
-def write_json(path: str, obj: Any) -> None:
-  """Write JSON atomically (temp file in the same directory, then rename)."""
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
 
 def read_result(workdir: str) -> Optional[dict]:
   path = os.path.join(workdir, RESULT_FILE)
@@ -223,7 +211,7 @@ def run_one(cfg: ml_collections.ConfigDict, match: Match, seed: int, workdir: st
       "train_wall_s": train_s, "wall_s": time.perf_counter() - start,
       "eval_per_task": eval_per_task, "points": points, "scores": points[-1]["scores"],
   }
-  write_json(os.path.join(workdir, RESULT_FILE), out)
+  atomic.write_json(os.path.join(workdir, RESULT_FILE), out)
   return out
 
 
@@ -249,7 +237,7 @@ def sweep_depth(workdir: str, demo: Any, depths: Sequence[tuple[int, int]], eval
     cached[key] = {"H_cycles": h, "L_cycles": l, "eval_per_task": eval_per_task,
                    "scores": with_mean(scores)}
     log(f"{workdir}: H{h} L{l}: exact match {100 * cached[key]['scores'][ALL]:.1f}% (all)")
-    write_json(path, cached)
+    atomic.write_json(path, cached)
   return {f"H{h}_L{l}": cached[f"H{h}_L{l}"]["scores"] for h, l in depths}
 
 

@@ -26,16 +26,18 @@ def umask() -> int:
 
 
 def _apply_umask(root: pathlib.Path) -> None:
+  """Umask modes for `root` and everything under it; symlinks are left alone (chmod would
+  follow them to files outside)."""
   mask = umask()
   if root.is_file():
     os.chmod(root, 0o666 & ~mask)
     return
   os.chmod(root, 0o777 & ~mask)
   for folder, dirs, files in os.walk(root):
-    for d in dirs:
-      os.chmod(os.path.join(folder, d), 0o777 & ~mask)
-    for f in files:
-      os.chmod(os.path.join(folder, f), 0o666 & ~mask)
+    for names, mode in ((dirs, 0o777), (files, 0o666)):
+      for name in names:
+        if not os.path.islink(os.path.join(folder, name)):
+          os.chmod(os.path.join(folder, name), mode & ~mask)
 
 
 @contextlib.contextmanager
@@ -83,8 +85,9 @@ def check_replaceable(path: str | os.PathLike, *, overwrite: bool,
   if not any(path.iterdir()):
     return
   if not overwrite:
-    raise FileExistsError(f"{path} exists and is not empty; refusing to replace it "
-                          f"(pass {flag} to replace a directory of the same kind)")
+    hint = (f" (pass {flag} to replace a directory of the same kind)" if same_kind is not None
+            else "; choose a new path")
+    raise FileExistsError(f"{path} exists and is not empty; refusing to replace it{hint}")
   why_not = "nothing may replace it" if same_kind is None else same_kind(path)
   if why_not:
     raise FileExistsError(f"{path} is not a directory this command wrote ({why_not}); "

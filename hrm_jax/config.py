@@ -227,3 +227,20 @@ def model_config(size: str = "XL", arch: str = "hrm", **overrides: Any) -> Model
   kwargs.update(ARCH_DEFAULTS[arch])
   kwargs.update(overrides)
   return ModelConfig(**kwargs)
+
+
+def check_data_fits(config: ModelConfig, data: Any) -> None:
+  """Refuse training data with an example longer than the model's context: its positions
+  past `max_seq_len` would train a model that is then refused (or wrong) at inference.
+
+  `data` is a `hrm_jax.data.SampledData` (its `path`, `num_epochs`, `examples(e).lengths`).
+  Packed rows (`data.row_len`) may be longer: positions restart in every example.
+  """
+  for epoch in range(data.num_epochs):
+    lengths = data.examples(epoch).lengths
+    if len(lengths) and int(lengths.max()) > config.max_seq_len:
+      i = int(lengths.argmax())
+      raise ValueError(
+          f"{data.path}: epoch_{epoch} example {i} is {int(lengths[i])} tokens, longer than the "
+          f"model's max_seq_len={config.max_seq_len}; raise --config.model.max_seq_len or "
+          f"prepare the data with --max_seq_len={config.max_seq_len}")

@@ -49,6 +49,33 @@ def _check_arch(config: ModelConfig) -> None:
                      "stack plays both roles, so H and L passes would share cache slots.")
 
 
+def check_request(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                  names: Optional[Sequence[str]] = None, where: str = "generate") -> None:
+  """Raise ValueError unless every prompt is non-empty, in the vocabulary, and it plus
+  max_new_tokens fits the model's context (`config.max_seq_len`; positions past it were
+  never trained). `names` label the prompts in errors (default "prompt <i>")."""
+  names = names or [f"prompt {i}" for i in range(len(prompts))]
+  if not prompts:
+    raise ValueError(f"{where}: need at least one prompt")
+  if max_new_tokens < 1:
+    raise ValueError(f"{where}: max_new_tokens={max_new_tokens} must be >= 1")
+  for name, prompt in zip(names, prompts):
+    n, limit = len(prompt), config.max_seq_len
+    if n == 0:
+      raise ValueError(f"{where}: {name} is empty; every prompt needs at least one token")
+    if n > limit:
+      raise ValueError(f"{where}: {name} has {n} tokens, longer than the model's "
+                       f"max_seq_len={limit}")
+    if n + max_new_tokens > limit:
+      raise ValueError(f"{where}: {name} has {n} tokens and max_new_tokens={max_new_tokens}: "
+                       f"{n + max_new_tokens} > the model's max_seq_len={limit} "
+                       f"(at most {limit - n} new tokens fit)")
+    bad = sorted({t for t in prompt if not 0 <= t < config.vocab_size})
+    if bad:
+      raise ValueError(f"{where}: {name} has token ids {bad[:10]} outside the vocabulary "
+                       f"[0, {config.vocab_size})")
+
+
 def decode_variables(variables: dict) -> dict:
   """`params` and `buffers` with the layer weights split per layer (the layout decoding
   reads); call it once outside a decode loop. Idempotent."""
@@ -163,21 +190,13 @@ def generate(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[in
   the parameters do not depend on the cycle counts). The trm archs, whose one stack cannot
   keep a cache per pass, decode greedily with `recompute_decode.generate_uncached`.
   """
-  if not prompts or any(len(p) == 0 for p in prompts):
-    raise ValueError("generate: need at least one prompt and every prompt non-empty "
-                     f"(lengths {[len(p) for p in prompts]})")
-  if max_new_tokens < 1:
-    raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be >= 1")
+  check_request(config, prompts, max_new_tokens)
   if temperature < 0 or not 0 < top_p <= 1:
     raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1 "
                      f"(got temperature={temperature}, top_p={top_p})")
   greedy = temperature == 0
   if not greedy and rng is None:
     raise ValueError("generate: sampling (temperature > 0) needs an explicit PRNG key `rng`")
-  bad = [t for p in prompts for t in p if not 0 <= t < config.vocab_size]
-  if bad:
-    raise ValueError(f"generate: token ids {sorted(set(bad))[:10]} are outside the vocabulary "
-                     f"[0, {config.vocab_size})")
   if config.family == "trm":  # one stack plays H and L: no per-pass KV cache, recompute
     if not greedy:
       raise ValueError(f"generate: arch {config.arch!r} decodes greedily only (temperature=0); "

@@ -13,22 +13,28 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
-import tempfile
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from hrm_jax import atomic
 from hrm_jax.config import ModelConfig
 
 MODEL_TYPE = "hrm_text"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 STACKS = ("H", "L")
+# Files `save` writes (and replaces): the config and every weights file, sharded or not, so no
+# stale shard or index of an earlier export survives next to the new weights.
+_EXPORT_FILE = re.compile(r"config\.json|model.*\.safetensors(\.index\.json)?")
+# Marks of a training run or of data: a directory holding any of them is never replaced.
+_NOT_AN_EXPORT = ("metrics.jsonl", "metadata.json", "manifest.json")
 
 
 def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
@@ -108,18 +114,47 @@ _SPLIT = {
 }
 
 
+def _read_json(file: pathlib.Path) -> Any:
+  try:
+    return json.loads(file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{file}: not valid JSON ({e})") from e
+
+
+def _weight_files(path: pathlib.Path) -> list[pathlib.Path]:
+  """The safetensors files of `path`: the shards its index names, else model.safetensors.
+
+  Index entries must be relative paths inside `path` (checked on the names, not through
+  symlinks: a Hub cache snapshot links its files to blobs elsewhere)."""
+  if not (path / INDEX).exists():
+    if not (path / WEIGHTS).exists():
+      raise FileNotFoundError(f"{path}: neither {WEIGHTS} nor {INDEX} found")
+    return [path / WEIGHTS]
+  index = _read_json(path / INDEX)
+  weight_map = index.get("weight_map") if isinstance(index, dict) else None
+  if not isinstance(weight_map, dict) or not weight_map:
+    raise ValueError(f"{path / INDEX}: expected an object with a non-empty 'weight_map'")
+  files = []
+  for name in sorted(set(weight_map.values())):
+    norm = os.path.normpath(name) if isinstance(name, str) and name else ".."
+    if os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep):
+      raise ValueError(f"{path / INDEX}: weight_map file {name!r} is not a path inside {path}")
+    if not (path / norm).is_file():
+      raise FileNotFoundError(f"{path / norm}: listed in {path / INDEX} but missing")
+    files.append(path / norm)
+  return files
+
+
 def _read_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-  if (path / INDEX).exists():
-    files = sorted(set(json.loads((path / INDEX).read_text())["weight_map"].values()))
-  elif (path / WEIGHTS).exists():
-    files = [WEIGHTS]
-  else:
-    raise FileNotFoundError(f"{path}: neither {WEIGHTS} nor {INDEX} found")
   tensors = {}
-  for name in files:
-    with safe_open(str(path / name), framework="np") as f:
-      for key in f.keys():
-        tensors[key] = f.get_tensor(key).astype(np.float32)
+  for file in _weight_files(path):
+    try:
+      with safe_open(str(file), framework="np") as f:
+        for key in f.keys():
+          tensors[key] = f.get_tensor(key).astype(np.float32)
+    except (SafetensorError, OSError, ValueError) as e:
+      raise ValueError(f"{file}: not a readable safetensors file (truncated or corrupt?): "
+                       f"{e}") from e
   return tensors
 
 
@@ -146,7 +181,10 @@ def load(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
   path = pathlib.Path(path)
   if not (path / "config.json").exists():
     raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model directory)")
-  c = config_from_hf(json.loads((path / "config.json").read_text()), str(path / "config.json"))
+  hf_config = _read_json(path / "config.json")
+  if not isinstance(hf_config, dict):
+    raise ValueError(f"{path / 'config.json'}: expected a JSON object")
+  c = config_from_hf(hf_config, str(path / "config.json"))
   tensors = _fuse(_read_tensors(path))
   want = _hf_shapes(c)
   problems = [f"missing {k} {s}" for k, s in want.items() if k not in tensors]
@@ -222,31 +260,48 @@ def to_hf_tensors(c: ModelConfig, variables: Any, use_ema: bool = True) -> dict[
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
+def export_kind(path: pathlib.Path) -> Optional[str]:
+  """None when `path` is a Hugging Face export that `save(overwrite=True)` may replace, else
+  why not. An export is flat: config.json, model*.safetensors and loose files such as the
+  tokenizer or a README; a training run (checkpoints/, metrics.jsonl, TensorBoard events),
+  a data set or a git clone has subdirectories or marks of its own."""
+  names = [p.name for p in path.iterdir()]
+  dirs = sorted(n for n in names if (path / n).is_dir())
+  if dirs:
+    return f"it has subdirectories {dirs}"
+  marks = sorted(n for n in names if n in _NOT_AN_EXPORT or n.endswith(".jsonl")
+                 or n.startswith("events.out.tfevents"))
+  if marks:
+    return f"it holds {marks}"
+  if "config.json" not in names or not any(_EXPORT_FILE.fullmatch(n) and n != "config.json"
+                                           for n in names):
+    return "it has no config.json and model*.safetensors"
+  return None
+
+
 def save(path: str | os.PathLike, config: ModelConfig, variables: Any,
-         use_ema: bool = True) -> None:
+         use_ema: bool = True, overwrite: bool = False) -> None:
   """Write a directory `HrmTextForCausalLM.from_pretrained` loads (fused keys, float32).
 
   With use_ema the `ema` weights of a training state are exported (the reference evaluates
   and releases EMA weights), else `params`; for a checkpoint on disk pass
-  `native.load(path, use_ema)`, which already picks them. The directory is written beside
-  `path` and renamed into place, so a crash never leaves a half-written checkpoint at `path`
-  (an existing one is replaced at the end).
+  `native.load(path, use_ema)`, which already picks them. The directory is built beside
+  `path` and renamed into place (`atomic.directory`), so a crash leaves `path` as it was.
+  An existing non-empty `path` is refused unless `overwrite` and it is an export
+  (`export_kind`); then its config.json and weights files are replaced and every other file
+  (tokenizer, README, ...) is kept, as transformers' save_pretrained does.
   """
-  path = pathlib.Path(path)
+  path = pathlib.Path(path).expanduser().absolute()
   tensors = to_hf_tensors(config, variables, use_ema)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-  try:
+  with atomic.directory(path, overwrite=overwrite, same_kind=export_kind) as tmp:
     save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
-    if path.exists():
-      old = path.with_name(f".{path.name}.old")
-      shutil.rmtree(old, ignore_errors=True)
-      path.rename(old)
-      tmp.rename(path)
-      shutil.rmtree(old)
-    else:
-      tmp.rename(path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    atomic.write_json(tmp / "config.json", config_to_hf(config), indent=2)
+    kept = {}
+    if path.is_dir():
+      for old in path.iterdir():
+        if not _EXPORT_FILE.fullmatch(old.name):
+          shutil.copy2(old, tmp / old.name, follow_symlinks=False)
+          if not old.is_symlink():
+            kept[old.name] = os.stat(old).st_mode
+  for name, mode in kept.items():  # the kept files are the user's: so are their modes
+    os.chmod(path / name, mode)

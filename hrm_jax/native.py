@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -24,6 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hrm_jax import atomic
 from hrm_jax.config import ModelConfig
 
 CHECKPOINTS = "checkpoints"
@@ -120,17 +120,14 @@ def save(path: str | os.PathLike, config: ModelConfig, variables: dict, step: in
   """Write a weights-only checkpoint directory that `load` (and `init_from`) read.
 
   `extra_files` (e.g. the tokenizer) are copied to the top of `path`, where generate.py
-  looks. Built beside `path` and renamed into place; an existing `path` is never overwritten.
+  looks. Built beside `path` and renamed into place (`atomic.directory`, umask modes); an
+  existing non-empty `path` is never replaced.
   """
   path = pathlib.Path(path).expanduser().absolute()
-  if path.exists():
-    raise FileExistsError(f"{path} exists; refusing to overwrite a checkpoint")
   tree = nn.unbox({k: variables[k] for k in ("params", "buffers")})
   state = {"step": np.asarray(step, np.int32),
            **jax.tree.map(lambda a: np.asarray(a), tree)}
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-  try:
+  with atomic.directory(path) as tmp:
     with ocp.CheckpointManager(tmp / CHECKPOINTS, item_names=ITEMS) as mngr:
       mngr.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
@@ -138,9 +135,3 @@ def save(path: str | os.PathLike, config: ModelConfig, variables: dict, step: in
       mngr.wait_until_finished()
     for extra in extra_files:
       shutil.copy2(extra, tmp / pathlib.Path(extra).name)
-    if path.exists():
-      raise FileExistsError(f"{path} appeared while writing; refusing to overwrite it")
-    tmp.rename(path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise

@@ -3,14 +3,14 @@ training curves (experiments/plot.py) and score against recursion depth (experim
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Optional
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from hrm_jax import atomic  # noqa: E402
 
 
 def plot(runs: dict[str, dict[int, dict]], metrics: list[str], out: str,
@@ -32,16 +32,8 @@ def plot(runs: dict[str, dict[int, dict]], metrics: list[str], out: str,
   axes[0, 0].legend(loc="best", fontsize="small")
   axes[-1, 0].set_xlabel(xlabel)
   fig.tight_layout()
-  out = os.path.abspath(out)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".png",
-                             dir=os.path.dirname(out))
   try:
-    with os.fdopen(fd, "wb") as f:
+    with atomic.file(out, "wb") as f:
       fig.savefig(f, format="png", dpi=100)
-    os.replace(tmp, out)
-  except BaseException:
-    os.unlink(tmp)
-    raise
   finally:
     plt.close(fig)

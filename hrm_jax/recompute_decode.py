@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hrm_jax.config import ModelConfig
-from hrm_jax.decode import bucket
+from hrm_jax.decode import bucket, check_request
 from hrm_jax.models import LanguageModel
 
 
@@ -65,15 +65,7 @@ def generate_uncached(config: ModelConfig, variables: dict, prompts: Sequence[Se
 
   Same contract as `decode.generate` at temperature 0, for every arch (trm included).
   """
-  if not prompts or any(len(p) == 0 for p in prompts):
-    raise ValueError("generate_uncached: need at least one prompt and every prompt non-empty "
-                     f"(lengths {[len(p) for p in prompts]})")
-  if max_new_tokens < 1:
-    raise ValueError(f"generate_uncached: max_new_tokens={max_new_tokens} must be >= 1")
-  bad = [t for p in prompts for t in p if not 0 <= t < config.vocab_size]
-  if bad:
-    raise ValueError(f"generate_uncached: token ids {sorted(set(bad))[:10]} are outside the "
-                     f"vocabulary [0, {config.vocab_size})")
+  check_request(config, prompts, max_new_tokens, where="generate_uncached")
   max_len = bucket(max_new_tokens)
   model_vars = nn.unbox({k: variables[k] for k in ("params", "buffers") if k in variables})
   # Rows are grouped by prompt bucket: every step recomputes the whole row, so a short prompt

@@ -49,7 +49,10 @@ def test_directory_refuses_non_empty_unless_same_kind_and_overwrite(tmp_path):
   target.mkdir()
   (target / "metrics.jsonl").write_text("precious\n")
   with pytest.raises(FileExistsError, match=r"run exists and is not empty.*--overwrite"):
-    with atomic.directory(target):
+    with atomic.directory(target, same_kind=lambda p: None):
+      pass
+  with pytest.raises(FileExistsError, match=r"run exists and is not empty.*choose a new path"):
+    with atomic.directory(target):  # nothing may replace it: no flag to suggest
       pass
   with pytest.raises(FileExistsError, match="not a directory this command wrote"):
     with atomic.directory(target, overwrite=True, same_kind=lambda p: "it has metrics.jsonl"):
@@ -67,3 +70,19 @@ def test_directory_refuses_non_empty_unless_same_kind_and_overwrite(tmp_path):
   with atomic.directory(tmp_path / "empty") as tmp:
     (tmp / "x").write_text("1")
   assert os.listdir(tmp_path / "empty") == ["x"]
+
+
+def test_modes_never_follow_symlinks_out_of_the_directory(tmp_path):
+  outside = tmp_path / "secret"
+  outside.write_text("x")
+  os.chmod(outside, 0o600)
+  old = os.umask(0o022)
+  try:
+    with atomic.directory(tmp_path / "out") as tmp:
+      (tmp / "link").symlink_to(outside)
+      (tmp / "dirlink").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+  finally:
+    os.umask(old)
+  assert _mode(outside) == 0o600 and (tmp_path / "out" / "link").is_symlink()
+  assert _mode(tmp_path / "elsewhere") == 0o700

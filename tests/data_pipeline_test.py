@@ -9,6 +9,7 @@ import pytest
 
 from hrm_jax import data
 from hrm_jax.data import demo, multipack
+from helpers import modes, umask
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +177,22 @@ def test_demo_cache_is_regenerated_on_version_change_and_never_half_written(tmp_
     data.ensure_demo_data(str(tmp_path), epochs=2, train_per_task=50, eval_per_task=5)
   assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(first.root),
                                                  os.path.basename(second.root)])
+
+
+def test_demo_cache_follows_the_umask_and_keeps_foreign_files(tmp_path):
+  """Before: the cache was 0700/0600 (tempfile modes), unreadable to the rest of a team."""
+  with umask(0o022):
+    built = data.ensure_demo_data(str(tmp_path), epochs=1, train_per_task=50, eval_per_task=5)
+  assert modes(built.root) == {"dirs": {0o755}, "files": {0o644}}
+  os.remove(os.path.join(built.root, "manifest.json"))  # stale: rebuilt in place
+  data.ensure_demo_data(str(tmp_path), epochs=1, train_per_task=50, eval_per_task=5)
+  os.remove(os.path.join(built.root, "manifest.json"))
+  with open(os.path.join(built.root, "mine.txt"), "w") as f:
+    f.write("not the cache's")
+  with pytest.raises(FileExistsError, match=r"it holds \['mine.txt'\]"):
+    data.ensure_demo_data(str(tmp_path), epochs=1, train_per_task=50, eval_per_task=5)
+  with open(os.path.join(built.root, "mine.txt")) as f:
+    assert f.read() == "not the cache's"
 
 
 def _answer(task, inst):

@@ -107,11 +107,28 @@ def test_bad_requests_are_clear_errors():
   cfg, variables = tiny()
   with pytest.raises(ValueError, match="outside the vocabulary"):
     hrm_jax.generate(cfg, variables, [[1, cfg.vocab_size]], 2)
-  with pytest.raises(ValueError, match="non-empty"):
+  with pytest.raises(ValueError, match="prompt 1 is empty"):
     hrm_jax.generate(cfg, variables, [[1], []], 2)
   trm, trm_vars = tiny("trm")
   with pytest.raises(ValueError, match="arch 'trm' decodes greedily only"):
     hrm_jax.generate(trm, trm_vars, [[1, 2]], 2, temperature=0.5, rng=jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("arch", ["hrm", "trm"])
+def test_requests_past_max_seq_len_are_refused(arch):
+  """Before: a 404-token prompt ran on a 256-token model and generated 400 tokens past it.
+  The cached (hrm) and the recomputing (trm) paths share one check."""
+  cfg, variables = tiny(arch)  # max_seq_len 64
+  with pytest.raises(ValueError, match=r"prompt 1 has 65 tokens, longer than the model's "
+                     r"max_seq_len=64"):
+    hrm_jax.generate(cfg, variables, prompts_of([3, 65], cfg.vocab_size), 1)
+  with pytest.raises(ValueError, match=r"prompt 0 has 60 tokens and max_new_tokens=5: 65 > the "
+                     r"model's max_seq_len=64 \(at most 4 new tokens fit\)"):
+    hrm_jax.generate(cfg, variables, prompts_of([60], cfg.vocab_size), 5)
+  with pytest.raises(ValueError, match="generate_uncached: prompt 0 has 60 tokens and "
+                     "max_new_tokens=5"):
+    recompute_decode.generate_uncached(cfg, variables, prompts_of([60], cfg.vocab_size), 5)
+  assert len(hrm_jax.generate(cfg, variables, prompts_of([60], cfg.vocab_size), 4)[0]) == 4
 
 
 def test_trm_decodes_greedily_without_a_cache():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import stat
 
 import flax.linen as nn
 import jax
@@ -163,3 +166,22 @@ def numpy_forward(cfg: hrm_jax.ModelConfig, variables, batch) -> np.ndarray:
       z = run("L", z + x)
     out = z
   return out @ p["lm_head"]["kernel"]
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+  """Run the body under process umask `mask` (restored after)."""
+  old = os.umask(mask)
+  try:
+    yield
+  finally:
+    os.umask(old)
+
+
+def modes(root) -> dict[str, set[int]]:
+  """{"dirs": {modes}, "files": {modes}} of `root` and everything under it."""
+  out: dict[str, set[int]] = {"dirs": {stat.S_IMODE(os.stat(root).st_mode)}, "files": set()}
+  for folder, dirs, files in os.walk(root):
+    out["dirs"] |= {stat.S_IMODE(os.stat(os.path.join(folder, d)).st_mode) for d in dirs}
+    out["files"] |= {stat.S_IMODE(os.stat(os.path.join(folder, f)).st_mode) for f in files}
+  return out

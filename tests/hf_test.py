@@ -2,6 +2,8 @@
 export, exact round trip, the split/sharded/bf16 layouts, and clear errors."""
 
 import json
+import os
+import stat
 
 import jax
 import numpy as np
@@ -13,7 +15,7 @@ from safetensors.torch import save_file as torch_save_file
 
 import hrm_jax
 from hrm_jax import hf
-from helpers import pack_rows
+from helpers import modes, pack_rows, umask
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -90,8 +92,55 @@ def test_import_export_round_trip_is_exact(tmp_path):
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   assert hf.load(tmp_path / "b")[0] == config
-  hf.save(tmp_path / "b", config, variables)  # overwriting an export replaces it whole
   assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json", hf.WEIGHTS]
+
+
+def test_export_follows_the_umask(tmp_path):
+  config, variables = hf.load(_corrupt(tmp_path / "a"))
+  with umask(0o022):
+    hf.save(tmp_path / "out", config, variables)
+  assert modes(tmp_path / "out") == {"dirs": {0o755}, "files": {0o644}}
+  with umask(0o077):
+    hf.save(tmp_path / "private", config, variables)
+  assert modes(tmp_path / "private") == {"dirs": {0o700}, "files": {0o600}}
+
+
+def test_export_onto_an_export_needs_overwrite_and_keeps_the_other_files(tmp_path):
+  """Before: a second save replaced the directory whole (tokenizer.json, README.md gone)."""
+  config, old = hf.load(_corrupt(tmp_path / "a", seed=1))
+  _, new = hf.load(_corrupt(tmp_path / "b", seed=2))
+  out = tmp_path / "out"
+  hf.save(out, config, old)
+  (out / "README.md").write_text("my notes\n")
+  os.chmod(out / "README.md", 0o600)
+  (out / "tokenizer.json").write_text("{}")
+  (out / "model-00001-of-00002.safetensors").write_bytes(b"stale shard")
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  with pytest.raises(FileExistsError, match=f"{out} exists and is not empty.*--overwrite"):
+    hf.save(out, config, new)
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+  hf.save(out, config, new, overwrite=True)
+  assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", hf.WEIGHTS,
+                                                   "tokenizer.json"]
+  assert (out / "README.md").read_text() == "my notes\n"
+  assert (out / "tokenizer.json").read_text() == "{}"
+  assert stat.S_IMODE(os.stat(out / "README.md").st_mode) == 0o600
+  jax.tree_util.tree_map(np.testing.assert_array_equal, hf.load(out)[1], new)
+
+
+@pytest.mark.parametrize("mark", ["checkpoints/", "metrics.jsonl", "events.out.tfevents.1.host",
+                                  "epoch_0/", "input.jsonl", ".git/"])
+def test_overwrite_never_replaces_what_is_not_an_export(mark, tmp_path):
+  config, variables = hf.load(_corrupt(tmp_path / "a"))
+  run = tmp_path / "run"
+  hf.save(run, config, variables)  # weights and config, plus what marks a run or data
+  (run / mark.rstrip("/")).mkdir() if mark.endswith("/") else (run / mark).write_text("keep")
+  before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+  with pytest.raises(FileExistsError, match="not a directory this command wrote"):
+    hf.save(run, config, variables, overwrite=True)
+  assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+  with pytest.raises(FileExistsError, match="exists and is not a directory"):
+    hf.save(tmp_path / "a" / "config.json", config, variables, overwrite=True)
 
 
 def test_split_names_sharded_files_and_bf16_load_the_same(tmp_path):
@@ -114,8 +163,8 @@ def test_split_names_sharded_files_and_bf16_load_the_same(tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, bf16, rounded)
 
 
-def _corrupt(tmp_path, edit_tensors=None, edit_config=None):
-  hf_model("h2l3").save_pretrained(tmp_path)
+def _corrupt(tmp_path, edit_tensors=None, edit_config=None, seed=0):
+  hf_model("h2l3", seed).save_pretrained(tmp_path)
   if edit_tensors:
     tensors = load_file(tmp_path / hf.WEIGHTS)
     edit_tensors(tensors)
@@ -147,3 +196,40 @@ def test_unknown_model_type_and_missing_files_are_clear_errors(tmp_path):
     hf.load(_corrupt(tmp_path / "b", edit_config=lambda c: c.update(intermediate_size=64)))
   with pytest.raises(FileNotFoundError, match="config.json"):
     hf.load(tmp_path / "missing")
+
+
+def test_corrupt_files_are_errors_naming_the_file(tmp_path):
+  """Before: a raw SafetensorError / JSONDecodeError without the file's path."""
+  good = _corrupt(tmp_path / "good")
+  for name, edit in [("truncated", lambda b: b[:len(b) // 2]), ("empty", lambda b: b""),
+                     ("garbage", lambda b: b"\x07" * 64)]:
+    bad = _corrupt(tmp_path / name)
+    (bad / hf.WEIGHTS).write_bytes(edit((good / hf.WEIGHTS).read_bytes()))
+    with pytest.raises(ValueError, match=f"{bad / hf.WEIGHTS}: not a readable safetensors"):
+      hf.load(bad)
+  bad = _corrupt(tmp_path / "json")
+  (bad / "config.json").write_text('{"model_type": "hrm_text",')
+  with pytest.raises(ValueError, match=f"{bad / 'config.json'}: not valid JSON"):
+    hf.load(bad)
+  (bad / "config.json").write_text("[1]")
+  with pytest.raises(ValueError, match="config.json: expected a JSON object"):
+    hf.load(bad)
+
+
+def test_index_paths_must_stay_inside_the_checkpoint(tmp_path):
+  """Before: an index naming ../elsewhere/model.safetensors (or an absolute path) was read."""
+  outside = _corrupt(tmp_path / "elsewhere")
+  hf_model("h2l3").save_pretrained(tmp_path / "ckpt", max_shard_size="20KB")
+  index = json.loads((tmp_path / "ckpt" / hf.INDEX).read_text())
+  for escape in ["../elsewhere/model.safetensors", str(outside / hf.WEIGHTS),
+                 "sub/../../elsewhere/model.safetensors"]:
+    weight_map = {k: escape for k in index["weight_map"]}
+    (tmp_path / "ckpt" / hf.INDEX).write_text(json.dumps({**index, "weight_map": weight_map}))
+    with pytest.raises(ValueError, match=f"weight_map file '{escape}' is not a path inside"):
+      hf.load(tmp_path / "ckpt")
+  (tmp_path / "ckpt" / hf.INDEX).write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
+  with pytest.raises(FileNotFoundError, match="gone.safetensors: listed in"):
+    hf.load(tmp_path / "ckpt")
+  (tmp_path / "ckpt" / hf.INDEX).write_text("not json")
+  with pytest.raises(ValueError, match=f"{hf.INDEX}: not valid JSON"):
+    hf.load(tmp_path / "ckpt")

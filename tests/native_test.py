@@ -15,16 +15,23 @@ import hrm_jax
 from hrm_jax import hf, native, tokenizer
 from hrm_jax.train import loop
 from hf_test import example_batch, hf_logits
+from helpers import modes, tiny_model, umask
 from train_loop_test import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
+def run(script: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+  """Run a script; it must succeed (ok) or fail with a message (not ok)."""
   out = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
                        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
+  assert (out.returncode == 0) == ok, out.stderr[-3000:]
   return out
+
+
+def contents(root: pathlib.Path) -> dict[str, bytes]:
+  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+          if p.is_file()}
 
 
 def assert_trees_equal(a, b):
@@ -98,7 +105,7 @@ def test_weights_only_checkpoint_round_trip(trained, tmp_path):
   assert (tmp_path / "ckpt" / "tokenizer.json").exists()
   config, variables = native.load(tmp_path / "ckpt")
   assert_trees_equal(variables, hf.load(tmp_path / "hf")[1])
-  with pytest.raises(FileExistsError, match="refusing to overwrite"):
+  with pytest.raises(FileExistsError, match="exists and is not empty; refusing to replace it"):
     native.save(tmp_path / "ckpt", config, variables)
   run("experiments/convert.py", f"--from={tmp_path / 'ckpt'}", f"--to_hf={tmp_path / 'back'}")
   assert_trees_equal(hf.load(tmp_path / "back")[1], variables)
@@ -118,3 +125,43 @@ def test_not_a_checkpoint_is_a_clear_error(trained, tmp_path):
   run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}")
   with pytest.raises(native.NotACheckpointError, match="is a Hugging Face directory"):
     native.load(tmp_path / "hf")
+
+
+def test_convert_never_destroys_a_run_and_replaces_an_export_only_with_overwrite(trained,
+                                                                                 tmp_path):
+  """Before: --from=RUN --to_hf=RUN exited 0 and deleted the run's checkpoints and metrics."""
+  _, workdir = trained
+  before = contents(workdir)
+  assert any(name.startswith("checkpoints/") for name in before)
+  assert "metrics.jsonl" in before
+  out = run("experiments/convert.py", f"--from={workdir}", f"--to_hf={workdir}", ok=False)
+  assert f"{workdir} exists and is not empty; refusing to replace it" in out.stderr
+  out = run("experiments/convert.py", f"--from={workdir}", f"--to_hf={workdir}", "--overwrite",
+            ok=False)
+  assert "is not a directory this command wrote (it has subdirectories" in out.stderr
+  out = run("experiments/convert.py", f"--from_hf={tmp_path}", f"--to={workdir}", ok=False)
+  assert f"{workdir} exists and is not empty" in out.stderr
+  assert contents(workdir) == before
+  export = tmp_path / "hf"
+  run("experiments/convert.py", f"--from={workdir}", f"--to_hf={export}")
+  (export / "tokenizer.json").write_text("{}")
+  (export / "README.md").write_text("notes\n")
+  out = run("experiments/convert.py", f"--from={workdir}", f"--to_hf={export}",
+            "--use_ema=false", ok=False)
+  assert "pass --overwrite" in out.stderr
+  run("experiments/convert.py", f"--from={workdir}", f"--to_hf={export}", "--use_ema=false",
+      "--overwrite")
+  assert (export / "tokenizer.json").read_text() == "{}"
+  assert (export / "README.md").read_text() == "notes\n"
+  assert_trees_equal(hf.load(export)[1]["params"], native.load(workdir, use_ema=False)[1]["params"])
+  out = run("experiments/convert.py", f"--from_hf={export}", f"--to={tmp_path / 'new'}",
+            "--overwrite", ok=False)
+  assert "--overwrite applies to --to_hf only" in out.stderr
+  assert contents(workdir) == before
+
+
+def test_weights_only_checkpoint_follows_the_umask(tmp_path):
+  config, variables = tiny_model()
+  with umask(0o022):
+    native.save(tmp_path / "ckpt", config, variables)
+  assert modes(tmp_path / "ckpt") == {"dirs": {0o755}, "files": {0o644}}

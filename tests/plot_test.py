@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import stat
 import subprocess
 import sys
 
@@ -11,6 +12,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 sys.path.insert(0, str(ROOT))
 from experiments import plot  # noqa: E402
+from hrm_jax import plotting  # noqa: E402
+from helpers import umask  # noqa: E402
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -44,6 +47,13 @@ def test_plots_one_and_several_runs(tmp_path):
   assert out.returncode == 0, out.stderr
   assert target.read_bytes().startswith(PNG_MAGIC) and target.stat().st_size > 1000
   assert [p.name for p in target.parent.iterdir()] == ["ab.png"]  # no temp file left
+
+
+def test_png_follows_the_umask(tmp_path):
+  """Before: mkstemp left the PNG 0600."""
+  with umask(0o022):
+    plotting.plot({"a": {1: {"loss": 2.0}, 2: {"loss": 1.0}}}, ["loss"], str(tmp_path / "p.png"))
+  assert stat.S_IMODE(os.stat(tmp_path / "p.png").st_mode) == 0o644
 
 
 def test_missing_or_empty_metrics_is_a_clear_error(tmp_path):

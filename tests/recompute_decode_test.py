@@ -43,7 +43,7 @@ def test_rows_stop_at_their_own_eos_and_bad_requests_fail():
     assert got == (row[:row.index(eos) + 1] if eos in row else row)
   with pytest.raises(ValueError, match="outside the vocabulary"):
     generate_uncached(cfg, variables, [[1, cfg.vocab_size]], 2)
-  with pytest.raises(ValueError, match="non-empty"):
+  with pytest.raises(ValueError, match="prompt 0 is empty"):
     generate_uncached(cfg, variables, [[]], 2)
   with pytest.raises(ValueError, match="max_new_tokens=0"):
     generate_uncached(cfg, variables, [[1]], 0)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import configs
+from hrm_jax import data as data_lib
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import loop
 from hrm_jax.train import metrics as metrics_lib
@@ -107,6 +108,17 @@ def test_checkpoint_of_another_model_is_a_clear_error(demo_dir, tmp_path):
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match="arch: checkpoint 'hrm' vs "
                      "config 'ut'"):
     loop.train(tiny_config(demo_dir, **{"model.arch": "ut"}), workdir)
+
+
+def test_examples_longer_than_max_seq_len_are_refused_at_start(demo_dir, tmp_path):
+  """Before: the model trained on positions past its max_seq_len (packed rows may be longer
+  than the context, so row_len alone never caught it)."""
+  data = data_lib.open_sampled(data_lib.ensure_demo_data(str(demo_dir), epochs=1).train_dir)
+  longest = int(data.examples(0).lengths.max())
+  with pytest.raises(ValueError, match=rf"epoch_0 example \d+ is {longest} tokens, longer than "
+                     rf"the model's max_seq_len={longest - 1}"):
+    loop.train(tiny_config(demo_dir, **{"model.max_seq_len": longest - 1}), str(tmp_path))
+  assert not os.listdir(tmp_path)  # refused before anything was written
 
 
 def test_init_from_loads_weights_with_fresh_optimizer(demo_dir, tmp_path, straight):

@@ -13,20 +13,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Callable
 
 import numpy as np
 import tokenizers
 
-from hrm_jax.data.sampled import _replace_dir, concat_examples, write_sampled
+from hrm_jax import atomic
+from hrm_jax.data.sampled import concat_examples, write_sampled
 from hrm_jax.tokenizer import (DEFAULT_BOQ, DEFAULT_CONDITIONS, DEFAULT_EOA, DEFAULT_EOQ, Tokenizer,
                                TokenizerInfo)
 
 GENERATOR_VERSION = 1  # bump whenever generated data or the tokenizer changes
 CONDITION = "synth"
 SPECIAL_TOKENS = [DEFAULT_BOQ, DEFAULT_EOQ, DEFAULT_EOA, *DEFAULT_CONDITIONS.values()]
+CACHE_FILES = ("manifest.json", "tokenizer.json", "tokenizer_info.json", "eval.jsonl", "train")
 
 
 def build_tokenizer() -> tokenizers.Tokenizer:
@@ -151,8 +151,10 @@ def ensure_demo_data(cache_dir: str, *, epochs: int = 8, seed: int = 0,
                      max_seq_len: int = 256) -> DemoData:
   """The demo set in `cache_dir`, generated once per (version, settings) and then reused.
 
-  The whole folder is built in a temp dir and renamed into place, so an interrupted run never
-  leaves a half-written cache. max_seq_len: model context recorded in the metadata.
+  The whole folder is built beside its path and renamed into place (`atomic.directory`, umask
+  modes), so an interrupted run never leaves a half-written cache; a folder without a matching
+  manifest is replaced only if it holds nothing but demo files. max_seq_len: model context
+  recorded in the metadata.
   """
   settings = {"version": GENERATOR_VERSION, "epochs": epochs, "seed": seed,
               "train_per_task": train_per_task, "eval_per_task": eval_per_task,
@@ -161,19 +163,38 @@ def ensure_demo_data(cache_dir: str, *, epochs: int = 8, seed: int = 0,
       cache_dir, f"demo_v{GENERATOR_VERSION}_s{seed}_e{epochs}_n{train_per_task}_"
       f"{eval_per_task}_l{max_seq_len}"))
   manifest = os.path.join(root, "manifest.json")
-  if os.path.exists(manifest):
-    with open(manifest) as f:
-      if json.load(f) == settings:
-        return _load(root)
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(root) + ".tmp-", dir=os.path.dirname(root))
+  if _manifest_matches(manifest, settings):
+    return _load(root)
+  foreign = os.path.isdir(root) and _stale_cache(root)
+  if foreign:
+    raise FileExistsError(f"{root}: {foreign}; refusing to rebuild the demo cache over it "
+                          "(move those files away or choose another data.demo_dir)")
   try:
-    _write(tmp, root, settings)
-    _replace_dir(tmp, root)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    with atomic.directory(root, overwrite=True, same_kind=_stale_cache) as tmp:
+      _write(str(tmp), root, settings)
+      if _manifest_matches(manifest, settings):
+        raise _BuiltElsewhere  # another process finished first: keep its copy
+  except _BuiltElsewhere:
+    pass
   return _load(root)
+
+
+class _BuiltElsewhere(Exception):
+  pass
+
+
+def _manifest_matches(manifest: str, settings: dict[str, Any]) -> bool:
+  try:
+    with open(manifest) as f:
+      return json.load(f) == settings
+  except (OSError, ValueError):
+    return False
+
+
+def _stale_cache(path: Any) -> str | None:
+  """None when `path` holds only files a demo cache has (an interrupted or older build)."""
+  extra = sorted(set(os.listdir(path)) - set(CACHE_FILES))
+  return f"it holds {extra}, which a demo cache does not" if extra else None
 
 
 def _write(tmp: str, root: str, settings: dict[str, Any]) -> None:

@@ -159,6 +159,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   is_main = jax.process_index() == 0
   sampled, demo = open_data(cfg)
   model_config = model_config_from(cfg, sampled.vocab_size)
+  config_lib.check_data_fits(model_config, sampled)
   if model_config.vocab_size < int(sampled.tokenizer_info["vocab_size"]):
     raise ValueError(f"--config.model.vocab_size={model_config.vocab_size} is smaller than the "
                      f"data's tokenizer vocabulary ({sampled.tokenizer_info['vocab_size']}, "
