@@ -1,6 +1,13 @@
 """Greedy decode tokens/s: hrm_jax.generate vs transformers' generate, same model and prompts.
 
     python benchmarks/decode.py [--hidden_size=256 --layers_per_stack=2 --batch=4 --new_tokens=64]
+    python benchmarks/decode.py --continuous --batch=8 [--prompts=48]
+
+--continuous compares the engine's continuous batching (a finished row takes the next
+prompt) with static batches (each group of --batch prompts generated to its longest budget,
+through the same `hrm_jax.generate`) on prompts with long-tailed budgets: 80% in 4-32 new
+tokens, 20% in 96-128. It prints items/s of both, their ratio and whether every answer is
+the same, each after one warm-up run (compilation).
 
 A random hrm_jax model is exported with hrm_jax.hf.save and loaded by
 `transformers.HrmTextForCausalLM`; both decode the same left-padded PrefixLM prompts
@@ -34,6 +41,8 @@ flags.DEFINE_integer("L_cycles", 3, "L cycles.")
 flags.DEFINE_integer("vocab_size", 8192, "Vocabulary size.")
 flags.DEFINE_integer("batch", 4, "Prompts decoded together.")
 flags.DEFINE_integer("new_tokens", 64, "Tokens generated per prompt.")
+flags.DEFINE_bool("continuous", False, "Continuous vs static batching (see above).")
+flags.DEFINE_integer("prompts", 48, "Prompts of the --continuous comparison.")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for transformers; 0 keeps "
                      "torch's default (one per core). On a loaded machine compare 1 with "
                      "XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
@@ -55,6 +64,9 @@ def main(argv: list[str]) -> None:
   dummy = {k: np.zeros((1, 8), np.int32) for k in ("inputs", "positions", "segment_ids")}
   dummy["prefix_mask"] = np.ones((1, 8), bool)
   variables = hrm_jax.LanguageModel(config).init(jax.random.PRNGKey(0), dummy)
+  if f.continuous:
+    continuous(config, variables, rng)
+    return
 
   def timed(run) -> tuple[object, float, float]:
     """One warm-up run (compilation), then one timed run: output, wall s, process CPU s."""
@@ -102,6 +114,43 @@ def main(argv: list[str]) -> None:
   print(f"ratio (tokens/s): {torch_s / jax_s:.2f}x; per decode step: "
         f"{per_step(torch_s, torch_first_s) / per_step(jax_s, jax_first_s):.2f}x; greedy tokens "
         f"agreeing: {agree:.1%}; load average (1 min) {os.getloadavg()[0]:.2f}")
+
+
+def continuous(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Generator) -> None:
+  """Items/s of continuous vs static batches of FLAGS.batch over long-tailed budgets."""
+  f = flags.FLAGS
+  n = f.prompts
+  prompts = [rng.integers(1, f.vocab_size, int(k)).tolist() for k in rng.integers(16, 48, n)]
+  long_tail = np.isin(np.arange(n), rng.permutation(n)[:round(0.2 * n)])  # exactly 20%
+  budgets = np.where(long_tail, rng.integers(96, 129, n), rng.integers(4, 33, n)).tolist()
+
+  def static():
+    out = []
+    for i in range(0, n, f.batch):  # every row of a batch waits for the batch's longest
+      out += hrm_jax.generate(config, variables, prompts[i:i + f.batch], budgets[i:i + f.batch])
+    return out
+
+  def engine():
+    return hrm_jax.generate(config, variables, prompts, budgets, batch_size=f.batch)
+
+  seconds, outs = {}, {}
+  for name, run in (("static batches", static), ("continuous batching", engine)):
+    run()  # compilation
+    start = time.perf_counter()
+    outs[name] = run()
+    seconds[name] = time.perf_counter() - start
+  tokens = sum(budgets)
+  print(f"model: hidden {f.hidden_size}, {f.layers_per_stack} layers/stack, H{f.H_cycles} "
+        f"L{f.L_cycles}, vocab {f.vocab_size}, float32; {n} prompts of 16-47 tokens, batch "
+        f"{f.batch}; budgets: {int(long_tail.sum())} in 96-128, the rest in 4-32 "
+        f"({tokens} tokens, no eos)")
+  print(f"| {'':20} | {'items/s':>8} | {'tokens/s':>9} | {'s':>7} |")
+  print(f"|{'-' * 22}|{'-' * 10}|{'-' * 11}|{'-' * 9}|")
+  for name, s in seconds.items():
+    print(f"| {name:20} | {n / s:8.2f} | {tokens / s:9.1f} | {s:7.2f} |")
+  print(f"continuous / static items/s: {seconds['static batches'] / seconds['continuous batching']:.2f}x; "
+        f"same tokens: {outs['static batches'] == outs['continuous batching']}; "
+        f"load average (1 min) {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

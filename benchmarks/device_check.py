@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 import hrm_jax  # noqa: E402
 from experiments import configs  # noqa: E402
 from hrm_jax import atomic, benchmarking  # noqa: E402
-from hrm_jax import decode as decode_lib  # noqa: E402
+from hrm_jax import generation as decode_lib  # noqa: E402
 from hrm_jax import flops as flops_lib  # noqa: E402
 from hrm_jax import sharding as sharding_lib  # noqa: E402
 from hrm_jax.train import loop  # noqa: E402

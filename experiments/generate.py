@@ -18,18 +18,21 @@ otherwise); left unset, --max_new_tokens is 256 cut to what the context leaves. 
 prompt is read and checked before anything is generated. --H_cycles/--L_cycles override the
 recursion depth at test time (an experiment knob: the model was trained with the depth in
 its config).
+
+With --prompts_jsonl the generation engine keeps --batch_size rows busy (a row that finishes
+takes the next prompt); completions are printed in input order as soon as all earlier ones
+are done, with a progress bar on stderr (items/s, tokens/s, ETA).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 
 import jax
 from absl import app, flags
 
-import hrm_jax
-from hrm_jax import decode, jsonl, loading
+from hrm_jax import generation, jsonl, loading
+from hrm_jax.progress import track
 
 DEFAULT_NEW_TOKENS = 256
 
@@ -46,7 +49,9 @@ flags.DEFINE_integer("max_new_tokens", None, "Most tokens generated per prompt (
 flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
 flags.DEFINE_integer("seed", 0, "PRNG seed for sampling.")
-flags.DEFINE_integer("batch_size", 8, "Prompts per generate call (--prompts_jsonl).")
+flags.DEFINE_integer("batch_size", 8, "Rows decoded together (--prompts_jsonl); a finished "
+                     "row takes the next prompt.")
+flags.DEFINE_bool("progress", True, "Progress bar on stderr (--prompts_jsonl).")
 flags.DEFINE_integer("H_cycles", None, "Test-time override of H_cycles (experiment knob).")
 flags.DEFINE_integer("L_cycles", None, "Test-time override of L_cycles (experiment knob).")
 
@@ -109,27 +114,29 @@ def main(argv: list[str]) -> None:
     except ValueError as e:
       raise app.UsageError(f"{it['name']}: {e}") from e
   names, prompts = [it["name"] for it in items], [it["ids"] for it in items]
-  try:  # all prompts checked before any output; the default budget is cut to fit
-    decode.check_request(config, prompts, f.max_new_tokens or 1, names, where="generate.py")
+  for it in items:
+    it["new"] = f.max_new_tokens or max(
+        1, min(DEFAULT_NEW_TOKENS, config.max_seq_len - len(it["ids"])))
+  try:  # all prompts checked before any output (a too-long prompt errors, even unset budget)
+    answers = generation.stream(
+        config, variables, [it["ids"] for it in items], [it["new"] for it in items],
+        temperature=f.temperature, top_p=f.top_p, eos_id=tok.eoa_id,
+        rng=jax.random.PRNGKey(f.seed), batch_size=f.batch_size,
+        names=[it["name"] for it in items], where="generate.py")
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  for it in items:
-    it["new"] = f.max_new_tokens or min(DEFAULT_NEW_TOKENS, config.max_seq_len - len(it["ids"]))
-  rng = jax.random.PRNGKey(f.seed)
-  for start in range(0, len(items), f.batch_size):
-    chunk = items[start:start + f.batch_size]
-    rng, key = jax.random.split(rng)
-    outs = hrm_jax.generate(config, variables, [it["ids"] for it in chunk],
-                            min(it["new"] for it in chunk), f.temperature, f.top_p,
-                            eos_id=tok.eoa_id, rng=key)
-    for it, out in zip(chunk, outs):
+  finished: dict[int, list[int]] = {}
+  printed = 0
+  for i, out in track(answers, len(items), "generate", f.progress and bool(f.prompts_jsonl)):
+    finished[i] = out
+    while printed in finished:  # input order, each as soon as the earlier ones are out
+      it, out = items[printed], finished.pop(printed)
       text = tok.decode([t for t in out if t != tok.eoa_id])
       if f.prompts_jsonl:
         print(json.dumps({"prompt": it["prompt"], "completion": text}), flush=True)
       else:
         print(text, flush=True)
-    if f.prompts_jsonl:
-      print(f"[generate] {start + len(chunk)}/{len(items)} prompts", file=sys.stderr, flush=True)
+      printed += 1
 
 
 if __name__ == "__main__":

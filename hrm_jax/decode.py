@@ -1,29 +1,27 @@
-"""Generation with a KV cache: PrefixLM prefill, then a compiled one-token decode loop.
+"""The KV-cache back end of `generation`: PrefixLM prefill and one-token decode steps.
 
 The whole prompt is always the bidirectional prefix (REFERENCE sections 2 and 6): prefill
-builds the PrefixLM mask itself, so no caller can forget it. Rows are left-padded to a
-common prompt length; positions restart at 0 at each row's first real token and padding is
-never attended by real tokens. Prompt lengths and generation lengths are rounded up to
-powers of two or 1.5x powers of two, so a handful of shapes cover every request (no compile
-per prompt length).
+builds the PrefixLM mask itself, so no caller can forget it. Prompts are left-padded; their
+positions restart at 0 at the first real token and padding is never attended by real tokens.
+For continuous batching the cache is a ring of fixed length per call: all rows write the
+same position per step (one in-place update), and a row refilled mid-call holds its prompt
+just before that position and sees the cyclic range from its first token on.
 
 The cache has one slot per (pass, layer) call, `H_cycles * (L_cycles + 1) * layers_per_stack`
 for HRM: each is its own pair of arrays, keys [B, H, K, L] and values [B, H, L, K], so the
 decode loop carries them as separate buffers and writes one position of each in place per
-step (no slicing of a stacked cache). The stacked layer weights are split per layer once,
-before the loop (`layers.unstack_layers`), and prefill computes the head on the last
+step (no slicing of a stacked cache). The stacked layer weights are split per layer once per
+call (`prepare`, `layers.unstack_layers`), and prefill computes the head on the last
 position only.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hrm_jax import attention
 from hrm_jax.config import ModelConfig
@@ -32,48 +30,12 @@ from hrm_jax.models import LanguageModel
 from hrm_jax.models.lm import head
 
 Cache = Any  # the 'cache' collection: per attention layer, tuples of per-pass key/value slots
-MIN_BUCKET = 16
-
-
-def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-  """The smallest power of two or 1.5x a power of two >= max(n, minimum): padded lengths
-  with two shapes per octave, which bounds recompilation and wastes at most a third
-  (pure powers of two padded a 43-token prompt to 64: 50% more prefill work)."""
-  p2 = max(minimum, 1 << (max(n, 1) - 1).bit_length())
-  return p2 * 3 // 4 if p2 * 3 // 4 >= max(n, minimum) and p2 > minimum else p2
 
 
 def _check_arch(config: ModelConfig) -> None:
   if config.family == "trm":
     raise ValueError(f"KV-cache decoding does not support arch {config.arch!r}: its single "
                      "stack plays both roles, so H and L passes would share cache slots.")
-
-
-def check_request(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                  names: Optional[Sequence[str]] = None, where: str = "generate") -> None:
-  """Raise ValueError unless every prompt is non-empty, in the vocabulary, and it plus
-  max_new_tokens fits the model's context (`config.max_seq_len`; positions past it were
-  never trained). `names` label the prompts in errors (default "prompt <i>")."""
-  names = names or [f"prompt {i}" for i in range(len(prompts))]
-  if not prompts:
-    raise ValueError(f"{where}: need at least one prompt")
-  if max_new_tokens < 1:
-    raise ValueError(f"{where}: max_new_tokens={max_new_tokens} must be >= 1")
-  for name, prompt in zip(names, prompts):
-    n, limit = len(prompt), config.max_seq_len
-    if n == 0:
-      raise ValueError(f"{where}: {name} is empty; every prompt needs at least one token")
-    if n > limit:
-      raise ValueError(f"{where}: {name} has {n} tokens, longer than the model's "
-                       f"max_seq_len={limit}")
-    if n + max_new_tokens > limit:
-      raise ValueError(f"{where}: {name} has {n} tokens and max_new_tokens={max_new_tokens}: "
-                       f"{n + max_new_tokens} > the model's max_seq_len={limit} "
-                       f"(at most {limit - n} new tokens fit)")
-    bad = sorted({t for t in prompt if not 0 <= t < config.vocab_size})
-    if bad:
-      raise ValueError(f"{where}: {name} has token ids {bad[:10]} outside the vocabulary "
-                       f"[0, {config.vocab_size})")
 
 
 def decode_variables(variables: dict) -> dict:
@@ -125,99 +87,84 @@ def cache_length(cache: Cache) -> int:
 
 
 def decode_step(config: ModelConfig, variables: dict, cache: Cache, token_B: jax.Array,
-                slot: jax.Array, pad_B: jax.Array) -> tuple[jax.Array, Cache]:
-  """One causal token per row at cache position `slot` (same for all rows); logits [B, V]."""
+                slot: jax.Array, start_B: jax.Array, positions_B: Optional[jax.Array] = None
+                ) -> tuple[jax.Array, Cache]:
+  """One causal token per row written at cache position `slot` (same for all rows); logits
+  [B, V]. Each row sees the cyclic range start_B..slot of the cache (a ring: a row refilled
+  mid-call starts anywhere); positions default to slot - start_B (no wrap)."""
   t = cache_length(cache)
   slots_T = jnp.arange(t)
-  mask_Bx1xT = ((slots_T[None] >= pad_B[:, None]) & (slots_T[None] <= slot))[:, None]
+  seen_B = (slot - start_B) % t
+  mask_Bx1xT = ((slots_T[None] - start_B[:, None]) % t <= seen_B[:, None])[:, None]
   ones_Bx1 = jnp.ones((token_B.shape[0], 1), jnp.int32)
-  batch = {"inputs": token_B[:, None], "positions": (slot - pad_B)[:, None],
+  positions_B = seen_B if positions_B is None else positions_B
+  batch = {"inputs": token_B[:, None], "positions": positions_B[:, None],
            "segment_ids": ones_Bx1, "prefix_mask": ones_Bx1 == 0}
   z_Bx1xD, cache = _apply(config, variables, cache, batch,
                           attention.CacheStep(slot, mask_Bx1xT, t))
   return _logits(config, variables, z_Bx1xD[:, 0]), cache
 
 
-def sample(logits_BxV: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
-           greedy: bool) -> jax.Array:
-  """Greedy argmax, or nucleus sampling at `temperature` keeping the top-`top_p` mass."""
-  if greedy:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  logits_BxV = logits_BxV / temperature
-  sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-  probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
-  keep_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV < top_p  # always keeps the top token
-  cutoff_B = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1)
-  logits_BxV = jnp.where(logits_BxV >= cutoff_B[:, None], logits_BxV, -jnp.inf)
-  return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+class State(NamedTuple):
+  """The KV back end of `generation`: one ring cache of fixed length per call."""
+  cache: Cache
+  clock: jax.Array  # int32: the cache position the next decode step writes
+  start_B: jax.Array  # int32: cache position of each row's first prompt token
+  pos_B: jax.Array  # int32: position (in its sequence) of each row's next input token
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_len", "greedy"))
-def _generate(variables: dict, prompt_BxP: jax.Array, pad_B: jax.Array, max_new: jax.Array,
-              temperature: jax.Array, top_p: jax.Array, eos_id: jax.Array, rng: jax.Array, *,
-              config: ModelConfig, max_len: int, greedy: bool) -> jax.Array:
-  """Tokens [B, max_len]; entries past eos or past max_new are 0. Compiled end to end."""
-  b, p = prompt_BxP.shape
-  pick = lambda logits, step: sample(logits, jax.random.fold_in(rng, step), temperature,
-                                     top_p, greedy)
-  variables = decode_variables(variables)  # layer weights split once, outside the loop
-  logits_BxV, cache = prefill(config, variables, prompt_BxP, pad_B, p + max_len)
-  first_B = pick(logits_BxV, 0)
-  tokens_BxN = jnp.zeros((b, max_len), jnp.int32).at[:, 0].set(first_B)
-
-  def cond(state):
-    step, _, _, done_B = state
-    return (step < max_new) & ~jnp.all(done_B)
-
-  def body(state):
-    step, cache, tokens_BxN, done_B = state
-    logits_BxV, cache = decode_step(config, variables, cache, tokens_BxN[:, step - 1],
-                                    p + step - 1, pad_B)
-    next_B = jnp.where(done_B, 0, pick(logits_BxV, step))
-    return step + 1, cache, tokens_BxN.at[:, step].set(next_B), done_B | (next_B == eos_id)
-
-  state = (jnp.int32(1), cache, tokens_BxN, first_B == eos_id)
-  return jax.lax.while_loop(cond, body, state)[2]
+def prepare(variables: dict) -> dict:
+  """The variables the back end reads, once per call (layer weights split per layer)."""
+  return decode_variables(variables)
 
 
-def generate(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]],
-             max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-             eos_id: Optional[int] = None, rng: Optional[jax.Array] = None) -> list[list[int]]:
-  """The new tokens of each prompt (up to and including eos_id, at most max_new_tokens).
+def init(config: ModelConfig, variables: dict, batch: int, length: int) -> State:
+  """An empty ring cache of `length` positions for `batch` rows."""
+  shapes = jax.eval_shape(lambda v: prefill(config, v, jnp.zeros((batch, 1), jnp.int32),
+                                            jnp.zeros(batch, jnp.int32), length)[1], variables)
+  zeros = lambda: jnp.zeros(batch, jnp.int32)
+  return State(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), jnp.int32(0),
+               zeros(), zeros())
 
-  temperature 0 is greedy; otherwise nucleus sampling with the explicit PRNG key `rng`.
-  Test-time depth: pass `config.replace(H_cycles=..., L_cycles=...)` (an experiment knob;
-  the parameters do not depend on the cycle counts). The trm archs, whose one stack cannot
-  keep a cache per pass, decode greedily with `recompute_decode.generate_uncached`.
-  """
-  check_request(config, prompts, max_new_tokens)
-  if temperature < 0 or not 0 < top_p <= 1:
-    raise ValueError(f"generate: need temperature >= 0 and 0 < top_p <= 1 "
-                     f"(got temperature={temperature}, top_p={top_p})")
-  greedy = temperature == 0
-  if not greedy and rng is None:
-    raise ValueError("generate: sampling (temperature > 0) needs an explicit PRNG key `rng`")
-  if config.family == "trm":  # one stack plays H and L: no per-pass KV cache, recompute
-    if not greedy:
-      raise ValueError(f"generate: arch {config.arch!r} decodes greedily only (temperature=0); "
-                       "it has no KV cache and recomputes the sequence each step")
-    from hrm_jax.recompute_decode import generate_uncached  # it imports this module
-    return generate_uncached(config, variables, prompts, max_new_tokens, eos_id)
-  lens = np.array([len(p) for p in prompts])
-  p_len = bucket(int(lens.max()))
-  prompt_BxP = np.zeros((len(prompts), p_len), np.int32)
-  for row, prompt in enumerate(prompts):
-    prompt_BxP[row, p_len - len(prompt):] = prompt
-  model_vars = {k: variables[k] for k in ("params", "buffers") if k in variables}
-  tokens_BxN = np.asarray(_generate(
-      nn.unbox(model_vars), prompt_BxP, (p_len - lens).astype(np.int32),
-      jnp.int32(max_new_tokens), jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
-      jnp.int32(-1 if eos_id is None else eos_id),
-      jax.random.PRNGKey(0) if rng is None else rng,
-      config=config, max_len=bucket(max_new_tokens), greedy=greedy))
-  out = []
-  for row in tokens_BxN[:, :max_new_tokens].tolist():
-    if eos_id is not None and eos_id in row:
-      row = row[:row.index(eos_id) + 1]
-    out.append(row)
-  return out
+
+def _scatter_rows(big: jax.Array, new: jax.Array, rows_R: jax.Array, slot_RxP: jax.Array,
+                  key: bool) -> jax.Array:
+  """Write new's positions into `big` at rows rows_R, cache positions slot_RxP (out of range:
+  dropped). Keys [..., B, H, K, L] / new [..., R, H, K, P]; values [..., B, H, L, K]."""
+  lead = big.ndim - 4
+  ix = (slice(None),) * lead
+  if key:
+    index = ix + (rows_R[:, None], slice(None), slice(None), slot_RxP)
+    new_RxPx_ = jnp.moveaxis(jnp.moveaxis(new, -1, 0), lead + 1, 0)
+  else:
+    index = ix + (rows_R[:, None], slice(None), slot_RxP, slice(None))
+    new_RxPx_ = jnp.moveaxis(jnp.moveaxis(new, -2, 0), lead + 1, 0)
+  return big.at[index].set(new_RxPx_, mode="drop")
+
+
+def refill(config: ModelConfig, variables: dict, state: State, rows_R: jax.Array,
+           prompt_RxP: jax.Array, lens_R: jax.Array) -> tuple[jax.Array, State]:
+  """Prefill left-padded prompts into rows rows_R (index >= B: ignored) of the ring, ending
+  just before `clock`; the next-token logits [R, V] of each."""
+  t = cache_length(state.cache)
+  p = prompt_RxP.shape[1]
+  pad_R = p - lens_R
+  logits_RxV, small = prefill(config, variables, prompt_RxP, pad_R, p)
+  idx_P = jnp.arange(p)
+  slot_RxP = jnp.where(idx_P[None] >= pad_R[:, None], (state.clock - p + idx_P[None]) % t, t)
+  cache = jax.tree_util.tree_map_with_path(
+      lambda path, big, new: _scatter_rows(big, new, rows_R, slot_RxP,
+                                           "cached_key" in jax.tree_util.keystr(path)),
+      state.cache, small)
+  start_B = state.start_B.at[rows_R].set((state.clock - lens_R) % t, mode="drop")
+  return logits_RxV, State(cache, state.clock, start_B,
+                           state.pos_B.at[rows_R].set(lens_R, mode="drop"))
+
+
+def step(config: ModelConfig, variables: dict, state: State,
+         token_B: jax.Array) -> tuple[jax.Array, State]:
+  """Every row's next-token logits [B, V] after feeding token_B."""
+  t = cache_length(state.cache)
+  logits_BxV, cache = decode_step(config, variables, state.cache, token_B, state.clock,
+                                  state.start_B, state.pos_B)
+  return logits_BxV, State(cache, (state.clock + 1) % t, state.start_B, state.pos_B + 1)

@@ -1,89 +1,79 @@
-"""Greedy generation without a KV cache: the whole (fixed-length) row is recomputed per token.
+"""The cache-free back end of `generation`: every step recomputes each whole row.
 
-For architectures the cache cannot serve (`trm`: its single stack plays both the H and the
+For architectures the KV cache cannot serve (`trm`: its single stack plays both the H and the
 L role, so passes would share cache slots) and as an independent check of the cached path.
-Each row is laid out from position 0 (right-padded): the prompt is the bidirectional prefix
-(PrefixLM), generated tokens follow causally, and everything after a row's current end is
-padding (segment 0), which real tokens never attend to. So every step computes exactly the
-training-time forward of prompt + tokens so far. Lengths are rounded up to powers of two as
-in `decode.generate` (rows are grouped by prompt bucket), and each group's loop is one compiled
-`lax.while_loop`: cost per token is a full forward over [rows, prompt bucket + new bucket].
+Each row is laid out from position 0 (right-padded to the call's fixed length): the prompt is
+the bidirectional prefix (PrefixLM), generated tokens follow causally, and everything after a
+row's current end is padding (segment 0), which real tokens never attend to. So every step
+computes exactly the training-time forward of prompt + tokens so far, at a cost per token of
+a full forward over [rows, length].
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Optional, Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hrm_jax.config import ModelConfig
-from hrm_jax.decode import bucket, check_request
 from hrm_jax.models import LanguageModel
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_len"))
-def _generate(variables: dict, tokens_BxT: jax.Array, lens_B: jax.Array, max_new: jax.Array,
-              eos_id: jax.Array, *, config: ModelConfig, max_len: int) -> jax.Array:
-  """New tokens [B, max_len] (0 past eos or past max_new). Row r's prompt is
-  tokens_BxT[r, :lens_B[r]]."""
-  b, t = tokens_BxT.shape
-  idx_T = jnp.arange(t, dtype=jnp.int32)
-  positions_BxT = jnp.broadcast_to(idx_T, (b, t))
-  prefix_BxT = idx_T[None] < lens_B[:, None]
-  model = LanguageModel(config)
-
-  def next_token(tokens_BxT, step):
-    end_B = lens_B + step  # tokens known so far in each row
-    batch = {"inputs": tokens_BxT, "positions": positions_BxT,
-             "segment_ids": (idx_T[None] < end_B[:, None]).astype(jnp.int32),
-             "prefix_mask": prefix_BxT}
-    logits_BxTxV = model.apply(variables, batch)
-    last_BxV = jnp.take_along_axis(logits_BxTxV, (end_B - 1)[:, None, None], axis=1)[:, 0]
-    return jnp.argmax(last_BxV, axis=-1).astype(jnp.int32)
-
-  def cond(state):
-    step, _, _, done_B = state
-    return (step < max_new) & ~jnp.all(done_B)
-
-  def body(state):
-    step, tokens_BxT, out_BxN, done_B = state
-    next_B = jnp.where(done_B, 0, next_token(tokens_BxT, step))
-    tokens_BxT = tokens_BxT.at[jnp.arange(b), lens_B + step].set(next_B)
-    return step + 1, tokens_BxT, out_BxN.at[:, step].set(next_B), done_B | (next_B == eos_id)
-
-  state = (jnp.int32(0), tokens_BxT, jnp.zeros((b, max_len), jnp.int32), jnp.zeros(b, bool))
-  return jax.lax.while_loop(cond, body, state)[2]
+class State(NamedTuple):
+  tokens_BxT: jax.Array  # int32: each row's prompt and tokens so far, from position 0
+  lens_B: jax.Array  # int32: prompt length (the bidirectional prefix) of each row
+  end_B: jax.Array  # int32: tokens known in each row
 
 
-def generate_uncached(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]],
-                      max_new_tokens: int, eos_id: Optional[int] = None) -> list[list[int]]:
-  """Greedy new tokens of each prompt (up to and including eos_id, at most max_new_tokens).
+def prepare(variables: dict) -> dict:
+  """The variables the back end reads: params and buffers, unboxed."""
+  return nn.unbox({k: variables[k] for k in ("params", "buffers") if k in variables})
 
-  Same contract as `decode.generate` at temperature 0, for every arch (trm included).
-  """
-  check_request(config, prompts, max_new_tokens, where="generate_uncached")
-  max_len = bucket(max_new_tokens)
-  model_vars = nn.unbox({k: variables[k] for k in ("params", "buffers") if k in variables})
-  # Rows are grouped by prompt bucket: every step recomputes the whole row, so a short prompt
-  # should not pay for the longest one.
-  groups: dict[int, list[int]] = {}
-  for row, prompt in enumerate(prompts):
-    groups.setdefault(bucket(len(prompt)), []).append(row)
-  out: list[list[int]] = [[] for _ in prompts]
-  for p_len, rows in sorted(groups.items()):
-    lens = np.array([len(prompts[r]) for r in rows], np.int32)
-    tokens_BxT = np.zeros((len(rows), p_len + max_len), np.int32)
-    for i, r in enumerate(rows):
-      tokens_BxT[i, :lens[i]] = prompts[r]
-    out_BxN = np.asarray(_generate(
-        model_vars, tokens_BxT, lens, jnp.int32(max_new_tokens),
-        jnp.int32(-1 if eos_id is None else eos_id), config=config, max_len=max_len))
-    for r, tokens in zip(rows, out_BxN[:, :max_new_tokens].tolist()):
-      if eos_id is not None and eos_id in tokens:
-        tokens = tokens[:tokens.index(eos_id) + 1]
-      out[r] = tokens
-  return out
+
+def init(config: ModelConfig, variables: dict, batch: int, length: int) -> State:
+  """Empty rows of `length` tokens."""
+  del config, variables
+  return State(jnp.zeros((batch, length), jnp.int32), jnp.ones(batch, jnp.int32),
+               jnp.ones(batch, jnp.int32))  # distinct buffers: the engine donates them
+
+
+def _next_logits(config: ModelConfig, variables: dict, tokens_BxT: jax.Array, lens_B: jax.Array,
+                 end_B: jax.Array) -> jax.Array:
+  """Logits [B, V] of the token after each row's first end_B tokens."""
+  idx_T = jnp.arange(tokens_BxT.shape[1], dtype=jnp.int32)
+  batch = {"inputs": tokens_BxT,
+           "positions": jnp.broadcast_to(idx_T, tokens_BxT.shape),
+           "segment_ids": (idx_T[None] < end_B[:, None]).astype(jnp.int32),
+           "prefix_mask": idx_T[None] < lens_B[:, None]}
+  logits_BxTxV = LanguageModel(config).apply(variables, batch)
+  return jnp.take_along_axis(logits_BxTxV, (end_B - 1)[:, None, None], axis=1)[:, 0].astype(
+      jnp.float32)
+
+
+def refill(config: ModelConfig, variables: dict, state: State, rows_R: jax.Array,
+           prompt_RxP: jax.Array, lens_R: jax.Array) -> tuple[jax.Array, State]:
+  """Put left-padded prompts into rows rows_R (index >= B: ignored), moved to position 0;
+  the next-token logits [R, V] of each."""
+  r, p = prompt_RxP.shape
+  t = state.tokens_BxT.shape[1]
+  idx_P = jnp.arange(p)
+  src_RxP = jnp.minimum(idx_P[None] + (p - lens_R)[:, None], p - 1)
+  moved_RxP = jnp.where(idx_P[None] < lens_R[:, None],
+                        jnp.take_along_axis(prompt_RxP, src_RxP, axis=1), 0)
+  rows_RxT = jnp.zeros((r, t), jnp.int32).at[:, :p].set(moved_RxP)
+  logits_RxV = _next_logits(config, variables, rows_RxT, lens_R, lens_R)
+  return logits_RxV, State(state.tokens_BxT.at[rows_R].set(rows_RxT, mode="drop"),
+                           state.lens_B.at[rows_R].set(lens_R, mode="drop"),
+                           state.end_B.at[rows_R].set(lens_R, mode="drop"))
+
+
+def step(config: ModelConfig, variables: dict, state: State,
+         token_B: jax.Array) -> tuple[jax.Array, State]:
+  """Every row's next-token logits [B, V] after appending token_B."""
+  b, t = state.tokens_BxT.shape
+  tokens_BxT = state.tokens_BxT.at[jnp.arange(b), state.end_B].set(token_B, mode="drop")
+  end_B = jnp.minimum(state.end_B + 1, t)
+  return (_next_logits(config, variables, tokens_BxT, state.lens_B, end_B),
+          State(tokens_BxT, state.lens_B, end_B))

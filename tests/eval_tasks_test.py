@@ -172,19 +172,6 @@ def test_per_row_budgets_to_the_context(tok):
   assert runner.row_budget(tasks.GREEDY, 10, 3, cap=100) == 7
 
 
-def test_batches_keep_each_row_inside_the_model_context():
-  """Longest prompts first; a batch closes when full or when its longest prompt plus its
-  largest budget would pass max_seq_len."""
-  lengths = [10, 50, 30, 29, 5]
-  window = 100
-  budgets = [window - n for n in lengths]
-  assert runner.batches(lengths, budgets, 8, max_seq_len=100) == [[1], [2], [3], [0], [4]]
-  assert runner.batches(lengths, budgets, 8, max_seq_len=120) == [[1, 2], [3, 0], [4]]
-  assert runner.batches(lengths, budgets, 8, max_seq_len=121) == [[1, 2, 3], [0, 4]]
-  assert runner.batches(lengths, budgets, 2, max_seq_len=1000) == [[1, 2], [3, 0], [4]]
-  assert runner.batches([7, 7, 7], [1, 1, 1], 8, max_seq_len=8) == [[0, 1, 2]]
-
-
 def test_missing_files_are_one_error_listing_what_is_expected(tmp_path):
   (tmp_path / "gsm8k").mkdir()
   (tmp_path / "gsm8k" / "test.jsonl").write_text((FIXTURES / "gsm8k" / "test.jsonl").read_text())

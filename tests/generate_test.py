@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hrm_jax
-from hrm_jax import attention, decode, hf, recompute_decode
+from hrm_jax import attention, decode, generation, hf
 from hf_test import hf_model
 from helpers import pack_rows, prompts_of
 from helpers import tiny_model as tiny
@@ -84,11 +84,11 @@ def test_sampling_uses_the_explicit_key():
 def test_prompt_lengths_share_a_compiled_bucket():
   cfg, variables = tiny()
   hrm_jax.generate(cfg, variables, prompts_of([2, 3], cfg.vocab_size), 5)
-  compiled = decode._generate._cache_size()
+  compiled = generation._decode._cache_size(), generation._refill._cache_size()
   for lengths, new in (([9, 1], 7), ([16, 5], 3), ([4, 12], 16)):
     hrm_jax.generate(cfg, variables, prompts_of(lengths, cfg.vocab_size), new)
-  assert decode._generate._cache_size() == compiled
-  assert [decode.bucket(n) for n in (1, 16, 17, 24, 25, 43, 48, 49, 100)] == \
+  assert (generation._decode._cache_size(), generation._refill._cache_size()) == compiled
+  assert [generation.bucket(n) for n in (1, 16, 17, 24, 25, 43, 48, 49, 100)] == \
       [16, 16, 24, 24, 32, 48, 48, 64, 128]
 
 
@@ -109,15 +109,18 @@ def test_bad_requests_are_clear_errors():
     hrm_jax.generate(cfg, variables, [[1, cfg.vocab_size]], 2)
   with pytest.raises(ValueError, match="prompt 1 is empty"):
     hrm_jax.generate(cfg, variables, [[1], []], 2)
-  trm, trm_vars = tiny("trm")
-  with pytest.raises(ValueError, match="arch 'trm' decodes greedily only"):
-    hrm_jax.generate(trm, trm_vars, [[1, 2]], 2, temperature=0.5, rng=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="max_new_tokens has 1 entries for 2 prompts"):
+    hrm_jax.generate(cfg, variables, [[1], [2]], [2])
+  with pytest.raises(ValueError, match="prompt 1: max_new_tokens=0 must be >= 1"):
+    hrm_jax.generate(cfg, variables, [[1], [2]], [2, 0])
+  with pytest.raises(ValueError, match="batch_size=0 must be >= 1"):
+    hrm_jax.generate(cfg, variables, [[1]], 2, batch_size=0)
 
 
 @pytest.mark.parametrize("arch", ["hrm", "trm"])
 def test_requests_past_max_seq_len_are_refused(arch):
   """Before: a 404-token prompt ran on a 256-token model and generated 400 tokens past it.
-  The cached (hrm) and the recomputing (trm) paths share one check."""
+  The cached (hrm) and the recomputing (trm) back ends share one check."""
   cfg, variables = tiny(arch)  # max_seq_len 64
   with pytest.raises(ValueError, match=r"prompt 1 has 65 tokens, longer than the model's "
                      r"max_seq_len=64"):
@@ -125,17 +128,14 @@ def test_requests_past_max_seq_len_are_refused(arch):
   with pytest.raises(ValueError, match=r"prompt 0 has 60 tokens and max_new_tokens=5: 65 > the "
                      r"model's max_seq_len=64 \(at most 4 new tokens fit\)"):
     hrm_jax.generate(cfg, variables, prompts_of([60], cfg.vocab_size), 5)
-  with pytest.raises(ValueError, match="generate_uncached: prompt 0 has 60 tokens and "
-                     "max_new_tokens=5"):
-    recompute_decode.generate_uncached(cfg, variables, prompts_of([60], cfg.vocab_size), 5)
+  with pytest.raises(ValueError, match="prompt 1 has 60 tokens and max_new_tokens=5"):
+    hrm_jax.generate(cfg, variables, prompts_of([3, 60], cfg.vocab_size), [60, 5])
   assert len(hrm_jax.generate(cfg, variables, prompts_of([60], cfg.vocab_size), 4)[0]) == 4
 
 
-def test_trm_decodes_greedily_without_a_cache():
-  trm, trm_vars = tiny("trm")
-  prompts = prompts_of([4, 7], trm.vocab_size)
-  assert (hrm_jax.generate(trm, trm_vars, prompts, 3)
-          == recompute_decode.generate_uncached(trm, trm_vars, prompts, 3))
+def test_the_family_picks_the_back_end():
+  assert generation.backend_for(tiny("trm")[0]) == "recompute"
+  assert generation.backend_for(tiny("hrm")[0]) == "kv"
 
 
 def _computations(hlo: str) -> dict[str, list[str]]:
@@ -156,11 +156,14 @@ def test_decode_loop_writes_the_cache_in_place_and_never_copies_weights():
   (the weights were split per layer before the loop, not sliced per step) and none the size
   of a cache slot except by an in-place dynamic-update-slice of that slot."""
   cfg, variables = tiny()
-  prompt_BxP = np.ones((3, 16), np.int32)
-  args = (hrm_jax.decode.decode_variables(variables), prompt_BxP, np.zeros(3, np.int32),
-          jnp.int32(16), jnp.float32(1e-6), jnp.float32(1), jnp.int32(-1),
-          jax.random.PRNGKey(0))
-  hlo = decode._generate.lower(*args, config=cfg, max_len=16, greedy=True).compile().as_text()
+  dec = decode.prepare(variables)
+  state = decode.init(cfg, dec, 3, 32)
+  rows = generation.Rows(*(np.zeros(3, np.int32) for _ in range(3)), np.zeros(3, bool),
+                         np.zeros(3, np.int32), np.zeros((3, 16), np.int32))
+  s = generation.Sampling(jnp.float32(1e-6), jnp.float32(1), jnp.int32(-1),
+                          jax.random.PRNGKey(0))
+  hlo = generation._decode.lower(dec, state, rows, s, config=cfg, backend="kv",
+                                 greedy=True).compile().as_text()
   comps = _computations(hlo)
   body = re.search(r"while\(.*body=%([^,\s]+)", hlo).group(1)
   layer_sizes = {int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]["core"])}

@@ -1,24 +1,26 @@
-"""Cache-free greedy generation: same tokens as the KV-cache `decode.generate` on hrm, and
-for trm (which the cache cannot serve) the argmax of a full PrefixLM forward at every step."""
+"""The cache-free back end: same tokens as the KV-cache back end on hrm, and for trm (which
+the cache cannot serve) the argmax of a full PrefixLM forward at every step."""
+
+import functools
 
 import numpy as np
-import pytest
 
 import hrm_jax
-from hrm_jax import decode
-from hrm_jax.recompute_decode import generate_uncached
 from helpers import pack_rows, prompts_of
 from helpers import tiny_model as tiny
+
+
+generate_uncached = functools.partial(hrm_jax.generate, backend="recompute")
 
 
 def test_same_tokens_as_cached_generate_on_hrm():
   cfg, variables = tiny("hrm", H_cycles=3, L_cycles=2)
   prompts = prompts_of([5, 17, 1, 9], cfg.vocab_size)  # mixed lengths: padding in both paths
-  cached = decode.generate(cfg, variables, prompts, max_new_tokens=12)
+  cached = hrm_jax.generate(cfg, variables, prompts, max_new_tokens=12)
   assert generate_uncached(cfg, variables, prompts, max_new_tokens=12) == cached
   eos = cached[1][4]
   assert (generate_uncached(cfg, variables, prompts, 12, eos_id=eos)
-          == decode.generate(cfg, variables, prompts, 12, eos_id=eos))
+          == hrm_jax.generate(cfg, variables, prompts, 12, eos_id=eos))
 
 
 def test_trm_tokens_are_the_argmax_of_a_full_forward():
@@ -33,7 +35,7 @@ def test_trm_tokens_are_the_argmax_of_a_full_forward():
     assert out == [int(np.argmax(logits[row, i])) for i in steps]
 
 
-def test_rows_stop_at_their_own_eos_and_bad_requests_fail():
+def test_rows_stop_at_their_own_eos():
   cfg, variables = tiny("trm")
   prompts = prompts_of([4, 7], cfg.vocab_size)
   free = generate_uncached(cfg, variables, prompts, 10)
@@ -41,9 +43,3 @@ def test_rows_stop_at_their_own_eos_and_bad_requests_fail():
   out = generate_uncached(cfg, variables, prompts, 10, eos_id=eos)
   for row, got in zip(free, out):
     assert got == (row[:row.index(eos) + 1] if eos in row else row)
-  with pytest.raises(ValueError, match="outside the vocabulary"):
-    generate_uncached(cfg, variables, [[1, cfg.vocab_size]], 2)
-  with pytest.raises(ValueError, match="prompt 0 is empty"):
-    generate_uncached(cfg, variables, [[]], 2)
-  with pytest.raises(ValueError, match="max_new_tokens=0"):
-    generate_uncached(cfg, variables, [[1]], 0)

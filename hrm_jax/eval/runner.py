@@ -1,14 +1,13 @@
-"""The evaluation engine: benchmark items -> prompts -> batched `generate` -> scores.
+"""Evaluation: benchmark items -> prompts -> the generation engine (`generation.stream`) -> scores.
 
 Benchmarks with the same generation settings (`tasks.GenSettings`) share one stream, so the
-five one-token multiple-choice benchmarks run as one sequence of batches. Every row has its
+five one-token multiple-choice benchmarks run through the engine together. Every row has its
 own budget, as in the reference engine: the rest of the context after its prompt (or the
 benchmark's fixed count, or the --max_new_tokens cap), and a prompt that does not fit the
-context gets an empty output, scored as invalid. Within a stream requests are sorted by
-prompt length (longest first: the biggest shape compiles and runs first, so memory problems
-show at once); a batch generates its largest budget and each row keeps its own. The last
-batch is padded to the batch size with copies, so `generate`'s length buckets bound the
-number of compiled shapes.
+context gets an empty output, scored as invalid. AIME's n samples per problem are n rows.
+Within a stream requests are sorted by prompt length (longest first: the biggest shape
+compiles and runs first, so memory problems show at once); the engine keeps `batch_size`
+rows busy, refilling each as its answer ends.
 """
 
 from __future__ import annotations
@@ -21,11 +20,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
-import tqdm
 
 from hrm_jax.config import ModelConfig
-from hrm_jax.decode import generate
+from hrm_jax import generation
 from hrm_jax.eval import sources, tasks
+from hrm_jax.progress import track
 from hrm_jax.tokenizer import Tokenizer
 
 Log = Callable[[str], None]
@@ -139,50 +138,21 @@ class Request:
   max_new: int
 
 
-def batches(lengths: Sequence[int], budgets: Sequence[int], batch_size: int,
-            max_seq_len: int) -> list[list[int]]:
-  """Request indices grouped for `generate`, longest prompts first. A batch generates its
-  largest budget (rows are trimmed to their own afterwards), so it closes when full or when
-  its longest prompt plus its largest budget would pass `max_seq_len`."""
-  out: list[list[int]] = []
-  current: list[int] = []
-  longest = most = 0
-  for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-    if current and (len(current) == batch_size or
-                    max(longest, lengths[i]) + max(most, budgets[i]) > max_seq_len):
-      out.append(current)
-      current, longest, most = [], 0, 0
-    current.append(i)
-    longest, most = max(longest, lengths[i]), max(most, budgets[i])
-  if current:
-    out.append(current)
-  return out
-
-
 def run_stream(config: ModelConfig, variables: dict, tok: Tokenizer, settings: tasks.GenSettings,
                requests: Sequence[Request], batch_size: int, rng: jax.Array, desc: str,
                progress: bool = True) -> list[str]:
   """Completion text of every request (eoa removed, at most its own `max_new` tokens; empty
   for a request with no budget), in request order."""
-  live = [i for i, r in enumerate(requests) if r.max_new > 0]
+  live = sorted((i for i, r in enumerate(requests) if r.max_new > 0),
+                key=lambda i: -len(requests[i].prompt))
   texts: list[str] = [""] * len(requests)
-  bar = tqdm.tqdm(total=len(requests), desc=desc, unit="item", file=sys.stderr,
-                  disable=not progress, smoothing=0.1)
-  bar.update(len(requests) - len(live))
-  groups = batches([len(requests[i].prompt) for i in live], [requests[i].max_new for i in live],
-                   batch_size, config.max_seq_len)
-  for b, group in enumerate(groups):
-    idx = [live[j] for j in group]
-    prompts = [list(requests[i].prompt) for i in idx]
-    prompts += [prompts[0]] * (batch_size - len(prompts))  # one batch shape per bucket
-    most = max(requests[i].max_new for i in idx)
-    outs = generate(config, variables, prompts, most, settings.temperature,
-                    eos_id=tok.eoa_id, rng=jax.random.fold_in(rng, b))
-    for i, out in zip(idx, outs):
-      out = out[:requests[i].max_new]
-      texts[i] = tok.decode(out[:-1] if out and out[-1] == tok.eoa_id else out)
-    bar.update(len(idx))
-  bar.close()
+  if not live:
+    return texts
+  answers = generation.stream(
+      config, variables, [requests[i].prompt for i in live], [requests[i].max_new for i in live],
+      temperature=settings.temperature, eos_id=tok.eoa_id, rng=rng, batch_size=batch_size)
+  for j, out in track(answers, len(requests), desc, progress, done=len(requests) - len(live)):
+    texts[live[j]] = tok.decode(out[:-1] if out and out[-1] == tok.eoa_id else out)
   return texts
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from hrm_jax.config import ModelConfig
 from hrm_jax.data.demo import DemoData
-from hrm_jax.decode import generate
+from hrm_jax.generation import generate
 from hrm_jax.train import distributed
 
 
@@ -36,8 +36,10 @@ def exact_match(config: ModelConfig, variables: dict, demo: DemoData,
       counts[ex["task"]] += 1
       examples.append(ex)
   prompts = [tok.format_prompt(ex["instruction"], ex["condition"]) for ex in examples]
-  longest = max(len(tok.encode_text(ex["response"])) for ex in examples)
-  outputs = generate(config, variables, prompts, max_new_tokens=longest + 1, eos_id=tok.eoa_id)
+  # Each row's budget is its gold answer plus eoa: a longer answer is wrong either way.
+  budgets = [len(tok.encode_text(ex["response"])) + 1 for ex in examples]
+  outputs = generate(config, variables, prompts, budgets, eos_id=tok.eoa_id,
+                     batch_size=min(len(prompts), 64))
   right: collections.Counter = collections.Counter()
   rows = []
   for ex, out in zip(examples, outputs):
