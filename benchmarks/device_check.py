@@ -364,18 +364,9 @@ def time_steps(plan: Plan, report: Report, peak_flops: float) -> None:
           benchmarking.packed_batch(np.random.default_rng(0), cfg.data.rows, plan.row_len,
                                     mc.vocab_size, plan.max_example),
           sharding_lib.batch_sharding(mesh))
-      start = time.perf_counter()
-      compiled = step.lower(state, batch).compile()
-      row.update(compile_s=round(time.perf_counter() - start, 1), **memory_of(compiled))
-      state, metrics = compiled(state, batch)
-      jax.block_until_ready(metrics)
-      times = []
-      for _ in range(plan.steps):
-        start = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-      step_s = float(np.median(times))
+      compiled, compile_s, step_s, state, metrics = benchmarking.time_train_step(
+          step, state, batch, plan.steps)
+      row.update(compile_s=round(compile_s, 1), **memory_of(compiled))
       tokens = cfg.data.rows * plan.row_len
       flops = flops_lib.train_flops_per_token(mc, plan.row_len, bp) * tokens
       row.update(status="ok", step_s=step_s, tokens_per_s=tokens / step_s,

@@ -27,6 +27,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hrm_jax  # noqa: E402
+from hrm_jax import benchmarking  # noqa: E402
 from hrm_jax import flops as flops_lib  # noqa: E402
 from hrm_jax import optim  # noqa: E402
 from hrm_jax.layers import unroll_scans  # noqa: E402
@@ -98,18 +99,8 @@ def time_jax(cfg):
   state = state_lib.init_state(model, tx, jax.random.PRNGKey(0), shardings)
   batch = jax.device_put(make_batch(cfg, _ROWS.value, _ROW_LEN.value),
                          sharding_lib.batch_sharding(mesh))
-  t = time.perf_counter()
-  compiled = fn.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t
-  state, m = compiled(state, batch)
-  jax.block_until_ready(m)
-  times = []
-  for _ in range(_STEPS.value):
-    t = time.perf_counter()
-    state, m = compiled(state, batch)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
-  return float(np.median(times)), compile_s, state, batch
+  _, compile_s, step_s, state, _ = benchmarking.time_train_step(fn, state, batch, _STEPS.value)
+  return step_s, compile_s, state, batch
 
 
 def step_temporaries(cfg, state, batch, bp_steps):

@@ -113,7 +113,6 @@ def main(argv: list[str]) -> None:
       it["ids"] = tok.format_prompt(it["prompt"], it["condition"])
     except ValueError as e:
       raise app.UsageError(f"{it['name']}: {e}") from e
-  names, prompts = [it["name"] for it in items], [it["ids"] for it in items]
   for it in items:
     it["new"] = f.max_new_tokens or max(
         1, min(DEFAULT_NEW_TOKENS, config.max_seq_len - len(it["ids"])))

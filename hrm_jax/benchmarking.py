@@ -88,3 +88,21 @@ def random_qkv(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any
   """q, k, v and an output cotangent w: standard normal arrays of `shape` in `dtype`."""
   return tuple(jnp.asarray(rng.standard_normal(shape), jnp.float32).astype(dtype)
                for _ in range(4))
+
+
+def time_train_step(step: Callable, state: Any, batch: Any, steps: int
+                    ) -> tuple[Any, float, float, Any, Any]:
+  """Compile a (state-donating) jitted train step, run it once to warm up, then time `steps`
+  runs. Returns (compiled, compile seconds, median step seconds, last state, last metrics)."""
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return compiled, compile_s, float(np.median(times)), state, metrics

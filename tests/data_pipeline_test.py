@@ -10,7 +10,7 @@ import pytest
 
 from hrm_jax import data
 from hrm_jax.data import demo, multipack
-from helpers import modes, umask
+from helpers import files_of, modes, umask
 
 
 @pytest.fixture(scope="module")
@@ -203,16 +203,6 @@ def test_seed_reorders_epochs_deterministically(demo_data):
 
 
 # --- demo data -----------------------------------------------------------------------------
-
-def files_of(root):
-  out = {}
-  for dirpath, _, names in os.walk(root):
-    for n in names:
-      p = os.path.join(dirpath, n)
-      with open(p, "rb") as f:
-        out[os.path.relpath(p, root)] = f.read()
-  return out
-
 
 def test_demo_generation_is_deterministic_and_cached(tmp_path, demo_data):
   again = data.ensure_demo_data(str(tmp_path), epochs=3, train_per_task=300, eval_per_task=20)

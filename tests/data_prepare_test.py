@@ -10,6 +10,7 @@ import pytest
 
 from hrm_jax import data, tokenizer
 from hrm_jax.data import demo
+from helpers import files_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -183,16 +184,6 @@ def reference_prepare(files, tok, out, *, epochs, max_seq_len, long_context, see
     json.dump(meta, f, indent=1)
 
 
-def tree_bytes(root):
-  out = {}
-  for folder, _, files in os.walk(root):
-    for name in files:
-      p = os.path.join(folder, name)
-      with open(p, "rb") as f:
-        out[os.path.relpath(p, root)] = f.read()
-  return out
-
-
 def random_rows(rng, n):
   alphabet = list("abc xyz0123456789+-*/=()\n\"\\") + ["é", "中", "<|im_end|>", "\u2028"]
   text = lambda k: "".join(rng.choice(alphabet, int(k)).tolist())
@@ -220,7 +211,7 @@ def test_streaming_output_is_byte_identical_to_the_former_writer(tok_files, tmp_
   os.rename(out, tmp_path / "streamed")
   reference_prepare(files, tok, out, epochs=3, max_seq_len=40, long_context=long_context,
                     seed=5, tokenizer_json=tok_files)
-  got, want = tree_bytes(tmp_path / "streamed"), tree_bytes(out)
+  got, want = files_of(tmp_path / "streamed"), files_of(out)
   assert set(got) == set(want) | {data.sampled.TOKEN_CHECK}
   for name in want:
     assert got[name] == want[name], name
@@ -289,7 +280,7 @@ def test_parquet_input_equals_the_same_rows_as_jsonl(tok_files, tmp_path):
   s = data.prepare_jsonl([p], tok, out, epochs=2, max_seq_len=40, seed=1, chunk_bytes=500,
                          workers=2)
   assert s.files[p].rows == 120
-  assert tree_bytes(out) == tree_bytes(tmp_path / "from_jsonl")
+  assert files_of(out) == files_of(tmp_path / "from_jsonl")
   bad = str(tmp_path / "bad.parquet")
   pq.write_table(pa.table({"instruction": ["a", None], "response": ["b", "c"]}), bad)
   with pytest.raises(data.DataError, match=rf"{bad}:2: field 'instruction'"):

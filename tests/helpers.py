@@ -185,3 +185,14 @@ def modes(root) -> dict[str, set[int]]:
     out["dirs"] |= {stat.S_IMODE(os.stat(os.path.join(folder, d)).st_mode) for d in dirs}
     out["files"] |= {stat.S_IMODE(os.stat(os.path.join(folder, f)).st_mode) for f in files}
   return out
+
+
+def files_of(root) -> dict[str, bytes]:
+  """Every file under `root` (relative path -> bytes), to compare directory trees."""
+  out = {}
+  for folder, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = f.read()
+  return out

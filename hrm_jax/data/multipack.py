@@ -23,36 +23,12 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
-def _lpt_fits(window: np.ndarray, count: int, capacity: int, num_rows: int) -> bool:
-  """Whether LPT of window[:count] keeps every row <= capacity (a binary min-heap of loads;
-  ties between equally loaded rows do not change the loads)."""
-  sizes = np.sort(window[:count])
-  loads = np.zeros(num_rows, np.int64)
-  for k in range(count - 1, -1, -1):
-    load = loads[0] + sizes[k]
-    if load > capacity:
-      return False
-    loads[0] = load
-    u = 0
-    while True:  # sift down
-      v = 2 * u + 1
-      if v >= num_rows:
-        break
-      if v + 1 < num_rows and loads[v + 1] < loads[v]:
-        v += 1
-      if loads[u] <= loads[v]:
-        break
-      loads[u], loads[v] = loads[v], loads[u]
-      u = v
-  return True
-
-
-@numba.njit(cache=True, nogil=True)
 def _lpt_fits_presorted(window: np.ndarray, ascending: np.ndarray, count: int, capacity: int,
                         num_rows: int) -> bool:
-  """_lpt_fits(window, count, ...) given `ascending`, an argsort of the whole window: the
-  prefix is visited longest first by skipping indices >= count (no sort per probe; the order
-  of equal lengths does not change the loads)."""
+  """Whether LPT of window[:count] keeps every row <= capacity (a binary min-heap of loads),
+  given `ascending`, an argsort of the whole window: the prefix is visited longest first by
+  skipping indices >= count (no sort per probe; the order of equal lengths, like ties between
+  equally loaded rows, does not change the loads)."""
   loads = np.zeros(num_rows, np.int64)
   for k in range(ascending.size - 1, -1, -1):
     if ascending[k] >= count:
@@ -201,7 +177,8 @@ def plan_epoch(lengths: np.ndarray, capacity: int, num_rows: int,
 def lpt_fits(lengths: np.ndarray, capacity: int, num_rows: int) -> bool:
   """Whether LPT (longest first, each into the least-loaded row) keeps every row <= capacity."""
   lengths = np.ascontiguousarray(lengths, np.int64)
-  return bool(_lpt_fits(lengths, lengths.size, int(capacity), int(num_rows)))
+  return bool(_lpt_fits_presorted(lengths, np.argsort(lengths, kind="stable"), lengths.size,
+                                  int(capacity), int(num_rows)))
 
 
 def lpt_assign(lengths: np.ndarray, num_rows: int) -> list[list[int]]:
