@@ -52,6 +52,10 @@ _UNROLL = flags.DEFINE_enum("unroll", "auto", ["auto", "true", "false"],
                             "unroll_scans; auto = the config's per-backend default")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
 _TORCH = flags.DEFINE_bool("torch", True, "also time transformers on CPU")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads", 0, "torch.set_num_threads for transformers; 0 = one per core. On a loaded "
+    "machine compare 1 with XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+    "intra_op_parallelism_threads=1' (both single-threaded).")
 _MEMORY_BP = flags.DEFINE_list("memory_bp_steps", ["1", "5", "full"],
                                "bp_steps values whose compiled step temporaries are printed")
 
@@ -130,7 +134,7 @@ def time_torch(cfg):
   import torch
   import transformers
   from hrm_jax import hf
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(_TORCH_THREADS.value or os.cpu_count() or 1)
   variables = hrm_jax.LanguageModel(cfg).init(jax.random.PRNGKey(0),
                                               state_lib.example_batch(1, 8))
   with tempfile.TemporaryDirectory() as d:
