@@ -149,24 +149,25 @@ def read_chunks(file: str, chunk_bytes: int) -> Iterator[tuple[Any, int]]:
   if is_parquet(file):
     yield from read_parquet_chunks(file, chunk_bytes)
     return
-  first, rest = 1, b""
+  first, pieces = 1, []  # pieces: the read bytes after the last newline
   with open(file, "rb") as f:
     while block := f.read(chunk_bytes):
-      block = rest + block
       cut = block.rfind(b"\n") + 1
-      if not cut:  # no line ends in this block: keep reading
-        rest = block
+      if not cut:  # no line ends in this block: keep reading (linear in a long line)
+        pieces.append(block)
         continue
-      rest = block[cut:]
-      yield LineBlock(first, block[:cut]), cut
-      first += block.count(b"\n", 0, cut)
+      lines = b"".join([*pieces, block[:cut]])
+      pieces = [block[cut:]]
+      yield LineBlock(first, lines), len(lines)
+      first += lines.count(b"\n")
+  rest = b"".join(pieces)
   if rest:
     yield LineBlock(first, rest), len(rest)
 
 
 def _gather(segments: np.ndarray) -> np.ndarray:
   """Indices of the concatenated ranges: segments [n, 2] (start, length) ->
-  [sum(length)] int64, each range's starts..start+length-1 in order."""
+  [sum(length)] int64: start, start + 1, ..., start + length - 1 of each range in order."""
   start, length = segments[:, 0], segments[:, 1]
   ends = np.cumsum(length)
   return np.arange(ends[-1] if len(ends) else 0, dtype=np.int64) + np.repeat(
