@@ -6,14 +6,24 @@
 - prepare: `experiments/prepare_data.py` (a subprocess, the demo's character tokenizer) on a
   generated JSONL corpus at each of --corpus_mb: MB/s, CPU seconds (all processes: on a
   shared machine the load-independent figure), peak RSS of the main process and peak PSS
-  summed over it and its workers (sampled every 20 ms).
+  summed over it and its workers (sampled every 20 ms). Beside it, in the same run, the
+  floor: reading the file plus the `tokenizers` batch encoder alone over every row's texts
+  on --workers threads (no JSON, no ids to Python, no writing), which no prepare_data with
+  this tokenizer can beat. --repeats runs every code that many times, interleaved, and keeps
+  each one's fastest run (the machine is shared: the least disturbed run is the figure).
 - plan: seconds and MiB (peak RSS growth; RSS still held after) of one epoch's multipack plan
   for --plan_examples examples at 64 rows x 4,096 tokens, in a fresh subprocess (numba's
   compile-or-load time is printed apart).
 - pipeline: batches/s and tokens/s of `hrm_jax.data.Pipeline` on the demo data (8 x 256) and
   a synthetic directory (16 x 4096), and the demo model's training step for the ratio.
-With --baseline_root, prepare and plan also run on that checkout's code (e.g. the commit
-before the streaming writer) in the same run, side by side with the ratio.
+With --baseline_root (a checkout) or --baseline_commit (a commit of this repository, exported
+with `git archive` to a temporary folder), prepare and plan also run on that code in the same
+run, side by side with the ratio: b001db2 is the code before the streaming prepare and the
+compact plan (its hrm_jax/data/prepare.py is that of 7e79fb9^, the commit before the
+streaming prepare landed).
+
+    python benchmarks/data.py --only=prepare --baseline_commit=b001db2 --corpus_mb=74,111 \
+        --baseline_max_mb=120
 """
 
 from __future__ import annotations
@@ -43,6 +53,10 @@ _CORPUS_MB = flags.DEFINE_list("corpus_mb", ["18.5", "74"], "generated JSONL siz
 _WORKERS = flags.DEFINE_integer("workers", 2, "prepare_data --workers")
 _PLAN_EXAMPLES = flags.DEFINE_list("plan_examples", ["1000000", "4000000"], "plan sizes")
 _BASELINE = flags.DEFINE_string("baseline_root", None, "another checkout to run side by side")
+_BASELINE_COMMIT = flags.DEFINE_string("baseline_commit", None, "a commit of this repository to "
+                                       "run side by side (exported to a temporary folder)")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "prepare: runs per code and size, interleaved; "
+                                "the fastest is reported", lower_bound=1)
 _BASELINE_MB = flags.DEFINE_float("baseline_max_mb", 20.0, "largest corpus the baseline gets "
                                   "(the old prepare_data held ~100 bytes per token)")
 
@@ -135,30 +149,99 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int
   return secs, cpu, peak[0], peak[1], out
 
 
-def prepare_rows(tmp: str) -> list[tuple]:
+_FLOOR_SNIPPET = """
+import json, os, sys, time
+path, tok_json = sys.argv[1], sys.argv[2]
+import tokenizers
+tok = tokenizers.Tokenizer.from_file(tok_json)
+tok.encode_special_tokens = True  # as hrm_jax.tokenizer.Tokenizer encodes text
+t = time.perf_counter()
+with open(path, "rb") as f:
+  raw = f.read()
+read = time.perf_counter() - t
+t = time.perf_counter()
+batches, texts, size = [], [], 0
+for line in raw.split(b"\\n"):
+  if line.strip():
+    row = json.loads(line)
+    texts += [row["instruction"], row["response"]]
+    size += len(line)
+    if size >= 1 << 20:
+      batches.append(texts)
+      texts, size = [], 0
+batches.append(texts)
+del raw
+parse = time.perf_counter() - t
+encode = ids = tokens = 0
+for batch in batches:  # ~1 MB of input per call, as prepare_data's chunks
+  t = time.perf_counter()
+  encodings = tok.encode_batch_fast(batch, add_special_tokens=False)
+  encode += time.perf_counter() - t
+  t = time.perf_counter()
+  tokens += sum(len(e.ids) for e in encodings)
+  del encodings
+  ids += time.perf_counter() - t
+print(json.dumps({"read": read, "parse": parse, "encode": encode, "ids": ids, "tokens": tokens}))
+"""
+
+
+def baseline_root(tmp: str) -> str | None:
+  """--baseline_root, or --baseline_commit exported into `tmp`."""
+  if _BASELINE_COMMIT.value is None:
+    return _BASELINE.value
+  root = os.path.join(tmp, "baseline")
+  os.makedirs(root)
+  archive = subprocess.run(["git", "-C", ROOT, "archive", _BASELINE_COMMIT.value],
+                           capture_output=True, check=False)
+  if archive.returncode:
+    raise app.UsageError(f"--baseline_commit={_BASELINE_COMMIT.value}: git archive failed: "
+                         f"{archive.stderr.decode()[-500:]}")
+  subprocess.run(["tar", "-x", "-C", root], input=archive.stdout, check=True)
+  return root
+
+
+def prepare_rows(tmp: str, baseline: str | None) -> tuple[list[tuple], list[tuple]]:
+  """([(code, bytes, tokens, wall s, CPU s, peak RSS, peak PSS)] fastest per code and size,
+  [(bytes, floor record)])."""
   tok = os.path.join(tmp, "tokenizer.json")
   data.demo.build_tokenizer().save(tok)
-  roots = [("this", ROOT)] + ([("baseline", _BASELINE.value)] if _BASELINE.value else [])
-  rows = []
+  roots = [("baseline", baseline)] * bool(baseline) + [("this", ROOT), ("floor", ROOT)]
+  rows, floors = [], []
   for mb in map(float, _CORPUS_MB.value):
     corpus = os.path.join(tmp, f"corpus_{mb}.jsonl")
     size = write_corpus(corpus, mb)
-    for name, root in roots:
-      if name == "baseline" and mb > _BASELINE_MB.value:
-        continue
-      out = os.path.join(tmp, f"out_{name}_{mb}")
-      flags_ = [f"--jsonl={corpus}", f"--tokenizer={tok}", f"--out={out}", "--epochs=1",
-                "--max_seq_len=4096"]
-      if name == "this":
-        flags_.append(f"--workers={_WORKERS.value}")
-      env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
-      secs, cpu, own, tree, _ = run_measured(
-          [sys.executable, os.path.join(root, "experiments", "prepare_data.py"), *flags_], env)
-      with open(os.path.join(out, "metadata.json")) as f:
-        tokens = int(json.load(f)["total_length"])
-      rows.append((name, size, tokens, secs, cpu, own, tree))
-      subprocess.run(["rm", "-rf", out], check=True)
-  return rows
+    best: dict[str, tuple] = {}
+    for _ in range(_REPEATS.value):
+      for name, root in roots:
+        if name == "baseline" and mb > _BASELINE_MB.value:
+          continue
+        env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+        if name == "floor":  # the batch encoder's own threads, as many as the workers
+          env.update(TOKENIZERS_PARALLELISM="true", RAYON_NUM_THREADS=str(_WORKERS.value))
+          secs, cpu, own, tree, out = run_measured(
+              [sys.executable, "-c", _FLOOR_SNIPPET, corpus, tok], env)
+          r = json.loads(out.strip().splitlines()[-1])
+          row = (name, size, r["tokens"], r["read"] + r["encode"], cpu, own, tree, r)
+        else:
+          out = os.path.join(tmp, f"out_{name}_{mb}")
+          flags_ = [f"--jsonl={corpus}", f"--tokenizer={tok}", f"--out={out}", "--epochs=1",
+                    "--max_seq_len=4096"]
+          if name == "this":
+            flags_.append(f"--workers={_WORKERS.value}")
+          secs, cpu, own, tree, _ = run_measured(
+              [sys.executable, os.path.join(root, "experiments", "prepare_data.py"), *flags_],
+              env)
+          with open(os.path.join(out, "metadata.json")) as f:
+            tokens = int(json.load(f)["total_length"])
+          subprocess.run(["rm", "-rf", out], check=True)
+          row = (name, size, tokens, secs, cpu, own, tree, None)
+        print(f"  {mb:g} MB {name}: {row[3]:.1f} s", file=sys.stderr, flush=True)
+        if name not in best or row[3] < best[name][3]:
+          best[name] = row
+    rows += [r[:7] for r in best.values() if r[0] != "floor"]
+    floors.append((size, best["floor"]))
+    os.remove(corpus)
+  return rows, floors
 
 
 # --- epoch plan ----------------------------------------------------------------------------
@@ -194,8 +277,8 @@ print(json.dumps({"secs": secs, "warm": warm, "steps": steps,
 """
 
 
-def plan_rows() -> list[tuple]:
-  roots = [("this", ROOT)] + ([("baseline", _BASELINE.value)] if _BASELINE.value else [])
+def plan_rows(baseline: str | None) -> list[tuple]:
+  roots = [("this", ROOT)] + ([("baseline", baseline)] if baseline else [])
   rows = []
   for n in map(int, _PLAN_EXAMPLES.value):
     for name, root in roots:
@@ -270,22 +353,36 @@ def model_tokens_per_s() -> float:
   return 8 * 256 / float(np.median(times))
 
 
-def print_prepare(rows: list[tuple]) -> None:
+def print_prepare(rows: list[tuple], floors: list[tuple]) -> None:
   print(f"## prepare_data (--workers={_WORKERS.value} for this checkout; demo character "
-        "tokenizer)\n")
+        f"tokenizer; fastest of {_REPEATS.value} run(s) each)\n")
   print("| code | input MB | tokens | wall s | MB/s | CPU s (all processes) | CPU s per MB | "
         "peak RSS main GiB | peak PSS all processes GiB |")
   print("|---|---|---|---|---|---|---|---|---|")
   for name, size, tokens, secs, cpu, own, tree in rows:
     print(f"| {name} | {size / 1e6:,.1f} | {tokens:,} | {secs:.1f} | {size / 1e6 / secs:.2f} | "
           f"{cpu:.1f} | {cpu / (size / 1e6):.2f} | {own / 2**30:.2f} | {tree / 2**30:.2f} |")
+  print(f"\nFloor: read the file, then the batch encoder (`encode_batch_fast`, "
+        f"{_WORKERS.value} Rust threads, ~1 MB of input per call) on every row's texts; JSON "
+        "parsing and ids to Python (1 thread) shown apart, not in the floor.\n")
+  print("| input MB | read s | encode s | floor MB/s | (parse s) | (ids s) | CPU s | "
+        "peak RSS GiB |")
+  print("|---|---|---|---|---|---|---|---|")
+  for size, (_, _, _, secs, cpu, own, _, r) in floors:
+    print(f"| {size / 1e6:,.1f} | {r['read']:.1f} | {r['encode']:.1f} | {size / 1e6 / secs:.2f} "
+          f"| {r['parse']:.1f} | {r['ids']:.1f} | {cpu:.1f} | {own / 2**30:.2f} |")
   by = {(r[0], r[1]): r for r in rows}
+  floor = {size: r for size, r in floors}
+  print()
   for (name, size), r in by.items():
-    base = by.get(("baseline", size))
-    if name == "this" and base:
-      print(f"\n{size / 1e6:.1f} MB: MB/s this / baseline = {base[3] / r[3]:.2f}x; CPU s "
-            f"baseline / this = {base[4] / r[4]:.2f}x; peak PSS baseline / this = "
-            f"{base[6] / r[6]:.1f}x")
+    if name != "this":
+      continue
+    base, line = by.get(("baseline", size)), f"{size / 1e6:.1f} MB:"
+    if base:
+      line += (f" MB/s this / baseline = {base[3] / r[3]:.2f}x; CPU s baseline / this = "
+               f"{base[4] / r[4]:.2f}x; peak PSS baseline / this = {base[6] / r[6]:.1f}x;")
+      line += f" floor / baseline = {base[3] / floor[size][3]:.2f}x;"
+    print(line + f" this / floor = {floor[size][3] / r[3]:.2f} of the floor's MB/s")
 
 
 def print_plan(rows: list[tuple]) -> None:
@@ -304,11 +401,12 @@ def print_plan(rows: list[tuple]) -> None:
 
 
 def main(_):
-  if "prepare" in _ONLY.value:
-    with tempfile.TemporaryDirectory() as tmp:
-      print_prepare(prepare_rows(tmp))
-  if "plan" in _ONLY.value:
-    print_plan(plan_rows())
+  with tempfile.TemporaryDirectory() as tmp:
+    baseline = baseline_root(tmp)
+    if "prepare" in _ONLY.value:
+      print_prepare(*prepare_rows(tmp, baseline))
+    if "plan" in _ONLY.value:
+      print_plan(plan_rows(baseline))
   if "pipeline" not in _ONLY.value:
     return
   print("\n## pipeline\n")

@@ -127,8 +127,9 @@ class Tokenizer:
     return self._tok.encode(text, add_special_tokens=False).ids
 
   def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
-    """encode_text of many texts at once (in parallel inside `tokenizers`)."""
-    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+    """encode_text of many texts at once (in parallel inside `tokenizers`; the `_fast`
+    encoder skips the character offsets, which ids do not need: ~15% less CPU)."""
+    return [e.ids for e in self._tok.encode_batch_fast(list(texts), add_special_tokens=False)]
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)

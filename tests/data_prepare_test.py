@@ -217,6 +217,25 @@ def test_streaming_output_is_byte_identical_to_the_former_writer(tok_files, tmp_
     assert got[name] == want[name], name
 
 
+def test_chunks_hold_whole_lines_whatever_their_size(tok_files, tmp_path):
+  """Chunks smaller than a line, CRLF line ends and no final newline: the output of one big
+  chunk, and an error still names its line."""
+  rows = [json.dumps({"instruction": "x" * k, "response": "y" * (k + 1), "condition": "cot"})
+          for k in range(1, 60, 7)]
+  f = tmp_path / "crlf.jsonl"
+  f.write_bytes("\r\n".join(rows).encode())
+  tok = tokenizer.Tokenizer.load(tok_files)
+  out = str(tmp_path / "out")
+  for chunk_bytes in (1 << 20, 9):
+    s = data.prepare_jsonl([str(f)], tok, out, epochs=2, chunk_bytes=chunk_bytes)
+    assert s.total.rows == s.total.kept == len(rows)
+    os.rename(out, tmp_path / f"chunks_{chunk_bytes}")
+  assert files_of(tmp_path / "chunks_9") == files_of(tmp_path / f"chunks_{1 << 20}")
+  f.write_bytes("\n".join([*rows, "", '{"instruction": 1}']).encode())
+  with pytest.raises(data.DataError, match=rf"{f}:{len(rows) + 2}: field 'instruction'"):
+    data.prepare_jsonl([str(f)], tok, out, epochs=1, chunk_bytes=9)
+
+
 def test_unk_tokens_are_counted_per_file(tok_files, tmp_path):
   tok = tokenizer.Tokenizer.load(tok_files)
   assert tok.unk_id == 1

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import multiprocessing
 import os
 import time
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -127,34 +128,63 @@ def read_parquet_chunks(file: str, chunk_bytes: int) -> Iterator[tuple[list[tupl
     yield rows, int(size * batch.num_rows / total)
 
 
-def read_chunks(file: str, chunk_bytes: int) -> Iterator[tuple[list[tuple[int, Any]], int]]:
-  """(rows [(line number, raw bytes)], their size in bytes) of about `chunk_bytes` each;
-  Parquet files give [(row number, {column: value})]."""
+@dataclasses.dataclass(frozen=True)
+class LineBlock:
+  """Whole lines of a JSONL file as one bytes object (what a worker receives: one buffer
+  pickles as a copy, a list of lines as an object each); iterates as (line number, line)."""
+  first: int  # line number of the first line (from 1)
+  data: bytes
+
+  def __iter__(self) -> Iterator[tuple[int, bytes]]:
+    lines = self.data.split(b"\n")
+    if lines[-1] == b"":  # the block ends with a newline (all but a file's unterminated end)
+      lines.pop()
+    return zip(itertools.count(self.first), lines)
+
+
+def read_chunks(file: str, chunk_bytes: int) -> Iterator[tuple[Any, int]]:
+  """(rows, their size in bytes) of about `chunk_bytes` each: a LineBlock of whole lines
+  for JSONL (lines split on b"\\n" only, as file iteration does), [(row number,
+  {column: value})] for Parquet."""
   if is_parquet(file):
     yield from read_parquet_chunks(file, chunk_bytes)
     return
-  lines: list[tuple[int, bytes]] = []
-  size = 0
+  first, pieces = 1, []  # pieces: the read bytes after the last newline
   with open(file, "rb") as f:
-    for no, line in enumerate(f, 1):
-      lines.append((no, line))
-      size += len(line)
-      if size >= chunk_bytes:
-        yield lines, size
-        lines, size = [], 0
-  if lines:
-    yield lines, size
+    while block := f.read(chunk_bytes):
+      cut = block.rfind(b"\n") + 1
+      if not cut:  # no line ends in this block: keep reading (linear in a long line)
+        pieces.append(block)
+        continue
+      lines = b"".join([*pieces, block[:cut]])
+      pieces = [block[cut:]]
+      yield LineBlock(first, lines), len(lines)
+      first += lines.count(b"\n")
+  rest = b"".join(pieces)
+  if rest:
+    yield LineBlock(first, rest), len(rest)
 
 
-def encode_chunk(tokenizer: Tokenizer, file: str, lines: Sequence[tuple[int, Any]],
+def _gather(segments: np.ndarray) -> np.ndarray:
+  """Indices of the concatenated ranges: segments [n, 2] (start, length) ->
+  [sum(length)] int64: start, start + 1, ..., start + length - 1 of each range in order."""
+  start, length = segments[:, 0], segments[:, 1]
+  ends = np.cumsum(length)
+  return np.arange(ends[-1] if len(ends) else 0, dtype=np.int64) + np.repeat(
+      start - (ends - length), length)
+
+
+def encode_chunk(tokenizer: Tokenizer, file: str, lines: Iterable[tuple[int, Any]],
                  rules: Rules) -> Chunk:
   """Parse, tokenise and filter one chunk of JSONL lines (or Parquet rows); errors name
-  `file` and the line (row)."""
+  `file` and the line (row). Ids go from the tokenizer's lists into one array once; the
+  examples are assembled from it by index (no per-token Python work after tokenising)."""
   stats = FileStats()
-  conds: list[list[int]] = []
+  cond_of: list[int] = []  # per row: its condition's index in `cond_ids`
   insts: list[str] = []
   resps: list[str] = []
-  cond_ids: dict[str, list[int]] = {}
+  cond_index: dict[str, int] = {}
+  cond_ids: list[list[int]] = []
   for no, raw in lines:
     obj = raw if isinstance(raw, dict) else jsonl.parse_line(file, no, raw, DataError)
     if obj is None:
@@ -168,50 +198,57 @@ def encode_chunk(tokenizer: Tokenizer, file: str, lines: Sequence[tuple[int, Any
     if not isinstance(cond, str):
       raise DataError(f"{file}:{no}: field 'condition' must be a string like 'direct' or "
                       "'synth,cot'")
-    if cond not in cond_ids:
+    if cond not in cond_index:
       try:
-        cond_ids[cond] = tokenizer.condition_tokens(cond)
+        cond_ids.append(tokenizer.condition_tokens(cond))
       except ValueError as e:
         raise DataError(f"{file}:{no}: field 'condition': {e}") from e
-    conds.append(cond_ids[cond])
+      cond_index[cond] = len(cond_index)
+    cond_of.append(cond_index[cond])
     insts.append(obj["instruction"])
     resps.append(obj["response"])
-  stats.rows = len(insts)
-  boq, eoq, eoa, unk = tokenizer.boq_id, tokenizer.eoq_id, tokenizer.eoa_id, tokenizer.unk_id
-  buf: list[int] = []
-  inst_len: list[int] = []
-  resp_len: list[int] = []
-  for cond, i_ids, o_ids in zip(conds, tokenizer.encode_texts(insts),
-                                tokenizer.encode_texts(resps)):
-    if unk is not None:
-      stats.unk_tokens += i_ids.count(unk) + o_ids.count(unk)
-    n_inst, n_resp = len(cond) + len(i_ids) + 2, len(o_ids) + 1
-    if n_resp < MIN_RESP_LEN:
-      stats.dropped_short += 1
-      continue
-    allowed = rules.context - min(n_inst, rules.context)
-    keep = n_resp
-    if n_resp > allowed:
-      if rules.long_context == "drop" or allowed < MIN_RESP_LEN:
-        stats.dropped_long += 1
-        continue
-      keep = allowed
-      stats.truncated += 1
-    buf.append(boq)
-    buf.extend(cond)
-    buf.extend(i_ids)
-    buf.append(eoq)
-    if keep == n_resp:
-      buf.extend(o_ids)
-      buf.append(eoa)
-    else:
-      buf.extend(o_ids[:keep])
-    inst_len.append(n_inst)
-    resp_len.append(keep)
-  stats.kept = len(inst_len)
-  stats.inst_tokens, stats.resp_tokens = sum(inst_len), sum(resp_len)
-  return Chunk(np.array(buf, rules.dtype), np.array(inst_len, np.int64),
-               np.array(resp_len, np.int64), stats)
+  n = stats.rows = len(insts)
+  ids = tokenizer.encode_texts(insts + resps)  # [2n] lists: instructions, then responses
+  text_len = np.fromiter(map(len, ids), np.int64, count=2 * n)
+  text_start = np.cumsum(text_len) - text_len
+  # src: every text's ids, then boq, eoq, eoa, then each condition's tokens.
+  specials = [tokenizer.boq_id, tokenizer.eoq_id, tokenizer.eoa_id]
+  n_ids = int(text_len.sum())
+  cond_len = np.array([len(c) for c in cond_ids], np.int64)
+  src = np.empty(n_ids + 3 + int(cond_len.sum()), rules.dtype)
+  src[:n_ids] = np.fromiter(itertools.chain.from_iterable(ids), rules.dtype, count=n_ids)
+  src[n_ids:] = [*specials, *itertools.chain.from_iterable(cond_ids)]
+  del ids
+  if tokenizer.unk_id is not None:
+    stats.unk_tokens = int(np.count_nonzero(src[:n_ids] == tokenizer.unk_id))
+  boq, eoq, eoa = n_ids, n_ids + 1, n_ids + 2
+  cond_start = n_ids + 3 + np.cumsum(cond_len) - cond_len
+  row_cond = np.array(cond_of, np.int64)
+  n_inst = cond_len[row_cond] + text_len[:n] + 2  # boq + condition + text + eoq
+  n_resp = text_len[n:] + 1  # text + eoa
+  short = n_resp < MIN_RESP_LEN
+  allowed = rules.context - np.minimum(n_inst, rules.context)
+  over = ~short & (n_resp > allowed)
+  long = over if rules.long_context == "drop" else over & (allowed < MIN_RESP_LEN)
+  cut = over & ~long
+  kept = ~short & ~long
+  keep = np.where(cut, allowed, n_resp)[kept]
+  stats.dropped_short, stats.dropped_long = int(short.sum()), int(long.sum())
+  stats.truncated, stats.kept = int(cut.sum()), int(kept.sum())
+  inst_len = n_inst[kept]
+  stats.inst_tokens, stats.resp_tokens = int(inst_len.sum()), int(keep.sum())
+  # Each kept example: boq, condition, instruction text, eoq, response text[:keep], and eoa
+  # unless the response was cut: six ranges of src per example.
+  full = ~cut[kept]
+  ones = np.ones(len(keep), np.int64)
+  segments = np.stack([
+      np.stack([ones * boq, ones], 1),
+      np.stack([cond_start[row_cond[kept]], cond_len[row_cond[kept]]], 1),
+      np.stack([text_start[:n][kept], text_len[:n][kept]], 1),
+      np.stack([ones * eoq, ones], 1),
+      np.stack([text_start[n:][kept], keep - full], 1),
+      np.stack([ones * eoa, full.astype(np.int64)], 1)], 1)  # [kept, 6, 2]
+  return Chunk(src[_gather(segments.reshape(-1, 2))], inst_len, keep, stats)
 
 
 _worker: dict[str, Any] = {}  # the tokenizer of a forked worker process (set by _init_worker)
@@ -223,7 +260,7 @@ def _init_worker(tokenizer: Tokenizer) -> None:
   _worker["tokenizer"] = tokenizer
 
 
-def _encode_in_worker(file: str, lines: list[tuple[int, Any]], rules: Rules) -> Chunk:
+def _encode_in_worker(file: str, lines: Iterable[tuple[int, Any]], rules: Rules) -> Chunk:
   return encode_chunk(_worker["tokenizer"], file, lines, rules)
 
 
