@@ -59,7 +59,7 @@ _GPU_TOPOLOGY = flags.DEFINE_string("gpu_topology", "1x2x8",
 _GPU = flags.DEFINE_enum("gpu", "h100", sorted(aot.GPU_SPECS), "GPU model.")
 flags.DEFINE_integer("cpu_devices", 16, "Host devices of --target=cpu (read at start-up).")
 _VOCAB = flags.DEFINE_integer("vocab_size", 65536, "Vocabulary when the config leaves it to "
-                              "the data (REFERENCE: 65,536 for the released tokenizer).")
+                              "the data (released tokenizer: 65,536, docs/reference.md#sizes).")
 _SWEEP = flags.DEFINE_bool("sweep_remat", False, "Compile every remat policy and scope.")
 
 GIB = 2**30

@@ -36,7 +36,7 @@ _MIX = flags.DEFINE_list("mix", [], "PATH:R, comma-separated: an input used R ti
                          "fractions take the file's first share)")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json")
 _INFO = flags.DEFINE_string("tokenizer_info", None, "tokenizer_info JSON (boq/eoq/eoa/"
-                            "condition_mapping); default: REFERENCE special tokens")
+                            "condition_mapping); default: docs/reference.md#prompt-format")
 _OUT = flags.DEFINE_string("out", None, "output directory")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "epoch orders to write (>= training epochs)",
                                lower_bound=1)

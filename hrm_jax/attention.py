@@ -1,4 +1,4 @@
-"""PrefixLM attention over packed rows (REFERENCE section 2): the mask and its kernels.
+"""PrefixLM attention over packed rows (docs/reference.md#attention-mask): the mask and its kernels.
 
 A row packs several examples. Query q may see key k iff both belong to the same example
 (same segment id) and either k <= q (causal) or both are prompt tokens (bidirectional

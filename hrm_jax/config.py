@@ -1,4 +1,4 @@
-"""Model configuration: every field of the reference (REFERENCE.md section 1) plus dtypes.
+"""Model configuration: every field of the reference (docs/reference.md#architecture) plus dtypes.
 
 Shape key used across the project: B batch, S sequence, D hidden, H heads, K head_dim,
 M intermediate (MLP), V vocab, N layers per stack.
@@ -17,7 +17,7 @@ ATTENTION_IMPLS = ("dense", "chunked", "pallas_gpu", "pallas_tpu", "auto")
 REMAT_POLICIES = ("none", "full", "proj", "dots")
 REMAT_SCOPES = ("layer", "pass")
 
-# size -> (n_layers, hidden_size, num_heads); REFERENCE section 1.
+# size -> (n_layers, hidden_size, num_heads); docs/reference.md#sizes.
 SIZES: dict[str, tuple[int, int, int]] = {
     "B": (12, 1024, 8),
     "L": (24, 1280, 10),

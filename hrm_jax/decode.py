@@ -1,6 +1,6 @@
 """The KV-cache back end of `generation`: PrefixLM prefill and one-token decode steps.
 
-The whole prompt is always the bidirectional prefix (REFERENCE sections 2 and 6): prefill
+The whole prompt is always the bidirectional prefix (docs/reference.md#inference): prefill
 builds the PrefixLM mask itself, so no caller can forget it. Prompts are left-padded; their
 positions restart at 0 at the first real token and padding is never attended by real tokens.
 For continuous batching the cache is a ring of fixed length per call: all rows write the

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints of `HrmTextForCausalLM` (REFERENCE section 7) <-> hrm_jax.
+"""`HrmTextForCausalLM` checkpoints (docs/reference.md#hugging-face-format) <-> hrm_jax.
 
 `load` reads `config.json` plus `model.safetensors` (or shards listed in
 `model.safetensors.index.json`) with either the fused key layout of the released model

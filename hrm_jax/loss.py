@@ -1,4 +1,4 @@
-"""Cross-entropy over labelled tokens and the reference's metrics (REFERENCE section 3)."""
+"""Masked cross-entropy and the reference's metrics (docs/reference.md#loss-and-metrics)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Adam-atan2 with decoupled weight decay, the learning-rate schedule and the parameter EMA
-(REFERENCE section 4).
+(docs/reference.md#optimiser).
 
 Per parameter and step, with the scheduled lr:
     p  *= 1 - lr * weight_decay                    (before the update, every parameter)

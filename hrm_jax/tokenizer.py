@@ -1,4 +1,4 @@
-"""Tokenizer with the HRM-Text prompt format (REFERENCE section 5).
+"""Tokenizer with the HRM-Text prompt format (docs/reference.md#prompt-format).
 
 A prompt is `boq + condition tokens + text + eoq`, a response `text + eoa`. Text is always
 encoded with special-token strings treated as plain text: the special ids come only from the
@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import tokenizers
 
-# REFERENCE defaults (the Qwen-style markers of the released tokenizer).
+# Published defaults, the released tokenizer's Qwen-style markers (docs/reference.md#prompt-format).
 DEFAULT_BOQ = "<|im_start|>"
 DEFAULT_EOQ = "<|im_end|>"
 DEFAULT_EOA = "<|box_end|>"
@@ -84,7 +84,7 @@ class Tokenizer:
   def load(cls, tokenizer_json: str,
            info: TokenizerInfo | Mapping[str, Any] | str | None = None) -> "Tokenizer":
     """`info` may be a TokenizerInfo, its dict, a JSON file path, or None (a
-    `tokenizer_info.json` beside the tokenizer, else the REFERENCE defaults)."""
+    `tokenizer_info.json` beside the tokenizer, else the published defaults)."""
     tok = tokenizers.Tokenizer.from_file(tokenizer_json)
     if info is None:
       beside = os.path.join(os.path.dirname(os.path.abspath(tokenizer_json)), "tokenizer_info.json")

@@ -56,7 +56,7 @@ def math_cases() -> list[dict]:
 
 def test_math_scorers_against_hand_judgement():
   """The reference scorer (bare strings) and the latex one ($...$) on the fixture cases: the
-  counts the README quotes. Bare LaTeX falls back to plain-expression parsing, which reads
+  counts docs/evaluation.md quotes. Bare LaTeX falls back to plain-expression parsing, which reads
   `\\sqrt{2}`, `(1,2)` or `\\text{..}` as nothing and `2\\pi` as 2."""
   cases = math_cases()
   wrong = {s: [c for c in cases if scoring.math_correct(c["output"], c["gold"], s)

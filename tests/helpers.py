@@ -74,7 +74,7 @@ def random_rows(rng: np.random.Generator, batch: int, seq_len: int, vocab: int,
   return pack_rows(rows, seq_len)
 
 
-# --- independent NumPy forward (float64), written from REFERENCE.md alone ---------------
+# --- independent NumPy forward (float64), written from docs/reference.md alone --------
 
 def _rms(x, eps):
   return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)

@@ -19,7 +19,7 @@ SEQ = 12
 def unrolled_logits(cfg, variables, batch, bp_steps):
   """Python loops over passes; each pass outside the window is stop_gradient'ed by hand.
 
-  The windows are transcribed from REFERENCE.md independently of hrm_jax.truncation.
+  The windows are transcribed from docs/reference.md, independently of hrm_jax.truncation.
   """
   p = nn.unbox(variables["params"])
   seq = make_seq_info(cfg, batch)

@@ -1,4 +1,4 @@
-"""hrm1b: size XL HRM with the reference pretraining recipe (REFERENCE section 4).
+"""hrm1b: size XL HRM with the reference pretraining recipe (docs/reference.md#recipes).
 
     python experiments/train.py --config=hrm1b --config.data.path=/data/sampled --workdir=...
 """

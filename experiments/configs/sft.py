@@ -1,4 +1,4 @@
-"""SFT recipe (REFERENCE section 4): start from a checkpoint's EMA weights, fresh optimizer.
+"""SFT recipe (docs/reference.md#recipes): start from a checkpoint's EMA weights, fresh optimizer.
 
     python experiments/train.py --config=sft --config.init_from.path=PRETRAIN_WORKDIR \
         --config.data.path=/data/sft_sampled --workdir=...

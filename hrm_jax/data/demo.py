@@ -4,7 +4,7 @@ Multi-digit addition and multiplication (carries), sorting digits, and nested bo
 modular arithmetic expressions: answers are short, but computing them needs several sequential
 steps, which is what the H/L recurrence is for. Generated deterministically from a seed in
 well under a second, tokenised by a character-level tokenizer built here with `tokenizers`
-(printable ASCII plus the REFERENCE special tokens: 105 ids, model vocab 256), and written in
+(printable ASCII plus the published special tokens: 105 ids, model vocab 256), and written in
 the data_io format to a cache folder, so a newcomer trains without downloading anything.
 """
 

@@ -1,4 +1,4 @@
-"""Example -> row pieces (REFERENCE section 5) and rows padded to a fixed length.
+"""Example -> row pieces (docs/reference.md#packing) and rows padded to a fixed length.
 
 With instruction i and response o (o ends with eoa): inputs `i ++ o[:-1]`, labels
 `[-100]*(len(i)-1) ++ o` (`i[1:] ++ o` without target_only), positions `0 .. len(i)+len(o)-2`,

@@ -1,6 +1,6 @@
 """JSONL or Parquet {instruction, response, condition} -> data_io sampled directory (SFT path).
 
-Rules of data_io's sampler (REFERENCE section 5): instruction = boq + condition tokens + text +
+Rules of data_io (docs/reference.md#sft-input): instruction = boq + condition tokens + text +
 eoq, response = text + eoa; responses shorter than 2 tokens are dropped (so an empty response
 text is dropped); with context = max_seq_len + 1, `truncate` cuts the response to
 `context - len(instruction)` tokens (dropping the example when nothing is left), `drop` drops

@@ -1,4 +1,4 @@
-"""The data_io "sampled" directory (REFERENCE section 5): reader with validation, and writer.
+"""The data_io "sampled" directory (docs/reference.md#data-format): reader with validation, writer.
 
 Layout: `metadata.json` ({tokenizer_info, max_seq_len = context + 1, total_length}),
 `tokens.npy` (uint8/uint16/int32 by vocab size) and per epoch `epoch_{e}/{inst_start,

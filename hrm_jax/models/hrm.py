@@ -1,4 +1,4 @@
-"""HRM: the H/L recursion (REFERENCE section 1). The whole model logic is this file.
+"""HRM: the H/L recursion (docs/reference.md#recurrence). The whole model logic is this file.
 
     z_H = embed(tokens);  z_L = z_L_init
     for i in range(H_cycles):

@@ -1,8 +1,8 @@
 """One training update: loss over the global batch, optional micro-batching, Adam-atan2, EMA.
 
 The loss is sum(CE over labelled tokens) / count(labelled tokens) of the whole global batch
-(REFERENCE section 3); micro-batches add their share of that sum, so accumulating them gives
-exactly the full-batch gradient.
+(docs/reference.md#loss-and-metrics); micro-batches add their share of that sum, so
+accumulating them gives exactly the full-batch gradient.
 """
 
 from __future__ import annotations
