@@ -34,14 +34,15 @@ from ml_collections import config_flags  # noqa: E402
 
 from experiments import configs  # noqa: E402
 from hrm_jax import ablation, atomic  # noqa: E402
-from hrm_jax.config import ARCHS  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path_of("demo"),
     f"Config name ({', '.join(configs.NAMES)}) or path; its `ablate` section sets the budget.",
     lock_config=True)
 _ARCHS = flags.DEFINE_list("archs", ["hrm", "transformer", "trm", "rins", "ut"],
-                           f"Architectures to train, from {list(ARCHS)}.")
+                           f"Architectures or variants to train, from {list(ablation.NAMES)} "
+                           "(variants: ablation.VARIANTS; --config.model.<field> applies to "
+                           "every run).")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per arch (0 .. seeds-1; model init).")
 _MATCH = flags.DEFINE_enum("match", "flops", list(ablation.MATCH_BY),
                            "Match each arch to the HRM anchor by parameters or training FLOPs.")
@@ -143,9 +144,10 @@ def main(argv):
   cfg = _CONFIG.value
   if _QUICK.value:
     apply_quick(cfg, sys.argv)
-  unknown = [a for a in _ARCHS.value if a not in ARCHS]
+  unknown = [a for a in _ARCHS.value if a not in ablation.NAMES]
   if unknown or not _ARCHS.value:
-    raise app.UsageError(f"--archs: unknown {unknown}; expected a list from {list(ARCHS)}")
+    raise app.UsageError(f"--archs: unknown {unknown}; expected a list from "
+                         f"{list(ablation.NAMES)}")
   if _SEEDS.value < 1:
     raise app.UsageError(f"--seeds={_SEEDS.value}: expected >= 1")
   if cfg.data.source != "demo":

@@ -31,6 +31,15 @@ from hrm_jax.models import LanguageModel
 from hrm_jax.params import count_params
 
 MATCH_BY = ("params", "flops")
+# Named variants for --archs: (arch, ModelConfig fields) over the anchor, the reference's
+# ablation switches. A variant of the anchor's arch keeps the anchor's size.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "hrm_causal": ("hrm", {"attn_type": "causal"}),
+    "hrm_post_norm": ("hrm", {"norm_type": "post"}),
+    "hrm_no_pos_emb": ("hrm", {"pos_emb_type": "none"}),
+    "hrm_H_post_norm": ("hrm", {"H_override": "norm_type=post"}),
+}
+NAMES = ARCHS + tuple(VARIANTS)
 RESULT_FILE = "result.json"
 SWEEP_FILE = "sweep.json"
 ALL = "all"  # the mean over tasks
@@ -67,7 +76,7 @@ def mean_train_flops_per_token(config: ModelConfig, seq_len: int, total_steps: i
 
 @dataclasses.dataclass(frozen=True)
 class Match:
-  arch: str
+  arch: str  # the run's name: an arch or a VARIANTS name (config.arch is the arch)
   config: ModelConfig
   params: int
   train_flops_per_token: float  # mean over the schedule
@@ -83,10 +92,13 @@ def match_size(anchor: ModelConfig, arch: str, by: str, seq_len: int, total_step
   """
   if by not in MATCH_BY:
     raise ValueError(f"--match={by!r}: expected one of {MATCH_BY}")
-  if arch not in ARCHS:
-    raise ValueError(f"--archs: unknown arch {arch!r}; expected one of {ARCHS}")
+  if arch not in NAMES:
+    raise ValueError(f"--archs: unknown arch {arch!r}; expected one of {NAMES}")
+  name = arch
+  arch, options = VARIANTS.get(name, (name, {}))
   base = (anchor.to_dict() if arch == anchor.arch
           else {**anchor.to_dict(), **ARCH_DEFAULTS[arch], "arch": arch})
+  base.update(options)
 
   def build(n_layers: int) -> ModelConfig:
     return ModelConfig(**{**base, "n_layers": n_layers})
@@ -115,7 +127,7 @@ def match_size(anchor: ModelConfig, arch: str, by: str, seq_len: int, total_step
   params = param_count(c)
   if by == "params" and params != measure(c):
     raise AssertionError(f"{arch}: parameters not affine in n_layers ({params} vs {measure(c)})")
-  return Match(arch, c, params, mean_train_flops_per_token(c, seq_len, total_steps),
+  return Match(name, c, params, mean_train_flops_per_token(c, seq_len, total_steps),
                "n_layers", c.n_layers)
 
 
@@ -141,7 +153,7 @@ def run_config(cfg: ml_collections.ConfigDict, match: Match, seed: int, total_st
   for f in dataclasses.fields(ModelConfig):
     if f.name != "arch" and f.name in run.model:
       run.model[f.name] = getattr(match.config, f.name)
-  run.model.arch = match.arch
+  run.model.arch = match.config.arch
   run.train.total_steps = total_steps
   run.train.max_steps = -1
   run.train.seed = seed

@@ -16,6 +16,15 @@ DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("dense", "chunked", "pallas_gpu", "pallas_tpu", "auto")
 REMAT_POLICIES = ("none", "full", "proj", "dots")
 REMAT_SCOPES = ("layer", "pass")
+# Block variants the reference's configs carry for ablations (its TransformerConfig).
+ATTN_TYPES = ("prefixlm", "causal")
+NORM_TYPES = ("pre", "post")
+POS_EMB_TYPES = ("rope", "none")
+# Fields H_override may set, with their types: the H stack's own settings. The reference
+# merges any block field; these are the ones that keep the per-forward RoPE tables and
+# attention mask (shared by both stacks) and the shared hidden size valid.
+H_OVERRIDABLE: dict[str, type] = {"n_layers": int, "expansion": float, "norm_type": str,
+                                  "norm_eps": float, "pos_emb_type": str}
 
 # size -> (n_layers, hidden_size, num_heads); REFERENCE section 1.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -64,6 +73,16 @@ class ModelConfig:
   init_type: str = "lecun_normal"
   init_std: Optional[float] = None
   half_layers: bool = True
+  # Block variants (the reference's ablation switches). attn_type "prefixlm": the prompt is
+  # bidirectional, the response causal; "causal": causal everywhere (prefix_mask ignored).
+  # norm_type "pre": x + f(rms(x)) and one RMSNorm after the stack; "post": rms(x + f(x)) and
+  # no final norm. pos_emb_type "rope" or "none" (no position signal but the causal mask).
+  attn_type: str = "prefixlm"
+  norm_type: str = "pre"
+  pos_emb_type: str = "rope"
+  # hrm, rins: the H stack's own settings, "field=value,..." over H_OVERRIDABLE (a mapping is
+  # accepted and kept in this canonical text form); n_layers is the H stack's layer count.
+  H_override: str = ""
   # hrm, trm, trm_match_recurrence: recursion depth.
   H_cycles: int = 2
   L_cycles: int = 3
@@ -101,6 +120,7 @@ class ModelConfig:
   unroll_scans: Optional[bool] = None
 
   def __post_init__(self):
+    object.__setattr__(self, "H_override", canonical_overrides(self.H_override))
     if self.intermediate_size is None:
       object.__setattr__(
           self, "intermediate_size",
@@ -119,6 +139,22 @@ class ModelConfig:
   @property
   def layers_per_stack(self) -> int:
     return self.n_layers // 2 if self.half_layers else self.n_layers
+
+  @property
+  def H_overrides(self) -> dict[str, Any]:
+    """H_override as a dict of typed values."""
+    return parse_overrides(self.H_override)
+
+  def stack_config(self, name: str) -> "ModelConfig":
+    """The config of stack `name`'s blocks: "H" with H_override applied, else this config.
+
+    The stack's own layer count becomes its n_layers (half_layers off), so per-stack formulas
+    (megatron init, FLOPs) read it as for any single stack."""
+    overrides = self.H_overrides if name == "H" else {}
+    if not overrides:
+      return self
+    return self.replace(**{"n_layers": self.layers_per_stack, "half_layers": False,
+                           "H_override": "", **overrides})
 
   @property
   def family(self) -> str:
@@ -159,6 +195,14 @@ class ModelConfig:
       bad("remat_policy", f"expected one of {REMAT_POLICIES}")
     if self.remat_scope not in REMAT_SCOPES:
       bad("remat_scope", f"expected one of {REMAT_SCOPES}")
+    for f, allowed in (("attn_type", ATTN_TYPES), ("norm_type", NORM_TYPES),
+                       ("pos_emb_type", POS_EMB_TYPES)):
+      if getattr(self, f) not in allowed:
+        bad(f, f"expected one of {allowed}")
+    if self.H_override:
+      if self.family not in ("hrm", "rins"):
+        bad("H_override", f"arch {self.arch!r} has no separate H stack (hrm and rins do)")
+      self.stack_config("H")  # its own values are validated as a config of one stack
     for f in ("n_layers", "hidden_size", "num_heads", "vocab_size", "max_seq_len",
               "intermediate_size", "head_dim", "attention_chunk"):
       if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
@@ -209,6 +253,38 @@ class ModelConfig:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+  """"n_layers=2,norm_type=post" -> {"n_layers": 2, "norm_type": "post"} (H_OVERRIDABLE)."""
+  out: dict[str, Any] = {}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    key, eq, value = item.partition("=")
+    key, value = key.strip(), value.strip()
+    if not eq or key not in H_OVERRIDABLE:
+      raise ValueError(
+          f"ModelConfig.H_override={text!r}: {item!r} is not field=value with a field of "
+          f"{sorted(H_OVERRIDABLE)} (the H stack shares the hidden size, RoPE tables and mask)")
+    if key in out:
+      raise ValueError(f"ModelConfig.H_override={text!r}: {key} is given twice")
+    try:
+      out[key] = H_OVERRIDABLE[key](value)
+    except ValueError:
+      raise ValueError(f"ModelConfig.H_override={text!r}: {key}={value!r} is not a "
+                       f"{H_OVERRIDABLE[key].__name__}") from None
+  return out
+
+
+def canonical_overrides(value: Any) -> str:
+  """H_override in its canonical text form (sorted field=value), from text or a mapping."""
+  if value is None:
+    return ""
+  if not isinstance(value, str):
+    if not hasattr(value, "items"):
+      raise ValueError(f"ModelConfig.H_override={value!r}: expected 'field=value,...' or a "
+                       "mapping")
+    value = ",".join(f"{k}={v}" for k, v in value.items())
+  return ",".join(f"{k}={v}" for k, v in sorted(parse_overrides(value).items()))
 
 
 def model_config(size: str = "XL", arch: str = "hrm", **overrides: Any) -> ModelConfig:

@@ -74,7 +74,8 @@ def prefill(config: ModelConfig, variables: dict, prompt_BxP: jax.Array, pad_B: 
   real_BxP = idx_P[None] >= pad_B[:, None]
   batch = {"inputs": prompt_BxP, "positions": jnp.maximum(idx_P[None] - pad_B[:, None], 0),
            "segment_ids": real_BxP.astype(jnp.int32), "prefix_mask": real_BxP}
-  mask_BxPxP = attention.prefix_lm_mask(batch["segment_ids"], real_BxP)
+  prefix_BxP = real_BxP & (config.attn_type != "causal")
+  mask_BxPxP = attention.prefix_lm_mask(batch["segment_ids"], prefix_BxP)
   z_BxPxD, cache = _apply(config, variables, {}, batch,
                           attention.CacheStep(jnp.int32(0), mask_BxPxP, cache_len))
   return _logits(config, variables, z_BxPxD[:, -1]), cache

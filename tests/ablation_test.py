@@ -157,3 +157,13 @@ def test_quick_ablation_end_to_end_rerun_skips_and_report_only(tmp_path):
   with pytest.raises(ValueError, match="another --out"):
     ablation.run_one(None, other, 0, str(out / "transformer_s0"), total_steps=16,
                      eval_points=2, eval_per_task=4)
+
+
+def test_variants_keep_the_anchor_size_and_set_their_option():
+  anchor = tiny_config("hrm", n_layers=4)
+  m = ablation.match_size(anchor, "hrm_post_norm", "flops", SEQ, 40)
+  assert (m.arch, m.config) == ("hrm_post_norm", anchor.replace(norm_type="post"))
+  h = ablation.match_size(anchor, "hrm_H_post_norm", "params", SEQ, 40)
+  assert h.config.stack_config("H").norm_type == "post" and h.config.norm_type == "pre"
+  with pytest.raises(ValueError, match="unknown arch 'hrm_sandwich'"):
+    ablation.match_size(anchor, "hrm_sandwich", "flops", SEQ, 40)

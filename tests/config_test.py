@@ -84,6 +84,14 @@ def test_config_is_frozen():
     (dict(arch="ut", bp_cycles=5), r"bp_cycles=5.*cycles=4"),
     (dict(arch="rins", L_bp_cycles=8), r"L_bp_cycles=8"),
     (dict(arch="trm", H_bp_steps=3), r"H_bp_steps=3"),
+    (dict(attn_type="bidirectional"), "attn_type='bidirectional'"),
+    (dict(norm_type="sandwich"), "norm_type='sandwich'"),
+    (dict(pos_emb_type="alibi"), "pos_emb_type='alibi'"),
+    (dict(H_override="hidden_size=64"), r"H_override='hidden_size=64'.*not field=value"),
+    (dict(H_override="n_layers=two"), r"n_layers='two' is not a int"),
+    (dict(H_override="norm_type=mid"), "norm_type='mid'"),
+    (dict(H_override="n_layers=1,n_layers=2"), "n_layers is given twice"),
+    (dict(arch="ut", H_override="n_layers=1"), "arch 'ut' has no separate H stack"),
 ])
 def test_rejects_bad_values(kwargs, match):
   size = kwargs.pop("size", "B")
@@ -99,3 +107,12 @@ def test_transformer_accepts_odd_layers():
 def test_replace_rejects_unknown_field():
   with pytest.raises(ValueError, match="no field"):
     hrm_jax.model_config("B").replace(depth=3)
+
+
+def test_H_override_is_canonical_text_and_builds_the_H_stack_config():
+  c = hrm_jax.model_config("B", H_override={"norm_type": "post", "n_layers": 3})
+  assert c.H_override == "n_layers=3,norm_type=post"
+  assert c == hrm_jax.model_config("B", H_override=" norm_type=post , n_layers=3")
+  h = c.stack_config("H")
+  assert (h.layers_per_stack, h.norm_type, h.H_override) == (3, "post", "")
+  assert c.stack_config("L") is c and c.layers_per_stack == 6

@@ -17,7 +17,10 @@ from helpers import tiny_model as tiny
 
 
 @pytest.mark.parametrize("arch,overrides", [("hrm", ()), ("hrm", (("H_cycles", 3), ("L_cycles", 2))),
-                                            ("transformer", ()), ("rins", ())])
+                                            ("transformer", ()), ("rins", ()),
+                                            ("hrm", (("attn_type", "causal"),)),
+                                            ("rins", (("H_override", "n_layers=1,norm_type=post"),
+                                                      ("pos_emb_type", "none")))])
 def test_cached_decoding_matches_full_recompute(arch, overrides):
   cfg, variables = tiny(arch, **dict(overrides))
   prompts = prompts_of([5, 11, 1], cfg.vocab_size)

@@ -96,8 +96,21 @@ def _np_mask(seg, prefix):
   return mask
 
 
-def _np_stack(p, x, batch, cfg):
-  """One stack pass: p holds the scanned (stacked) kernels of hrm_jax's Stack."""
+def _np_H_options(cfg) -> dict:
+  """The H stack's block options: cfg's, with the "field=value,..." of H_override over them."""
+  opts = {f: getattr(cfg, f) for f in ("norm_type", "norm_eps", "pos_emb_type")}
+  for item in filter(None, cfg.H_override.split(",")):
+    key, value = item.split("=")
+    opts[key] = float(value) if key == "norm_eps" else value
+  return opts
+
+
+def _np_stack(p, x, batch, cfg, opts=None):
+  """One stack pass: p holds the scanned (stacked) kernels of hrm_jax's Stack; opts the block
+  options (norm_type, norm_eps, pos_emb_type; cfg's by default). The layer count and MLP
+  width come from the kernels' shapes."""
+  opts = opts or {f: getattr(cfg, f) for f in ("norm_type", "norm_eps", "pos_emb_type")}
+  eps, post = opts["norm_eps"], opts["norm_type"] == "post"
   h, k = cfg.num_heads, cfg.head_dim
   pos = batch["positions"].astype(np.float64)
   inv = 1.0 / cfg.rope_theta ** (np.arange(0, k, 2) / k)
@@ -106,17 +119,20 @@ def _np_stack(p, x, batch, cfg):
   cos, sin = np.cos(emb)[:, :, None], np.sin(emb)[:, :, None]
 
   def rope(t):
+    if opts["pos_emb_type"] == "none":
+      return t
     t1, t2 = t[..., :k // 2], t[..., k // 2:]
     return t * cos + np.concatenate([-t2, t1], -1) * sin
 
-  mask = _np_mask(batch["segment_ids"], batch["prefix_mask"])
+  prefix = batch["prefix_mask"] & (cfg.attn_type == "prefixlm")
+  mask = _np_mask(batch["segment_ids"], prefix)
   layers = p["layers"]
   n = layers["attn"]["gqkv_proj"]["kernel"].shape[0]
   for i in range(n):
     w = {name: np.asarray(layers[m][name]["kernel"][i], np.float64)
          for m, names in (("attn", ("gqkv_proj", "o_proj")), ("mlp", ("gate_up_proj", "down_proj")))
          for name in names}
-    hN = _rms(x, cfg.norm_eps)
+    hN = x if post else _rms(x, eps)
     d = x.shape[-1]
     gqkv = hN @ w["gqkv_proj"].reshape(d, 4 * h * k)
     g, q, kk, v = np.split(gqkv.reshape(*x.shape[:2], 4 * h, k), 4, axis=2)
@@ -127,11 +143,13 @@ def _np_stack(p, x, batch, cfg):
     a = a / a.sum(-1, keepdims=True)
     o = np.einsum("bhqk,bkhd->bqhd", a, v) / (1 + np.exp(-g))
     x = x + o.reshape(*x.shape[:2], h * k) @ w["o_proj"].reshape(h * k, d)
-    hN = _rms(x, cfg.norm_eps)
+    x = _rms(x, eps) if post else x
+    hN = x if post else _rms(x, eps)
     gu = hN @ w["gate_up_proj"].reshape(d, -1)
     gate, up = np.split(gu, 2, axis=-1)
     x = x + (gate / (1 + np.exp(-gate)) * up) @ w["down_proj"]
-  return _rms(x, cfg.norm_eps)
+    x = _rms(x, eps) if post else x
+  return x if post else _rms(x, eps)  # post-norm: no final norm
 
 
 def numpy_forward(cfg: hrm_jax.ModelConfig, variables, batch) -> np.ndarray:
@@ -141,7 +159,8 @@ def numpy_forward(cfg: hrm_jax.ModelConfig, variables, batch) -> np.ndarray:
                              nn.unbox(variables["params"]))
   x = p["embed_tokens"][batch["inputs"]] * cfg.embedding_scale
   core = p["core"]
-  run = lambda name, z: _np_stack(core[name], z, batch, cfg)
+  run = lambda name, z: _np_stack(core[name], z, batch, cfg,
+                                  _np_H_options(cfg) if name == "H" else None)
   z0 = None
   if "buffers" in variables:
     z0 = np.broadcast_to(np.asarray(variables["buffers"]["core"]["z_L_init"], np.float64), x.shape)

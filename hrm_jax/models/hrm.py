@@ -65,7 +65,7 @@ class HRM(nn.Module):
   config: ModelConfig
 
   def setup(self):
-    self.H = Stack(self.config)
+    self.H = Stack(self.config.stack_config("H"))
     self.L = Stack(self.config)
     self.z_L_init = z_L_init_variable(self, self.config.hidden_size)
 
