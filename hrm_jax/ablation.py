@@ -25,9 +25,9 @@ import numpy as np
 
 from hrm_jax import atomic
 from hrm_jax import flops as flops_lib
-from hrm_jax import native, truncation
-from hrm_jax.config import ARCH_DEFAULTS, ARCHS, ModelConfig
-from hrm_jax.models import LanguageModel
+from hrm_jax import native
+from hrm_jax.config import ModelConfig
+from hrm_jax.models import ARCHS, REGISTRY, LanguageModel, bp_steps_at, spec_of
 from hrm_jax.params import count_params
 
 MATCH_BY = ("params", "flops")
@@ -62,7 +62,7 @@ def flops_per_step(config: ModelConfig, seq_len: int, total_steps: int) -> np.nd
   cache: dict[int, float] = {}
   out = np.empty(total_steps)
   for step in range(1, total_steps + 1):
-    bp = truncation.bp_steps_at(step, total_steps, config)
+    bp = bp_steps_at(step, total_steps, config)
     if bp not in cache:
       cache[bp] = flops_lib.train_flops_per_token(config, seq_len, bp)
     out[step - 1] = cache[bp]
@@ -97,11 +97,15 @@ def match_size(anchor: ModelConfig, arch: str, by: str, seq_len: int, total_step
   name = arch
   arch, options = VARIANTS.get(name, (name, {}))
   base = (anchor.to_dict() if arch == anchor.arch
-          else {**anchor.to_dict(), **ARCH_DEFAULTS[arch], "arch": arch})
+          else {**anchor.to_dict(), **REGISTRY[arch].defaults, "arch": arch})
+  if "H" not in REGISTRY[arch].stacks:  # the anchor's H stack settings have no H to go to
+    base["H_override"] = ""
   base.update(options)
 
   def build(n_layers: int) -> ModelConfig:
-    return ModelConfig(**{**base, "n_layers": n_layers})
+    config = ModelConfig(**{**base, "n_layers": n_layers})
+    spec_of(config)
+    return config
 
   step = 2 if base["half_layers"] else 1
   if by == "params":

@@ -10,7 +10,6 @@ import dataclasses
 import math
 from typing import Any, Optional
 
-ARCHS = ("hrm", "transformer", "trm", "trm_match_recurrence", "rins", "ut")
 INIT_TYPES = ("lecun_normal", "fixed_normal", "megatron")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("dense", "chunked", "pallas_gpu", "pallas_tpu", "auto")
@@ -34,19 +33,6 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "XXL": (72, 1792, 14),
     "XXL_wide": (32, 2560, 20),
 }
-
-# arch -> the reference's defaults for that model family (its baseline config files).
-ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hrm": dict(half_layers=True, H_cycles=2, L_cycles=3),
-    "transformer": dict(half_layers=False),
-    "trm": dict(half_layers=False, H_cycles=2, L_cycles=1, H_bp_steps=1, L_bp_steps=1),
-    "trm_match_recurrence": dict(
-        half_layers=True, H_cycles=2, L_cycles=3, H_bp_steps=2, L_bp_steps=3
-    ),
-    "rins": dict(half_layers=True, L_cycles=7, L_bp_cycles=4),
-    "ut": dict(half_layers=False, cycles=4, bp_cycles=2),
-}
-
 
 def round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
@@ -156,11 +142,6 @@ class ModelConfig:
     return self.replace(**{"n_layers": self.layers_per_stack, "half_layers": False,
                            "H_override": "", **overrides})
 
-  @property
-  def family(self) -> str:
-    """The model file that implements this arch (trm_match_recurrence is a trm)."""
-    return "trm" if self.arch == "trm_match_recurrence" else self.arch
-
   def init_stds(self) -> dict[str, float]:
     """Init std of input projections, attention output and MLP output (reference formulas)."""
     hidden = self.hidden_size
@@ -178,12 +159,16 @@ class ModelConfig:
         f"ModelConfig.init_type={self.init_type!r} is unknown; expected one of {INIT_TYPES}.")
 
   # --- validation ------------------------------------------------------------------------
-  def validate(self) -> None:
-    def bad(field, why):
-      raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: {why}")
+  def invalid(self, field: str, why: str) -> ValueError:
+    """The error for a bad value of `field`, naming it."""
+    return ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: {why}")
 
-    if self.arch not in ARCHS:
-      bad("arch", f"unknown architecture; expected one of {ARCHS}")
+  def validate(self) -> None:
+    """The checks every arch shares; an arch's own fields are checked by its spec
+    (`hrm_jax.models.registry.spec_of`)."""
+    def bad(field, why):
+      raise self.invalid(field, why)
+
     if self.init_type not in INIT_TYPES:
       bad("init_type", f"expected one of {INIT_TYPES}")
     for f in ("dtype", "param_dtype"):
@@ -200,9 +185,10 @@ class ModelConfig:
       if getattr(self, f) not in allowed:
         bad(f, f"expected one of {allowed}")
     if self.H_override:
-      if self.family not in ("hrm", "rins"):
-        bad("H_override", f"arch {self.arch!r} has no separate H stack (hrm and rins do)")
-      self.stack_config("H")  # its own values are validated as a config of one stack
+      try:
+        self.stack_config("H")  # the H stack's own values, checked as a config of one stack
+      except ValueError as e:
+        bad("H_override", f"the H stack it makes is invalid: {e}")
     for f in ("n_layers", "hidden_size", "num_heads", "vocab_size", "max_seq_len",
               "intermediate_size", "head_dim", "attention_chunk"):
       if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
@@ -221,19 +207,8 @@ class ModelConfig:
       raise ValueError(
           f"ModelConfig: need 1 <= bp_min_steps ({self.bp_min_steps}) <= bp_max_steps "
           f"({self.bp_max_steps}).")
-    if self.family == "hrm" and self.bp_min_steps < 2:
-      bad("bp_min_steps", "hrm needs >= 2 (one H pass and at least one L pass)")
     if not 0.0 <= self.bp_warmup_ratio <= 1.0:
       bad("bp_warmup_ratio", "must be in [0, 1]")
-    if self.family == "trm":
-      if not 0 <= self.H_bp_steps <= self.H_cycles:
-        bad("H_bp_steps", f"must be in [0, H_cycles={self.H_cycles}]")
-      if not 0 <= self.L_bp_steps <= self.H_cycles * self.L_cycles:
-        bad("L_bp_steps", f"must be in [0, H_cycles*L_cycles={self.H_cycles * self.L_cycles}]")
-    if self.arch == "rins" and not 0 <= self.L_bp_cycles <= self.L_cycles:
-      bad("L_bp_cycles", f"must be in [0, L_cycles={self.L_cycles}]")
-    if self.arch == "ut" and not 0 <= self.bp_cycles <= self.cycles:
-      bad("bp_cycles", f"must be in [0, cycles={self.cycles}]")
 
   def replace(self, **changes: Any) -> "ModelConfig":
     """A copy with `changes`; derived fields are recomputed unless given."""
@@ -285,25 +260,6 @@ def canonical_overrides(value: Any) -> str:
                        "mapping")
     value = ",".join(f"{k}={v}" for k, v in value.items())
   return ",".join(f"{k}={v}" for k, v in sorted(parse_overrides(value).items()))
-
-
-def model_config(size: str = "XL", arch: str = "hrm", **overrides: Any) -> ModelConfig:
-  """A config from the reference presets: `size` in SIZES, `arch` in ARCHS, then overrides."""
-  if size not in SIZES:
-    raise ValueError(f"model_config: unknown size {size!r}; expected one of {tuple(SIZES)}")
-  if arch not in ARCHS:
-    raise ValueError(f"model_config: unknown arch {arch!r}; expected one of {ARCHS}")
-  fields = {f.name for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(
-        f"model_config: unknown field(s) {unknown}; valid fields: {sorted(fields)}")
-  n_layers, hidden, heads = SIZES[size]
-  kwargs: dict[str, Any] = dict(arch=arch, n_layers=n_layers, hidden_size=hidden,
-                                num_heads=heads)
-  kwargs.update(ARCH_DEFAULTS[arch])
-  kwargs.update(overrides)
-  return ModelConfig(**kwargs)
 
 
 def check_data_fits(config: ModelConfig, data: Any) -> None:

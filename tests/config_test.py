@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 
 import hrm_jax
-from hrm_jax.config import ARCH_DEFAULTS
+from hrm_jax.config import ModelConfig
+from hrm_jax.models import spec_of
 
 
 def test_xl_preset_matches_reference():
@@ -40,7 +41,16 @@ def test_baseline_cycle_fields():
   assert (rins.L_cycles, rins.L_bp_cycles) == (7, 4)
   ut = hrm_jax.model_config("XL", "ut")
   assert (ut.cycles, ut.bp_cycles) == (4, 2)
-  assert set(ARCH_DEFAULTS) == set(hrm_jax.ARCHS)
+
+
+def test_an_archs_own_fields_are_checked_where_a_config_is_used():
+  direct = ModelConfig(arch="rins", L_cycles=3, L_bp_cycles=5)  # generic checks pass
+  with pytest.raises(ValueError, match=r"ModelConfig.L_bp_cycles=5: must be in \[0, L_cycles=3\]"):
+    spec_of(direct)
+  with pytest.raises(ValueError, match="ModelConfig.arch='lstm': unknown architecture"):
+    spec_of(ModelConfig(arch="lstm"))
+  with pytest.raises(ValueError, match="has no separate H stack"):
+    spec_of(ModelConfig(arch="transformer", half_layers=False, H_override="n_layers=1"))
 
 
 def test_explicit_shapes_are_kept():

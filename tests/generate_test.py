@@ -136,7 +136,7 @@ def test_requests_past_max_seq_len_are_refused(arch):
   assert len(hrm_jax.generate(cfg, variables, prompts_of([60], cfg.vocab_size), 4)[0]) == 4
 
 
-def test_the_family_picks_the_back_end():
+def test_the_spec_picks_the_back_end():
   assert generation.backend_for(tiny("trm")[0]) == "recompute"
   assert generation.backend_for(tiny("hrm")[0]) == "kv"
 

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 import hrm_jax
+from hrm_jax.models import spec_of
 
 
 def tiny_config(arch: str = "hrm", **overrides) -> hrm_jax.ModelConfig:
@@ -152,38 +153,73 @@ def _np_stack(p, x, batch, cfg, opts=None):
   return x if post else _rms(x, eps)  # post-norm: no final norm
 
 
+# --- each arch's recursion, transcribed from the reference's model files ----------------
+# run(stack, z, tag) applies one pass of stack `stack` to z; tag = (H or L or stack, index in
+# execution order) names the pass for the gradient windows below. Keyed by ArchSpec.family.
+
+def _hl_recursion(H_stack):
+  def recursion(cfg, x, z0, run):
+    z_H, z_L = x, z0
+    for i in range(cfg.H_cycles):
+      for j in range(cfg.L_cycles):
+        z_L = run("L", z_L + z_H, ("L", i * cfg.L_cycles + j))
+      z_H = run(H_stack, z_H + z_L, ("H", i))
+    return z_H
+  return recursion
+
+
+def _rins_recursion(cfg, x, z0, run):
+  z = z0
+  for i in range(cfg.L_cycles):
+    z = run("L", z + x, ("L", i))
+  return run("H", z, ("H", 0))
+
+
+def _ut_recursion(cfg, x, z0, run):
+  z = z0
+  for i in range(cfg.cycles):
+    z = run("L", z + x, ("L", i))
+  return z
+
+
+RECURSIONS = {
+    "hrm": _hl_recursion("H"), "trm": _hl_recursion("L"), "rins": _rins_recursion,
+    "ut": _ut_recursion, "transformer": lambda cfg, x, z0, run: run("stack", x, ("stack", 0)),
+}
+
+
+def _hl_window(cfg, H_bp, L_bp):
+  n_L = cfg.H_cycles * cfg.L_cycles
+  return lambda tag: tag[1] >= (cfg.H_cycles - H_bp if tag[0] == "H" else n_L - L_bp)
+
+
+def _hrm_window(cfg, bp):
+  H_bp = min(cfg.H_cycles, bp - 1)  # H first, at least one pass left to L
+  return _hl_window(cfg, H_bp, bp - H_bp)
+
+
+# family -> (cfg, bp_steps) -> which passes (by tag) carry gradient.
+GRAD_WINDOWS = {
+    "hrm": _hrm_window,
+    "trm": lambda cfg, bp: _hl_window(cfg, cfg.H_bp_steps, cfg.L_bp_steps),
+    "rins": lambda cfg, bp: lambda tag: tag[0] == "H" or tag[1] >= cfg.L_cycles - cfg.L_bp_cycles,
+    "ut": lambda cfg, bp: lambda tag: tag[1] >= cfg.cycles - cfg.bp_cycles,
+    "transformer": lambda cfg, bp: lambda tag: True,
+}
+
+
 def numpy_forward(cfg: hrm_jax.ModelConfig, variables, batch) -> np.ndarray:
   """Logits [B, S, V] of every arch by plain loops over the reference recursion."""
-  import jax
   p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
                              nn.unbox(variables["params"]))
   x = p["embed_tokens"][batch["inputs"]] * cfg.embedding_scale
   core = p["core"]
-  run = lambda name, z: _np_stack(core[name], z, batch, cfg,
-                                  _np_H_options(cfg) if name == "H" else None)
+  run = lambda name, z, tag: _np_stack(core[name], z, batch, cfg,
+                                       _np_H_options(cfg) if name == "H" else None)
   z0 = None
   if "buffers" in variables:
     z0 = np.broadcast_to(np.asarray(variables["buffers"]["core"]["z_L_init"], np.float64), x.shape)
-  if cfg.family in ("hrm", "trm"):
-    H = "H" if cfg.family == "hrm" else "L"
-    z_H, z_L = x, z0
-    for _ in range(cfg.H_cycles):
-      for _ in range(cfg.L_cycles):
-        z_L = run("L", z_L + z_H)
-      z_H = run(H, z_H + z_L)
-    out = z_H
-  elif cfg.family == "transformer":
-    out = run("stack", x)
-  elif cfg.family == "rins":
-    z = z0
-    for _ in range(cfg.L_cycles):
-      z = run("L", z + x)
-    out = run("H", z)
-  else:  # ut
-    z = z0
-    for _ in range(cfg.cycles):
-      z = run("L", z + x)
-    out = z
+  out = RECURSIONS[spec_of(cfg).family](cfg, x, z0, run)
   return out @ p["lm_head"]["kernel"]
 
 
