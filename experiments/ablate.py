@@ -3,11 +3,13 @@
     python experiments/ablate.py --config=demo --archs=hrm,transformer,trm,rins,ut --seeds=3
     python experiments/ablate.py --quick --archs=hrm,transformer --sweep_cycles=1,2,3
     python experiments/ablate.py --match=params --sweep_cycles=1,2,3,4 --sweep_L_cycles=1,3,5
+    python experiments/ablate.py --archs=hrm,hrm_causal,hrm_post_norm,hrm_no_pos_emb
 
 Each (arch, seed) is a normal, resumable training run in `<out>/<arch>_s<seed>` (a rerun
 skips runs with a result.json and resumes interrupted ones). The anchor is the config's HRM;
 every other arch gets the n_layers whose parameter count (--match=params) or mean training
-FLOPs per token (--match=flops, truncated backward counted) is closest, and the same data,
+FLOPs per token (--match=flops, truncated backward counted) is closest (a variant of HRM,
+ablation.VARIANTS, keeps the anchor's size), and the same data,
 steps, tokens and lr schedule. Kept checkpoints along training are evaluated (held-out
 greedy exact match per task, EMA weights), giving accuracy vs training FLOPs. Writes
 <out>/ablation.{json,md,png} (and ablation_sweep.png with --sweep_cycles/--sweep_L_cycles:
