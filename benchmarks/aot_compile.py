@@ -43,6 +43,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from experiments import configs  # noqa: E402
 from hrm_jax import flops as flops_lib  # noqa: E402
+from hrm_jax.models import registry  # noqa: E402
 from hrm_jax.train import aot  # noqa: E402
 from hrm_jax.train import loop  # noqa: E402
 
@@ -67,7 +68,7 @@ GIB = 2**30
 
 def _one(cfg, devices):
   model_config = loop.model_config_from(cfg, _VOCAB.value)
-  bp = model_config.bp_max_steps if model_config.family == "hrm" else None
+  bp = registry.bp_steps_at(1, 1, model_config)  # after the warm-up (hrm: bp_max_steps)
   t = time.perf_counter()
   compiled = aot.compile_train_step(cfg, model_config, devices, bp)
   seconds = time.perf_counter() - t

@@ -3,11 +3,13 @@
     python experiments/ablate.py --config=demo --archs=hrm,transformer,trm,rins,ut --seeds=3
     python experiments/ablate.py --quick --archs=hrm,transformer --sweep_cycles=1,2,3
     python experiments/ablate.py --match=params --sweep_cycles=1,2,3,4 --sweep_L_cycles=1,3,5
+    python experiments/ablate.py --archs=hrm,hrm_causal,hrm_post_norm,hrm_no_pos_emb
 
 Each (arch, seed) is a normal, resumable training run in `<out>/<arch>_s<seed>` (a rerun
 skips runs with a result.json and resumes interrupted ones). The anchor is the config's HRM;
 every other arch gets the n_layers whose parameter count (--match=params) or mean training
-FLOPs per token (--match=flops, truncated backward counted) is closest, and the same data,
+FLOPs per token (--match=flops, truncated backward counted) is closest (a variant of HRM,
+ablation.VARIANTS, keeps the anchor's size), and the same data,
 steps, tokens and lr schedule. Kept checkpoints along training are evaluated (held-out
 greedy exact match per task, EMA weights), giving accuracy vs training FLOPs. Writes
 <out>/ablation.{json,md,png} (and ablation_sweep.png with --sweep_cycles/--sweep_L_cycles:
@@ -34,14 +36,15 @@ from ml_collections import config_flags  # noqa: E402
 
 from experiments import configs  # noqa: E402
 from hrm_jax import ablation, atomic  # noqa: E402
-from hrm_jax.config import ARCHS  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path_of("demo"),
     f"Config name ({', '.join(configs.NAMES)}) or path; its `ablate` section sets the budget.",
     lock_config=True)
 _ARCHS = flags.DEFINE_list("archs", ["hrm", "transformer", "trm", "rins", "ut"],
-                           f"Architectures to train, from {list(ARCHS)}.")
+                           f"Architectures or variants to train, from {list(ablation.NAMES)} "
+                           "(variants: ablation.VARIANTS; --config.model.<field> applies to "
+                           "every run).")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per arch (0 .. seeds-1; model init).")
 _MATCH = flags.DEFINE_enum("match", "flops", list(ablation.MATCH_BY),
                            "Match each arch to the HRM anchor by parameters or training FLOPs.")
@@ -143,9 +146,10 @@ def main(argv):
   cfg = _CONFIG.value
   if _QUICK.value:
     apply_quick(cfg, sys.argv)
-  unknown = [a for a in _ARCHS.value if a not in ARCHS]
+  unknown = [a for a in _ARCHS.value if a not in ablation.NAMES]
   if unknown or not _ARCHS.value:
-    raise app.UsageError(f"--archs: unknown {unknown}; expected a list from {list(ARCHS)}")
+    raise app.UsageError(f"--archs: unknown {unknown}; expected a list from "
+                         f"{list(ablation.NAMES)}")
   if _SEEDS.value < 1:
     raise app.UsageError(f"--seeds={_SEEDS.value}: expected >= 1")
   if cfg.data.source != "demo":

@@ -25,12 +25,21 @@ import numpy as np
 
 from hrm_jax import atomic
 from hrm_jax import flops as flops_lib
-from hrm_jax import native, truncation
-from hrm_jax.config import ARCH_DEFAULTS, ARCHS, ModelConfig
-from hrm_jax.models import LanguageModel
+from hrm_jax import native
+from hrm_jax.config import ModelConfig
+from hrm_jax.models import ARCHS, REGISTRY, LanguageModel, bp_steps_at, spec_of
 from hrm_jax.params import count_params
 
 MATCH_BY = ("params", "flops")
+# Named variants for --archs: (arch, ModelConfig fields) over the anchor, the reference's
+# ablation switches. A variant of the anchor's arch keeps the anchor's size.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "hrm_causal": ("hrm", {"attn_type": "causal"}),
+    "hrm_post_norm": ("hrm", {"norm_type": "post"}),
+    "hrm_no_pos_emb": ("hrm", {"pos_emb_type": "none"}),
+    "hrm_H_post_norm": ("hrm", {"H_override": "norm_type=post"}),
+}
+NAMES = ARCHS + tuple(VARIANTS)
 RESULT_FILE = "result.json"
 SWEEP_FILE = "sweep.json"
 ALL = "all"  # the mean over tasks
@@ -53,7 +62,7 @@ def flops_per_step(config: ModelConfig, seq_len: int, total_steps: int) -> np.nd
   cache: dict[int, float] = {}
   out = np.empty(total_steps)
   for step in range(1, total_steps + 1):
-    bp = truncation.bp_steps_at(step, total_steps, config)
+    bp = bp_steps_at(step, total_steps, config)
     if bp not in cache:
       cache[bp] = flops_lib.train_flops_per_token(config, seq_len, bp)
     out[step - 1] = cache[bp]
@@ -67,7 +76,7 @@ def mean_train_flops_per_token(config: ModelConfig, seq_len: int, total_steps: i
 
 @dataclasses.dataclass(frozen=True)
 class Match:
-  arch: str
+  arch: str  # the run's name: an arch or a VARIANTS name (config.arch is the arch)
   config: ModelConfig
   params: int
   train_flops_per_token: float  # mean over the schedule
@@ -83,13 +92,20 @@ def match_size(anchor: ModelConfig, arch: str, by: str, seq_len: int, total_step
   """
   if by not in MATCH_BY:
     raise ValueError(f"--match={by!r}: expected one of {MATCH_BY}")
-  if arch not in ARCHS:
-    raise ValueError(f"--archs: unknown arch {arch!r}; expected one of {ARCHS}")
+  if arch not in NAMES:
+    raise ValueError(f"--archs: unknown arch {arch!r}; expected one of {NAMES}")
+  name = arch
+  arch, options = VARIANTS.get(name, (name, {}))
   base = (anchor.to_dict() if arch == anchor.arch
-          else {**anchor.to_dict(), **ARCH_DEFAULTS[arch], "arch": arch})
+          else {**anchor.to_dict(), **REGISTRY[arch].defaults, "arch": arch})
+  if "H" not in REGISTRY[arch].stacks:  # the anchor's H stack settings have no H to go to
+    base["H_override"] = ""
+  base.update(options)
 
   def build(n_layers: int) -> ModelConfig:
-    return ModelConfig(**{**base, "n_layers": n_layers})
+    config = ModelConfig(**{**base, "n_layers": n_layers})
+    spec_of(config)
+    return config
 
   step = 2 if base["half_layers"] else 1
   if by == "params":
@@ -115,7 +131,7 @@ def match_size(anchor: ModelConfig, arch: str, by: str, seq_len: int, total_step
   params = param_count(c)
   if by == "params" and params != measure(c):
     raise AssertionError(f"{arch}: parameters not affine in n_layers ({params} vs {measure(c)})")
-  return Match(arch, c, params, mean_train_flops_per_token(c, seq_len, total_steps),
+  return Match(name, c, params, mean_train_flops_per_token(c, seq_len, total_steps),
                "n_layers", c.n_layers)
 
 
@@ -141,7 +157,7 @@ def run_config(cfg: ml_collections.ConfigDict, match: Match, seed: int, total_st
   for f in dataclasses.fields(ModelConfig):
     if f.name != "arch" and f.name in run.model:
       run.model[f.name] = getattr(match.config, f.name)
-  run.model.arch = match.arch
+  run.model.arch = match.config.arch
   run.train.total_steps = total_steps
   run.train.max_steps = -1
   run.train.seed = seed

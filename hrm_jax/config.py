@@ -10,12 +10,20 @@ import dataclasses
 import math
 from typing import Any, Optional
 
-ARCHS = ("hrm", "transformer", "trm", "trm_match_recurrence", "rins", "ut")
 INIT_TYPES = ("lecun_normal", "fixed_normal", "megatron")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("dense", "chunked", "pallas_gpu", "pallas_tpu", "auto")
 REMAT_POLICIES = ("none", "full", "proj", "dots")
 REMAT_SCOPES = ("layer", "pass")
+# Block variants the reference's configs carry for ablations (its TransformerConfig).
+ATTN_TYPES = ("prefixlm", "causal")
+NORM_TYPES = ("pre", "post")
+POS_EMB_TYPES = ("rope", "none")
+# Fields H_override may set, with their types: the H stack's own settings. The reference
+# merges any block field; these are the ones that keep the per-forward RoPE tables and
+# attention mask (shared by both stacks) and the shared hidden size valid.
+H_OVERRIDABLE: dict[str, type] = {"n_layers": int, "expansion": float, "norm_type": str,
+                                  "norm_eps": float, "pos_emb_type": str}
 
 # size -> (n_layers, hidden_size, num_heads); docs/reference.md#sizes.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -25,19 +33,6 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "XXL": (72, 1792, 14),
     "XXL_wide": (32, 2560, 20),
 }
-
-# arch -> the reference's defaults for that model family (its baseline config files).
-ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hrm": dict(half_layers=True, H_cycles=2, L_cycles=3),
-    "transformer": dict(half_layers=False),
-    "trm": dict(half_layers=False, H_cycles=2, L_cycles=1, H_bp_steps=1, L_bp_steps=1),
-    "trm_match_recurrence": dict(
-        half_layers=True, H_cycles=2, L_cycles=3, H_bp_steps=2, L_bp_steps=3
-    ),
-    "rins": dict(half_layers=True, L_cycles=7, L_bp_cycles=4),
-    "ut": dict(half_layers=False, cycles=4, bp_cycles=2),
-}
-
 
 def round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
@@ -64,6 +59,16 @@ class ModelConfig:
   init_type: str = "lecun_normal"
   init_std: Optional[float] = None
   half_layers: bool = True
+  # Block variants (the reference's ablation switches). attn_type "prefixlm": the prompt is
+  # bidirectional, the response causal; "causal": causal everywhere (prefix_mask ignored).
+  # norm_type "pre": x + f(rms(x)) and one RMSNorm after the stack; "post": rms(x + f(x)) and
+  # no final norm. pos_emb_type "rope" or "none" (no position signal but the causal mask).
+  attn_type: str = "prefixlm"
+  norm_type: str = "pre"
+  pos_emb_type: str = "rope"
+  # hrm, rins: the H stack's own settings, "field=value,..." over H_OVERRIDABLE (a mapping is
+  # accepted and kept in this canonical text form); n_layers is the H stack's layer count.
+  H_override: str = ""
   # hrm, trm, trm_match_recurrence: recursion depth.
   H_cycles: int = 2
   L_cycles: int = 3
@@ -101,6 +106,7 @@ class ModelConfig:
   unroll_scans: Optional[bool] = None
 
   def __post_init__(self):
+    object.__setattr__(self, "H_override", canonical_overrides(self.H_override))
     if self.intermediate_size is None:
       object.__setattr__(
           self, "intermediate_size",
@@ -121,9 +127,20 @@ class ModelConfig:
     return self.n_layers // 2 if self.half_layers else self.n_layers
 
   @property
-  def family(self) -> str:
-    """The model file that implements this arch (trm_match_recurrence is a trm)."""
-    return "trm" if self.arch == "trm_match_recurrence" else self.arch
+  def H_overrides(self) -> dict[str, Any]:
+    """H_override as a dict of typed values."""
+    return parse_overrides(self.H_override)
+
+  def stack_config(self, name: str) -> "ModelConfig":
+    """The config of stack `name`'s blocks: "H" with H_override applied, else this config.
+
+    The stack's own layer count becomes its n_layers (half_layers off), so per-stack formulas
+    (megatron init, FLOPs) read it as for any single stack."""
+    overrides = self.H_overrides if name == "H" else {}
+    if not overrides:
+      return self
+    return self.replace(**{"n_layers": self.layers_per_stack, "half_layers": False,
+                           "H_override": "", **overrides})
 
   def init_stds(self) -> dict[str, float]:
     """Init std of input projections, attention output and MLP output (reference formulas)."""
@@ -142,12 +159,16 @@ class ModelConfig:
         f"ModelConfig.init_type={self.init_type!r} is unknown; expected one of {INIT_TYPES}.")
 
   # --- validation ------------------------------------------------------------------------
-  def validate(self) -> None:
-    def bad(field, why):
-      raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: {why}")
+  def invalid(self, field: str, why: str) -> ValueError:
+    """The error for a bad value of `field`, naming it."""
+    return ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: {why}")
 
-    if self.arch not in ARCHS:
-      bad("arch", f"unknown architecture; expected one of {ARCHS}")
+  def validate(self) -> None:
+    """The checks every arch shares; an arch's own fields are checked by its spec
+    (`hrm_jax.models.registry.spec_of`)."""
+    def bad(field, why):
+      raise self.invalid(field, why)
+
     if self.init_type not in INIT_TYPES:
       bad("init_type", f"expected one of {INIT_TYPES}")
     for f in ("dtype", "param_dtype"):
@@ -159,6 +180,15 @@ class ModelConfig:
       bad("remat_policy", f"expected one of {REMAT_POLICIES}")
     if self.remat_scope not in REMAT_SCOPES:
       bad("remat_scope", f"expected one of {REMAT_SCOPES}")
+    for f, allowed in (("attn_type", ATTN_TYPES), ("norm_type", NORM_TYPES),
+                       ("pos_emb_type", POS_EMB_TYPES)):
+      if getattr(self, f) not in allowed:
+        bad(f, f"expected one of {allowed}")
+    if self.H_override:
+      try:
+        self.stack_config("H")  # the H stack's own values, checked as a config of one stack
+      except ValueError as e:
+        bad("H_override", f"the H stack it makes is invalid: {e}")
     for f in ("n_layers", "hidden_size", "num_heads", "vocab_size", "max_seq_len",
               "intermediate_size", "head_dim", "attention_chunk"):
       if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
@@ -177,19 +207,8 @@ class ModelConfig:
       raise ValueError(
           f"ModelConfig: need 1 <= bp_min_steps ({self.bp_min_steps}) <= bp_max_steps "
           f"({self.bp_max_steps}).")
-    if self.family == "hrm" and self.bp_min_steps < 2:
-      bad("bp_min_steps", "hrm needs >= 2 (one H pass and at least one L pass)")
     if not 0.0 <= self.bp_warmup_ratio <= 1.0:
       bad("bp_warmup_ratio", "must be in [0, 1]")
-    if self.family == "trm":
-      if not 0 <= self.H_bp_steps <= self.H_cycles:
-        bad("H_bp_steps", f"must be in [0, H_cycles={self.H_cycles}]")
-      if not 0 <= self.L_bp_steps <= self.H_cycles * self.L_cycles:
-        bad("L_bp_steps", f"must be in [0, H_cycles*L_cycles={self.H_cycles * self.L_cycles}]")
-    if self.arch == "rins" and not 0 <= self.L_bp_cycles <= self.L_cycles:
-      bad("L_bp_cycles", f"must be in [0, L_cycles={self.L_cycles}]")
-    if self.arch == "ut" and not 0 <= self.bp_cycles <= self.cycles:
-      bad("bp_cycles", f"must be in [0, cycles={self.cycles}]")
 
   def replace(self, **changes: Any) -> "ModelConfig":
     """A copy with `changes`; derived fields are recomputed unless given."""
@@ -211,23 +230,36 @@ class ModelConfig:
     return dataclasses.asdict(self)
 
 
-def model_config(size: str = "XL", arch: str = "hrm", **overrides: Any) -> ModelConfig:
-  """A config from the reference presets: `size` in SIZES, `arch` in ARCHS, then overrides."""
-  if size not in SIZES:
-    raise ValueError(f"model_config: unknown size {size!r}; expected one of {tuple(SIZES)}")
-  if arch not in ARCHS:
-    raise ValueError(f"model_config: unknown arch {arch!r}; expected one of {ARCHS}")
-  fields = {f.name for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(
-        f"model_config: unknown field(s) {unknown}; valid fields: {sorted(fields)}")
-  n_layers, hidden, heads = SIZES[size]
-  kwargs: dict[str, Any] = dict(arch=arch, n_layers=n_layers, hidden_size=hidden,
-                                num_heads=heads)
-  kwargs.update(ARCH_DEFAULTS[arch])
-  kwargs.update(overrides)
-  return ModelConfig(**kwargs)
+def parse_overrides(text: str) -> dict[str, Any]:
+  """"n_layers=2,norm_type=post" -> {"n_layers": 2, "norm_type": "post"} (H_OVERRIDABLE)."""
+  out: dict[str, Any] = {}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    key, eq, value = item.partition("=")
+    key, value = key.strip(), value.strip()
+    if not eq or key not in H_OVERRIDABLE:
+      raise ValueError(
+          f"ModelConfig.H_override={text!r}: {item!r} is not field=value with a field of "
+          f"{sorted(H_OVERRIDABLE)} (the H stack shares the hidden size, RoPE tables and mask)")
+    if key in out:
+      raise ValueError(f"ModelConfig.H_override={text!r}: {key} is given twice")
+    try:
+      out[key] = H_OVERRIDABLE[key](value)
+    except ValueError:
+      raise ValueError(f"ModelConfig.H_override={text!r}: {key}={value!r} is not a "
+                       f"{H_OVERRIDABLE[key].__name__}") from None
+  return out
+
+
+def canonical_overrides(value: Any) -> str:
+  """H_override in its canonical text form (sorted field=value), from text or a mapping."""
+  if value is None:
+    return ""
+  if not isinstance(value, str):
+    if not hasattr(value, "items"):
+      raise ValueError(f"ModelConfig.H_override={value!r}: expected 'field=value,...' or a "
+                       "mapping")
+    value = ",".join(f"{k}={v}" for k, v in value.items())
+  return ",".join(f"{k}={v}" for k, v in sorted(parse_overrides(value).items()))
 
 
 def check_data_fits(config: ModelConfig, data: Any) -> None:

@@ -28,14 +28,16 @@ from hrm_jax.config import ModelConfig
 from hrm_jax.layers import CACHE, CURSOR, unstack_layers
 from hrm_jax.models import LanguageModel
 from hrm_jax.models.lm import head
+from hrm_jax.models.registry import spec_of
 
 Cache = Any  # the 'cache' collection: per attention layer, tuples of per-pass key/value slots
 
 
 def _check_arch(config: ModelConfig) -> None:
-  if config.family == "trm":
-    raise ValueError(f"KV-cache decoding does not support arch {config.arch!r}: its single "
-                     "stack plays both roles, so H and L passes would share cache slots.")
+  if not spec_of(config).kv_cache:
+    raise ValueError(f"KV-cache decoding does not support arch {config.arch!r} (its spec has "
+                     "kv_cache=False: passes would share cache slots); generation recomputes "
+                     "the row for it")
 
 
 def decode_variables(variables: dict) -> dict:
@@ -74,7 +76,8 @@ def prefill(config: ModelConfig, variables: dict, prompt_BxP: jax.Array, pad_B: 
   real_BxP = idx_P[None] >= pad_B[:, None]
   batch = {"inputs": prompt_BxP, "positions": jnp.maximum(idx_P[None] - pad_B[:, None], 0),
            "segment_ids": real_BxP.astype(jnp.int32), "prefix_mask": real_BxP}
-  mask_BxPxP = attention.prefix_lm_mask(batch["segment_ids"], real_BxP)
+  prefix_BxP = real_BxP & (config.attn_type != "causal")
+  mask_BxPxP = attention.prefix_lm_mask(batch["segment_ids"], prefix_BxP)
   z_BxPxD, cache = _apply(config, variables, {}, batch,
                           attention.CacheStep(jnp.int32(0), mask_BxPxP, cache_len))
   return _logits(config, variables, z_BxPxD[:, -1]), cache

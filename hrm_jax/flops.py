@@ -2,15 +2,16 @@
 
 Convention (as MaxText/PaLM MFU): matmul FLOPs only, 2 per multiply-add; attention scores
 and values over half the row on average (causal); the backward of a pass costs twice its
-forward and is only paid by passes that carry gradient. Embedding lookups are free.
+forward and is only paid by passes that carry gradient. Embedding lookups are free. Each
+arch declares its passes per stack and which carry gradient (`ArchSpec.passes`).
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from hrm_jax import truncation
 from hrm_jax.config import ModelConfig
+from hrm_jax.models.registry import spec_of
 
 
 def layer_flops(config: ModelConfig, seq_len: int) -> float:
@@ -24,49 +25,37 @@ def layer_flops(config: ModelConfig, seq_len: int) -> float:
 
 def stack_passes(config: ModelConfig) -> dict[str, int]:
   """How many times the core applies each of its stacks (by module name) per forward."""
-  c = config
-  if c.family == "transformer":
-    return {"stack": 1}
-  if c.family == "hrm":
-    return {"H": c.H_cycles, "L": c.H_cycles * c.L_cycles}
-  if c.family == "trm":
-    return {"L": c.H_cycles * (c.L_cycles + 1)}
-  if c.family == "rins":
-    return {"L": c.L_cycles, "H": 1}
-  return {"L": c.cycles}  # ut
+  return {name: n for name, (n, _) in spec_of(config).passes(config, None).items()}
 
 
 def pass_counts(config: ModelConfig, bp_steps: Optional[int]) -> tuple[int, int]:
   """(stack passes per token, passes that carry gradient at `bp_steps`)."""
-  c = config
-  total = sum(stack_passes(c).values())
-  if c.family == "transformer":
-    return 1, 1
-  if c.family in ("hrm", "trm"):
-    if bp_steps is None:
-      return total, total
-    windows = (truncation.hrm_bp_split(c.H_cycles, bp_steps) if c.family == "hrm"
-               else (c.H_bp_steps, c.L_bp_steps))
-    L_grad, H_grad = truncation.hl_grad_flags(c.H_cycles, c.L_cycles, *windows)
-    return total, int(L_grad.sum() + H_grad.sum())
-  if c.family == "rins":
-    return total, total if bp_steps is None else c.L_bp_cycles + 1
-  return total, total if bp_steps is None else c.bp_cycles
+  counts = spec_of(config).passes(config, bp_steps).values()
+  return sum(n for n, _ in counts), sum(g for _, g in counts)
+
+
+def _per_stack(config: ModelConfig, bp_steps: Optional[int], per_layer) -> tuple[float, float]:
+  """(sum over passes, sum over gradient passes) of per_layer(stack config) x its layers."""
+  total = grad = 0.0
+  for name, (n, n_grad) in spec_of(config).passes(config, bp_steps).items():
+    stack = config.stack_config(name)
+    cost = stack.layers_per_stack * per_layer(stack)
+    total, grad = total + n * cost, grad + n_grad * cost
+  return total, grad
 
 
 def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
   c = config
-  passes, _ = pass_counts(c, None)
-  return passes * c.layers_per_stack * layer_flops(c, seq_len) + 2 * c.hidden_size * c.vocab_size
+  stacks, _ = _per_stack(c, None, lambda s: layer_flops(s, seq_len))
+  return stacks + 2 * c.hidden_size * c.vocab_size
 
 
 def train_flops_per_token(config: ModelConfig, seq_len: int, bp_steps: Optional[int]) -> float:
   """Forward of every pass + backward (2x) of the passes with gradient and of the head."""
   c = config
-  passes, grad_passes = pass_counts(c, bp_steps)
-  stack = c.layers_per_stack * layer_flops(c, seq_len)
+  stacks, grad_stacks = _per_stack(c, bp_steps, lambda s: layer_flops(s, seq_len))
   head = 2 * c.hidden_size * c.vocab_size
-  return (passes + 2 * grad_passes) * stack + 3 * head
+  return stacks + 2 * grad_stacks + 3 * head
 
 
 def recompute_flops_per_token(config: ModelConfig, seq_len: int,
@@ -86,8 +75,8 @@ def recompute_flops_per_token(config: ModelConfig, seq_len: int,
     return 0.0
   d, hk = c.hidden_size, c.num_heads * c.head_dim
   attention = 2 * 2 * hk * seq_len / 2
-  per_layer = {"full": layer_flops(c, seq_len), "proj": 2 * hk * d + attention,
-               "dots": attention}[c.remat_policy]
+  per_layer = lambda s: {"full": layer_flops(s, seq_len), "proj": 2 * hk * d + attention,
+                         "dots": attention}[c.remat_policy]
   scopes = 2 if c.remat_scope == "pass" else 1
-  _, grad_passes = pass_counts(c, bp_steps)
-  return float(scopes * grad_passes * c.layers_per_stack * per_layer)
+  _, grad_stacks = _per_stack(c, bp_steps, per_layer)
+  return float(scopes * grad_stacks)

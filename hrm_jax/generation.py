@@ -6,7 +6,7 @@ throughput tracks the mean answer length, not the longest. Decoding runs as comp
 (`_decode`: a `lax.while_loop` until some running row finishes); between chunks the freed rows
 are prefilled (`_refill`) into their own slots while the other rows keep their state.
 
-Two back ends share the loop, chosen by the model's family in `backend_for`: `decode` (KV
+Two back ends share the loop, chosen by the arch's spec in `backend_for`: `decode` (KV
 cache, a ring of fixed length per call, so a refilled row starts anywhere) and
 `recompute_decode` (cache-free, each step recomputes every row: `trm`, whose one stack cannot
 keep a cache per pass). Each provides prepare / init / refill / step; neither imports the
@@ -29,6 +29,7 @@ import numpy as np
 
 from hrm_jax import decode, recompute_decode
 from hrm_jax.config import ModelConfig
+from hrm_jax.models.registry import spec_of
 
 BACKENDS = {"kv": decode, "recompute": recompute_decode}
 MIN_BUCKET = 16
@@ -36,8 +37,8 @@ Budgets = Union[int, Sequence[int]]
 
 
 def backend_for(config: ModelConfig) -> str:
-  """The back end that serves the arch: the KV cache unless one stack plays H and L."""
-  return "recompute" if config.family == "trm" else "kv"
+  """The back end that serves the arch: the KV cache where its spec allows one."""
+  return "kv" if spec_of(config).kv_cache else "recompute"
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:

@@ -95,7 +95,8 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json",
       H_cycles=hf.get("H_cycles", 2), L_cycles=hf.get("L_cycles", 3),
       norm_eps=hf.get("rms_norm_eps", 1e-6),
       rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
-      max_seq_len=hf.get("max_position_embeddings", 4096), embedding_scale=float(scale))
+      max_seq_len=hf.get("max_position_embeddings", 4096), embedding_scale=float(scale),
+      attn_type="prefixlm" if hf.get("prefix_lm", True) else "causal")
 
 
 def config_to_hf(c: ModelConfig, dtype: str = "float32",
@@ -106,6 +107,11 @@ def config_to_hf(c: ModelConfig, dtype: str = "float32",
     raise ValueError(f"Hugging Face export supports arch 'hrm' only, got {c.arch!r}")
   if dtype not in DTYPES:
     raise ValueError(f"dtype={dtype!r}; expected one of {sorted(DTYPES)}")
+  for field, supported in (("norm_type", "pre"), ("pos_emb_type", "rope"), ("H_override", "")):
+    if getattr(c, field) != supported:
+      raise ValueError(f"Hugging Face export: ModelConfig.{field}={getattr(c, field)!r} cannot "
+                       f"be expressed by transformers' HrmText config (it has {supported!r} "
+                       "only); keep this model in the native format")
   return {
       "architectures": ["HrmTextForCausalLM"], "model_type": MODEL_TYPE,
       "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
@@ -116,7 +122,7 @@ def config_to_hf(c: ModelConfig, dtype: str = "float32",
       "rms_norm_eps": c.norm_eps,
       "rope_parameters": {"rope_theta": c.rope_theta, "rope_type": "default"},
       "max_position_embeddings": c.max_seq_len, "embedding_scale": c.embedding_scale,
-      "initializer_range": 1.0 / c.embedding_scale, "prefix_lm": True,
+      "initializer_range": 1.0 / c.embedding_scale, "prefix_lm": c.attn_type == "prefixlm",
       "tie_word_embeddings": False, "hidden_act": "silu",
       "dtype": dtype, "torch_dtype": dtype,  # transformers >= 5 reads dtype, older torch_dtype
       **(token_ids or {}),

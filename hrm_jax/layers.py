@@ -74,12 +74,14 @@ class SeqInfo(NamedTuple):
 
 def make_seq_info(config: ModelConfig, batch: dict[str, jax.Array],
                   cache: Optional[attention.CacheStep] = None) -> SeqInfo:
+  """RoPE tables and the mask of `batch`; attn_type "causal" drops the prompt's prefix."""
   cos, sin = rope_tables(batch["positions"], config.head_dim, config.rope_theta)
+  prefix_BxS = batch["prefix_mask"].astype(bool)
+  if config.attn_type == "causal":
+    prefix_BxS = jnp.zeros_like(prefix_BxS)
   if cache is not None:  # the cache mask replaces the in-batch one
-    return SeqInfo(cos, sin, attention.MaskInfo(batch["segment_ids"],
-                                                batch["prefix_mask"].astype(bool)), cache)
-  mask = attention.make_mask_info(batch["segment_ids"], batch["prefix_mask"],
-                                  config.attention_impl)
+    return SeqInfo(cos, sin, attention.MaskInfo(batch["segment_ids"], prefix_BxS), cache)
+  mask = attention.make_mask_info(batch["segment_ids"], prefix_BxS, config.attention_impl)
   return SeqInfo(cos, sin, mask)
 
 
@@ -119,8 +121,9 @@ class Attention(nn.Module):
                            stds["in"], name="gqkv_proj")(x_BxSxD)
     gqkv_BxSx4xHxK = checkpoint_name(gqkv_BxSx4xHxK, "gqkv_proj")
     gate, q, k, v = (gqkv_BxSx4xHxK[:, :, i] for i in range(4))
-    q = apply_rope(q, seq.cos, seq.sin)
-    k = apply_rope(k, seq.cos, seq.sin)
+    if c.pos_emb_type == "rope":
+      q = apply_rope(q, seq.cos, seq.sin)
+      k = apply_rope(k, seq.cos, seq.sin)
     if seq.cache is None:
       out_BxSxHxK = attention.attend(q, k, v, seq.mask, c.attention_impl,
                                      c.attention_chunk)
@@ -190,16 +193,26 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm block: x + attn(rms(x)), then + mlp(rms(x)). Shaped as a scan body."""
+  """Pre-norm block: x + attn(rms(x)), then + mlp(rms(x)); post-norm (norm_type="post"):
+  rms(x + attn(x)), then rms(x + mlp(x)). Shaped as a scan body."""
 
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo) -> tuple[jax.Array, None]:
     eps = self.config.norm_eps
-    x_BxSxD = x_BxSxD + Attention(self.config, name="attn")(rms_norm(x_BxSxD, eps), seq)
-    x_BxSxD = x_BxSxD + SwiGLU(self.config, name="mlp")(rms_norm(x_BxSxD, eps))
+    attn, mlp = Attention(self.config, name="attn"), SwiGLU(self.config, name="mlp")
+    if self.config.norm_type == "post":
+      x_BxSxD = rms_norm(x_BxSxD + attn(x_BxSxD, seq), eps)
+      return rms_norm(x_BxSxD + mlp(x_BxSxD), eps), None
+    x_BxSxD = x_BxSxD + attn(rms_norm(x_BxSxD, eps), seq)
+    x_BxSxD = x_BxSxD + mlp(rms_norm(x_BxSxD, eps))
     return x_BxSxD, None
+
+
+def final_norm(config: ModelConfig, x_BxSxD: jax.Array) -> jax.Array:
+  """The norm after a stack's last block: pre-norm stacks only (post-norm blocks end in one)."""
+  return rms_norm(x_BxSxD, config.norm_eps) if config.norm_type == "pre" else x_BxSxD
 
 
 # Largest hidden size whose scans are unrolled on CPU by default: there a pass's matmuls are
@@ -230,7 +243,8 @@ def remat_policy(name: str):
 
 
 class Stack(nn.Module):
-  """`layers_per_stack` blocks with stacked parameters (nn.scan), then the final norm.
+  """`layers_per_stack` blocks with stacked parameters (nn.scan), then the final norm
+  (pre-norm).
 
   Rematerialisation (training only) wraps each block (`remat_scope="layer"`), or each block
   and the whole stack of blocks (`"pass"`: the backward keeps one input per pass of the
@@ -246,7 +260,7 @@ class Stack(nn.Module):
     if seq.cache is not None:  # decoding: per-layer parameters, see `unstack_layers`
       for i in range(c.layers_per_stack):
         x_BxSxD, _ = Block(c, name=f"layers_{i}")(x_BxSxD, seq)
-      return rms_norm(x_BxSxD, c.norm_eps)
+      return final_norm(c, x_BxSxD)
     remat = c.remat_policy != "none"
     block = Block
     if remat:
@@ -260,7 +274,7 @@ class Stack(nn.Module):
     if remat and c.remat_scope == "pass":
       apply = nn.remat(apply, policy=remat_policy(c.remat_policy), prevent_cse=False)
     x_BxSxD = apply(layers, x_BxSxD, seq)
-    return rms_norm(x_BxSxD, c.norm_eps)
+    return final_norm(c, x_BxSxD)
 
 
 def unstack_layers(params: dict) -> dict:

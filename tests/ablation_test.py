@@ -12,7 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from hrm_jax import ablation, truncation
+import hrm_jax
+from hrm_jax import ablation
+from hrm_jax.models import spec_of
 from helpers import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -26,7 +28,7 @@ def layer_params(c):
 
 
 def stacks(c):
-  return {"hrm": 2, "rins": 2, "trm": 1, "transformer": 1, "ut": 1}[c.family]
+  return {"hrm": 2, "rins": 2, "trm": 1, "transformer": 1, "ut": 1}[spec_of(c).family]
 
 
 def params_formula(c):
@@ -45,7 +47,7 @@ def test_flops_follow_the_bp_steps_schedule():
   layer = 2 * layer_params(c) + 2 * c.num_heads * c.head_dim * SEQ  # matmuls + attention
   head = 2 * c.hidden_size * c.vocab_size
   for step in (1, 5, 10, 50):
-    bp = truncation.bp_steps_at(step, 50, c)   # 2 -> 5 over the first 10 steps
+    bp = hrm_jax.bp_steps_at(step, 50, c)   # 2 -> 5 over the first 10 steps
     grad = bp  # hrm: bp_steps passes carry gradient (H first, at most H_cycles of them)
     passes = c.H_cycles + c.H_cycles * c.L_cycles
     expected = (passes + 2 * grad) * c.layers_per_stack * layer + 3 * head
@@ -157,3 +159,13 @@ def test_quick_ablation_end_to_end_rerun_skips_and_report_only(tmp_path):
   with pytest.raises(ValueError, match="another --out"):
     ablation.run_one(None, other, 0, str(out / "transformer_s0"), total_steps=16,
                      eval_points=2, eval_per_task=4)
+
+
+def test_variants_keep_the_anchor_size_and_set_their_option():
+  anchor = tiny_config("hrm", n_layers=4)
+  m = ablation.match_size(anchor, "hrm_post_norm", "flops", SEQ, 40)
+  assert (m.arch, m.config) == ("hrm_post_norm", anchor.replace(norm_type="post"))
+  h = ablation.match_size(anchor, "hrm_H_post_norm", "params", SEQ, 40)
+  assert h.config.stack_config("H").norm_type == "post" and h.config.norm_type == "pre"
+  with pytest.raises(ValueError, match="unknown arch 'hrm_sandwich'"):
+    ablation.match_size(anchor, "hrm_sandwich", "flops", SEQ, 40)

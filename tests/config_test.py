@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 
 import hrm_jax
-from hrm_jax.config import ARCH_DEFAULTS
+from hrm_jax.config import ModelConfig
+from hrm_jax.models import spec_of
 
 
 def test_xl_preset_matches_reference():
@@ -40,7 +41,16 @@ def test_baseline_cycle_fields():
   assert (rins.L_cycles, rins.L_bp_cycles) == (7, 4)
   ut = hrm_jax.model_config("XL", "ut")
   assert (ut.cycles, ut.bp_cycles) == (4, 2)
-  assert set(ARCH_DEFAULTS) == set(hrm_jax.ARCHS)
+
+
+def test_an_archs_own_fields_are_checked_where_a_config_is_used():
+  direct = ModelConfig(arch="rins", L_cycles=3, L_bp_cycles=5)  # generic checks pass
+  with pytest.raises(ValueError, match=r"ModelConfig.L_bp_cycles=5: must be in \[0, L_cycles=3\]"):
+    spec_of(direct)
+  with pytest.raises(ValueError, match="ModelConfig.arch='lstm': unknown architecture"):
+    spec_of(ModelConfig(arch="lstm"))
+  with pytest.raises(ValueError, match="has no separate H stack"):
+    spec_of(ModelConfig(arch="transformer", half_layers=False, H_override="n_layers=1"))
 
 
 def test_explicit_shapes_are_kept():
@@ -84,6 +94,14 @@ def test_config_is_frozen():
     (dict(arch="ut", bp_cycles=5), r"bp_cycles=5.*cycles=4"),
     (dict(arch="rins", L_bp_cycles=8), r"L_bp_cycles=8"),
     (dict(arch="trm", H_bp_steps=3), r"H_bp_steps=3"),
+    (dict(attn_type="bidirectional"), "attn_type='bidirectional'"),
+    (dict(norm_type="sandwich"), "norm_type='sandwich'"),
+    (dict(pos_emb_type="alibi"), "pos_emb_type='alibi'"),
+    (dict(H_override="hidden_size=64"), r"H_override='hidden_size=64'.*not field=value"),
+    (dict(H_override="n_layers=two"), r"n_layers='two' is not a int"),
+    (dict(H_override="norm_type=mid"), "norm_type='mid'"),
+    (dict(H_override="n_layers=1,n_layers=2"), "n_layers is given twice"),
+    (dict(arch="ut", H_override="n_layers=1"), "arch 'ut' has no separate H stack"),
 ])
 def test_rejects_bad_values(kwargs, match):
   size = kwargs.pop("size", "B")
@@ -99,3 +117,12 @@ def test_transformer_accepts_odd_layers():
 def test_replace_rejects_unknown_field():
   with pytest.raises(ValueError, match="no field"):
     hrm_jax.model_config("B").replace(depth=3)
+
+
+def test_H_override_is_canonical_text_and_builds_the_H_stack_config():
+  c = hrm_jax.model_config("B", H_override={"norm_type": "post", "n_layers": 3})
+  assert c.H_override == "n_layers=3,norm_type=post"
+  assert c == hrm_jax.model_config("B", H_override=" norm_type=post , n_layers=3")
+  h = c.stack_config("H")
+  assert (h.layers_per_stack, h.norm_type, h.H_override) == (3, "post", "")
+  assert c.stack_config("L") is c and c.layers_per_stack == 6

@@ -17,7 +17,10 @@ from helpers import tiny_model as tiny
 
 
 @pytest.mark.parametrize("arch,overrides", [("hrm", ()), ("hrm", (("H_cycles", 3), ("L_cycles", 2))),
-                                            ("transformer", ()), ("rins", ())])
+                                            ("transformer", ()), ("rins", ()),
+                                            ("hrm", (("attn_type", "causal"),)),
+                                            ("rins", (("H_override", "n_layers=1,norm_type=post"),
+                                                      ("pos_emb_type", "none")))])
 def test_cached_decoding_matches_full_recompute(arch, overrides):
   cfg, variables = tiny(arch, **dict(overrides))
   prompts = prompts_of([5, 11, 1], cfg.vocab_size)
@@ -133,7 +136,7 @@ def test_requests_past_max_seq_len_are_refused(arch):
   assert len(hrm_jax.generate(cfg, variables, prompts_of([60], cfg.vocab_size), 4)[0]) == 4
 
 
-def test_the_family_picks_the_back_end():
+def test_the_spec_picks_the_back_end():
   assert generation.backend_for(tiny("trm")[0]) == "recompute"
   assert generation.backend_for(tiny("hrm")[0]) == "kv"
 

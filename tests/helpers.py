@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 import hrm_jax
+from hrm_jax.models import spec_of
 
 
 def tiny_config(arch: str = "hrm", **overrides) -> hrm_jax.ModelConfig:
@@ -96,8 +97,21 @@ def _np_mask(seg, prefix):
   return mask
 
 
-def _np_stack(p, x, batch, cfg):
-  """One stack pass: p holds the scanned (stacked) kernels of hrm_jax's Stack."""
+def _np_H_options(cfg) -> dict:
+  """The H stack's block options: cfg's, with the "field=value,..." of H_override over them."""
+  opts = {f: getattr(cfg, f) for f in ("norm_type", "norm_eps", "pos_emb_type")}
+  for item in filter(None, cfg.H_override.split(",")):
+    key, value = item.split("=")
+    opts[key] = float(value) if key == "norm_eps" else value
+  return opts
+
+
+def _np_stack(p, x, batch, cfg, opts=None):
+  """One stack pass: p holds the scanned (stacked) kernels of hrm_jax's Stack; opts the block
+  options (norm_type, norm_eps, pos_emb_type; cfg's by default). The layer count and MLP
+  width come from the kernels' shapes."""
+  opts = opts or {f: getattr(cfg, f) for f in ("norm_type", "norm_eps", "pos_emb_type")}
+  eps, post = opts["norm_eps"], opts["norm_type"] == "post"
   h, k = cfg.num_heads, cfg.head_dim
   pos = batch["positions"].astype(np.float64)
   inv = 1.0 / cfg.rope_theta ** (np.arange(0, k, 2) / k)
@@ -106,17 +120,20 @@ def _np_stack(p, x, batch, cfg):
   cos, sin = np.cos(emb)[:, :, None], np.sin(emb)[:, :, None]
 
   def rope(t):
+    if opts["pos_emb_type"] == "none":
+      return t
     t1, t2 = t[..., :k // 2], t[..., k // 2:]
     return t * cos + np.concatenate([-t2, t1], -1) * sin
 
-  mask = _np_mask(batch["segment_ids"], batch["prefix_mask"])
+  prefix = batch["prefix_mask"] & (cfg.attn_type == "prefixlm")
+  mask = _np_mask(batch["segment_ids"], prefix)
   layers = p["layers"]
   n = layers["attn"]["gqkv_proj"]["kernel"].shape[0]
   for i in range(n):
     w = {name: np.asarray(layers[m][name]["kernel"][i], np.float64)
          for m, names in (("attn", ("gqkv_proj", "o_proj")), ("mlp", ("gate_up_proj", "down_proj")))
          for name in names}
-    hN = _rms(x, cfg.norm_eps)
+    hN = x if post else _rms(x, eps)
     d = x.shape[-1]
     gqkv = hN @ w["gqkv_proj"].reshape(d, 4 * h * k)
     g, q, kk, v = np.split(gqkv.reshape(*x.shape[:2], 4 * h, k), 4, axis=2)
@@ -127,44 +144,82 @@ def _np_stack(p, x, batch, cfg):
     a = a / a.sum(-1, keepdims=True)
     o = np.einsum("bhqk,bkhd->bqhd", a, v) / (1 + np.exp(-g))
     x = x + o.reshape(*x.shape[:2], h * k) @ w["o_proj"].reshape(h * k, d)
-    hN = _rms(x, cfg.norm_eps)
+    x = _rms(x, eps) if post else x
+    hN = x if post else _rms(x, eps)
     gu = hN @ w["gate_up_proj"].reshape(d, -1)
     gate, up = np.split(gu, 2, axis=-1)
     x = x + (gate / (1 + np.exp(-gate)) * up) @ w["down_proj"]
-  return _rms(x, cfg.norm_eps)
+    x = _rms(x, eps) if post else x
+  return x if post else _rms(x, eps)  # post-norm: no final norm
+
+
+# --- each arch's recursion, transcribed from the reference's model files ----------------
+# run(stack, z, tag) applies one pass of stack `stack` to z; tag = (H or L or stack, index in
+# execution order) names the pass for the gradient windows below. Keyed by ArchSpec.family.
+
+def _hl_recursion(H_stack):
+  def recursion(cfg, x, z0, run):
+    z_H, z_L = x, z0
+    for i in range(cfg.H_cycles):
+      for j in range(cfg.L_cycles):
+        z_L = run("L", z_L + z_H, ("L", i * cfg.L_cycles + j))
+      z_H = run(H_stack, z_H + z_L, ("H", i))
+    return z_H
+  return recursion
+
+
+def _rins_recursion(cfg, x, z0, run):
+  z = z0
+  for i in range(cfg.L_cycles):
+    z = run("L", z + x, ("L", i))
+  return run("H", z, ("H", 0))
+
+
+def _ut_recursion(cfg, x, z0, run):
+  z = z0
+  for i in range(cfg.cycles):
+    z = run("L", z + x, ("L", i))
+  return z
+
+
+RECURSIONS = {
+    "hrm": _hl_recursion("H"), "trm": _hl_recursion("L"), "rins": _rins_recursion,
+    "ut": _ut_recursion, "transformer": lambda cfg, x, z0, run: run("stack", x, ("stack", 0)),
+}
+
+
+def _hl_window(cfg, H_bp, L_bp):
+  n_L = cfg.H_cycles * cfg.L_cycles
+  return lambda tag: tag[1] >= (cfg.H_cycles - H_bp if tag[0] == "H" else n_L - L_bp)
+
+
+def _hrm_window(cfg, bp):
+  H_bp = min(cfg.H_cycles, bp - 1)  # H first, at least one pass left to L
+  return _hl_window(cfg, H_bp, bp - H_bp)
+
+
+# family -> (cfg, bp_steps) -> which passes (by tag) carry gradient.
+GRAD_WINDOWS = {
+    "hrm": _hrm_window,
+    "trm": lambda cfg, bp: _hl_window(cfg, cfg.H_bp_steps, cfg.L_bp_steps),
+    "rins": lambda cfg, bp: lambda tag: tag[0] == "H" or tag[1] >= cfg.L_cycles - cfg.L_bp_cycles,
+    "ut": lambda cfg, bp: lambda tag: tag[1] >= cfg.cycles - cfg.bp_cycles,
+    "transformer": lambda cfg, bp: lambda tag: True,
+}
 
 
 def numpy_forward(cfg: hrm_jax.ModelConfig, variables, batch) -> np.ndarray:
   """Logits [B, S, V] of every arch by plain loops over the reference recursion."""
-  import jax
   p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
                              nn.unbox(variables["params"]))
   x = p["embed_tokens"][batch["inputs"]] * cfg.embedding_scale
   core = p["core"]
-  run = lambda name, z: _np_stack(core[name], z, batch, cfg)
+  run = lambda name, z, tag: _np_stack(core[name], z, batch, cfg,
+                                       _np_H_options(cfg) if name == "H" else None)
   z0 = None
   if "buffers" in variables:
     z0 = np.broadcast_to(np.asarray(variables["buffers"]["core"]["z_L_init"], np.float64), x.shape)
-  if cfg.family in ("hrm", "trm"):
-    H = "H" if cfg.family == "hrm" else "L"
-    z_H, z_L = x, z0
-    for _ in range(cfg.H_cycles):
-      for _ in range(cfg.L_cycles):
-        z_L = run("L", z_L + z_H)
-      z_H = run(H, z_H + z_L)
-    out = z_H
-  elif cfg.family == "transformer":
-    out = run("stack", x)
-  elif cfg.family == "rins":
-    z = z0
-    for _ in range(cfg.L_cycles):
-      z = run("L", z + x)
-    out = run("H", z)
-  else:  # ut
-    z = z0
-    for _ in range(cfg.cycles):
-      z = run("L", z + x)
-    out = z
+  out = RECURSIONS[spec_of(cfg).family](cfg, x, z0, run)
   return out @ p["lm_head"]["kernel"]
 
 

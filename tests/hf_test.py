@@ -84,6 +84,31 @@ def test_exported_model_gives_same_logits_in_transformers(H_cycles, L_cycles, tm
   np.testing.assert_allclose(hf_logits(model, batch["inputs"], batch["prefix_mask"]), ours, **TOL)
 
 
+def test_causal_export_runs_in_transformers_without_its_prefix(tmp_path):
+  config = hrm_jax.model_config("B", "hrm", hidden_size=32, num_heads=2, n_layers=4,
+                                vocab_size=53, attn_type="causal")
+  batch = example_batch(config.vocab_size)
+  variables = hrm_jax.LanguageModel(config).init(jax.random.PRNGKey(2), batch)
+  hf.save(tmp_path / "out", config, variables)
+  assert json.loads((tmp_path / "out" / "config.json").read_text())["prefix_lm"] is False
+  assert hf.load(tmp_path / "out")[0] == config
+  model = transformers.HrmTextForCausalLM.from_pretrained(tmp_path / "out").eval()
+  ours = np.asarray(hrm_jax.LanguageModel(config).apply(variables, batch))
+  np.testing.assert_allclose(hf_logits(model, batch["inputs"], batch["prefix_mask"]), ours, **TOL)
+
+
+@pytest.mark.parametrize("option", [dict(norm_type="post"), dict(pos_emb_type="none"),
+                                    dict(H_override="n_layers=1")])
+def test_options_transformers_cannot_express_are_refused(option, tmp_path):
+  config = hrm_jax.model_config("B", "hrm", hidden_size=32, num_heads=2, n_layers=4,
+                                vocab_size=53, **option)
+  variables = hrm_jax.LanguageModel(config).init(jax.random.PRNGKey(2), example_batch(53))
+  field = next(iter(option))
+  with pytest.raises(ValueError, match=f"ModelConfig.{field}=.*cannot be expressed"):
+    hf.save(tmp_path / "out", config, variables)
+  assert not (tmp_path / "out").exists()
+
+
 def test_import_export_round_trip_is_exact(tmp_path):
   hf_model("h3l2_odd_shapes").save_pretrained(tmp_path / "a")
   config, variables = hf.load(tmp_path / "a")

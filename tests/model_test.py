@@ -3,6 +3,7 @@ dtypes and compilation behaviour."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +42,47 @@ def test_hl_cycles_other_than_2_3_match_numpy_reference():
   real = batch["segment_ids"] > 0
   np.testing.assert_allclose(np.asarray(apply(variables, batch))[real], ref[real],
                              rtol=1e-4, atol=1e-4)
+
+
+# The reference's ablation switches, each alone and together, and H stacks set apart.
+VARIANTS = {
+    "causal": ("hrm", dict(attn_type="causal")),
+    "post_norm": ("hrm", dict(norm_type="post")),
+    "no_pos_emb": ("hrm", dict(pos_emb_type="none")),
+    "all_three_ut": ("ut", dict(attn_type="causal", norm_type="post", pos_emb_type="none")),
+    "H_override_hrm": ("hrm", dict(H_override="n_layers=1,expansion=13.0,norm_type=post")),
+    "H_override_rins": ("rins", dict(H_override="n_layers=3,pos_emb_type=none,norm_eps=0.01")),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_model_options_match_numpy_reference(name):
+  arch, options = VARIANTS[name]
+  cfg, _, variables, apply = model_and_vars(arch, **options)
+  batch = random_rows(np.random.default_rng(5), 2, SEQ, cfg.vocab_size)
+  logits = np.asarray(apply(variables, batch))
+  real = batch["segment_ids"] > 0
+  np.testing.assert_allclose(logits[real], numpy_forward(cfg, variables, batch)[real],
+                             rtol=1e-4, atol=1e-4)
+  if "H_override" not in options:  # the option changes the function (same weights)
+    base = cfg.replace(**{k: getattr(hrm_jax.ModelConfig, k) for k in options})
+    assert np.abs(numpy_forward(base, variables, batch)[real] - logits[real]).max() > 1e-3
+
+
+def test_H_override_shapes_the_H_stack_only():
+  cfg, _, variables, _ = model_and_vars("hrm", H_override="n_layers=1,expansion=13.0")
+  core = nn.unbox(variables["params"])["core"]
+  kernel = lambda s: core[s]["layers"]["mlp"]["gate_up_proj"]["kernel"]
+  assert kernel("H").shape[0] == 1 and kernel("L").shape[0] == cfg.layers_per_stack == 2
+  assert kernel("H").shape[-1] > kernel("L").shape[-1]  # expansion 13 vs 4
+
+
+def test_causal_prompt_token_never_sees_a_later_one():
+  cfg, _, variables, apply = model_and_vars("hrm", attn_type="causal")
+  a = np.asarray(apply(variables, _one_row([5, 6, 7, 8], [9, 10])))
+  b = np.asarray(apply(variables, _one_row([5, 6, 7, 11], [9, 10])))
+  np.testing.assert_array_equal(a[0, :3], b[0, :3])
+  assert np.abs(a[0, 3:6] - b[0, 3:6]).max() > 1e-4
 
 
 def _one_row(prompt, response, seq=SEQ):

@@ -11,49 +11,27 @@ import pytest
 import hrm_jax
 from hrm_jax import truncation
 from hrm_jax.layers import Stack, make_seq_info
-from helpers import random_rows, tiny_config
+from hrm_jax.models import hrm, spec_of
+from helpers import GRAD_WINDOWS, RECURSIONS, random_rows, tiny_config
 
 SEQ = 12
 
 
 def unrolled_logits(cfg, variables, batch, bp_steps):
-  """Python loops over passes; each pass outside the window is stop_gradient'ed by hand.
-
-  The windows are transcribed from docs/reference.md, independently of hrm_jax.truncation.
-  """
+  """Python loops over passes (helpers.RECURSIONS); each pass outside the window
+  (helpers.GRAD_WINDOWS, transcribed from docs/reference.md independently of the models'
+  rules) is stop_gradient'ed by hand."""
   p = nn.unbox(variables["params"])
   seq = make_seq_info(cfg, batch)
-  stack = Stack(cfg)
-  run = lambda name, z: stack.apply({"params": p["core"][name]}, z, seq)
-  gate = lambda z, keep: z if keep else jax.lax.stop_gradient(z)
+  run = lambda name, z: Stack(cfg.stack_config(name)).apply({"params": p["core"][name]}, z, seq)
+  family = spec_of(cfg).family
+  keep = (lambda tag: True) if bp_steps is None else GRAD_WINDOWS[family](cfg, bp_steps)
+  gated = lambda name, z, tag: run(name, z) if keep(tag) else jax.lax.stop_gradient(run(name, z))
   x = jnp.take(p["embed_tokens"], batch["inputs"], axis=0) * cfg.embedding_scale
-  full = bp_steps is None
-  if cfg.family == "transformer":
-    out = run("stack", x)
-  else:
+  z0 = None
+  if "buffers" in variables:
     z0 = jnp.broadcast_to(variables["buffers"]["core"]["z_L_init"], x.shape)
-  if cfg.family in ("hrm", "trm"):
-    H, L = cfg.H_cycles, cfg.L_cycles
-    if cfg.family == "hrm":
-      H_bp = min(H, (bp_steps or 0) - 1)
-      L_bp = (bp_steps or 0) - H_bp
-    else:
-      H_bp, L_bp = cfg.H_bp_steps, cfg.L_bp_steps
-    z_H, z_L = x, z0
-    for i in range(H):
-      for j in range(L):
-        k = i * L + j
-        z_L = gate(run("L", z_L + z_H), full or k >= H * L - L_bp)
-      z_H = gate(run("H" if cfg.family == "hrm" else "L", z_H + z_L), full or i >= H - H_bp)
-    out = z_H
-  elif cfg.family in ("rins", "ut"):
-    n, n_bp = ((cfg.L_cycles, cfg.L_bp_cycles) if cfg.family == "rins"
-               else (cfg.cycles, cfg.bp_cycles))
-    z = z0
-    for i in range(n):
-      z = gate(run("L", z + x), full or i >= n - n_bp)
-    out = run("H", z) if cfg.family == "rins" else z
-  return out @ p["lm_head"]["kernel"]
+  return RECURSIONS[family](cfg, x, z0, gated) @ p["lm_head"]["kernel"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,7 +119,7 @@ def test_grad_flags_match_reference_table():
       5: ([0, 0, 0, 1, 1, 1], [1, 1]),
   }
   for bp, (L, H) in expected.items():
-    Lf, Hf = truncation.hl_grad_flags(2, 3, *truncation.hrm_bp_split(2, bp))
+    Lf, Hf = hrm.grad_flags(hrm_jax.model_config("B", H_cycles=2, L_cycles=3), bp)
     assert Lf.reshape(-1).astype(int).tolist() == L and Hf.astype(int).tolist() == H
 
 
@@ -158,14 +136,14 @@ def test_runs_and_hl_segments():
   assert truncation.runs(np.array([0, 0, 1, 1, 1], bool)) == [(2, False), (3, True)]
   assert truncation.runs(np.ones(4, bool)) == [(4, True)]
   # H3 L2, bp 4 (H_bp 3, L_bp 1): every H pass has gradient, only the last L pass does.
-  segments = truncation.hl_segments(*truncation.hl_grad_flags(3, 2, 3, 1))
+  segments = truncation.hl_segments(*hrm.window_flags(3, 2, 3, 1))
   assert [(n, L.tolist(), H) for n, L, H in segments] == [
       (2, [False, False], True), (1, [False, True], True)]
   # H2 L3, bp 5: a gradient-free L run then an H pass with gradient; then gradient throughout.
-  segments = truncation.hl_segments(*truncation.hl_grad_flags(2, 3, 2, 3))
+  segments = truncation.hl_segments(*hrm.window_flags(2, 3, 2, 3))
   assert [(n, L.tolist(), H) for n, L, H in segments] == [
       (1, [False] * 3, True), (1, [True] * 3, True)]
-  segments = truncation.hl_segments(*truncation.hl_grad_flags(4, 3, 1, 1))
+  segments = truncation.hl_segments(*hrm.window_flags(4, 3, 1, 1))
   assert [(n, L.tolist(), H) for n, L, H in segments] == [
       (3, [False] * 3, False), (1, [False, False, True], True)]
 

@@ -1,53 +1,66 @@
-"""HRM: the H/L recursion (docs/reference.md#recurrence). The whole model logic is this file.
+"""HRM: the H/L recursion, and which of its passes carry gradient (docs/reference.md#recurrence).
 
     z_H = embed(tokens);  z_L = z_L_init
     for i in range(H_cycles):
-        for j in range(L_cycles):  z_L = L(z_L + z_H)
-        z_H = H(z_H + z_L)
+        for j in range(L_cycles):
+            z_L = L(z_L + z_H)      gradient iff L pass i*L_cycles + j is among the last L_bp
+        z_H = H(z_H + z_L)          gradient iff i is among the last H_bp cycles
     return z_H
 
-With `bp_steps`, only the last bp_steps passes carry gradient (`hrm_jax.truncation`). The
-flags are static, so `hl_recursion` runs H cycles with the same flags as one scan
-(`nn.scan`, shared parameters), and within a cycle each run of L passes with equal flags
-as one scan: gradient-free passes keep nothing for the backward pass. Decoding with a KV
-cache runs the same passes in the same order as Python loops (`hrm_jax.decode`).
+with H_bp = min(H_cycles, bp_steps - 1) and L_bp = bp_steps - H_bp (`grad_flags`); bp_steps
+None = gradient through every pass. `bp_steps` warms up from bp_min_steps to bp_max_steps
+(`bp_warmup`). A pass without gradient is as if its output were stop_gradient'ed.
+
+Mechanism (`hrm_jax.models.passes`): the flags are static, so H cycles with equal flags run
+as one scan (`nn.scan`, shared parameters) and, within a cycle, each run of L passes with
+equal flags as one scan: gradient-free passes keep nothing for the backward pass. With a KV
+cache the same passes run in the same order as Python loops (`hrm_jax.decode`).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hrm_jax import truncation
 from hrm_jax.config import ModelConfig
-from hrm_jax.layers import SeqInfo, Stack, trunc_normal
-from hrm_jax.models import passes
+from hrm_jax.layers import SeqInfo
+from hrm_jax.models import passes, spec
+from hrm_jax.models.recurrent import Recurrent
+
+Flags = tuple[np.ndarray, np.ndarray]  # (L flags [H_cycles, L_cycles], H flags [H_cycles])
 
 
-def z_L_init_variable(module: nn.Module, hidden: int) -> nn.Variable:
-  """The fixed initial L state [D]: std 1, never trained, kept in the 'buffers' collection."""
-  return module.variable(
-      "buffers", "z_L_init",
-      lambda: trunc_normal(1.0)(module.make_rng("params"), (hidden,), jnp.float32))
+def bp_split(H_cycles: int, bp_steps: int) -> tuple[int, int]:
+  """The reference's split of bp_steps: H first (at most bp_steps - 1), the rest to L."""
+  H_bp = min(H_cycles, bp_steps - 1)
+  return H_bp, bp_steps - H_bp
 
 
-def hl_recursion(module: nn.Module, H, L, x_BxSxD: jax.Array, z_L_init_D: jax.Array,
-                 seq: SeqInfo, H_cycles: int, L_cycles: int,
-                 grads: Optional[tuple[np.ndarray, np.ndarray]]) -> jax.Array:
-  """The H/L loop; grads = static (L flags [H_cycles, L_cycles], H flags [H_cycles]), or
-  None for gradient through every pass.
+def window_flags(H_cycles: int, L_cycles: int, H_bp: int, L_bp: int) -> Flags:
+  """Gradient on by pass index: H pass i iff i >= H_cycles - H_bp; L pass (i, j), number
+  k = i * L_cycles + j in execution order, iff k >= H_cycles * L_cycles - L_bp."""
+  L_index = np.arange(H_cycles * L_cycles).reshape(H_cycles, L_cycles)
+  return L_index >= L_index.size - L_bp, np.arange(H_cycles) >= H_cycles - H_bp
+
+
+def grad_flags(c: ModelConfig, bp_steps: Optional[int]) -> Flags:
+  """Which passes carry gradient at bp_steps (None: all)."""
+  if bp_steps is None:
+    return np.ones((c.H_cycles, c.L_cycles), bool), np.ones(c.H_cycles, bool)
+  return window_flags(c.H_cycles, c.L_cycles, *bp_split(c.H_cycles, bp_steps))
+
+
+def hl_recursion(module: nn.Module, H: Callable, L: Callable, z_H: jax.Array, z_L: jax.Array,
+                 seq: SeqInfo, L_cycles: int, grads: Flags) -> jax.Array:
+  """The loop above with static gradient flags `grads`; the final z_H [B, S, D].
 
   `module` owns both stacks (it is what the cycle scan lifts); H and L map it to the stack
   to use, so TRM can pass the same stack twice.
   """
-  if grads is None:
-    grads = (np.ones((H_cycles, L_cycles), bool), np.ones(H_cycles, bool))
-  z_H = x_BxSxD
-  z_L = jnp.broadcast_to(z_L_init_D.astype(x_BxSxD.dtype), x_BxSxD.shape)
   for cycles, L_grads, H_grad in truncation.hl_segments(*grads):  # H cycles alike, in order
     def cycle(mdl, carry, L_grads=L_grads, H_grad=H_grad):
       z_H, z_L = carry
@@ -59,22 +72,36 @@ def hl_recursion(module: nn.Module, H, L, x_BxSxD: jax.Array, z_L_init_D: jax.Ar
   return z_H
 
 
-class HRM(nn.Module):
+class HRM(Recurrent):
   """Two stacks, H (slow) and L (fast), each of layers_per_stack layers."""
-
-  config: ModelConfig
-
-  def setup(self):
-    self.H = Stack(self.config)
-    self.L = Stack(self.config)
-    self.z_L_init = z_L_init_variable(self, self.config.hidden_size)
 
   def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo,
                bp_steps: Optional[int] = None) -> jax.Array:
     c = self.config
-    grads = None
-    if bp_steps is not None:
-      grads = truncation.hl_grad_flags(c.H_cycles, c.L_cycles,
-                                       *truncation.hrm_bp_split(c.H_cycles, bp_steps))
-    return hl_recursion(self, lambda m: m.H, lambda m: m.L, x_BxSxD, self.z_L_init.value, seq,
-                        c.H_cycles, c.L_cycles, grads)
+    return hl_recursion(self, lambda m: m.H, lambda m: m.L, x_BxSxD, self.z_L0(x_BxSxD), seq,
+                        c.L_cycles, grad_flags(c, bp_steps))
+
+
+def bp_warmup(step: int, total_steps: int, c: ModelConfig) -> int:
+  """bp_min + int(progress * (bp_max - bp_min)), progress = min(1, step / (total_steps *
+  bp_warmup_ratio)); a ratio of 0 (SFT) means bp_max from the first step."""
+  warmup = total_steps * c.bp_warmup_ratio
+  progress = 1.0 if warmup <= 0 else min(1.0, step / warmup)
+  return c.bp_min_steps + int(progress * (c.bp_max_steps - c.bp_min_steps))
+
+
+def hl_passes(grads: Flags) -> spec.Passes:
+  L_grad, H_grad = grads
+  return {"H": (H_grad.size, int(H_grad.sum())), "L": (L_grad.size, int(L_grad.sum()))}
+
+
+def validate(c: ModelConfig) -> None:
+  if c.bp_min_steps < 2:
+    raise c.invalid("bp_min_steps", "hrm needs >= 2 (one H pass and at least one L pass)")
+
+
+SPEC = spec.ArchSpec(
+    family="hrm", core=HRM, stacks=("H", "L"),
+    defaults=dict(half_layers=True, H_cycles=2, L_cycles=3),
+    passes=lambda c, bp_steps: hl_passes(grad_flags(c, bp_steps)),
+    validate=validate, bp_warmup=bp_warmup)

@@ -1,4 +1,5 @@
-"""LanguageModel: scaled embedding -> recurrent core (by `config.arch`) -> untied head."""
+"""LanguageModel: scaled embedding -> recurrent core (`config.arch`'s, from the registry) ->
+untied head."""
 
 from __future__ import annotations
 
@@ -12,15 +13,8 @@ import jax.numpy as jnp
 from hrm_jax import attention, truncation
 from hrm_jax.config import ModelConfig
 from hrm_jax.layers import Linear, make_seq_info, trunc_normal
-from hrm_jax.models.hrm import HRM
-from hrm_jax.models.rins import RINS
-from hrm_jax.models.transformer import Transformer
-from hrm_jax.models.trm import TRM
-from hrm_jax.models.ut import UT
+from hrm_jax.models.registry import spec_of
 
-CORES: dict[str, type[nn.Module]] = {
-    "hrm": HRM, "transformer": Transformer, "trm": TRM, "rins": RINS, "ut": UT,
-}
 BATCH_KEYS = ("inputs", "positions", "segment_ids", "prefix_mask")
 
 
@@ -63,7 +57,7 @@ class LanguageModel(nn.Module):
         (c.vocab_size, c.hidden_size), jnp.dtype(c.param_dtype))
     x_BxSxD = (jnp.take(embed_VxD, batch["inputs"], axis=0) * c.embedding_scale).astype(c.dtype)
     seq = make_seq_info(c, batch, cache)
-    z_BxSxD = CORES[c.family](c, name="core")(x_BxSxD, seq, bp_steps)
+    z_BxSxD = spec_of(c).core(c, name="core")(x_BxSxD, seq, bp_steps)
     if hidden_only and not self.is_initializing():
       return z_BxSxD
     return head(c, name="lm_head")(z_BxSxD).astype(jnp.float32)

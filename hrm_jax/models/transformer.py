@@ -9,6 +9,7 @@ import jax
 
 from hrm_jax.config import ModelConfig
 from hrm_jax.layers import SeqInfo, Stack
+from hrm_jax.models import spec
 
 
 class Transformer(nn.Module):
@@ -19,3 +20,7 @@ class Transformer(nn.Module):
                bp_steps: Optional[int] = None) -> jax.Array:
     del bp_steps  # a single pass always carries gradient
     return Stack(self.config, name="stack")(x_BxSxD, seq)
+
+
+SPEC = spec.ArchSpec(family="transformer", core=Transformer, stacks=("stack",),
+                     defaults=dict(half_layers=False), passes=lambda c, bp: {"stack": (1, 1)})

@@ -10,28 +10,48 @@ from __future__ import annotations
 
 from typing import Optional
 
-import flax.linen as nn
 import jax
+import numpy as np
 
-from hrm_jax import truncation
 from hrm_jax.config import ModelConfig
-from hrm_jax.layers import SeqInfo, Stack
-from hrm_jax.models.hrm import hl_recursion, z_L_init_variable
+from hrm_jax.layers import SeqInfo
+from hrm_jax.models import spec
+from hrm_jax.models.hrm import Flags, hl_passes, hl_recursion, window_flags
+from hrm_jax.models.recurrent import Recurrent
 
 
-class TRM(nn.Module):
-  config: ModelConfig
+def grad_flags(c: ModelConfig, bp_steps: Optional[int]) -> Flags:
+  if bp_steps is None:
+    return np.ones((c.H_cycles, c.L_cycles), bool), np.ones(c.H_cycles, bool)
+  return window_flags(c.H_cycles, c.L_cycles, c.H_bp_steps, c.L_bp_steps)
 
-  def setup(self):
-    self.L = Stack(self.config)
-    self.z_L_init = z_L_init_variable(self, self.config.hidden_size)
+
+class TRM(Recurrent):
+  STACKS = ("L",)
 
   def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo,
                bp_steps: Optional[int] = None) -> jax.Array:
     c = self.config
-    grads = None
-    if bp_steps is not None:
-      grads = truncation.hl_grad_flags(c.H_cycles, c.L_cycles, c.H_bp_steps, c.L_bp_steps)
     stack = lambda m: m.L
-    return hl_recursion(self, stack, stack, x_BxSxD, self.z_L_init.value, seq, c.H_cycles,
-                        c.L_cycles, grads)
+    return hl_recursion(self, stack, stack, x_BxSxD, self.z_L0(x_BxSxD), seq, c.L_cycles,
+                        grad_flags(c, bp_steps))
+
+
+def passes(c: ModelConfig, bp_steps: Optional[int]) -> spec.Passes:
+  counts = hl_passes(grad_flags(c, bp_steps))
+  return {"L": tuple(h + l for h, l in zip(counts["H"], counts["L"]))}
+
+
+def validate(c: ModelConfig) -> None:
+  if not 0 <= c.H_bp_steps <= c.H_cycles:
+    raise c.invalid("H_bp_steps", f"must be in [0, H_cycles={c.H_cycles}]")
+  if not 0 <= c.L_bp_steps <= c.H_cycles * c.L_cycles:
+    raise c.invalid("L_bp_steps", f"must be in [0, H_cycles*L_cycles={c.H_cycles * c.L_cycles}]")
+
+
+# One stack plays H and L, so H and L passes would share KV-cache slots: generation
+# recomputes the row instead.
+SPEC = spec.ArchSpec(
+    family="trm", core=TRM, stacks=("L",),
+    defaults=dict(half_layers=False, H_cycles=2, L_cycles=1, H_bp_steps=1, L_bp_steps=1),
+    passes=passes, validate=validate, kv_cache=False)

@@ -26,8 +26,7 @@ from hrm_jax import config as config_lib
 from hrm_jax import data as data_lib
 from hrm_jax import flops as flops_lib
 from hrm_jax import sharding as sharding_lib
-from hrm_jax import truncation
-from hrm_jax.models import LanguageModel
+from hrm_jax.models import LanguageModel, registry
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import distributed
 from hrm_jax.train import metrics as metrics_lib
@@ -46,7 +45,7 @@ def model_config_from(cfg: ml_collections.ConfigDict, vocab_size: int) -> config
   size, arch = m.pop("size"), m.pop("arch")
   overrides = {k: v for k, v in m.items() if v is not None}
   overrides.setdefault("vocab_size", vocab_size)
-  return config_lib.model_config(size, arch, **overrides)
+  return registry.model_config(size, arch, **overrides)
 
 
 @dataclasses.dataclass
@@ -248,7 +247,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
                for k, v in local.items()}
-      bp = truncation.bp_steps_at(step + 1, total_steps, model_config)
+      bp = registry.bp_steps_at(step + 1, total_steps, model_config)
       state, metrics = step_fn(bp, state, batch)(state, batch)
       health = _track_health(health, metrics["nonfinite"], np.int32(step + 1))
       step += 1
