@@ -12,6 +12,9 @@ cache, a ring of fixed length per call, so a refilled row starts anywhere) and
 keep a cache per pass). Each provides prepare / init / refill / step; neither imports the
 other, and the request checks, sampling and eos trimming live here once.
 
+With `draft_cycles` the decode chunks are speculative rounds instead (`_speculate`, module
+`speculative`): the same weights at fewer cycles draft tokens, the full depth verifies them.
+
 Compiled shapes stay few: one batch B, out length N = bucket(largest budget) and cache length
 bucket(longest prompt) + N per call; refills have R = a power of two rows and prompt lengths
 rounded by `bucket`. Sampling draws each token with the key fold_in(fold_in(rng, prompt

@@ -64,15 +64,14 @@ def _counting_prompts(cfg, n):
           for s, k in zip(rng.integers(1, cfg.vocab_size, n), rng.integers(2, 8, n))]
 
 
-@pytest.mark.parametrize("cycles,k", [((1, 1), 1), ((1, 1), 3), ((2, 2), 2)])
+@pytest.mark.parametrize("cycles,k", [((1, 1), 1), ((2, 2), 3)])
 def test_greedy_equals_full_depth_on_random_weights(cycles, k):
   cfg, variables = tiny()
   prompts = prompts_of(LENGTHS, cfg.vocab_size)
   full = hrm_jax.generate(cfg, variables, prompts, BUDGETS)
   stats = speculative.Stats()
-  for batch_size in (3, None):
-    assert hrm_jax.generate(cfg, variables, prompts, BUDGETS, batch_size=batch_size,
-                            draft_cycles=cycles, draft_len=k, stats=stats) == full
+  assert hrm_jax.generate(cfg, variables, prompts, BUDGETS, batch_size=3, draft_cycles=cycles,
+                          draft_len=k, stats=stats) == full
   assert stats.rounds > 0 and 0 <= stats.acceptance_rate <= 1
   assert 1 <= stats.tokens_per_verification <= k + 1
 
@@ -83,7 +82,7 @@ def test_greedy_equals_full_depth_on_a_trained_model(cycles, k):
   prompts = _counting_prompts(cfg, 6)
   budgets = [12, 5, 16, 9, 3, 14]
   full = hrm_jax.generate(cfg, variables, prompts, budgets)
-  assert sum(a == (p[-1] + 1) % cfg.vocab_size for p, a in zip(prompts, full)) > 0
+  assert sum(a[0] == (p[-1] + 1) % cfg.vocab_size for p, a in zip(prompts, full)) >= 4
   stats = speculative.Stats()
   assert hrm_jax.generate(cfg, variables, prompts, budgets, batch_size=4, draft_cycles=cycles,
                           draft_len=k, stats=stats) == full
@@ -95,12 +94,12 @@ def test_eos_inside_a_draft_window_ends_the_row_there():
   cfg, variables = trained()
   prompts = _counting_prompts(cfg, 6)
   free = hrm_jax.generate(cfg, variables, prompts, 12)
-  eos = free[0][5]  # the 6th token of row 0: inside the second window of k = 3 drafts
+  eos = free[0][3]  # the 4th token of row 0: inside the first window of k = 4 drafts
   expected = [row[:row.index(eos) + 1] if eos in row else row for row in free]
   stats = speculative.Stats()
   got = hrm_jax.generate(cfg, variables, prompts, 12, eos_id=eos, batch_size=4,
-                         draft_cycles=(1, 1), draft_len=3, stats=stats)
-  assert got == expected and len(got[0]) <= 6
+                         draft_cycles=(1, 1), draft_len=4, stats=stats)
+  assert got == expected and len(got[0]) <= 4
   assert stats.acceptance_rate > 0.5  # the windows were mostly accepted, eos cut them
 
 
@@ -190,12 +189,12 @@ def test_sampled_tokens_follow_the_full_model_distribution():
   prop, _ = speculative.propose(cfg, draft, variables, state, last_B, jnp.arange(n),
                                 jnp.ones(n, jnp.int32), jax.random.PRNGKey(3),
                                 jnp.float32(temperature), jnp.float32(top_p), 2, greedy=False)
-  logits_BxSxV, _ = decode.decode_tokens(cfg, variables, state.full.cache, last_B[:1, None],
-                                         state.full.start_B[:1], state.full.pos_B[:1])
+  logits_BxSxV, _ = decode.decode_tokens(cfg, variables, state.full.cache, last_B[:, None],
+                                         state.full.start_B, state.full.pos_B)
   p_V = np.asarray(jax.nn.softmax(sampling.nucleus_logits(logits_BxSxV[:, 0], temperature,
                                                           top_p))[0])
-  q_logits, _ = decode.decode_tokens(draft, variables, state.draft.cache, last_B[:1, None],
-                                     state.draft.start_B[:1], state.draft.pos_B[:1])
+  q_logits, _ = decode.decode_tokens(draft, variables, state.draft.cache, last_B[:, None],
+                                     state.draft.start_B, state.draft.pos_B)
   q_V = np.asarray(jax.nn.softmax(sampling.nucleus_logits(q_logits[:, 0], temperature,
                                                           top_p))[0])
   assert 0.5 * np.abs(p_V - q_V).sum() > 0.2  # the draft alone would be far off
@@ -209,7 +208,7 @@ def test_sampling_with_a_fixed_key_is_reproducible_at_any_batch_size():
   prompts = prompts_of(LENGTHS, cfg.vocab_size)
   run = lambda seed, batch_size: hrm_jax.generate(
       cfg, variables, prompts, BUDGETS, temperature=1.0, top_p=0.9,
-      rng=jax.random.PRNGKey(seed), batch_size=batch_size, draft_cycles=(1, 1), draft_len=3)
+      rng=jax.random.PRNGKey(seed), batch_size=batch_size, draft_cycles=(1, 1), draft_len=2)
   reference = run(0, None)
   assert [len(r) for r in reference] == BUDGETS
   assert run(0, 3) == reference
