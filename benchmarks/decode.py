@@ -2,12 +2,28 @@
 
     python benchmarks/decode.py [--hidden_size=256 --layers_per_stack=2 --batch=4 --new_tokens=64]
     python benchmarks/decode.py --continuous --batch=8 [--prompts=48]
+    python benchmarks/decode.py --floor [--new_tokens=32]
+    python benchmarks/decode.py --speculative [--checkpoint=runs/demo --new_tokens=32]
 
 --continuous compares the engine's continuous batching (a finished row takes the next
 prompt) with static batches (each group of --batch prompts generated to its longest budget,
 through the same `hrm_jax.generate`) on prompts with long-tailed budgets: 80% in 4-32 new
 tokens, 20% in 96-128. It prints items/s of both, their ratio and whether every answer is
 the same, each after one warm-up run (compilation).
+
+--floor: greedy decode tokens/s of `hrm_jax.generate` at batch 1, 8 and 32 next to the
+weight-matmul floor of a decode step: the step's matmuls alone (every layer application's
+gqkv, o, gate_up and down projections, and the head, chained so none is skipped) in one
+compiled loop, and next to the bare `decode.decode_step` (no sampling or bookkeeping) in one
+compiled loop: engine / bare shows what sampling and row bookkeeping cost, bare / floor what
+attention, norms, RoPE and the cache update cost.
+
+--speculative: self-speculative decoding (`draft_cycles`, `draft_len`) against plain greedy
+decoding at batch 1 and 8, on --checkpoint (the trained demo: held-out demo prompts) and on
+random weights of the same shape: tokens/s, speedup, acceptance rate, tokens per
+verification, and whether every answer is the same; then the costs that bound the speedup
+(ms of one decode step, one (k+1)-token verification, one draft step; each in one compiled
+loop) and the speedup they predict from the measured tokens per verification.
 
 A random hrm_jax model is exported with hrm_jax.hf.save and loaded by
 `transformers.HrmTextForCausalLM`; both decode the same left-padded PrefixLM prompts
@@ -26,12 +42,15 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
 from absl import app, flags
 
 import hrm_jax
+from hrm_jax import decode, loading, speculative
+from hrm_jax.data import demo
 
 flags.DEFINE_integer("hidden_size", 256, "Hidden size.")
 flags.DEFINE_integer("num_heads", 4, "Attention heads.")
@@ -43,6 +62,12 @@ flags.DEFINE_integer("batch", 4, "Prompts decoded together.")
 flags.DEFINE_integer("new_tokens", 64, "Tokens generated per prompt.")
 flags.DEFINE_bool("continuous", False, "Continuous vs static batching (see above).")
 flags.DEFINE_integer("prompts", 48, "Prompts of the --continuous comparison.")
+flags.DEFINE_bool("floor", False, "Engine tokens/s vs the weight-matmul floor (see above).")
+flags.DEFINE_bool("speculative", False, "Speculative vs plain greedy decoding (see above).")
+flags.DEFINE_string("checkpoint", None, "--speculative: a trained checkpoint (the demo: "
+                    "runs/demo); its config replaces the model flags.")
+flags.DEFINE_list("draft_depths", ["1x1", "2x1"], "--speculative: draft depths HxL.")
+flags.DEFINE_list("draft_lens", ["2", "4"], "--speculative: tokens drafted per verification.")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for transformers; 0 keeps "
                      "torch's default (one per core). On a loaded machine compare 1 with "
                      "XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
@@ -66,6 +91,12 @@ def main(argv: list[str]) -> None:
   variables = hrm_jax.LanguageModel(config).init(jax.random.PRNGKey(0), dummy)
   if f.continuous:
     continuous(config, variables, rng)
+    return
+  if f.floor:
+    floor(config, variables, rng)
+    return
+  if f.speculative:
+    speculative_table(config, variables, rng)
     return
 
   def timed(run) -> tuple[object, float, float]:
@@ -151,6 +182,163 @@ def continuous(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Gene
   print(f"continuous / static items/s: {seconds['static batches'] / seconds['continuous batching']:.2f}x; "
         f"same tokens: {outs['static batches'] == outs['continuous batching']}; "
         f"load average (1 min) {os.getloadavg()[0]:.2f}")
+
+
+def _timed(run) -> tuple[object, float]:
+  """One warm-up run (compilation), then one timed run: output, wall s."""
+  jax.block_until_ready(run())
+  start = time.perf_counter()
+  out = jax.block_until_ready(run())
+  return out, time.perf_counter() - start
+
+
+def _prefilled(config: hrm_jax.ModelConfig, variables: dict, prompt_BxP: np.ndarray,
+               length: int):
+  return decode.prefill(config, variables, jnp.asarray(prompt_BxP),
+                        jnp.zeros(len(prompt_BxP), jnp.int32), length)
+
+
+def tokens_ms(config: hrm_jax.ModelConfig, variables: dict, prompt_BxP: np.ndarray, s: int,
+              steps: int = 24) -> float:
+  """ms per call of `decode.decode_tokens` with s tokens per row (a decode step at s = 1,
+  a verification of s - 1 drafts), `steps` calls in one compiled loop, argmax between."""
+  b, p = prompt_BxP.shape
+  logits_BxV, cache = _prefilled(config, variables, prompt_BxP, p + steps * s)
+
+  @jax.jit
+  def loop(cache, token_B):
+    def body(i, carry):
+      cache, token_B = carry
+      logits_BxSxV, cache = decode.decode_tokens(
+          config, variables, cache, jnp.repeat(token_B[:, None], s, 1),
+          jnp.zeros(b, jnp.int32), jnp.full(b, p, jnp.int32) + i * s)
+      return cache, jnp.argmax(logits_BxSxV[:, -1], -1).astype(jnp.int32)
+    return jax.lax.fori_loop(0, steps, body, (cache, token_B))[1]
+
+  first_B = jnp.argmax(logits_BxV, -1).astype(jnp.int32)
+  _, seconds = _timed(lambda: loop(cache, first_B))
+  return seconds / steps * 1e3
+
+
+def matmul_floor_ms(config: hrm_jax.ModelConfig, variables: dict, batch: int,
+                    steps: int = 64) -> float:
+  """ms per decode step of the step's weight matmuls alone, in one compiled loop: each layer
+  application's gqkv, o, gate_up and down projections at [batch, D], then the head."""
+  core = variables["params"]["core"]
+  kernels = lambda stack: [
+      tuple(jnp.asarray(layer[m][n]["kernel"]).reshape(
+          (config.hidden_size, -1) if n in ("gqkv_proj", "gate_up_proj") else
+          (-1, config.hidden_size)) for m, n in (("attn", "gqkv_proj"), ("attn", "o_proj"),
+                                                 ("mlp", "gate_up_proj"), ("mlp", "down_proj")))
+      for _, layer in sorted(core[stack].items())]
+  plan = [kernels("L")] * config.L_cycles + [kernels("H")]
+  plan = plan * config.H_cycles
+  head_DxV = jnp.asarray(variables["params"]["lm_head"]["kernel"])
+
+  @jax.jit
+  def loop(x_BxD):
+    def body(_, x_BxD):
+      for stack in plan:
+        for gqkv, o, gate_up, down in stack:
+          x_BxD = x_BxD + (x_BxD @ gqkv)[:, :o.shape[0]] @ o
+          x_BxD = x_BxD + (x_BxD @ gate_up)[:, :down.shape[0]] @ down
+      return x_BxD + 1e-9 * jnp.sum(x_BxD @ head_DxV)
+    return jax.lax.fori_loop(0, steps, body, x_BxD)
+
+  x = jnp.ones((batch, config.hidden_size), jnp.float32) * 1e-3
+  _, seconds = _timed(lambda: loop(x))
+  return seconds / steps * 1e3
+
+
+def floor(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Generator) -> None:
+  """Engine tokens/s at batch 1, 8, 32 against the bare step and the weight-matmul floor."""
+  f = flags.FLAGS
+  dv = decode.decode_variables(variables)
+  print(f"model: hidden {f.hidden_size}, {f.layers_per_stack} layers/stack, H{f.H_cycles} "
+        f"L{f.L_cycles}, vocab {f.vocab_size}, float32; prompts of 32 tokens, "
+        f"{f.new_tokens} new tokens (greedy, no eos); load average (1 min) "
+        f"{os.getloadavg()[0]:.2f}")
+  print("| batch | engine tokens/s | engine ms/step | bare step ms | matmul floor ms "
+        "| engine / floor | bare / floor |")
+  print("|---|---|---|---|---|---|---|")
+  for batch in (1, 8, 32):
+    prompts = [rng.integers(1, f.vocab_size, 32).tolist() for _ in range(batch)]
+    _, total = _timed(lambda: hrm_jax.generate(config, variables, prompts, f.new_tokens))
+    _, first = _timed(lambda: hrm_jax.generate(config, variables, prompts, 1))
+    engine = (total - first) / (f.new_tokens - 1) * 1e3
+    bare = tokens_ms(config, dv, np.array(prompts, np.int32), 1)
+    matmul = matmul_floor_ms(config, dv, batch)
+    print(f"| {batch} | {batch * f.new_tokens / total:.1f} | {engine:.2f} | {bare:.2f} | "
+          f"{matmul:.2f} | {engine / matmul:.2f}x | {bare / matmul:.2f}x |", flush=True)
+
+
+def _demo_prompts(checkpoint: str, n: int) -> list[list[int]]:
+  """The first held-out demo instructions of each task (the demo data's seed 0: its eval
+  examples are drawn first and never occur in training)."""
+  tok = loading.load_tokenizer(checkpoint)
+  _, evals = demo.generate(seed=0, train_per_task=0, eval_per_task=-(-n // len(demo.TASKS)))
+  return [tok.format_prompt(ex["instruction"], ex["condition"]) for ex in evals][:n]
+
+
+def speculative_table(config: hrm_jax.ModelConfig, variables: dict,
+                      rng: np.random.Generator) -> None:
+  """Speculative vs plain greedy tokens/s, on --checkpoint and on random weights."""
+  f = flags.FLAGS
+  depths = [tuple(int(c) for c in d.split("x")) for d in f.draft_depths]
+  lens = [int(k) for k in f.draft_lens]
+  models = []
+  if f.checkpoint:
+    config, trained = loading.load_model(f.checkpoint)
+    prompts = _demo_prompts(f.checkpoint, 8)
+    models.append(("demo checkpoint", trained))
+    dummy = {k: np.zeros((1, 8), np.int32) for k in ("inputs", "positions", "segment_ids")}
+    dummy["prefix_mask"] = np.ones((1, 8), bool)
+    variables = hrm_jax.LanguageModel(config).init(jax.random.PRNGKey(0), dummy)
+  else:
+    prompts = [rng.integers(1, f.vocab_size, int(n)).tolist() for n in rng.integers(16, 48, 8)]
+  models.append(("random weights", variables))
+  print(f"model: {config.arch}, hidden {config.hidden_size}, {config.layers_per_stack} "
+        f"layers/stack, H{config.H_cycles} L{config.L_cycles}, vocab {config.vocab_size}; "
+        f"{f.new_tokens} new tokens per prompt (greedy, no eos), prompt lengths "
+        f"{[len(p) for p in prompts]}; load average (1 min) {os.getloadavg()[0]:.2f}")
+  print("| weights | batch | draft | k | tokens/s | speedup | acceptance | tokens/verification "
+        "| same output |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  tpv = {}
+  for name, v in models:
+    for batch in (1, 8):
+      ps = prompts[:batch]
+      plain, seconds = _timed(lambda: hrm_jax.generate(config, v, ps, f.new_tokens))
+      n = batch * f.new_tokens
+      print(f"| {name} | {batch} | - | - | {n / seconds:.1f} | 1.00x | | | |", flush=True)
+      for cycles in depths:
+        for k in lens:
+          stats = speculative.Stats()
+
+          def run():
+            stats.__init__()
+            return hrm_jax.generate(config, v, ps, f.new_tokens, draft_cycles=cycles,
+                                    draft_len=k, stats=stats)
+          out, spec_s = _timed(run)
+          tpv[name, batch, cycles, k] = stats.tokens_per_verification
+          print(f"| {name} | {batch} | H{cycles[0]} L{cycles[1]} | {k} | {n / spec_s:.1f} | "
+                f"{seconds / spec_s:.2f}x | {stats.acceptance_rate:.1%} | "
+                f"{stats.tokens_per_verification:.2f} | {out == plain} |", flush=True)
+  dv = decode.decode_variables(models[0][1])
+  prompt = np.array(prompts[:1], np.int32)
+  step = tokens_ms(config, dv, prompt, 1)
+  print(f"\ncosts at batch 1 ({models[0][0]}): decode step {step:.2f} ms; load average "
+        f"{os.getloadavg()[0]:.2f}")
+  print("| draft | k | draft step ms | verification ms | verification / step "
+        "| predicted speedup |")
+  print("|---|---|---|---|---|---|")
+  for cycles in depths:
+    draft_ms = tokens_ms(speculative.draft_config(config, cycles), dv, prompt, 1)
+    for k in lens:
+      verify = tokens_ms(config, dv, prompt, k + 1)
+      t = tpv[models[0][0], 1, cycles, k]
+      print(f"| H{cycles[0]} L{cycles[1]} | {k} | {draft_ms:.2f} | {verify:.2f} | "
+            f"{verify / step:.2f} | {t * step / (k * draft_ms + verify):.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

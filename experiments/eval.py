@@ -30,7 +30,7 @@ from typing import Any
 import jax
 from absl import app, flags
 
-from hrm_jax import atomic, loading
+from hrm_jax import atomic, loading, speculative
 from hrm_jax.eval import runner, scoring, sources, tasks
 from hrm_jax.plotting import plot
 
@@ -64,6 +64,9 @@ flags.DEFINE_integer("L_cycles", None, "Test-time override of L_cycles (experime
 flags.DEFINE_list("sweep_cycles", None, "Depths to evaluate at, e.g. 1,2,3,4.")
 flags.DEFINE_enum("sweep_axis", "H_cycles", ["H_cycles", "L_cycles"], "What --sweep_cycles sets.")
 flags.DEFINE_bool("progress", True, "Show a progress bar per generation stream.")
+flags.DEFINE_list("draft_cycles", None, "Speculative decoding: H,L cycles of the draft (the same "
+                  "weights at a shallower depth), e.g. 1,1; greedy output unchanged.")
+flags.DEFINE_integer("draft_len", 4, "Tokens drafted per verification (--draft_cycles).")
 
 
 def check_new_file(flag: str, path: str, overwrite: bool) -> None:
@@ -104,6 +107,10 @@ def check_flags(f: flags.FlagValues) -> list[int]:
       raise app.UsageError(f"--{name}={value} must be >= 1" + (
           " (leave it unset to generate to the end of the context)"
           if name == "max_new_tokens" else ""))
+  try:
+    speculative.parse_cycles(f.draft_cycles, f.draft_len)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   if f.dump_prompts is None and f.checkpoint is None:
     raise app.UsageError("--checkpoint is required (unless --dump_prompts)")
   for flag in ("output", "dump_prompts"):
@@ -159,7 +166,9 @@ def main(argv: list[str]) -> None:
   def run(cfg) -> dict[str, dict]:
     return runner.evaluate(cfg, variables, tok, benches, f.data_dir, limit=f.limit,
                            batch_size=f.batch_size, max_new_tokens=f.max_new_tokens,
-                           rng=jax.random.PRNGKey(f.seed), progress=f.progress, loaded=data)
+                           rng=jax.random.PRNGKey(f.seed), progress=f.progress, loaded=data,
+                           draft_cycles=speculative.parse_cycles(f.draft_cycles, f.draft_len),
+                           draft_len=f.draft_len)
 
   if not depths:
     results = run(base)

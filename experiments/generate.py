@@ -22,16 +22,22 @@ its config).
 With --prompts_jsonl the generation engine keeps --batch_size rows busy (a row that finishes
 takes the next prompt); completions are printed in input order as soon as all earlier ones
 are done, with a progress bar on stderr (items/s, tokens/s, ETA).
+
+--draft_cycles=1,1 --draft_len=4: self-speculative decoding (docs/speculative.md): the same
+weights at H1 L1 draft 4 tokens, the full depth verifies them in one pass; greedy output is
+unchanged, sampled output keeps the full model's distribution; the acceptance rate and
+tokens per verification are printed on stderr at the end.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
 import jax
 from absl import app, flags
 
-from hrm_jax import generation, jsonl, loading
+from hrm_jax import generation, jsonl, loading, speculative
 from hrm_jax.progress import track
 
 DEFAULT_NEW_TOKENS = 256
@@ -54,6 +60,9 @@ flags.DEFINE_integer("batch_size", 8, "Rows decoded together (--prompts_jsonl); 
 flags.DEFINE_bool("progress", True, "Progress bar on stderr (--prompts_jsonl).")
 flags.DEFINE_integer("H_cycles", None, "Test-time override of H_cycles (experiment knob).")
 flags.DEFINE_integer("L_cycles", None, "Test-time override of L_cycles (experiment knob).")
+flags.DEFINE_list("draft_cycles", None, "Speculative decoding: H,L cycles of the draft (the same "
+                  "weights at a shallower depth), e.g. 1,1; greedy output unchanged.")
+flags.DEFINE_integer("draft_len", 4, "Tokens drafted per verification (--draft_cycles).")
 
 
 def check_flags(f: flags.FlagValues) -> None:
@@ -65,6 +74,11 @@ def check_flags(f: flags.FlagValues) -> None:
   if f.temperature < 0 or not 0 < f.top_p <= 1:
     raise app.UsageError(f"--temperature={f.temperature} must be >= 0 and "
                          f"--top_p={f.top_p} in (0, 1]")
+  try:
+    speculative.parse_cycles(f.draft_cycles, f.draft_len)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+
 
 
 def read_items(f: flags.FlagValues) -> list[dict]:
@@ -116,12 +130,15 @@ def main(argv: list[str]) -> None:
   for it in items:
     it["new"] = f.max_new_tokens or max(
         1, min(DEFAULT_NEW_TOKENS, config.max_seq_len - len(it["ids"])))
+  stats = speculative.Stats()
   try:  # all prompts checked before any output (a too-long prompt errors, even unset budget)
     answers = generation.stream(
         config, variables, [it["ids"] for it in items], [it["new"] for it in items],
         temperature=f.temperature, top_p=f.top_p, eos_id=tok.eoa_id,
         rng=jax.random.PRNGKey(f.seed), batch_size=f.batch_size,
-        names=[it["name"] for it in items], where="generate.py")
+        names=[it["name"] for it in items], where="generate.py",
+        draft_cycles=speculative.parse_cycles(f.draft_cycles, f.draft_len),
+        draft_len=f.draft_len, stats=stats)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   finished: dict[int, list[int]] = {}
@@ -136,6 +153,8 @@ def main(argv: list[str]) -> None:
       else:
         print(text, flush=True)
       printed += 1
+  if f.draft_cycles:
+    print(stats.summary(), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ class CacheStep(NamedTuple):
   keys, T = S; afterwards to all T = length positions.
   """
 
-  index: jax.Array  # scalar int32: cache position of the first token of this call
+  # int32: scalar, the cache position of this call's first token (the rest follow), or
+  # [B, S], each token's own position (>= length: not written; speculative decoding).
+  index: jax.Array
   mask_BxSxT: jax.Array  # bool: query x key position -> visible
   length: int  # static: cache positions per slot (prompt + generated)
 

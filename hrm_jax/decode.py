@@ -108,6 +108,30 @@ def decode_step(config: ModelConfig, variables: dict, cache: Cache, token_B: jax
   return _logits(config, variables, z_Bx1xD[:, 0]), cache
 
 
+def decode_tokens(config: ModelConfig, variables: dict, cache: Cache, tokens_BxS: jax.Array,
+                  start_B: jax.Array, pos_B: jax.Array, write_BxS: Optional[jax.Array] = None
+                  ) -> tuple[jax.Array, Cache]:
+  """S causal tokens per row at positions pos_B.. (each row its own), cache positions
+  (start_B + position) % T; logits [B, S, V]. Token j of a row sees its row's cache
+  positions 0..pos_B + j, so anything a row wrote past its current end (rejected
+  speculative tokens) is invisible: rolling back is moving pos_B back. write_BxS False:
+  that token's keys/values are not stored (its query still runs on the cache)."""
+  t = cache_length(cache)
+  s = tokens_BxS.shape[1]
+  positions_BxS = pos_B[:, None] + jnp.arange(s)
+  slot_BxS = (start_B[:, None] + positions_BxS) % t
+  if write_BxS is not None:
+    slot_BxS = jnp.where(write_BxS, slot_BxS, t)
+  seen_BxT = (jnp.arange(t)[None] - start_B[:, None]) % t
+  mask_BxSxT = seen_BxT[:, None, :] <= positions_BxS[:, :, None]
+  ones_BxS = jnp.ones_like(tokens_BxS)
+  batch = {"inputs": tokens_BxS, "positions": positions_BxS, "segment_ids": ones_BxS,
+           "prefix_mask": ones_BxS == 0}
+  z_BxSxD, cache = _apply(config, variables, cache, batch,
+                          attention.CacheStep(slot_BxS, mask_BxSxT, t))
+  return _logits(config, variables, z_BxSxD), cache
+
+
 class State(NamedTuple):
   """The KV back end of `generation`: one ring cache of fixed length per call."""
   cache: Cache

@@ -12,6 +12,9 @@ cache, a ring of fixed length per call, so a refilled row starts anywhere) and
 keep a cache per pass). Each provides prepare / init / refill / step; neither imports the
 other, and the request checks, sampling and eos trimming live here once.
 
+With `draft_cycles` the decode chunks are speculative rounds instead (`_speculate`, module
+`speculative`): the same weights at fewer cycles draft tokens, the full depth verifies them.
+
 Compiled shapes stay few: one batch B, out length N = bucket(largest budget) and cache length
 bucket(longest prompt) + N per call; refills have R = a power of two rows and prompt lengths
 rounded by `bucket`. Sampling draws each token with the key fold_in(fold_in(rng, prompt
@@ -27,9 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax import decode, recompute_decode
+from hrm_jax import decode, recompute_decode, speculative
 from hrm_jax.config import ModelConfig
 from hrm_jax.models.registry import spec_of
+from hrm_jax.sampling import sample, token_keys
 
 BACKENDS = {"kv": decode, "recompute": recompute_decode}
 MIN_BUCKET = 16
@@ -85,26 +89,6 @@ def check_request(config: ModelConfig, prompts: Sequence[Sequence[int]],
   return budgets
 
 
-def sample(logits_BxV: jax.Array, keys_B: jax.Array, temperature: jax.Array, top_p: jax.Array,
-           greedy: bool) -> jax.Array:
-  """Greedy argmax, or nucleus sampling at `temperature` keeping the top-`top_p` mass, each
-  row with its own key."""
-  if greedy:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  logits_BxV = logits_BxV / temperature
-  sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-  probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
-  keep_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV < top_p  # always keeps the top token
-  cutoff_B = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1)
-  logits_BxV = jnp.where(logits_BxV >= cutoff_B[:, None], logits_BxV, -jnp.inf)
-  return jax.vmap(jax.random.categorical)(keys_B, logits_BxV).astype(jnp.int32)
-
-
-def _keys(rng: jax.Array, index_B: jax.Array, token_B: jax.Array) -> jax.Array:
-  return jax.vmap(lambda i, t: jax.random.fold_in(jax.random.fold_in(rng, i), t))(
-      index_B, token_B)
-
-
 class Rows(NamedTuple):
   """The engine's bookkeeping per row, on device."""
   last_B: jax.Array  # int32: the last token (the next decode input)
@@ -122,16 +106,22 @@ class Sampling(NamedTuple):
   rng: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("config", "backend", "greedy"),
+@functools.partial(jax.jit, static_argnames=("config", "backend", "greedy", "draft"),
                    donate_argnames=("state", "rows"))
 def _refill(variables: dict, state, rows: Rows, rows_R: jax.Array, prompt_RxP: jax.Array,
             lens_R: jax.Array, index_R: jax.Array, budget_R: jax.Array, s: Sampling, *,
-            config: ModelConfig, backend: str, greedy: bool):
-  """Prefill prompts into rows rows_R (index >= B: padding, ignored); first tokens sampled."""
-  logits_RxV, state = BACKENDS[backend].refill(config, variables, state, rows_R, prompt_RxP,
-                                               lens_R)
-  first_R = sample(logits_RxV, _keys(s.rng, index_R, jnp.zeros_like(index_R)), s.temperature,
-                   s.top_p, greedy)
+            config: ModelConfig, backend: str, greedy: bool,
+            draft: Optional[ModelConfig] = None):
+  """Prefill prompts into rows rows_R (index >= B: padding, ignored); first tokens sampled.
+  With a `draft` config the state is `speculative.State` (both caches filled)."""
+  if draft is None:
+    logits_RxV, state = BACKENDS[backend].refill(config, variables, state, rows_R, prompt_RxP,
+                                                 lens_R)
+  else:
+    logits_RxV, state = speculative.refill(config, draft, variables, state, rows_R,
+                                           prompt_RxP, lens_R)
+  first_R = sample(logits_RxV, token_keys(s.rng, index_R, jnp.zeros_like(index_R)),
+                   s.temperature, s.top_p, greedy)
   n = rows.out_BxN.shape[1]
   put = lambda x_B, new_R: x_B.at[rows_R].set(new_R, mode="drop")
   return state, Rows(
@@ -156,7 +146,7 @@ def _decode(variables: dict, state, rows: Rows, s: Sampling, *, config: ModelCon
   def body(carry):
     state, r = carry
     logits_BxV, state = step(config, variables, state, r.last_B)
-    next_B = sample(logits_BxV, _keys(s.rng, r.index_B, r.count_B), s.temperature, s.top_p,
+    next_B = sample(logits_BxV, token_keys(s.rng, r.index_B, r.count_B), s.temperature, s.top_p,
                     greedy)
     out_BxN = r.out_BxN.at[jnp.arange(b), jnp.where(r.done_B, n, r.count_B)].set(
         next_B, mode="drop")
@@ -168,12 +158,52 @@ def _decode(variables: dict, state, rows: Rows, s: Sampling, *, config: ModelCon
   return jax.lax.while_loop(cond, body, (state, rows))
 
 
+@functools.partial(jax.jit, static_argnames=("config", "draft", "draft_len", "greedy"),
+                   donate_argnames=("state", "rows"))
+def _speculate(variables: dict, state: speculative.State, rows: Rows, s: Sampling, *,
+               config: ModelConfig, draft: ModelConfig, draft_len: int, greedy: bool):
+  """Speculative rounds (`speculative.propose`) until a running row finishes; each row keeps
+  its proposal up to eos and its budget. Also the round counts: verifications, running
+  rows verified, drafts accepted, tokens kept."""
+  b, n = rows.out_BxN.shape
+  idle_B = rows.done_B
+  j_S = jnp.arange(draft_len + 1)
+
+  def cond(carry):
+    return ~jnp.any(carry[1].done_B & ~idle_B)
+
+  def body(carry):
+    state, r, counts = carry
+    prop, state = speculative.propose(config, draft, variables, state, r.last_B, r.index_B,
+                                      r.count_B, s.rng, s.temperature, s.top_p, draft_len,
+                                      greedy)
+    eos_BxS = (prop.tokens_BxS == s.eos_id) & (j_S[None] < prop.count_B[:, None])
+    through_eos_B = jnp.where(jnp.any(eos_BxS, axis=1), jnp.argmax(eos_BxS, axis=1) + 1,
+                              prop.count_B)
+    keep_B = jnp.where(r.done_B, 0, jnp.minimum(through_eos_B, r.budget_B - r.count_B))
+    cols_BxS = jnp.where(j_S[None] < keep_B[:, None], r.count_B[:, None] + j_S[None], n)
+    out_BxN = r.out_BxN.at[jnp.arange(b)[:, None], cols_BxS].set(prop.tokens_BxS, mode="drop")
+    count_B = r.count_B + keep_B
+    hit_eos_B = jnp.any(eos_BxS & (j_S[None] < keep_B[:, None]), axis=1)
+    done_B = r.done_B | hit_eos_B | (count_B >= r.budget_B)
+    last_B = jnp.where(keep_B > 0, jnp.take_along_axis(
+        prop.tokens_BxS, jnp.maximum(keep_B - 1, 0)[:, None], 1)[:, 0], r.last_B)
+    state = speculative.advance(state, prop.tokens_BxS, keep_B, r.last_B)
+    running_B = ~r.done_B
+    counts = counts + jnp.stack([jnp.int32(1), running_B.sum(),
+                                 jnp.where(running_B, prop.accepted_B, 0).sum(), keep_B.sum()])
+    return state, Rows(last_B, count_B, r.budget_B, done_B, r.index_B, out_BxN), counts
+
+  return jax.lax.while_loop(cond, body, (state, rows, jnp.zeros(4, jnp.int32)))
+
+
 def stream(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]],
            max_new_tokens: Budgets, *, temperature: float = 0.0, top_p: float = 1.0,
            eos_id: Optional[int] = None, rng: Optional[jax.Array] = None,
            batch_size: Optional[int] = None, backend: Optional[str] = None,
-           names: Optional[Sequence[str]] = None, where: str = "generate"
-           ) -> Iterator[tuple[int, list[int]]]:
+           names: Optional[Sequence[str]] = None, where: str = "generate",
+           draft_cycles: Optional[Sequence[int]] = None, draft_len: int = 4,
+           stats: Optional[speculative.Stats] = None) -> Iterator[tuple[int, list[int]]]:
   """(prompt index, new tokens) of each prompt as it finishes; see `generate`."""
   budgets = check_request(config, prompts, max_new_tokens, names, where)
   if temperature < 0 or not 0 < top_p <= 1:
@@ -187,22 +217,37 @@ def stream(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]
   backend = backend or backend_for(config)
   if backend not in BACKENDS:
     raise ValueError(f"{where}: backend={backend!r}, expected one of {sorted(BACKENDS)}")
+  draft = None
+  if draft_cycles is not None:
+    draft = speculative.draft_config(config, tuple(draft_cycles), where)
+    if backend != "kv":
+      raise ValueError(f"{where}: draft_cycles needs the KV-cache back end, not {backend!r}")
+    if draft_len < 1:
+      raise ValueError(f"{where}: draft_len={draft_len} must be >= 1")
+  if stats is not None:
+    stats.draft_len = draft_len if draft is not None else 0
   return _run(config, variables, [list(p) for p in prompts], budgets, greedy,
               Sampling(jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
                        jnp.int32(-1 if eos_id is None else eos_id),
                        jax.random.PRNGKey(0) if rng is None else rng),
-              min(batch_size or len(prompts), len(prompts)), backend)
+              min(batch_size or len(prompts), len(prompts)), backend, draft, draft_len, stats)
 
 
 def _run(config: ModelConfig, variables: dict, prompts: list[list[int]], budgets: list[int],
-         greedy: bool, s: Sampling, b: int, backend: str) -> Iterator[tuple[int, list[int]]]:
+         greedy: bool, s: Sampling, b: int, backend: str, draft: Optional[ModelConfig],
+         draft_len: int, stats: Optional[speculative.Stats]
+         ) -> Iterator[tuple[int, list[int]]]:
   be = BACKENDS[backend]
   variables = be.prepare(variables)
   n = bucket(max(budgets))
-  state = be.init(config, variables, b, bucket(max(map(len, prompts))) + n)
+  length = bucket(max(map(len, prompts))) + n
+  if draft is None:
+    state = be.init(config, variables, b, length)
+  else:  # a verification writes up to draft_len positions past the row's last token
+    state = speculative.init(config, draft, variables, b, length + draft_len)
   rows = Rows(*(jnp.zeros(b, jnp.int32) for _ in range(3)), jnp.ones(b, bool),
               jnp.zeros(b, jnp.int32), jnp.zeros((b, n), jnp.int32))
-  static = dict(config=config, backend=backend, greedy=greedy)
+  static = dict(config=config, backend=backend, greedy=greedy, draft=draft)
   pending = iter(range(len(prompts)))
   serving: list[Optional[int]] = [None] * b  # the prompt each row serves
 
@@ -227,8 +272,19 @@ def _run(config: ModelConfig, variables: dict, prompts: list[list[int]], budgets
   while any(i is not None for i in serving):
     done_B = np.asarray(rows.done_B)
     finished = [r for r, i in enumerate(serving) if i is not None and done_B[r]]
+    if not finished and draft is None:
+      state, rows = _decode(variables, state, rows, s, config=config, backend=backend,
+                            greedy=greedy)
+      continue
     if not finished:
-      state, rows = _decode(variables, state, rows, s, **static)
+      state, rows, counts = _speculate(variables, state, rows, s, config=config, draft=draft,
+                                       draft_len=draft_len, greedy=greedy)
+      if stats is not None:
+        rounds, row_rounds, accepted, tokens = np.asarray(counts).tolist()
+        stats.rounds += rounds
+        stats.row_rounds += row_rounds
+        stats.accepted += accepted
+        stats.tokens += tokens
       continue
     count_B, out_BxN = np.asarray(rows.count_B), np.asarray(rows.out_BxN)
     for r in finished:
@@ -240,8 +296,9 @@ def _run(config: ModelConfig, variables: dict, prompts: list[list[int]], budgets
 def generate(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]],
              max_new_tokens: Budgets, *, temperature: float = 0.0, top_p: float = 1.0,
              eos_id: Optional[int] = None, rng: Optional[jax.Array] = None,
-             batch_size: Optional[int] = None, backend: Optional[str] = None
-             ) -> list[list[int]]:
+             batch_size: Optional[int] = None, backend: Optional[str] = None,
+             draft_cycles: Optional[Sequence[int]] = None, draft_len: int = 4,
+             stats: Optional[speculative.Stats] = None) -> list[list[int]]:
   """The new tokens of each prompt, in prompt order: up to and including eos_id, at most its
   max_new_tokens (one int, or one per prompt).
 
@@ -249,10 +306,17 @@ def generate(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[in
   batch_size rows decode at once (default: all prompts), refilled as answers finish.
   Test-time depth: pass `config.replace(H_cycles=..., L_cycles=...)`. `backend` ("kv" or
   "recompute") overrides `backend_for(config)`, e.g. to check one back end against the other.
+
+  Speculative decoding: `draft_cycles=(H, L)` drafts `draft_len` tokens per round with the
+  same weights at H/L cycles and verifies them in one full-depth pass (`speculative`):
+  greedy output equal to the full model's (up to float reduction order), sampled output
+  distributed as the full model's. A `speculative.Stats` passed as `stats` accumulates the
+  acceptance rate and tokens per verification.
   """
   out: list[list[int]] = [[] for _ in prompts]
   for i, tokens in stream(config, variables, prompts, max_new_tokens, temperature=temperature,
                           top_p=top_p, eos_id=eos_id, rng=rng, batch_size=batch_size,
-                          backend=backend):
+                          backend=backend, draft_cycles=draft_cycles, draft_len=draft_len,
+                          stats=stats):
     out[i] = tokens
   return out

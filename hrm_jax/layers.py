@@ -156,10 +156,17 @@ class Attention(nn.Module):
     dtype = self.config.dtype
     k_BxHxKxL = (jnp.zeros((b, h, k, step.length), dtype) if new else keys.value[slot])
     v_BxHxLxK = (jnp.zeros((b, h, step.length, k), dtype) if new else values.value[slot])
-    k_BxHxKxL = jax.lax.dynamic_update_slice(
-        k_BxHxKxL, k_BxSxHxK.transpose(0, 2, 3, 1).astype(dtype), (0, 0, 0, step.index))
-    v_BxHxLxK = jax.lax.dynamic_update_slice(
-        v_BxHxLxK, v_BxSxHxK.transpose(0, 2, 1, 3).astype(dtype), (0, 0, step.index, 0))
+    if jnp.ndim(step.index) == 0:  # every row writes positions index..index+S-1
+      k_BxHxKxL = jax.lax.dynamic_update_slice(
+          k_BxHxKxL, k_BxSxHxK.transpose(0, 2, 3, 1).astype(dtype), (0, 0, 0, step.index))
+      v_BxHxLxK = jax.lax.dynamic_update_slice(
+          v_BxHxLxK, v_BxSxHxK.transpose(0, 2, 1, 3).astype(dtype), (0, 0, step.index, 0))
+    else:  # index_BxS: each token's own position (>= length: not written)
+      rows_Bx1 = jnp.arange(b)[:, None]
+      k_BxHxKxL = k_BxHxKxL.at[rows_Bx1, :, :, step.index].set(k_BxSxHxK.astype(dtype),
+                                                               mode="drop")
+      v_BxHxLxK = v_BxHxLxK.at[rows_Bx1, :, step.index, :].set(v_BxSxHxK.astype(dtype),
+                                                               mode="drop")
     keys.value = keys.value[:slot] + (k_BxHxKxL,) + keys.value[slot + 1:]
     values.value = values.value[:slot] + (v_BxHxLxK,) + values.value[slot + 1:]
     t = step.mask_BxSxT.shape[-1]

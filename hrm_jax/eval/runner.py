@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from hrm_jax.config import ModelConfig
-from hrm_jax import generation
+from hrm_jax import generation, speculative
 from hrm_jax.eval import sources, tasks
 from hrm_jax.progress import track
 from hrm_jax.tokenizer import Tokenizer
@@ -140,19 +140,25 @@ class Request:
 
 def run_stream(config: ModelConfig, variables: dict, tok: Tokenizer, settings: tasks.GenSettings,
                requests: Sequence[Request], batch_size: int, rng: jax.Array, desc: str,
-               progress: bool = True) -> list[str]:
+               progress: bool = True, draft_cycles: Optional[Sequence[int]] = None,
+               draft_len: int = 4, log: Log = _stderr) -> list[str]:
   """Completion text of every request (eoa removed, at most its own `max_new` tokens; empty
-  for a request with no budget), in request order."""
+  for a request with no budget), in request order. draft_cycles: speculative decoding
+  (`generation.generate`), its statistics logged at the end."""
   live = sorted((i for i, r in enumerate(requests) if r.max_new > 0),
                 key=lambda i: -len(requests[i].prompt))
   texts: list[str] = [""] * len(requests)
   if not live:
     return texts
+  stats = speculative.Stats()
   answers = generation.stream(
       config, variables, [requests[i].prompt for i in live], [requests[i].max_new for i in live],
-      temperature=settings.temperature, eos_id=tok.eoa_id, rng=rng, batch_size=batch_size)
+      temperature=settings.temperature, eos_id=tok.eoa_id, rng=rng, batch_size=batch_size,
+      draft_cycles=draft_cycles, draft_len=draft_len, stats=stats)
   for j, out in track(answers, len(requests), desc, progress, done=len(requests) - len(live)):
     texts[live[j]] = tok.decode(out[:-1] if out and out[-1] == tok.eoa_id else out)
+  if draft_cycles is not None:
+    log(f"[eval] {desc}: {stats.summary()}")
   return texts
 
 
@@ -187,7 +193,9 @@ def evaluate(config: ModelConfig, variables: dict, tok: Tokenizer,
              limit: Optional[int] = None, batch_size: int = 8,
              max_new_tokens: Optional[int] = None, rng: Optional[jax.Array] = None,
              progress: bool = True, log: Log = _stderr,
-             loaded: Optional[dict[str, tuple[list, list]]] = None) -> dict[str, dict]:
+             loaded: Optional[dict[str, tuple[list, list]]] = None,
+             draft_cycles: Optional[Sequence[int]] = None, draft_len: int = 4
+             ) -> dict[str, dict]:
   """Scores of every benchmark: {name: {metric, score, n, metrics, ...}}.
 
   `loaded` ({name: (examples, shots)}) reuses data already read (the depth sweep).
@@ -222,7 +230,8 @@ def evaluate(config: ModelConfig, variables: dict, tok: Tokenizer,
                 for _ in range(settings.samples)]
     start = time.perf_counter()
     texts = run_stream(config, variables, tok, settings, requests, batch_size,
-                       jax.random.fold_in(rng, s), "+".join(b.name for b in group), progress)
+                       jax.random.fold_in(rng, s), "+".join(b.name for b in group), progress,
+                       draft_cycles, draft_len, log)
     seconds = time.perf_counter() - start
     outputs: dict[str, list[list[str]]] = {
         b.name: [[] for _ in prompts[b.name].ids] for b in group}

@@ -1,0 +1,224 @@
+"""Self-speculative decoding: greedy output equal to the full depth's (random and trained
+weights, several draft depths and k, eos inside a draft window, rows accepting different
+counts under continuous batching), caches after rollback equal to caches built token by
+token, sampled tokens distributed as the full model's and reproducible with a fixed key."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import hrm_jax
+from hrm_jax import decode, sampling, speculative
+from helpers import prompts_of, tiny_config
+from helpers import tiny_model as tiny
+
+LENGTHS = [5, 11, 1, 7, 3, 20, 2]
+BUDGETS = [3, 12, 1, 7, 2, 9, 5]
+
+
+@functools.lru_cache(maxsize=None)
+def trained() -> tuple[hrm_jax.ModelConfig, dict]:
+  """A tiny HRM trained to continue its prompt counting up by one (mod the vocabulary):
+  confident enough that the shallow recursion agrees with the full depth most of the time."""
+  cfg = tiny_config()
+  v = cfg.vocab_size
+  rng = np.random.default_rng(0)
+  rows = 64
+  start_B = rng.integers(1, v, rows)
+  tokens_BxS = (start_B[:, None] + np.arange(24)) % v
+  prompt_len_B = rng.integers(2, 8, rows)
+  idx_S = np.arange(24)
+  batch = {"inputs": tokens_BxS.astype(np.int32),
+           "positions": np.broadcast_to(idx_S, tokens_BxS.shape).astype(np.int32),
+           "segment_ids": np.ones_like(tokens_BxS, np.int32),
+           "prefix_mask": idx_S[None] < prompt_len_B[:, None]}
+  labels_BxS = np.where(idx_S[None] + 1 >= prompt_len_B[:, None], np.roll(tokens_BxS, -1, 1),
+                        -1)[:, :-1]
+  model = hrm_jax.LanguageModel(cfg)
+  params = model.init(jax.random.PRNGKey(0), batch)
+  opt = optax.adam(3e-3)
+
+  @jax.jit
+  def train_step(params, opt_state):
+    def loss(p):
+      logits = model.apply(p, batch)[:, :-1]
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, np.maximum(labels_BxS, 0))
+      return jnp.sum(ce * (labels_BxS >= 0)) / np.sum(labels_BxS >= 0)
+    grads = jax.grad(loss)(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  opt_state = opt.init(params)
+  for _ in range(150):
+    params, opt_state = train_step(params, opt_state)
+  return cfg, params
+
+
+def _counting_prompts(cfg, n):
+  rng = np.random.default_rng(1)
+  return [((s + np.arange(int(k))) % cfg.vocab_size).tolist()
+          for s, k in zip(rng.integers(1, cfg.vocab_size, n), rng.integers(2, 8, n))]
+
+
+@pytest.mark.parametrize("cycles,k", [((1, 1), 1), ((2, 2), 3)])
+def test_greedy_equals_full_depth_on_random_weights(cycles, k):
+  cfg, variables = tiny()
+  prompts = prompts_of(LENGTHS, cfg.vocab_size)
+  full = hrm_jax.generate(cfg, variables, prompts, BUDGETS)
+  stats = speculative.Stats()
+  assert hrm_jax.generate(cfg, variables, prompts, BUDGETS, batch_size=3, draft_cycles=cycles,
+                          draft_len=k, stats=stats) == full
+  assert stats.rounds > 0 and 0 <= stats.acceptance_rate <= 1
+  assert 1 <= stats.tokens_per_verification <= k + 1
+
+
+@pytest.mark.parametrize("cycles,k", [((1, 1), 4), ((2, 1), 2)])
+def test_greedy_equals_full_depth_on_a_trained_model(cycles, k):
+  cfg, variables = trained()
+  prompts = _counting_prompts(cfg, 6)
+  budgets = [12, 5, 16, 9, 3, 14]
+  full = hrm_jax.generate(cfg, variables, prompts, budgets)
+  stats = speculative.Stats()
+  assert hrm_jax.generate(cfg, variables, prompts, budgets, batch_size=4, draft_cycles=cycles,
+                          draft_len=k, stats=stats) == full
+  assert stats.acceptance_rate > 0.5  # the draft is useful: most rounds emit several tokens
+  assert stats.tokens_per_verification > 1.5
+
+
+def test_eos_inside_a_draft_window_ends_the_row_there():
+  cfg, variables = trained()
+  prompts = _counting_prompts(cfg, 6)
+  free = hrm_jax.generate(cfg, variables, prompts, 12)
+  eos = free[0][3]  # the 4th token of row 0: inside the first window of k = 4 drafts
+  expected = [row[:row.index(eos) + 1] if eos in row else row for row in free]
+  stats = speculative.Stats()
+  got = hrm_jax.generate(cfg, variables, prompts, 12, eos_id=eos, batch_size=4,
+                         draft_cycles=(1, 1), draft_len=4, stats=stats)
+  assert got == expected and len(got[0]) <= 4
+  assert stats.acceptance_rate > 0.5  # the windows were mostly accepted, eos cut them
+
+
+def _spec_state(cfg, draft, variables, prompts, length):
+  """Both caches prefilled with `prompts` (speculative layout), and the first tokens."""
+  b = len(prompts)
+  p = max(map(len, prompts))
+  prompt_BxP = np.array([[0] * (p - len(x)) + x for x in prompts], np.int32)
+  lens_B = np.array(list(map(len, prompts)), np.int32)
+  state = speculative.init(cfg, draft, variables, b, length)
+  logits_BxV, state = speculative.refill(cfg, draft, variables, state, jnp.arange(b),
+                                         prompt_BxP, lens_B)
+  return state, jnp.argmax(logits_BxV, -1).astype(jnp.int32)
+
+
+def _valid(cache, state: decode.State):
+  """Each cache leaf [..., B, H, K, T] in position order, NaN at each row's positions >=
+  pos_B (what the row must not see)."""
+  t = decode.cache_length(cache)
+  order_BxT = (state.start_B[:, None] + jnp.arange(t)[None]) % t
+  keep_BxT = jnp.arange(t)[None] < state.pos_B[:, None]
+
+  def leaf(path, x):
+    x = jnp.moveaxis(x, -1 if "cached_key" in jax.tree_util.keystr(path) else -2, -1)
+    lead = (1,) * (x.ndim - 4)
+    x = jnp.take_along_axis(x, order_BxT.reshape(lead + (-1, 1, 1, t)), -1)
+    return jnp.where(keep_BxT.reshape(lead + (-1, 1, 1, t)), x, jnp.nan)
+  return jax.tree_util.tree_map_with_path(leaf, cache)
+
+
+def test_rollback_leaves_the_caches_a_fresh_prefill_and_steps_would_build():
+  """Rows accept different counts in one round; afterwards both caches hold exactly what
+  prefill + one decode step per kept token gives, and predict the same next tokens."""
+  cfg, variables = tiny()  # random weights: the draft agrees sometimes, so counts differ
+  draft = speculative.draft_config(cfg, (1, 1))
+  variables = decode.decode_variables(variables)
+  prompts = prompts_of([3, 7, 5, 4], cfg.vocab_size, seed=3)
+  k, length = 4, 32
+  state, last_B = _spec_state(cfg, draft, variables, prompts, length)
+  b = len(prompts)
+  zeros = jnp.zeros(b, jnp.int32)
+  kept = []
+  for _ in range(3):
+    prop, state = speculative.propose(cfg, draft, variables, state, last_B, zeros, zeros,
+                                      jax.random.PRNGKey(0), 1.0, 1.0, k, greedy=True)
+    kept.append(np.asarray(prop.count_B))
+    state = speculative.advance(state, prop.tokens_BxS, prop.count_B, last_B)
+    last_B = jnp.take_along_axis(prop.tokens_BxS, (prop.count_B - 1)[:, None], 1)[:, 0]
+  assert len(set(np.concatenate(kept).tolist())) > 1  # rows accepted different counts
+  generated = [np.asarray(state.full.pos_B)[r] - len(prompts[r]) for r in range(b)]
+
+  ref, first_B = _spec_state(cfg, draft, variables, prompts, length)
+  full, small = ref.full, ref.draft
+  tokens = hrm_jax.generate(cfg, variables, prompts, [g + 1 for g in generated])
+  for j in range(max(generated)):
+    tok_B = jnp.array([t[j] if j < len(t) - 1 else 0 for t in tokens], jnp.int32)
+    step_B = jnp.array([j < len(t) - 1 for t in tokens])
+    ones = jnp.ones((b, 1), bool)
+    _, fc = decode.decode_tokens(cfg, variables, full.cache, tok_B[:, None], full.start_B,
+                                 full.pos_B, ones & step_B[:, None])
+    _, dc = decode.decode_tokens(draft, variables, small.cache, tok_B[:, None], small.start_B,
+                                 small.pos_B, ones & step_B[:, None])
+    full = full._replace(cache=fc, pos_B=full.pos_B + step_B)
+    small = small._replace(cache=dc, pos_B=small.pos_B + step_B)
+  np.testing.assert_array_equal(np.asarray(full.pos_B), np.asarray(state.full.pos_B))
+  np.testing.assert_array_equal(np.asarray(last_B), [t[-1] for t in tokens])
+  assert np.asarray(first_B).tolist() == [t[0] for t in tokens]
+  # The draft cache misses the last accepted draft where a row took all k (filled next round).
+  small = small._replace(pos_B=jnp.where(state.behind_B, small.pos_B - 1, small.pos_B))
+  spec_draft = state.draft._replace(pos_B=small.pos_B)
+  for got, want in ((_valid(state.full.cache, state.full), _valid(full.cache, full)),
+                    (_valid(state.draft.cache, spec_draft), _valid(small.cache, small))):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got,
+                 want)
+
+
+def test_sampled_tokens_follow_the_full_model_distribution():
+  """One round over 6000 copies of a prompt: the first kept token (an accepted draft or the
+  replacement drawn from max(p - q, 0)) is distributed as the full model's nucleus p."""
+  cfg, variables = tiny()
+  draft = speculative.draft_config(cfg, (1, 1))
+  variables = decode.decode_variables(variables)
+  n, temperature, top_p = 6000, 0.7, 0.95
+  state, _ = _spec_state(cfg, draft, variables, [prompts_of([4], cfg.vocab_size)[0]] * n, 12)
+  last_B = jnp.full(n, 7, jnp.int32)
+  prop, _ = speculative.propose(cfg, draft, variables, state, last_B, jnp.arange(n),
+                                jnp.ones(n, jnp.int32), jax.random.PRNGKey(3),
+                                jnp.float32(temperature), jnp.float32(top_p), 2, greedy=False)
+  logits_BxSxV, _ = decode.decode_tokens(cfg, variables, state.full.cache, last_B[:, None],
+                                         state.full.start_B, state.full.pos_B)
+  p_V = np.asarray(jax.nn.softmax(sampling.nucleus_logits(logits_BxSxV[:, 0], temperature,
+                                                          top_p))[0])
+  q_logits, _ = decode.decode_tokens(draft, variables, state.draft.cache, last_B[:, None],
+                                     state.draft.start_B, state.draft.pos_B)
+  q_V = np.asarray(jax.nn.softmax(sampling.nucleus_logits(q_logits[:, 0], temperature,
+                                                          top_p))[0])
+  assert 0.5 * np.abs(p_V - q_V).sum() > 0.2  # the draft alone would be far off
+  freq_V = np.bincount(np.asarray(prop.tokens_BxS[:, 0]), minlength=cfg.vocab_size) / n
+  assert 0.5 * np.abs(freq_V - p_V).sum() < 0.04  # sampling noise here is ~0.02
+  assert 0 < np.mean(np.asarray(prop.accepted_B) > 0) < 1
+
+
+def test_sampling_with_a_fixed_key_is_reproducible_at_any_batch_size():
+  cfg, variables = tiny()
+  prompts = prompts_of(LENGTHS, cfg.vocab_size)
+  run = lambda seed, batch_size: hrm_jax.generate(
+      cfg, variables, prompts, BUDGETS, temperature=1.0, top_p=0.9,
+      rng=jax.random.PRNGKey(seed), batch_size=batch_size, draft_cycles=(1, 1), draft_len=2)
+  reference = run(0, None)
+  assert [len(r) for r in reference] == BUDGETS
+  assert run(0, 3) == reference
+  assert run(1, 3) != reference
+
+
+def test_bad_speculation_requests_name_the_argument():
+  cfg, variables = tiny()
+  with pytest.raises(ValueError, match="draft_cycles"):
+    hrm_jax.generate(cfg, variables, [[1, 2]], 2, draft_cycles=(0, 1))
+  with pytest.raises(ValueError, match="draft_len"):
+    hrm_jax.generate(cfg, variables, [[1, 2]], 2, draft_cycles=(1, 1), draft_len=0)
+  trm, trm_variables = tiny("trm")
+  with pytest.raises(ValueError, match="draft_cycles needs an HRM"):
+    hrm_jax.generate(trm, trm_variables, [[1, 2]], 2, draft_cycles=(1, 1))
