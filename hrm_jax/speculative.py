@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from hrm_jax import decode
 from hrm_jax.config import ModelConfig
+from hrm_jax.models.registry import spec_of
 from hrm_jax.sampling import nucleus_logits, token_keys
 
 # Purposes of the keys drawn per (prompt, token index): the draft's sample, the acceptance
@@ -40,9 +41,10 @@ DRAFT, ACCEPT, REPLACE = 1, 2, 3
 def draft_config(config: ModelConfig, cycles: tuple[int, int], where: str = "generate"
                  ) -> ModelConfig:
   """The draft model: `config` at (H_cycles, L_cycles) = cycles."""
-  if config.family != "hrm":
+  family = spec_of(config).family
+  if family != "hrm":
     raise ValueError(f"{where}: draft_cycles needs an HRM (H and L cycles, KV cache); arch "
-                     f"{config.arch!r} is family {config.family!r}")
+                     f"{config.arch!r} is family {family!r}")
   if len(cycles) != 2 or min(cycles) < 1:
     raise ValueError(f"{where}: draft_cycles={tuple(cycles)} must be two ints >= 1 (H, L)")
   return config.replace(H_cycles=int(cycles[0]), L_cycles=int(cycles[1]))
