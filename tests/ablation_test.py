@@ -109,7 +109,7 @@ def run_ablate(out, *args):
   env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs it (conftest fakes 8)
   return subprocess.run(
       [sys.executable, str(ROOT / "experiments" / "ablate.py"), "--quick",
-       "--archs=hrm,transformer", f"--out={out}", "--sweep_cycles=1,2", *args],
+       "--archs=hrm,transformer", f"--workdir={out}", "--sweep_cycles=1,2", *args],
       capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -154,6 +154,6 @@ def test_quick_ablation_end_to_end_rerun_skips_and_report_only(tmp_path):
 
   transformer = tiny_config("transformer", vocab_size=256, hidden_size=32, n_layers=2)
   other = ablation.Match("transformer", transformer, 0, 0.0, "n_layers", 2)  # --match=params
-  with pytest.raises(ValueError, match="another --out"):
+  with pytest.raises(ValueError, match="another --workdir"):
     ablation.run_one(None, other, 0, str(out / "transformer_s0"), total_steps=16,
                      eval_points=2, eval_per_task=4)
