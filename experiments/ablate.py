@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import configs  # noqa: E402
-from hrm_jax import ablation, atomic, plotting  # noqa: E402
+from hrm_jax import ablation, atomic, plotting, verbosity  # noqa: E402
 from hrm_jax.config import ARCHS  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -135,6 +135,7 @@ def plot_sweep(sweeps: dict[str, dict[str, dict[str, float]]], trained: tuple[in
 
 def main(argv):
   del argv
+  verbosity.quiet_by_default()
   cfg = _CONFIG.value
   if _QUICK.value:
     apply_quick(cfg, sys.argv)

@@ -31,7 +31,7 @@ import json
 import jax
 from absl import app, flags
 
-from hrm_jax import generation, jsonl, loading
+from hrm_jax import generation, jsonl, loading, verbosity
 from hrm_jax.progress import track
 
 DEFAULT_NEW_TOKENS = 256
@@ -95,6 +95,7 @@ def read_items(f: flags.FlagValues) -> list[dict]:
 
 def main(argv: list[str]) -> None:
   del argv
+  verbosity.quiet_by_default()
   f = flags.FLAGS
   check_flags(f)
   items = read_items(f)

@@ -88,3 +88,4 @@ def workdir_from(workdir: Optional[str], out: Optional[str], default: str) -> st
                     "use --workdir=%s", out)
     return out
   return workdir or default
+
