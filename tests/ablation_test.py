@@ -113,6 +113,7 @@ def run_ablate(out, *args):
       capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_quick_ablation_end_to_end_rerun_skips_and_report_only(tmp_path):
   demo = f"--config.data.demo_dir={tmp_path / 'demo'}"
   first = run_ablate(tmp_path / "out", demo)

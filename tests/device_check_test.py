@@ -8,7 +8,10 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test spawns benchmarks/device_check.py
 PHASE_ROWS = {"kernels": 3, "attention": 3, "step": 1, "decode": 1, "prefill": 1}
 
 

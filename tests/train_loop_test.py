@@ -71,6 +71,7 @@ def test_resume_is_exact(demo_dir, tmp_path, straight):
   assert [m["loss"] for m in metrics] == [m["loss"] for m in ref_metrics]
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_resume_after_sigterm_is_exact(demo_dir, tmp_path, straight):
   ref, ref_metrics = straight
   workdir = str(tmp_path)
@@ -211,6 +212,7 @@ def test_config_names_and_keys_are_checked():
   assert configs.get("hrm06b").train.lr == 2.5e-4
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_train_cli_rejects_unknown_config():
   out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "train.py"),
                         "--config=nope"], capture_output=True, text=True,
