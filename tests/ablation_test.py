@@ -158,3 +158,18 @@ def test_quick_ablation_end_to_end_rerun_skips_and_report_only(tmp_path):
   with pytest.raises(ValueError, match="another --workdir"):
     ablation.run_one(None, other, 0, str(out / "transformer_s0"), total_steps=16,
                      eval_points=2, eval_per_task=4)
+
+
+def test_out_is_a_deprecated_alias_of_workdir(caplog):
+  """ablate.py and device_check.py name their output directory --workdir, as train.py does;
+  --out still works for one release, with a warning, and never together with --workdir."""
+  from absl import app
+  from experiments import configs
+  assert configs.workdir_from(None, None, "runs/ablate") == "runs/ablate"
+  assert configs.workdir_from("runs/a", None, "runs/ablate") == "runs/a"
+  assert not caplog.records
+  with caplog.at_level("WARNING"):
+    assert configs.workdir_from(None, "runs/b", "runs/ablate") == "runs/b"
+  assert "--out is deprecated" in caplog.text and "--workdir=runs/b" in caplog.text
+  with pytest.raises(app.UsageError, match="pass only --workdir"):
+    configs.workdir_from("runs/a", "runs/b", "runs/ablate")
