@@ -23,8 +23,8 @@ not fit is recorded as skipped):
              (256-token prompts, per-step time from two generation lengths sharing one
              compiled program) and the time to prefill one 1,024-token prompt.
 
-Writes <out>/device_check.json and <out>/device_check.md after every measurement (a run cut
-short keeps what it measured), prints a progress line per item, and exits 1 when a kernel
+Writes <workdir>/device_check.json and <workdir>/device_check.md after every measurement (a
+run cut short keeps what it measured), prints a progress line per item, and exits 1 when a kernel
 check fails, 2 when the budget ran out inside a measurement (0 otherwise).
 """
 

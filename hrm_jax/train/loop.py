@@ -212,7 +212,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           state_lib.abstract_state(model, tx), shardings)
   if is_main:
-    write_config(workdir, saved_config)
     print(metrics_lib.config_line(model_config, count_params(abstract.params), cfg,
                                   total_steps, mesh, os.path.join(workdir, CONFIG_FILE)),
           flush=True)
@@ -239,6 +238,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
       if is_main:
         print(f"Initialised weights from {cfg.init_from.path} "
               f"({'EMA' if cfg.init_from.use_ema else 'params'}); fresh optimizer", flush=True)
+
+  if is_main:  # after the restore: a run that refuses its workdir's checkpoint changes nothing
+    write_config(workdir, saved_config)
 
   step_fns: dict[Optional[int], Any] = {}
 
