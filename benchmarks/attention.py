@@ -22,7 +22,7 @@ import matplotlib
 import numpy as np
 from absl import app, flags
 
-from hrm_jax import attention, benchmarking
+from hrm_jax import attention, benchmarking, plotting
 from hrm_jax.kernels import ranges as ranges_lib
 
 matplotlib.use("Agg")
@@ -122,7 +122,7 @@ def main(argv: list[str]) -> None:
   fig.suptitle(f"PrefixLM attention on {backend} (batch {_BATCH.value}, heads {_HEADS.value}, "
                f"head_dim {_HEAD_DIM.value})")
   fig.tight_layout()
-  fig.savefig(_OUT.value)
+  plotting.write_png(fig, _OUT.value)
   print(f"\nplot: {_OUT.value}")
 
 

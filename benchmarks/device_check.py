@@ -2,7 +2,7 @@
 device, how fast are they, and what do the hrm1b-shaped train step and decoding reach.
 
     pip install -r requirements-gpu.txt          # jax 0.10.2 with its CUDA 13 plugin
-    python benchmarks/device_check.py --out=runs/device_check    # <= 8 minutes on one H200
+    python benchmarks/device_check.py --workdir=runs/device_check    # <= 8 minutes on one H200
     python benchmarks/device_check.py --smoke    # CPU: interpreted kernels, tiny shapes
 
 Phases, in order (each may start work until its share of --budget_s is used up; what did
@@ -23,8 +23,8 @@ not fit is recorded as skipped):
              (256-token prompts, per-step time from two generation lengths sharing one
              compiled program) and the time to prefill one 1,024-token prompt.
 
-Writes <out>/device_check.json and <out>/device_check.md after every measurement (a run cut
-short keeps what it measured), prints a progress line per item, and exits 1 when a kernel
+Writes <workdir>/device_check.json and <workdir>/device_check.md after every measurement (a
+run cut short keeps what it measured), prints a progress line per item, and exits 1 when a kernel
 check fails, 2 when the budget ran out inside a measurement (0 otherwise).
 """
 
@@ -68,9 +68,11 @@ FLOOR = {"float32": 8 * 2.0**-11, "bfloat16": 8 * 2.0**-8}
 JSON_NAME, MD_NAME = "device_check.json", "device_check.md"
 GIB = 2**30
 
-_OUT = flags.DEFINE_string("out", None, "Directory for device_check.json and .md (created; "
-                           "default runs/device_check-<UTC time>). Existing reports in it "
-                           "are never replaced.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for device_check.json and .md "
+                               "(created; default runs/device_check-<UTC time>). Existing "
+                               "reports in it are never replaced.")
+_OUT = flags.DEFINE_string("out", None, "Deprecated alias of --workdir (warns; removed in the "
+                           "next release).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes and interpreted Pallas kernels: the "
                            "whole script in seconds on CPU (CI).")
 _BUDGET = flags.DEFINE_float("budget_s", 480.0, "Total wall-clock budget in seconds.")
@@ -514,11 +516,12 @@ def main(argv: list[str]) -> None:
   if _LAYERS.value:
     plan = dataclasses.replace(plan, layers_per_stack=_LAYERS.value)
   now = datetime.datetime.now(datetime.timezone.utc)
-  out = _OUT.value or os.path.join("runs", f"device_check-{now:%Y%m%d-%H%M%S}")
+  out = configs.workdir_from(_WORKDIR.value, _OUT.value,
+                             os.path.join("runs", f"device_check-{now:%Y%m%d-%H%M%S}"))
   for name in (JSON_NAME, MD_NAME):
     if os.path.lexists(os.path.join(out, name)):
-      raise app.UsageError(f"--out={out}: {os.path.join(out, name)} exists; refusing to "
-                           "replace a previous report (pass a new --out)")
+      raise app.UsageError(f"--workdir={out}: {os.path.join(out, name)} exists; refusing to "
+                           "replace a previous report (pass a new --workdir)")
 
   budget = Budget(_BUDGET.value, phases, _STARTED)
   device = jax.devices()[0]

@@ -5,14 +5,14 @@
     python experiments/ablate.py --match=params --sweep_cycles=1,2,3,4 --sweep_L_cycles=1,3,5
     python experiments/ablate.py --archs=hrm,hrm_causal,hrm_post_norm,hrm_no_pos_emb
 
-Each (arch, seed) is a normal, resumable training run in `<out>/<arch>_s<seed>` (a rerun
+Each (arch, seed) is a normal, resumable training run in `<workdir>/<arch>_s<seed>` (a rerun
 skips runs with a result.json and resumes interrupted ones). The anchor is the config's HRM;
 every other arch gets the n_layers whose parameter count (--match=params) or mean training
 FLOPs per token (--match=flops, truncated backward counted) is closest (a variant of HRM,
 ablation.VARIANTS, keeps the anchor's size), and the same data,
 steps, tokens and lr schedule. Kept checkpoints along training are evaluated (held-out
 greedy exact match per task, EMA weights), giving accuracy vs training FLOPs. Writes
-<out>/ablation.{json,md,png} (and ablation_sweep.png with --sweep_cycles/--sweep_L_cycles:
+<workdir>/ablation.{json,md,png} (and ablation_sweep.png with --sweep_cycles/--sweep_L_cycles:
 a trained HRM run at other H or L cycle counts than it was trained with).
 """
 
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import configs  # noqa: E402
-from hrm_jax import ablation, atomic  # noqa: E402
+from hrm_jax import ablation, atomic, plotting, verbosity  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path_of("demo"),
@@ -48,7 +48,10 @@ _ARCHS = flags.DEFINE_list("archs", ["hrm", "transformer", "trm", "rins", "ut"],
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per arch (0 .. seeds-1; model init).")
 _MATCH = flags.DEFINE_enum("match", "flops", list(ablation.MATCH_BY),
                            "Match each arch to the HRM anchor by parameters or training FLOPs.")
-_OUT = flags.DEFINE_string("out", None, "Output root (default runs/ablate, runs/ablate_quick).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output root, one training run per "
+                               "(arch, seed) under it (default runs/ablate, runs/ablate_quick).")
+_OUT = flags.DEFINE_string("out", None, "Deprecated alias of --workdir (warns; removed in the "
+                           "next release).")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny model, a few dozen steps, small eval: minutes.")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Train nothing: tables and plots from the runs already finished "
@@ -86,14 +89,6 @@ def int_list(flag: str, values: list[str]) -> list[int]:
   return out
 
 
-def write_png(fig, out: str) -> None:
-  try:
-    with atomic.file(out, "wb") as f:
-      fig.savefig(f, format="png", dpi=110)
-  finally:
-    plt.close(fig)
-
-
 def plot_curves(results: list[dict], match: str, out: str) -> None:
   """Held-out exact match (all tasks) vs training FLOPs, one line per arch (band: +-std)."""
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -108,7 +103,7 @@ def plot_curves(results: list[dict], match: str, out: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  write_png(fig, out)
+  plotting.write_png(fig, out, dpi=110)
 
 
 def plot_sweep(sweeps: dict[str, dict[str, dict[str, float]]], trained: tuple[int, int],
@@ -138,11 +133,12 @@ def plot_sweep(sweeps: dict[str, dict[str, dict[str, float]]], trained: tuple[in
   axes[0][0].legend(fontsize=8)
   fig.suptitle(f"HRM test-time depth (mean over {len(runs)} run(s))")
   fig.tight_layout()
-  write_png(fig, out)
+  plotting.write_png(fig, out, dpi=110)
 
 
 def main(argv):
   del argv
+  verbosity.quiet_by_default()
   cfg = _CONFIG.value
   if _QUICK.value:
     apply_quick(cfg, sys.argv)
@@ -163,7 +159,8 @@ def main(argv):
   for key in ("eval_points", "eval_per_task"):
     if cfg.ablate[key] < 1:
       raise app.UsageError(f"--config.ablate.{key}={cfg.ablate[key]}: expected >= 1")
-  out = _OUT.value or ("runs/ablate_quick" if _QUICK.value else "runs/ablate")
+  out = configs.workdir_from(_WORKDIR.value, _OUT.value,
+                             "runs/ablate_quick" if _QUICK.value else "runs/ablate")
   os.makedirs(out, exist_ok=True)
 
   from hrm_jax.train import loop

@@ -30,7 +30,7 @@ from typing import Any
 import jax
 from absl import app, flags
 
-from hrm_jax import atomic, loading, speculative
+from hrm_jax import atomic, loading, speculative, verbosity
 from hrm_jax.eval import runner, scoring, sources, tasks
 from hrm_jax.plotting import plot
 
@@ -125,6 +125,7 @@ def check_flags(f: flags.FlagValues) -> list[int]:
 
 def main(argv: list[str]) -> None:
   del argv
+  verbosity.quiet_by_default()
   f = flags.FLAGS
   depths = check_flags(f)
   try:

@@ -37,7 +37,7 @@ import sys
 import jax
 from absl import app, flags
 
-from hrm_jax import generation, jsonl, loading, speculative
+from hrm_jax import generation, jsonl, loading, speculative, verbosity
 from hrm_jax.progress import track
 
 DEFAULT_NEW_TOKENS = 256
@@ -109,6 +109,7 @@ def read_items(f: flags.FlagValues) -> list[dict]:
 
 def main(argv: list[str]) -> None:
   del argv
+  verbosity.quiet_by_default()
   f = flags.FLAGS
   check_flags(f)
   items = read_items(f)

@@ -5,9 +5,10 @@
     python experiments/train.py --config=demo --config.model.arch=trm --config.train.lr=3e-4
 
 Configs live in experiments/configs/NAME.py; any field can be overridden with
---config.section.key=value. Multi-host: one process per host, each with the same flags plus
---distributed (cluster detected by JAX) or --coordinator_address=HOST:PORT --num_processes=N
---process_id=I.
+--config.section.key=value. The resolved config is written to <workdir>/train_config.json and
+summarised in one line; library INFO logs appear with --verbosity=0 (docs/logging.md).
+Multi-host: one process per host, each with the same flags plus --distributed (cluster
+detected by JAX) or --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import configs  # noqa: E402
+from hrm_jax import verbosity  # noqa: E402
 from hrm_jax.train import distributed  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -47,6 +49,7 @@ def config_name() -> str:
 
 def main(argv):
   del argv
+  verbosity.quiet_by_default()
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            auto=_DISTRIBUTED.value or "JAX_COORDINATOR_ADDRESS" in os.environ)
@@ -55,7 +58,6 @@ def main(argv):
   from hrm_jax.train import checkpoint, loop  # after distributed init: they touch devices
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", config_name())
-  logging.info("config:\n%s", cfg)
   try:
     result = loop.train(cfg, workdir)
   except (loop.NonFiniteLossError, checkpoint.CheckpointSaveError,

@@ -192,7 +192,7 @@ def run_one(cfg: ml_collections.ConfigDict, match: Match, seed: int, workdir: st
     if model(done["model_config"]) != model(match.config.to_dict()):  # same parameters
       raise ValueError(f"{os.path.join(workdir, RESULT_FILE)} was made by another model "
                        f"config than this ablation's {match.arch} (n_layers="
-                       f"{match.config.n_layers}); use another --out or delete the workdir")
+                       f"{match.config.n_layers}); use another --workdir or delete this run")
     log(f"skip {workdir}: finished ({RESULT_FILE})")
     return done
   run = run_config(cfg, match, seed, total_steps, eval_points)

@@ -1,9 +1,12 @@
 """Line plots of logged or measured values to a PNG, written atomically (matplotlib, Agg):
-training curves (experiments/plot.py) and score against recursion depth (experiments/eval.py)."""
+training curves (experiments/plot.py) and score against recursion depth (experiments/eval.py);
+`write_png` is the one way a figure reaches disk (ablations and benchmarks use it too)."""
 
 from __future__ import annotations
 
 from typing import Optional
+
+from matplotlib.figure import Figure
 
 import matplotlib
 
@@ -32,8 +35,13 @@ def plot(runs: dict[str, dict[int, dict]], metrics: list[str], out: str,
   axes[0, 0].legend(loc="best", fontsize="small")
   axes[-1, 0].set_xlabel(xlabel)
   fig.tight_layout()
+  write_png(fig, out, dpi=100)
+
+
+def write_png(fig: Figure, out: str, dpi: int = 100) -> None:
+  """Save `fig` to `out` atomically (umask modes) and close it, even when saving fails."""
   try:
     with atomic.file(out, "wb") as f:
-      fig.savefig(f, format="png", dpi=100)
+      fig.savefig(f, format="png", dpi=dpi)
   finally:
     plt.close(fig)

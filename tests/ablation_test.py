@@ -111,10 +111,11 @@ def run_ablate(out, *args):
   env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs it (conftest fakes 8)
   return subprocess.run(
       [sys.executable, str(ROOT / "experiments" / "ablate.py"), "--quick",
-       "--archs=hrm,transformer", f"--out={out}", "--sweep_cycles=1,2", *args],
+       "--archs=hrm,transformer", f"--workdir={out}", "--sweep_cycles=1,2", *args],
       capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_quick_ablation_end_to_end_rerun_skips_and_report_only(tmp_path):
   demo = f"--config.data.demo_dir={tmp_path / 'demo'}"
   first = run_ablate(tmp_path / "out", demo)
@@ -156,7 +157,7 @@ def test_quick_ablation_end_to_end_rerun_skips_and_report_only(tmp_path):
 
   transformer = tiny_config("transformer", vocab_size=256, hidden_size=32, n_layers=2)
   other = ablation.Match("transformer", transformer, 0, 0.0, "n_layers", 2)  # --match=params
-  with pytest.raises(ValueError, match="another --out"):
+  with pytest.raises(ValueError, match="another --workdir"):
     ablation.run_one(None, other, 0, str(out / "transformer_s0"), total_steps=16,
                      eval_points=2, eval_per_task=4)
 
@@ -169,3 +170,18 @@ def test_variants_keep_the_anchor_size_and_set_their_option():
   assert h.config.stack_config("H").norm_type == "post" and h.config.norm_type == "pre"
   with pytest.raises(ValueError, match="unknown arch 'hrm_sandwich'"):
     ablation.match_size(anchor, "hrm_sandwich", "flops", SEQ, 40)
+
+
+def test_out_is_a_deprecated_alias_of_workdir(caplog):
+  """ablate.py and device_check.py name their output directory --workdir, as train.py does;
+  --out still works for one release, with a warning, and never together with --workdir."""
+  from absl import app
+  from experiments import configs
+  assert configs.workdir_from(None, None, "runs/ablate") == "runs/ablate"
+  assert configs.workdir_from("runs/a", None, "runs/ablate") == "runs/a"
+  assert not caplog.records
+  with caplog.at_level("WARNING"):
+    assert configs.workdir_from(None, "runs/b", "runs/ablate") == "runs/b"
+  assert "--out is deprecated" in caplog.text and "--workdir=runs/b" in caplog.text
+  with pytest.raises(app.UsageError, match="pass only --workdir"):
+    configs.workdir_from("runs/a", "runs/b", "runs/ablate")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -15,6 +16,7 @@ from hrm_jax import hf
 from hf_test import hf_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test spawns experiments/convert.py or generate.py
 SPECIALS = ["<|im_start|>", "<|im_end|>", "<|box_end|>", "<|object_ref_start|>",
             "<|object_ref_end|>", "<|quad_start|>", "<|quad_end|>"]
 

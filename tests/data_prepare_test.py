@@ -107,6 +107,7 @@ def test_prepare_errors_name_file_and_line(tok_files, tmp_path, line, message):
   assert not os.path.exists(tmp_path / "o")
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_prepare_data_script(tok_files, tmp_path):
   f = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "2*3", "response": "6"}] * 4)
   out = str(tmp_path / "out")
@@ -257,6 +258,7 @@ def test_non_utf8_input_names_file_and_line(tok_files, tmp_path):
   assert not os.path.exists(tmp_path / "o")
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_prepare_data_never_replaces_what_it_did_not_write(tok_files, tmp_path):
   """Issue 13: --out onto a directory holding the input JSONL, or onto the input itself."""
   script = os.path.join(ROOT, "experiments", "prepare_data.py")

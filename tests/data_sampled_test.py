@@ -178,6 +178,7 @@ def test_open_does_not_read_tokens_in_full_and_the_batch_names_the_bad_id(tmp_pa
     assert part in msg, (part, msg)
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_check_data_script_scans_and_records_only_when_asked(tmp_path):
   script = os.path.join(ROOT, "experiments", "check_data.py")
   env = dict(os.environ, PYTHONPATH=ROOT)

@@ -8,7 +8,10 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test spawns benchmarks/device_check.py
 PHASE_ROWS = {"kernels": 3, "attention": 3, "step": 1, "decode": 1, "prefill": 1}
 
 
@@ -16,7 +19,7 @@ def run(out: pathlib.Path, *flags: str) -> subprocess.CompletedProcess:
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   # A budget far above the smoke run's needs: a loaded CI machine must not skip phases.
   return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_check.py"),
-                         "--smoke", f"--out={out}", "--budget_s=1500", *flags],
+                         "--smoke", f"--workdir={out}", "--budget_s=1500", *flags],
                         capture_output=True, text=True, env=env, timeout=900)
 
 

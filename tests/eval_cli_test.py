@@ -172,6 +172,7 @@ def test_checkpoint_is_required_unless_dumping(tmp_path):
     run_eval(f"--data_dir={FIXTURES}")
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_without_data_dir_and_network_the_error_says_to_pass_data_dir(tmp_path):
   """A real subprocess with the hub unreachable (offline mode, an empty cache)."""
   env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # every test spawns several JAX processes
 STEPS = 8
 TINY = {
     "model.hidden_size": 32, "model.num_heads": 2, "model.n_layers": 2,

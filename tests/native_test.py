@@ -64,6 +64,7 @@ def test_load_reads_ema_or_params_from_workdir_checkpoints_or_step(trained):
   assert_trees_equal(native.load(workdir, use_ema=False)[1]["params"], state.params)
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_convert_exports_ema_that_transformers_loads(trained, tmp_path):
   result, workdir = trained
   state = jax.device_get(result.state)
@@ -84,6 +85,7 @@ def test_convert_exports_ema_that_transformers_loads(trained, tmp_path):
   assert_trees_equal(hf.load(tmp_path / "raw")[1]["params"], state.params)
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_convert_export_runs_with_auto_classes_and_the_runs_tokenizer(trained, tmp_path):
   """The run's tokenizer is found from its saved config; bf16 weights; a greedy continuation
   of AutoModelForCausalLM (float32 compute) equals hrm_jax.generate on the stored weights."""
@@ -113,6 +115,7 @@ def test_convert_export_runs_with_auto_classes_and_the_runs_tokenizer(trained, t
   assert "--dtype applies to --from/--to_hf only" in out.stderr
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_load_and_convert_choose_a_step(tmp_path):
   """native.load(step=) and convert.py --step pick an older checkpoint; a step that is not
   there is an error listing the steps that are."""
@@ -137,6 +140,7 @@ def test_load_and_convert_choose_a_step(tmp_path):
   assert "no checkpoint of step 9; it has steps 1, 2" in out.stderr
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_generate_cli_on_a_training_workdir(trained):
   result, workdir = trained
   out = run("experiments/generate.py", f"--checkpoint={workdir}", "--prompt=12+34=",
@@ -149,6 +153,7 @@ def test_generate_cli_on_a_training_workdir(trained):
   assert out.stdout.splitlines()[-1] == expected
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_weights_only_checkpoint_round_trip(trained, tmp_path):
   """convert.py --to output is read by native.load, init_from and convert.py --from."""
   result, workdir = trained
@@ -170,6 +175,7 @@ def test_weights_only_checkpoint_round_trip(trained, tmp_path):
   assert out.stdout.splitlines()[-1] == tok.decode([i for i in ids if i != tok.eoa_id])
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_not_a_checkpoint_is_a_clear_error(trained, tmp_path):
   _, workdir = trained
   with pytest.raises(native.NotACheckpointError, match=f"{tmp_path}: no finished checkpoint"):
@@ -181,6 +187,7 @@ def test_not_a_checkpoint_is_a_clear_error(trained, tmp_path):
     native.load(tmp_path / "hf")
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_convert_never_destroys_a_run_and_replaces_an_export_only_with_overwrite(trained,
                                                                                  tmp_path):
   """Before: --from=RUN --to_hf=RUN exited 0 and deleted the run's checkpoints and metrics."""

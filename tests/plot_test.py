@@ -7,6 +7,8 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -32,6 +34,7 @@ def rows(steps, scale=1.0):
            "lr": 1e-3, "tokens_per_s": 1000.0} for s in steps]
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_plots_one_and_several_runs(tmp_path):
   # A run resumed at step 3 logs step 3 twice; the later row must win.
   write_metrics(tmp_path / "a", rows([1, 2, 3]) + [{"step": 3, "loss": 9.0}] + rows([4, 5]))
@@ -56,6 +59,7 @@ def test_png_follows_the_umask(tmp_path):
   assert stat.S_IMODE(os.stat(tmp_path / "p.png").st_mode) == 0o644
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_missing_or_empty_metrics_is_a_clear_error(tmp_path):
   out = run(f"--workdir={tmp_path / 'nope'}")
   assert out.returncode != 0 and "metrics.jsonl does not exist" in out.stderr

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -71,6 +72,7 @@ def test_resume_is_exact(demo_dir, tmp_path, straight):
   assert [m["loss"] for m in metrics] == [m["loss"] for m in ref_metrics]
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_resume_after_sigterm_is_exact(demo_dir, tmp_path, straight):
   ref, ref_metrics = straight
   workdir = str(tmp_path)
@@ -91,6 +93,13 @@ def test_resume_after_sigterm_is_exact(demo_dir, tmp_path, straight):
   out, _ = proc.communicate(timeout=240)
   assert proc.returncode == 0, out
   assert "Preempted: saved step" in out
+  # Quiet by default: the run's one-line summary, then progress lines; no INFO log lines
+  # (absl's "I1202 03:16:04.687800 ..." prefix: orbax reports each save in ~60 of them).
+  lines = out.splitlines()
+  summary = [i for i, line in enumerate(lines) if line.startswith("hrm: ")]
+  assert summary and "train_config.json" in lines[summary[0]], out[:3000]
+  assert summary[0] < min(i for i, line in enumerate(lines) if line.startswith("step "))
+  assert not re.search(r"^I\d{4} ", out, re.M), out[:3000]
   saved = ckpt_lib.manager(os.path.join(workdir, "checkpoints"), 3).latest_step()
   assert 2 <= saved < 6
   resumed = loop.train(tiny_config(demo_dir, **{"train.max_steps": 6}), workdir)
@@ -211,6 +220,7 @@ def test_config_names_and_keys_are_checked():
   assert configs.get("hrm06b").train.lr == 2.5e-4
 
 
+@pytest.mark.slow  # spawns experiments/*.py
 def test_train_cli_rejects_unknown_config():
   out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "train.py"),
                         "--config=nope"], capture_output=True, text=True,

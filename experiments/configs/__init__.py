@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Sequence
+from typing import Optional, Sequence
 
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 NAMES = tuple(sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
@@ -75,3 +75,17 @@ def parse_flags(argv: list[str], default: str = "demo") -> list[str]:
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   return flags.FLAGS(argv)
+
+
+def workdir_from(workdir: Optional[str], out: Optional[str], default: str) -> str:
+  """The run's output directory: --workdir, else the deprecated --out (kept for one release,
+  with a warning), else `default`; both flags at once is a usage error."""
+  if out is not None:
+    if workdir is not None:
+      raise app.UsageError(f"--out={out} and --workdir={workdir}: --out is a deprecated "
+                           "alias of --workdir; pass only --workdir")
+    logging.warning("--out is deprecated and will be removed in the next release; "
+                    "use --workdir=%s", out)
+    return out
+  return workdir or default
+

@@ -54,7 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
   # hosts over a slower network), e.g. (2, 1, 1) for data parallelism over two slices.
   c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), dcn_shape=(1, 1, 1)))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
-  c.log = ml_collections.ConfigDict(dict(every_steps=10))
+  # Every `every_steps`: a progress line, a metrics.jsonl row, TensorBoard scalars and, with
+  # wandb_project set (pip install 'hrm_jax[wandb]'), Weights & Biases (docs/logging.md).
+  c.log = ml_collections.ConfigDict(dict(every_steps=10, wandb_project="", wandb_entity="",
+                                         wandb_run_name=""))
   # jax.profiler trace of steps start_step+1 .. start_step+steps into <workdir>/profile
   # (process 0; view with TensorBoard's profile plugin or Perfetto). steps=0: off.
   c.profile = ml_collections.ConfigDict(dict(start_step=10, steps=0))

@@ -10,6 +10,7 @@ and the quantity (the last good checkpoint is kept), or the step is skipped with
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -22,11 +23,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hrm_jax import atomic
 from hrm_jax import config as config_lib
 from hrm_jax import data as data_lib
 from hrm_jax import flops as flops_lib
 from hrm_jax import sharding as sharding_lib
+from hrm_jax import truncation
 from hrm_jax.models import LanguageModel, registry
+from hrm_jax.params import count_params
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import distributed
 from hrm_jax.train import metrics as metrics_lib
@@ -37,6 +41,28 @@ from hrm_jax.train.step import NONFINITE, jit_train_step, optimizer
 
 class NonFiniteLossError(FloatingPointError):
   pass
+
+
+# The resolved config of the run's latest start (each checkpoint keeps its own copy). Not
+# config.json: that name marks a Hugging Face directory (loading.is_hf).
+CONFIG_FILE = "train_config.json"
+
+
+def write_config(workdir: str, saved: dict) -> None:
+  """<workdir>/train_config.json, atomically; a file of that name that is not a config this
+  function wrote (other keys, or not JSON) is never replaced."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.lexists(path):
+    try:
+      with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    except (OSError, ValueError):
+      old = None
+    if not (isinstance(old, dict) and set(old) == set(saved)):
+      raise FileExistsError(f"{path} exists and is not a training config written by hrm_jax "
+                            f"(expected a JSON object with keys {sorted(saved)}); refusing to "
+                            "replace it: choose another --workdir")
+  atomic.write_json(path, saved)
 
 
 def model_config_from(cfg: ml_collections.ConfigDict, vocab_size: int) -> config_lib.ModelConfig:
@@ -183,11 +209,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   held_out = (HeldOut(cfg, model, shardings, mesh, model_config.vocab_size)
               if cfg.eval_data.path else None)
 
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          state_lib.abstract_state(model, tx), shardings)
+  if is_main:
+    print(metrics_lib.config_line(model_config, count_params(abstract.params), cfg,
+                                  total_steps, mesh, os.path.join(workdir, CONFIG_FILE)),
+          flush=True)
   mngr = ckpt_lib.manager(os.path.join(workdir, "checkpoints"), cfg.checkpoint.keep,
                           cfg.checkpoint.async_save)
   iterator = pipeline.iterator()
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          state_lib.abstract_state(model, tx), shardings)
   restored = ckpt_lib.restore_latest(mngr, abstract, model_config)
   if restored is not None:
     state, data_state, _ = restored
@@ -209,6 +239,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         print(f"Initialised weights from {cfg.init_from.path} "
               f"({'EMA' if cfg.init_from.use_ema else 'params'}); fresh optimizer", flush=True)
 
+  if is_main:  # after the restore: a run that refuses its workdir's checkpoint changes nothing
+    write_config(workdir, saved_config)
+
   step_fns: dict[Optional[int], Any] = {}
 
   def step_fn(bp_steps, state, batch):
@@ -220,7 +253,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     return step_fns[bp_steps]
 
   step = int(jax.device_get(state.step))
-  writer = metrics_lib.MetricWriter(workdir, resume_step=step)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=step,
+                                    wandb_project=cfg.log.wandb_project,
+                                    wandb_entity=cfg.log.wandb_entity,
+                                    wandb_run_name=cfg.log.wandb_run_name, config=saved_config)
   peak = metrics_lib.peak_flops_per_device() * jax.device_count()
   tokens_per_batch = cfg.data.rows * cfg.data.row_len
   profile = range(cfg.profile.start_step, cfg.profile.start_step + cfg.profile.steps)

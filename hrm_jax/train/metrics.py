@@ -1,10 +1,12 @@
-"""Logging of training metrics: metrics.jsonl, TensorBoard events, a progress line, MFU."""
+"""Logging of training metrics: metrics.jsonl, TensorBoard events, optionally Weights &
+Biases, a progress line, MFU (docs/logging.md)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import secrets
 import time
 from typing import Any, Optional
 
@@ -49,18 +51,26 @@ def peak_flops_per_device(device: Optional[jax.Device] = None) -> float:
   return 1e15
 
 
+WANDB_ID_FILE = "wandb_run_id"  # in the workdir: a resumed run continues the same W&B run
+
+
 class MetricWriter:
-  """Appends one JSON object per logged step to metrics.jsonl and mirrors it to TensorBoard.
+  """Appends one JSON object per logged step to metrics.jsonl and mirrors it to TensorBoard
+  and, with `wandb_project`, to Weights & Biases (`wandb` installed; WANDB_MODE=offline keeps
+  the run in <workdir>/wandb for `wandb sync`).
 
   Only process 0 writes. A resumed run (`resume_step`) first drops the rows and events
   logged after the step it resumes from (a run killed after its last checkpoint logged
-  steps it will repeat), so every step appears once.
+  steps it will repeat), so every step appears once (W&B keeps its first copy of a step).
   """
 
-  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0,
+               wandb_project: str = "", wandb_entity: str = "", wandb_run_name: str = "",
+               config: Optional[dict] = None):
     self.enabled = enabled and jax.process_index() == 0
     self._jsonl = None
     self._tb = None
+    self._wandb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       path = os.path.join(workdir, "metrics.jsonl")
@@ -70,6 +80,8 @@ class MetricWriter:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                                purge_step=resume_step + 1 if resume_step else None)
+      if wandb_project:
+        self._wandb = _wandb_run(workdir, wandb_project, wandb_entity, wandb_run_name, config)
 
   def write(self, step: int, values: dict[str, Any]) -> None:
     if not self.enabled:
@@ -79,16 +91,40 @@ class MetricWriter:
                 for k, v in values.items()})
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
-    for k, v in row.items():
-      if k != "step" and isinstance(v, (int, float)):
-        self._tb.add_scalar(f"train/{k}", v, int(step))
+    scalars = {f"train/{k}": v for k, v in row.items()
+               if k != "step" and isinstance(v, (int, float))}
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, int(step))
     self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log(scalars, step=int(step))
 
   def close(self) -> None:
     if self._jsonl:
       self._jsonl.close()
     if self._tb:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+
+
+def _wandb_run(workdir: str, project: str, entity: str, name: str, config: Optional[dict]):
+  """A W&B run whose files live in <workdir>/wandb; its id is kept in the workdir, so a
+  resumed training run appends to the same W&B run."""
+  try:
+    import wandb
+  except ImportError:
+    raise ImportError("--config.log.wandb_project is set but wandb is not installed: "
+                      "pip install 'hrm_jax[wandb]' (or unset log.wandb_project)") from None
+  id_file = os.path.join(workdir, WANDB_ID_FILE)
+  if os.path.exists(id_file):
+    with open(id_file, encoding="utf-8") as f:
+      run_id = f.read().strip()
+  else:
+    run_id = secrets.token_hex(8)  # W&B ids: lowercase letters and digits
+    atomic.write_text(id_file, run_id + "\n")
+  return wandb.init(project=project, entity=entity or None, name=name or None, id=run_id,
+                    resume="allow", dir=workdir, config=config)
 
 
 def _drop_rows_after(path: str, step: int) -> None:
@@ -127,3 +163,14 @@ def progress_line(step: int, total: int, values: dict[str, float], seconds_per_s
           f"bp {values['bp_steps']} | {values['tokens_per_s']:.0f} tok/s | "
           f"MFU {100 * values['mfu']:.1f}% | {1e3 * seconds_per_step:.0f} ms/step | ETA {eta}"
           + (f" | skipped {values['skipped_steps']}" if values.get("skipped_steps") else ""))
+
+
+def config_line(model_config: Any, params: int, cfg: Any, total_steps: int,
+                mesh: jax.sharding.Mesh, written: str) -> str:
+  """The run in one line (the full resolved config is in `written`)."""
+  c = model_config
+  return (f"{c.arch}: {params / 1e6:.2f}M params (hidden {c.hidden_size}, {c.n_layers} "
+          f"layers) | {cfg.data.rows} x {cfg.data.row_len} tokens/step, "
+          f"{total_steps} steps, lr {cfg.train.lr:g} | mesh "
+          f"{' x '.join(f'{k} {v}' for k, v in mesh.shape.items())} on "
+          f"{jax.device_count()} {jax.devices()[0].platform} device(s) | config: {written}")
