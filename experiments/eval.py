@@ -82,7 +82,7 @@ def sweep_table(axis: str, by_depth: dict[int, dict[str, dict]]) -> str:
   """Benchmarks as rows, depths as columns, scores in percent."""
   depths = list(by_depth)
   names = list(next(iter(by_depth.values())))
-  lines = [f"| benchmark (metric) | " + " | ".join(f"{axis}={d}" for d in depths) + " |",
+  lines = ["| benchmark (metric) | " + " | ".join(f"{axis}={d}" for d in depths) + " |",
            "|---|" + "---|" * len(depths)]
   for name in names:
     metric = by_depth[depths[0]][name]["metric"]

@@ -28,7 +28,6 @@ from hrm_jax import config as config_lib
 from hrm_jax import data as data_lib
 from hrm_jax import flops as flops_lib
 from hrm_jax import sharding as sharding_lib
-from hrm_jax import truncation
 from hrm_jax.models import LanguageModel, registry
 from hrm_jax.params import count_params
 from hrm_jax.train import checkpoint as ckpt_lib
