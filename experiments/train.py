@@ -60,7 +60,8 @@ def main(argv):
   try:
     result = loop.train(cfg, workdir)
   except (loop.NonFiniteLossError, checkpoint.CheckpointSaveError,
-          checkpoint.CheckpointMismatchError, warm_start.WarmStartError) as e:  # the message says it all: no traceback
+          checkpoint.CheckpointMismatchError,
+          warm_start.WarmStartError) as e:  # the message says it all: no traceback
     sys.exit(f"error: {e}")
   is_main = jax.process_index() == 0
   if is_main:

@@ -25,7 +25,7 @@ import numpy as np
 
 from hrm_jax import atomic
 from hrm_jax import flops as flops_lib
-from hrm_jax import native, truncation
+from hrm_jax import checkpoints, native, truncation
 from hrm_jax.config import ARCH_DEFAULTS, ARCHS, ModelConfig
 from hrm_jax.models import LanguageModel
 from hrm_jax.params import count_params
@@ -169,10 +169,9 @@ def run_one(cfg: ml_collections.ConfigDict, match: Match, seed: int, workdir: st
   A workdir that already has `result.json` for the same model is returned as is.
   """
   from hrm_jax.train import demo_report, loop  # the training stack, only when running
-  from hrm_jax.train.checkpoint import IMPLEMENTATION_FIELDS
   done = read_result(workdir)
   if done is not None:
-    model = lambda d: {k: v for k, v in d.items() if k not in IMPLEMENTATION_FIELDS}
+    model = lambda d: {k: v for k, v in d.items() if k not in checkpoints.IMPLEMENTATION_FIELDS}
     if model(done["model_config"]) != model(match.config.to_dict()):  # same parameters
       raise ValueError(f"{os.path.join(workdir, RESULT_FILE)} was made by another model "
                        f"config than this ablation's {match.arch} (n_layers="

@@ -53,7 +53,7 @@ def assert_close(a, b):
 def continue_by_hand(state, cfg, model_config, steps):
   """The source's in-memory state stepped on by hand, as the reference's resume does: the
   new run's batches from its start, each update with the new config's lr at the new run's
-  step s (a constant passed to a plain adam_atan2) and Adam's count continuing."""
+  step s (given to a plain adam_atan2 as a number) and Adam's count continuing."""
   train = cfg.train
   sampled, _ = loop.open_data(cfg)
   pipeline = data_lib.Pipeline(sampled, rows=cfg.data.rows, row_len=cfg.data.row_len,
@@ -61,20 +61,31 @@ def continue_by_hand(state, cfg, model_config, steps):
   schedule = optim.warmup_cosine(train.lr, train.warmup_steps, train.total_steps,
                                  train.lr_min_ratio)
   model = LanguageModel(model_config)
+
+  @functools.partial(jax.jit, static_argnums=3)
+  def update(state, batch, lr, bp):
+    tx = optim.adam_atan2(lr, train.b1, train.b2, train.weight_decay)
+    return step_lib.train_step(state, batch, model=model, tx=tx, bp_steps=bp, microbatches=1,
+                               ema_decay=train.ema_decay, skip_nonfinite=False,
+                               loss_chunk=train.loss_chunk)[0]
+
   batches = pipeline.iterator()
   for s in range(steps):
-    tx = optim.adam_atan2(float(schedule(s)), train.b1, train.b2, train.weight_decay)
     bp = truncation.bp_steps_at(s + 1, train.total_steps, model_config)
-    fn = jax.jit(functools.partial(
-        step_lib.train_step, model=model, tx=tx, bp_steps=bp, microbatches=1,
-        ema_decay=train.ema_decay, skip_nonfinite=False, loss_chunk=train.loss_chunk))
-    state, _ = fn(state, jax.tree.map(jnp.asarray, next(batches)))
+    state = update(state, jax.tree.map(jnp.asarray, next(batches)), schedule(s), bp)
   return state
 
 
-def test_full_state_continues_like_one_process(demo_dir, source, tmp_path):
-  result, src = source
-  out = warm(demo_dir, tmp_path / "dst", src, "full_state", MORE, **NEW)
+@pytest.fixture(scope="module")
+def full_state_run(demo_dir, source, tmp_path_factory):
+  """A full_state warm start of MORE steps from the source's last checkpoint."""
+  _, src = source
+  return warm(demo_dir, tmp_path_factory.mktemp("full_state"), src, "full_state", MORE, **NEW)
+
+
+def test_full_state_continues_like_one_process(demo_dir, source, full_state_run):
+  result, _ = source
+  out = full_state_run
   cfg = tiny_config(demo_dir, **{"train.max_steps": MORE, **NEW})
   by_hand = continue_by_hand(jax.tree.map(jnp.copy, result.state), cfg, result.model_config,
                              MORE)
@@ -85,16 +96,15 @@ def test_full_state_continues_like_one_process(demo_dir, source, tmp_path):
     assert_close(getattr(out.state, name), getattr(by_hand, name))
 
 
-def test_full_state_resumed_midway_keeps_its_schedule(demo_dir, source, tmp_path):
+def test_full_state_resumed_midway_keeps_its_schedule(demo_dir, source, full_state_run,
+                                                      tmp_path):
   """The source's optimizer count is saved with the new run's checkpoints: stopping after
   one step and resuming (init_from is then ignored) ends where a straight run does."""
   _, src = source
-  straight = warm(demo_dir, tmp_path / "straight", src, "full_state", MORE, **NEW)
-  warm(demo_dir, tmp_path / "resumed", src, "full_state", 1, **NEW)
-  resumed = warm(demo_dir, tmp_path / "resumed", "/nonexistent", "full_state", MORE, **NEW)
-  assert checkpoints.saved_config(tmp_path / "resumed")["warm_start"]["optimizer_count"] == \
-      SOURCE_STEPS
-  for a, b in zip(leaves(resumed.state), leaves(straight.state)):
+  warm(demo_dir, tmp_path, src, "full_state", 1, **NEW)
+  resumed = warm(demo_dir, tmp_path, "/nonexistent", "full_state", MORE, **NEW)
+  assert checkpoints.saved_config(tmp_path)["warm_start"]["optimizer_count"] == SOURCE_STEPS
+  for a, b in zip(leaves(resumed.state), leaves(full_state_run.state)):
     np.testing.assert_array_equal(a, b)
 
 
