@@ -55,13 +55,15 @@ def main(argv):
                            auto=_DISTRIBUTED.value or "JAX_COORDINATOR_ADDRESS" in os.environ)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  from hrm_jax.train import checkpoint, loop  # after distributed init: they touch devices
+  # after distributed init: they touch devices
+  from hrm_jax.train import checkpoint, loop, warm_start
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", config_name())
   try:
     result = loop.train(cfg, workdir)
   except (loop.NonFiniteLossError, checkpoint.CheckpointSaveError,
-          checkpoint.CheckpointMismatchError) as e:  # the message says it all: no traceback
+          checkpoint.CheckpointMismatchError,
+          warm_start.WarmStartError) as e:  # the message says it all: no traceback
     sys.exit(f"error: {e}")
   is_main = jax.process_index() == 0
   if is_main:

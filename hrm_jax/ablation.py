@@ -25,7 +25,7 @@ import numpy as np
 
 from hrm_jax import atomic
 from hrm_jax import flops as flops_lib
-from hrm_jax import native
+from hrm_jax import checkpoints, native
 from hrm_jax.config import ModelConfig
 from hrm_jax.models import ARCHS, REGISTRY, LanguageModel, bp_steps_at, spec_of
 from hrm_jax.params import count_params
@@ -185,10 +185,9 @@ def run_one(cfg: ml_collections.ConfigDict, match: Match, seed: int, workdir: st
   A workdir that already has `result.json` for the same model is returned as is.
   """
   from hrm_jax.train import demo_report, loop  # the training stack, only when running
-  from hrm_jax.train.checkpoint import IMPLEMENTATION_FIELDS
   done = read_result(workdir)
   if done is not None:
-    model = lambda d: {k: v for k, v in d.items() if k not in IMPLEMENTATION_FIELDS}
+    model = lambda d: {k: v for k, v in d.items() if k not in checkpoints.IMPLEMENTATION_FIELDS}
     if model(done["model_config"]) != model(match.config.to_dict()):  # same parameters
       raise ValueError(f"{os.path.join(workdir, RESULT_FILE)} was made by another model "
                        f"config than this ablation's {match.arch} (n_layers="

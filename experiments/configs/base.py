@@ -53,7 +53,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (data, fsdp, tensor) inside a slice; dcn_shape: slices per axis (multi-slice TPU, GPU
   # hosts over a slower network), e.g. (2, 1, 1) for data parallelism over two slices.
   c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1), dcn_shape=(1, 1, 1)))
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+  # A checkpoint every `every_steps` steps (the newest `keep` kept) and at the end of every
+  # `every_epochs`-th epoch and the last (0 = off); keep_epochs: never delete those.
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True,
+                                                every_epochs=0, keep_epochs=False))
   # Every `every_steps`: a progress line, a metrics.jsonl row, TensorBoard scalars and, with
   # wandb_project set (pip install 'hrm_jax[wandb]'), Weights & Biases (docs/logging.md).
   c.log = ml_collections.ConfigDict(dict(every_steps=10, wandb_project="", wandb_entity="",
@@ -64,7 +67,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Held-out loss of the EMA weights on a second sampled directory every `every_steps`
   # (at most max_batches batches of its first epoch; 0 = all). path "": off.
   c.eval_data = ml_collections.ConfigDict(dict(path="", every_steps=500, max_batches=20))
-  c.init_from = ml_collections.ConfigDict(dict(path="", use_ema=True))
+  # Warm start from another run's checkpoint (docs/warm_start.md): mode "ema_weights" (its
+  # EMA, or params with use_ema False; fresh optimizer) or "full_state" (params, optimizer
+  # state, EMA); step: which of its checkpoints (-1 = the latest).
+  c.init_from = ml_collections.ConfigDict(dict(path="", use_ema=True, mode="ema_weights",
+                                               step=-1))
   c.demo = ml_collections.ConfigDict(dict(show_answers=0))
   # experiments/ablate.py: the training budget of each run (0 = train.total_steps, else the
   # data's epochs), checkpoints evaluated along it, held-out examples per task.

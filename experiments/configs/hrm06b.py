@@ -12,4 +12,5 @@ def get_config():
   c.model.dtype = "bfloat16"
   c.train.lr = 2.5e-4
   c.data.rows = 14  # 14 x 12,288 = 172,032 tokens per batch
+  c.checkpoint.update(every_epochs=1, keep_epochs=True)  # the reference keeps every epoch
   return c

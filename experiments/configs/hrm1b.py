@@ -14,4 +14,5 @@ def get_config():
   # recompute) fits 16 x H100 but not v5p-16 (benchmarks/aot_compile.py, benchmarks/README.md).
   c.model.update(dtype="bfloat16", remat_policy="full", remat_scope="layer",
                  attention_impl="chunked")
+  c.checkpoint.update(every_epochs=1, keep_epochs=True)  # the reference keeps every epoch
   return c

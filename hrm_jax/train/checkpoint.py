@@ -1,47 +1,43 @@
-"""Orbax checkpoints: async, keep-N, holding the train state, data-iterator state and config.
+"""Writing and resuming a run's orbax checkpoints: async, keep-N (plus kept epoch ends),
+holding the train state, data-iterator state and config.
 
-Layout: `<workdir>/checkpoints/<step>/{state,data,config}`. A save is atomic (orbax writes a
+Layout and item names: `hrm_jax.checkpoints`. A save is atomic (orbax writes a
 temporary directory and renames it), so an interrupt never leaves a half checkpoint behind.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
 import traceback
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
-from hrm_jax import native
+from hrm_jax import checkpoints
+from hrm_jax.checkpoints import CheckpointMismatchError  # noqa: F401 - raised by restore
 from hrm_jax.config import ModelConfig
-
-# ModelConfig fields that may change between runs without changing the parameters' meaning.
-IMPLEMENTATION_FIELDS = frozenset(
-    {"dtype", "attention_impl", "attention_chunk", "remat_policy", "remat_scope", "unroll_scans",
-     "bp_min_steps", "bp_max_steps", "bp_warmup_ratio"})
-
 
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes <step>.orbax-checkpoint-tmp*, then renames
 
 
-class CheckpointMismatchError(ValueError):
-  """The checkpoint was written by a run with another model."""
-
-
-def manager(directory: str, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+def manager(directory: str, keep: int, async_save: bool = True,
+            keep_steps: Collection[int] = ()) -> ocp.CheckpointManager:
+  """The run's writing manager: the newest `keep` checkpoints, plus those of `keep_steps`
+  (epoch ends with checkpoint.keep_epochs), which orbax never deletes."""
   # cleanup_tmp_directories: a save cut short (kill -9, full disk) leaves an orbax temp
   # directory beside the finished steps; it is removed when the run restarts.
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=async_save,
-                                         cleanup_tmp_directories=True)
-  handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
-              "config": ocp.JsonCheckpointHandler()}
+  rotation = dict(max_to_keep=keep)
+  if keep_steps:
+    rotation = dict(preservation_policy=preservation.AnyPreservationPolicy(
+        [preservation.LatestN(keep), preservation.CustomSteps(sorted(keep_steps))]))
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save,
+                                         cleanup_tmp_directories=True, **rotation)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_handlers=handlers)
+                               item_handlers=checkpoints.item_handlers())
 
 
 class CheckpointSaveError(OSError):
@@ -53,10 +49,10 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_state: Optiona
   """Start saving `step` (asynchronously if the manager is); CheckpointSaveError if this
   save, or an earlier asynchronous one that failed in the background, could not write."""
   try:
-    return mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state or {}),
-        config=ocp.args.JsonSave(config)), force=force)
+    return mngr.save(step, args=ocp.args.Composite(**{
+        checkpoints.STATE: ocp.args.StandardSave(state),
+        checkpoints.DATA: ocp.args.JsonSave(data_state or {}),
+        checkpoints.CONFIG: ocp.args.JsonSave(config)}), force=force)
   except Exception as e:  # noqa: BLE001 - reported with its cause below
     raise _save_failed(mngr, step, e) from e
 
@@ -93,37 +89,6 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int, error: BaseException
       f"({', '.join(map(str, sorted(kept))) or 'none'}) and a rerun resumes from the latest.")
 
 
-def check_model_config(saved: dict, current: ModelConfig, where: str) -> None:
-  """Raise if the saved model differs from `current` in anything but implementation."""
-  now = dataclasses.asdict(current)
-  diffs = {k: (saved.get(k), now[k]) for k in now
-           if k not in IMPLEMENTATION_FIELDS and saved.get(k) != now[k]}
-  if diffs:
-    lines = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diffs.items())
-    raise CheckpointMismatchError(
-        f"{where} was written for another model ({lines}); use a new --workdir or fix the "
-        "config")
-
-
-def _check_shapes(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
-                  where: str) -> None:
-  """Raise CheckpointMismatchError if the saved arrays' shapes differ from this config's
-  (read from the checkpoint's metadata, so a damaged array file is not called a mismatch)."""
-  meta = mngr.item_metadata(step)["state"]
-  meta = getattr(meta, "tree", meta)
-  saved = {jax.tree_util.keystr(p, simple=True, separator="/"): tuple(m.shape)
-           for p, m in jax.tree_util.tree_leaves_with_path(meta) if hasattr(m, "shape")}
-  wanted = {jax.tree_util.keystr(p, simple=True, separator="/"): tuple(a.shape)
-            for p, a in jax.tree_util.tree_leaves_with_path(abstract_state)}
-  diffs = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
-  if diffs:
-    shown = ", ".join(f"{k}: checkpoint {saved.get(k)} vs config {wanted.get(k)}"
-                      for k in diffs[:5])
-    raise CheckpointMismatchError(
-        f"{where}: the saved train state does not match this config's shapes ({shown}"
-        f"{', ...' if len(diffs) > 5 else ''})")
-
-
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
             model_config: ModelConfig) -> tuple[Any, dict, dict]:
   """(state, data-iterator state, saved config) of `step`, laid out as abstract_state says.
@@ -132,13 +97,16 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
   any other exception means the checkpoint's files are damaged.
   """
   where = os.path.join(str(mngr.directory), str(step))
-  meta = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  saved_config = meta["config"]
-  check_model_config(saved_config.get("model_config", {}), model_config, where)
-  _check_shapes(mngr, step, abstract_state, where)
-  out = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-  return out["state"], dict(out["data"] or {}), saved_config
+  meta = mngr.restore(step, args=ocp.args.Composite(
+      **{checkpoints.CONFIG: ocp.args.JsonRestore()}))
+  saved_config = meta[checkpoints.CONFIG]
+  checkpoints.check_model_config(saved_config.get("model_config", {}), model_config, where)
+  saved = mngr.item_metadata(step)[checkpoints.STATE]
+  checkpoints.check_shapes(getattr(saved, "tree", saved), abstract_state, where)
+  out = mngr.restore(step, args=ocp.args.Composite(**{
+      checkpoints.STATE: ocp.args.StandardRestore(abstract_state),
+      checkpoints.DATA: ocp.args.JsonRestore()}))
+  return out[checkpoints.STATE], dict(out[checkpoints.DATA] or {}), saved_config
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
@@ -163,25 +131,3 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
         print(f"WARNING: checkpoint {where} cannot be restored ({message}); "
               "trying an older one", flush=True)
   return None
-
-
-def restore_params(path: str, use_ema: bool, abstract_params: Any,
-                   model_config: ModelConfig) -> Any:
-  """Weights only (SFT `init_from`): a workdir, its checkpoints/ dir or a step dir.
-
-  EMA weights when use_ema and stored; weights-only checkpoints (native.save) have `params`.
-  """
-  try:
-    mngr, step, where = native.locate(path)
-  except native.NotACheckpointError as e:
-    raise FileNotFoundError(f"init_from={path!r}: {e}") from e
-  saved = native.read_config(mngr, step, where)
-  check_model_config(saved.get("model_config", {}), model_config, str(where))
-  tree = mngr.item_metadata(step)["state"]
-  key = native.weights_key(getattr(tree, "tree", tree), use_ema)
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item={key: abstract_params},
-      restore_args={key: jax.tree.map(
-          lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract_params)},
-      partial_restore=True)))
-  return restored["state"][key]

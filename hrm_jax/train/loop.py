@@ -34,6 +34,7 @@ from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import distributed
 from hrm_jax.train import metrics as metrics_lib
 from hrm_jax.train import state as state_lib
+from hrm_jax.train import warm_start as warm_start_lib
 from hrm_jax.train.held_out import HeldOut
 from hrm_jax.train.step import NONFINITE, jit_train_step, optimizer
 
@@ -176,6 +177,22 @@ def make_mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   return mesh
 
 
+def epoch_checkpoint_steps(checkpoint_cfg: ml_collections.ConfigDict,
+                           pipeline: data_lib.Pipeline) -> frozenset[int]:
+  """Steps that end an epoch and get a checkpoint: every `every_epochs`-th epoch and the
+  last (as the reference's checkpoint_interval); empty when every_epochs is 0."""
+  every = checkpoint_cfg.every_epochs
+  if every < 0 or (checkpoint_cfg.keep_epochs and not every):
+    raise ValueError(f"--config.checkpoint.every_epochs={every} with checkpoint.keep_epochs="
+                     f"{checkpoint_cfg.keep_epochs}: expected every_epochs >= 0, and >= 1 to "
+                     "keep epoch checkpoints")
+  if not every:
+    return frozenset()
+  ends = np.cumsum([pipeline.steps_per_epoch(e) for e in range(pipeline.sampled.num_epochs)])
+  return frozenset(int(end) for e, end in enumerate(ends, 1)
+                   if e % every == 0 or e == len(ends))
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Run (or resume) the training job described by `cfg` in `workdir`.
 
@@ -214,12 +231,16 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     print(metrics_lib.config_line(model_config, count_params(abstract.params), cfg,
                                   total_steps, mesh, os.path.join(workdir, CONFIG_FILE)),
           flush=True)
+  epoch_saves = epoch_checkpoint_steps(cfg.checkpoint, pipeline)
   mngr = ckpt_lib.manager(os.path.join(workdir, "checkpoints"), cfg.checkpoint.keep,
-                          cfg.checkpoint.async_save)
+                          cfg.checkpoint.async_save,
+                          keep_steps=epoch_saves if cfg.checkpoint.keep_epochs else ())
   iterator = pipeline.iterator()
   restored = ckpt_lib.restore_latest(mngr, abstract, model_config)
+  warm = None
   if restored is not None:
-    state, data_state, _ = restored
+    state, data_state, resumed_config = restored
+    warm = resumed_config.get("warm_start")
     if data_state:
       iterator.set_state(data_state)
     if is_main:
@@ -227,16 +248,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   else:
     state = state_lib.init_state(model, tx, jax.random.PRNGKey(cfg.train.seed), shardings)
     if cfg.init_from.path:
-      abstract_params = jax.tree.map(
-          lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-          state.params, shardings.params)
-      params = ckpt_lib.restore_params(cfg.init_from.path, cfg.init_from.use_ema,
-                                       abstract_params, model_config)
-      # Separate buffers: params and ema are donated to the step independently.
-      state = state.replace(params=params, ema=jax.tree.map(jnp.copy, params))
+      state, warm = warm_start_lib.warm_start(cfg.init_from, state, model_config)
       if is_main:
-        print(f"Initialised weights from {cfg.init_from.path} "
-              f"({'EMA' if cfg.init_from.use_ema else 'params'}); fresh optimizer", flush=True)
+        print(f"Warm start from {warm['path']} ({warm['mode']}"
+              + (f", optimizer count {warm['optimizer_count']}" if warm["optimizer_count"]
+                 else ", fresh optimizer") + ")", flush=True)
+  if warm:
+    saved_config["warm_start"] = warm
+    tx, _ = optimizer(cfg.train, total_steps, warm_start_lib.lr_count_offset(warm))
 
   if is_main:  # after the restore: a run that refuses its workdir's checkpoint changes nothing
     write_config(workdir, saved_config)
@@ -322,7 +341,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         if is_main:
           print(f"Preempted: saved step {step}, exiting", flush=True)
         break
-      if step % cfg.checkpoint.every_steps == 0:
+      if step % cfg.checkpoint.every_steps == 0 or step in epoch_saves:
         save()
     if not preempted and mngr.latest_step() != step:
       save(force=True)

@@ -120,12 +120,17 @@ def summed_metrics(sums: dict[str, Any]) -> dict[str, Any]:
           "exact_accuracy": sums["exact_accuracy"] / jnp.maximum(sums["examples"], 1.0)}
 
 
-def optimizer(train_cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation,
-                                                         optax.Schedule]:
-  """Adam-atan2 and its warm-up + cosine lr schedule, from the config's `train` section."""
+def optimizer(train_cfg: Any, total_steps: int, count_offset: int = 0
+              ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Adam-atan2 and its warm-up + cosine lr schedule, from the config's `train` section.
+
+  The schedule is a function of the run's own step; `count_offset` is Adam's count at that
+  step 0 (a full_state warm start carries the source's count for the bias correction).
+  """
   schedule = optim.warmup_cosine(train_cfg.lr, train_cfg.warmup_steps, total_steps,
                                  train_cfg.lr_min_ratio)
-  return optim.adam_atan2(schedule, train_cfg.b1, train_cfg.b2, train_cfg.weight_decay), schedule
+  lr = (lambda count: schedule(count - count_offset)) if count_offset else schedule
+  return optim.adam_atan2(lr, train_cfg.b1, train_cfg.b2, train_cfg.weight_decay), schedule
 
 
 def jit_train_step(model: LanguageModel, tx: optax.GradientTransformation, train_cfg: Any,

@@ -1,0 +1,69 @@
+"""Checkpoint cadence: epoch-end checkpoints kept (orbax preservation policy) while step
+checkpoints rotate, over a real two-epoch demo run, and read back by step."""
+
+import types
+
+import jax.numpy as jnp
+import numpy as np
+import ml_collections
+import pytest
+
+from hrm_jax import checkpoints, data as data_lib, hf, native
+from hrm_jax.train import checkpoint as ckpt_lib
+from hrm_jax.train import loop
+from native_test import assert_trees_equal, run
+from train_loop_test import tiny_config
+
+
+def test_kept_steps_survive_rotation_and_restarts(tmp_path):
+  state = {"x": jnp.arange(3.0)}
+  with ckpt_lib.manager(str(tmp_path), keep=2, async_save=False, keep_steps={3}) as mngr:
+    for step in range(1, 7):
+      ckpt_lib.save(mngr, step, state, {}, {"model_config": {}})
+    assert mngr.all_steps() == [3, 5, 6]
+  with ckpt_lib.manager(str(tmp_path), keep=2, async_save=False, keep_steps={3}) as mngr:
+    ckpt_lib.save(mngr, 7, state, {}, {"model_config": {}})
+    assert mngr.all_steps() == [3, 6, 7]
+  with ckpt_lib.manager(str(tmp_path), keep=2, async_save=False) as mngr:
+    ckpt_lib.save(mngr, 8, state, {}, {"model_config": {}})
+    assert mngr.all_steps() == [7, 8]  # without keep_steps, all rotate
+
+
+def test_epoch_checkpoint_steps_every_n_epochs_and_the_last():
+  pipeline = types.SimpleNamespace(steps_per_epoch=lambda e: 10 + e,
+                                   sampled=types.SimpleNamespace(num_epochs=5))
+  cfg = lambda every, keep: ml_collections.ConfigDict({"every_epochs": every,
+                                                       "keep_epochs": keep})
+  # epochs end at steps 10, 21, 33, 46, 60
+  assert loop.epoch_checkpoint_steps(cfg(1, True), pipeline) == {10, 21, 33, 46, 60}
+  assert loop.epoch_checkpoint_steps(cfg(2, False), pipeline) == {21, 46, 60}
+  assert loop.epoch_checkpoint_steps(cfg(0, False), pipeline) == set()
+  with pytest.raises(ValueError, match=r"--config.checkpoint.every_epochs=0 with "
+                     r"checkpoint.keep_epochs=True: expected .* >= 1 to keep epoch"):
+    loop.epoch_checkpoint_steps(cfg(0, True), pipeline)
+
+
+def test_a_two_epoch_run_keeps_its_epoch_checkpoints(tmp_path):
+  """The whole demo set twice, 64 x 256-token batches (about 10 steps an epoch; one H and
+  one L pass keep it quick). Step checkpoints every 3 steps rotate (keep 2); the ends of
+  epoch 1 and 2 stay and are read back by step."""
+  cfg = tiny_config(tmp_path / "demo", **{
+      "model.H_cycles": 1, "model.L_cycles": 1, "data.rows": 64, "data.row_len": 256, "train.epochs": 2,
+      "train.total_steps": 0, "log.every_steps": 5, "checkpoint.every_steps": 3,
+      "checkpoint.keep": 2, "checkpoint.every_epochs": 1, "checkpoint.keep_epochs": True})
+  sampled, _ = loop.open_data(cfg)
+  pipeline = data_lib.Pipeline(sampled, rows=cfg.data.rows, row_len=cfg.data.row_len,
+                               seed=cfg.data.seed, target_only=cfg.data.target_only)
+  first, second = np.cumsum([pipeline.steps_per_epoch(e) for e in range(2)])
+  assert first > 3 and first % 3 and second - first > 3  # epoch ends between step saves
+  workdir = tmp_path / "run"
+  result = loop.train(cfg, str(workdir))
+  assert result.steps_done == second  # the data ran out after two epochs
+  mngr, latest, _ = checkpoints.locate(workdir)
+  assert (mngr.all_steps(), latest) == ([first, second // 3 * 3, second], second)
+  first_epoch = native.load(workdir, step=int(first))
+  assert not np.array_equal(first_epoch[1]["params"]["embed_tokens"],
+                            native.load(workdir)[1]["params"]["embed_tokens"])
+  run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}",
+      f"--step={first}")
+  assert_trees_equal(hf.load(tmp_path / "hf")[1], first_epoch[1])
