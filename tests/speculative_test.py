@@ -222,3 +222,15 @@ def test_bad_speculation_requests_name_the_argument():
   trm, trm_variables = tiny("trm")
   with pytest.raises(ValueError, match="draft_cycles needs an HRM"):
     hrm_jax.generate(trm, trm_variables, [[1, 2]], 2, draft_cycles=(1, 1))
+
+
+def test_a_draft_at_full_depth_is_always_accepted():
+  """The draft's own cache and rollback match the full model's: at the same cycles every
+  draft is accepted and each verification emits k + 1 tokens (until a row's budget)."""
+  cfg, variables = tiny()
+  prompts = prompts_of(LENGTHS[:4], cfg.vocab_size)
+  stats = speculative.Stats()
+  got = hrm_jax.generate(cfg, variables, prompts, 10, batch_size=2,
+                         draft_cycles=(cfg.H_cycles, cfg.L_cycles), draft_len=3, stats=stats)
+  assert got == hrm_jax.generate(cfg, variables, prompts, 10)
+  assert stats.acceptance_rate == 1.0
