@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hrm_jax import checkpoints, data as data_lib, native, optim, truncation
-from hrm_jax.models import LanguageModel
+from hrm_jax import checkpoints, data as data_lib, native, optim
+from hrm_jax.models import LanguageModel, bp_steps_at
 from hrm_jax.train import loop, step as step_lib, warm_start
 from helpers import tiny_model
 from train_loop_test import leaves, tiny_config
@@ -71,7 +71,7 @@ def continue_by_hand(state, cfg, model_config, steps):
 
   batches = pipeline.iterator()
   for s in range(steps):
-    bp = truncation.bp_steps_at(s + 1, train.total_steps, model_config)
+    bp = bp_steps_at(s + 1, train.total_steps, model_config)
     state = update(state, jax.tree.map(jnp.asarray, next(batches)), schedule(s), bp)
   return state
 
