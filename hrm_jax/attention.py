@@ -106,28 +106,32 @@ def make_mask_info(segment_ids_BxS: jax.Array, prefix_mask_BxS: jax.Array,
                   ranges=ranges_lib.prefix_lm_ranges(segment_ids_BxS, prefix))
 
 
-def _softmax_attention(q_BxSxHxK: jax.Array, k: jax.Array, v: jax.Array, mask_BxSxT: jax.Array,
-                       k_spec: str, v_spec: str) -> jax.Array:
-  """Scores and softmax in float32, output in v's dtype; k and v in the layouts named by
-  their einsum specs (t = key position)."""
-  scale = q_BxSxHxK.shape[-1] ** -0.5
-  scores = jnp.einsum(f"bshk,{k_spec}->bhst", q_BxSxHxK, k,
+def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                       specs: str) -> jax.Array:
+  """Scores and softmax in float32, output in v's dtype; `specs` names the layouts as
+  "q,k,v->scores" (t = key position), `mask` broadcasts against the scores."""
+  q_spec, k_spec, v_spec, s_spec = specs.replace("->", ",").split(",")
+  scale = q.shape[-1] ** -0.5
+  scores = jnp.einsum(f"{q_spec},{k_spec}->{s_spec}", q, k,
                       preferred_element_type=jnp.float32) * scale
-  scores = jnp.where(mask_BxSxT[:, None], scores, jnp.finfo(jnp.float32).min)
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  return jnp.einsum(f"bhst,{v_spec}->bshk", probs, v)
+  return jnp.einsum(f"{s_spec},{v_spec}->{q_spec}", probs, v)
 
 
 def dense_attention(q_BxSxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array,
                     mask_BxSxT: jax.Array) -> jax.Array:
   """O(S*T) reference attention: scores and softmax in float32, output in q's dtype."""
-  return _softmax_attention(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxSxT, "bthk", "bthk")
+  return _softmax_attention(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxSxT[:, None],
+                            "bshk,bthk,bthk->bhst")
 
 
-def cached_attention(q_BxSxHxK: jax.Array, k_BxHxKxT: jax.Array, v_BxHxTxK: jax.Array,
-                     mask_BxSxT: jax.Array) -> jax.Array:
-  """`dense_attention` over a KV cache stored in the layouts its dots read directly."""
-  return _softmax_attention(q_BxSxHxK, k_BxHxKxT, v_BxHxTxK, mask_BxSxT, "bhkt", "bhtk")
+def cached_attention(q_NxSxK: jax.Array, k_NxKxT: jax.Array, v_NxTxK: jax.Array,
+                     mask_NxSxT: jax.Array) -> jax.Array:
+  """`dense_attention` over a KV cache of N = batch x heads rows, in the layouts its dots
+  read directly (one batch dimension: no reshape between the cache write and the dots);
+  output [N, S, K]."""
+  return _softmax_attention(q_NxSxK, k_NxKxT, v_NxTxK, mask_NxSxT, "nsk,nkt,ntk->nst")
 
 
 def _block(impl: str, chunk: int, seq_len: int) -> int:

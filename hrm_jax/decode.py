@@ -8,9 +8,10 @@ same position per step (one in-place update), and a row refilled mid-call holds 
 just before that position and sees the cyclic range from its first token on.
 
 The cache has one slot per (pass, layer) call, `H_cycles * (L_cycles + 1) * layers_per_stack`
-for HRM: each is its own pair of arrays, keys [B, H, K, L] and values [B, H, L, K], so the
-decode loop carries them as separate buffers and writes one position of each in place per
-step (no slicing of a stacked cache). The stacked layer weights are split per layer once per
+for HRM: each is its own pair of arrays, keys [B*H, K, L] and values [B*H, L, K] (batch and
+heads merged into the attention dots' one batch dimension), so the decode loop carries them
+as separate buffers and writes one position of each in place per step (no slicing of a
+stacked cache, no reshape between the write and the dots that read it). The stacked layer weights are split per layer once per
 call (`prepare`, `layers.unstack_layers`), and prefill computes the head on the last
 position only.
 """
@@ -156,17 +157,19 @@ def init(config: ModelConfig, variables: dict, batch: int, length: int) -> State
 
 def _scatter_rows(big: jax.Array, new: jax.Array, rows_R: jax.Array, slot_RxP: jax.Array,
                   key: bool) -> jax.Array:
-  """Write new's positions into `big` at rows rows_R, cache positions slot_RxP (out of range:
-  dropped). Keys [..., B, H, K, L] / new [..., R, H, K, P]; values [..., B, H, L, K]."""
-  lead = big.ndim - 4
+  """Write new's positions into `big` at batch rows rows_R, cache positions slot_RxP (out of
+  range: dropped). Keys [..., B*H, K, L] / new [..., R*H, K, P]; values [..., B*H, L, K]."""
+  lead = big.ndim - 3
+  h = new.shape[lead] // len(rows_R)
+  rows_N = (rows_R[:, None] * h + jnp.arange(h)).reshape(-1, 1)
+  slot_NxP = jnp.repeat(slot_RxP, h, axis=0)
   ix = (slice(None),) * lead
-  if key:
-    index = ix + (rows_R[:, None], slice(None), slice(None), slot_RxP)
-    new_RxPx_ = jnp.moveaxis(jnp.moveaxis(new, -1, 0), lead + 1, 0)
+  if key:  # the row and position indices are apart: their dims come first
+    index = ix + (rows_N, slice(None), slot_NxP)
+    new = jnp.moveaxis(jnp.moveaxis(new, -1, 0), lead + 1, 0)
   else:
-    index = ix + (rows_R[:, None], slice(None), slot_RxP, slice(None))
-    new_RxPx_ = jnp.moveaxis(jnp.moveaxis(new, -2, 0), lead + 1, 0)
-  return big.at[index].set(new_RxPx_, mode="drop")
+    index = ix + (rows_N, slot_NxP, slice(None))
+  return big.at[index].set(new, mode="drop")
 
 
 def refill(config: ModelConfig, variables: dict, state: State, rows_R: jax.Array,

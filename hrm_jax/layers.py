@@ -139,14 +139,16 @@ class Attention(nn.Module):
     and attend over the slot by step.mask_BxSxT.
 
     Each (pass, layer) call owns one slot: a separate array pair in the 'cache' collection,
-    keys [B, H, K, L] and values [B, H, L, K] (L = step.length; the layouts the attention
-    dots read without a transpose). The 'cursor' (a Python int: decoding runs the pass loops
-    in Python) numbers this module's calls, the same in prefill and decode. The decode loop
+    keys [N, K, L] and values [N, L, K] with N = B*H (L = step.length; the layouts the
+    attention dots read with no transpose or reshape: with a separate batch dimension,
+    XLA:CPU duplicated the write into the dots' operand and copied every slot each step at
+    batch 1). The 'cursor' (a Python int: decoding runs the pass loops in Python) numbers this module's calls, the same in prefill and decode. The decode loop
     carries the slots as separate buffers, so each step writes one position of each in
     place and reads it with no slicing or copying. The first call (prefill) creates the
     slot; its cache then holds only this call's keys, so it attends to them directly.
     """
     b, s, h, k = k_BxSxHxK.shape
+    n = b * h
     cursor = self.variable(CURSOR, "calls", lambda: 0)
     slot = cursor.value
     cursor.value = slot + 1
@@ -154,21 +156,21 @@ class Attention(nn.Module):
     values = self.variable(CACHE, "cached_value", tuple)
     new = slot == len(keys.value)
     dtype = self.config.dtype
-    k_BxHxKxL = (jnp.zeros((b, h, k, step.length), dtype) if new else keys.value[slot])
-    v_BxHxLxK = (jnp.zeros((b, h, step.length, k), dtype) if new else values.value[slot])
+    k_NxKxL = (jnp.zeros((n, k, step.length), dtype) if new else keys.value[slot])
+    v_NxLxK = (jnp.zeros((n, step.length, k), dtype) if new else values.value[slot])
+    k_NxKxS = k_BxSxHxK.transpose(0, 2, 3, 1).reshape(n, k, s).astype(dtype)
+    v_NxSxK = v_BxSxHxK.transpose(0, 2, 1, 3).reshape(n, s, k).astype(dtype)
     if jnp.ndim(step.index) == 0:  # every row writes positions index..index+S-1
-      k_BxHxKxL = jax.lax.dynamic_update_slice(
-          k_BxHxKxL, k_BxSxHxK.transpose(0, 2, 3, 1).astype(dtype), (0, 0, 0, step.index))
-      v_BxHxLxK = jax.lax.dynamic_update_slice(
-          v_BxHxLxK, v_BxSxHxK.transpose(0, 2, 1, 3).astype(dtype), (0, 0, step.index, 0))
+      k_NxKxL = jax.lax.dynamic_update_slice(k_NxKxL, k_NxKxS, (0, 0, step.index))
+      v_NxLxK = jax.lax.dynamic_update_slice(v_NxLxK, v_NxSxK, (0, step.index, 0))
     else:  # index_BxS: each token's own position (>= length: not written)
-      rows_Bx1 = jnp.arange(b)[:, None]
-      k_BxHxKxL = k_BxHxKxL.at[rows_Bx1, :, :, step.index].set(k_BxSxHxK.astype(dtype),
-                                                               mode="drop")
-      v_BxHxLxK = v_BxHxLxK.at[rows_Bx1, :, step.index, :].set(v_BxSxHxK.astype(dtype),
-                                                               mode="drop")
-    keys.value = keys.value[:slot] + (k_BxHxKxL,) + keys.value[slot + 1:]
-    values.value = values.value[:slot] + (v_BxHxLxK,) + values.value[slot + 1:]
+      index_NxS = jnp.repeat(step.index, h, axis=0)
+      rows_Nx1 = jnp.arange(n)[:, None]
+      k_NxKxL = k_NxKxL.at[rows_Nx1, :, index_NxS].set(jnp.swapaxes(k_NxKxS, 1, 2),
+                                                       mode="drop")
+      v_NxLxK = v_NxLxK.at[rows_Nx1, index_NxS, :].set(v_NxSxK, mode="drop")
+    keys.value = keys.value[:slot] + (k_NxKxL,) + keys.value[slot + 1:]
+    values.value = values.value[:slot] + (v_NxLxK,) + values.value[slot + 1:]
     t = step.mask_BxSxT.shape[-1]
     if new:
       if t != s:
@@ -178,7 +180,10 @@ class Attention(nn.Module):
     if t != step.length:
       raise ValueError(f"KV-cache decoding: the mask must cover all {step.length} cache "
                        f"positions, got {t}")
-    return attention.cached_attention(q_BxSxHxK, k_BxHxKxL, v_BxHxLxK, step.mask_BxSxT)
+    q_NxSxK = q_BxSxHxK.transpose(0, 2, 1, 3).reshape(n, s, k)
+    out_NxSxK = attention.cached_attention(q_NxSxK, k_NxKxL, v_NxLxK,
+                                           jnp.repeat(step.mask_BxSxT, h, axis=0))
+    return out_NxSxK.reshape(b, h, s, k).transpose(0, 2, 1, 3)
 
 
 class SwiGLU(nn.Module):
