@@ -1,6 +1,10 @@
-"""Test setup: 8 host devices for sharding tests, fast XLA compiles (tiny shapes), float32."""
+"""Test setup: 8 host devices for sharding tests, fast XLA compiles (tiny shapes), float32,
+and one persistent compilation cache for the whole session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
@@ -11,3 +15,15 @@ os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Compile-only GPU devices (tests/aot_test.py) need no cuDNN; skip the plugin's version check.
 os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+
+# Many tests (and the experiments/*.py subprocesses they start, which inherit this
+# environment) compile the same tiny programs: a compilation cache shared by the xdist
+# workers and those subprocesses compiles each once. It lives in a fresh directory per
+# session, made by the process pytest started (xdist workers inherit it) and removed at its
+# exit, so no user cache is read or written.
+if "PYTEST_XDIST_WORKER" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="hrm_jax_test_jax_cache_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"

@@ -42,7 +42,9 @@ def trained() -> tuple[hrm_jax.ModelConfig, dict]:
   params = model.init(jax.random.PRNGKey(0), batch)
   opt = optax.adam(3e-3)
 
-  @jax.jit
+  # Optimised code for these 150 steps (conftest compiles at level 0, fast to compile but
+  # several times slower to run).
+  @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 2})
   def train_step(params, opt_state):
     def loss(p):
       logits = model.apply(p, batch)[:, :-1]
