@@ -236,15 +236,22 @@ def test_a_draft_at_full_depth_is_always_accepted():
   assert stats.acceptance_rate == 1.0
 
 
-def _free_logits(cfg, variables, prompt, generated):
-  """Next-token logits [V] of a cache-free forward: the prompt as bidirectional prefix, the
-  generated tokens causal (what the KV-cache engine computes)."""
+@functools.lru_cache(maxsize=None)
+def _forward(cfg):
+  return jax.jit(hrm_jax.LanguageModel(cfg).apply)
+
+
+def _free_logits(cfg, variables, prompt, generated, length=48):
+  """Logits [P + G, V] of a cache-free forward (right-padded to `length`, one compile per
+  config): the prompt as bidirectional prefix, the generated tokens causal (what the
+  KV-cache engine computes); row i predicts the token after the first i + 1."""
   seq = list(prompt) + list(generated)
   s = len(seq)
-  batch = {"inputs": np.array([seq], np.int32), "positions": np.arange(s)[None].astype(np.int32),
-           "segment_ids": np.ones((1, s), np.int32),
-           "prefix_mask": (np.arange(s) < len(prompt))[None]}
-  return np.asarray(hrm_jax.LanguageModel(cfg).apply(variables, batch))[0, -1]
+  pad = lambda x: np.pad(np.asarray(x), (0, length - s))[None]
+  batch = {"inputs": pad(seq).astype(np.int32), "positions": pad(np.arange(s)).astype(np.int32),
+           "segment_ids": pad(np.ones(s)).astype(np.int32),
+           "prefix_mask": pad(np.arange(s) < len(prompt)).astype(bool)}
+  return np.asarray(_forward(cfg)(variables, batch))[0, :s]
 
 
 def test_the_draft_predicts_what_the_shallow_model_recomputes():
@@ -276,7 +283,7 @@ def test_the_draft_predicts_what_the_shallow_model_recomputes():
                                            state.draft.start_B, state.draft.pos_B - 1, write_Bx2)
     for r in range(b):
       np.testing.assert_allclose(np.asarray(cached_Bx2xV[r, 1]),
-                                 _free_logits(draft, variables, prompts[r], generated[r]),
+                                 _free_logits(draft, variables, prompts[r], generated[r])[-1],
                                  rtol=0, atol=1e-4)
   assert len(counts) > 1 and behind > 0  # rejections, partial and full acceptances
 
@@ -309,8 +316,8 @@ def test_acceptance_is_what_teacher_forced_agreement_predicts(k):
   longer = hrm_jax.generate(cfg, variables, prompts, [n + k for n in BUDGETS])
   expected = 0
   for prompt, tokens, budget in zip(prompts, longer, BUDGETS):
-    agree = [c > 0 and int(np.argmax(_free_logits(draft, variables, prompt, tokens[:c])))
-             == tokens[c] for c in range(len(tokens))]
+    argmax_S = np.argmax(_free_logits(draft, variables, prompt, tokens), -1)
+    agree = [c > 0 and argmax_S[len(prompt) + c - 1] == tokens[c] for c in range(len(tokens))]
     expected += _predicted_accepted(agree, k, budget)
   stats = speculative.Stats()
   assert hrm_jax.generate(cfg, variables, prompts, BUDGETS, batch_size=3, draft_cycles=(2, 2),
