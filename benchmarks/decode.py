@@ -20,10 +20,13 @@ attention, norms, RoPE and the cache update cost.
 
 --speculative: self-speculative decoding (`draft_cycles`, `draft_len`) against plain greedy
 decoding at batch 1 and 8, on --checkpoint (the trained demo: held-out demo prompts) and on
-random weights of the same shape: tokens/s, speedup, acceptance rate, tokens per
-verification, and whether every answer is the same; then the costs that bound the speedup
-(ms of one decode step, one (k+1)-token verification, one draft step; each in one compiled
-loop) and the speedup they predict from the measured tokens per verification.
+random weights of the same shape: tokens/s, speedup, acceptance rate, the draft's
+teacher-forced agreement with the plain output and the acceptance it predicts, tokens per
+verification, and whether every answer is the same; then, at batch 1 and 8, the costs that
+bound the speedup (ms of one decode step, one (k+1)-token verification, one draft step;
+the weight-matmul floor of each at B, B*(k+1) and B rows; the verification's cache writes
+alone; each in one compiled loop, fastest of 3) and the speedup predicted from the
+measured tokens per verification by the calls and by their floors.
 
 A random hrm_jax model is exported with hrm_jax.hf.save and loaded by
 `transformers.HrmTextForCausalLM`; both decode the same left-padded PrefixLM prompts
