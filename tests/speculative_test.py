@@ -236,3 +236,93 @@ def test_a_draft_at_full_depth_is_always_accepted():
                          draft_cycles=(cfg.H_cycles, cfg.L_cycles), draft_len=3, stats=stats)
   assert got == hrm_jax.generate(cfg, variables, prompts, 10)
   assert stats.acceptance_rate == 1.0
+
+
+@functools.lru_cache(maxsize=None)
+def _forward(cfg):
+  return jax.jit(hrm_jax.LanguageModel(cfg).apply)
+
+
+def _free_logits(cfg, variables, prompt, generated, length=48):
+  """Logits [P + G, V] of a cache-free forward (right-padded to `length`, one compile per
+  config): the prompt as bidirectional prefix, the generated tokens causal (what the
+  KV-cache engine computes); row i predicts the token after the first i + 1."""
+  seq = list(prompt) + list(generated)
+  s = len(seq)
+  pad = lambda x: np.pad(np.asarray(x), (0, length - s))[None]
+  batch = {"inputs": pad(seq).astype(np.int32), "positions": pad(np.arange(s)).astype(np.int32),
+           "segment_ids": pad(np.ones(s)).astype(np.int32),
+           "prefix_mask": pad(np.arange(s) < len(prompt)).astype(bool)}
+  return np.asarray(_forward(cfg)(variables, batch))[0, :s]
+
+
+def test_the_draft_predicts_what_the_shallow_model_recomputes():
+  """After rounds with rejections (and rows that took all k, whose draft cache is behind),
+  the draft's next-token logits from its cache, computed as the next round's first draft
+  step does, equal a cache-free forward of the draft-depth model on the row's accepted
+  sequence: the draft proposes what the shallow model would (f32, |diff| <= 1e-4)."""
+  cfg, variables = tiny()
+  draft = speculative.draft_config(cfg, (2, 2))
+  dv = decode.decode_variables(variables)
+  prompts = prompts_of([3, 7, 5, 4], cfg.vocab_size, seed=5)
+  b, k = len(prompts), 2
+  state, last_B = _spec_state(cfg, draft, dv, prompts, 40)
+  generated = [[t] for t in np.asarray(last_B).tolist()]
+  zeros = jnp.zeros(b, jnp.int32)
+  counts, behind = set(), 0
+  for _ in range(4):
+    prop, state = speculative.propose(cfg, draft, dv, state, last_B, zeros, zeros,
+                                      jax.random.PRNGKey(0), 1.0, 1.0, k, greedy=True)
+    state = speculative.advance(state, prop.tokens_BxS, prop.count_B, last_B)
+    for r, c in enumerate(np.asarray(prop.count_B).tolist()):
+      generated[r] += np.asarray(prop.tokens_BxS[r, :c]).tolist()
+      counts.add(c)
+    last_B = jnp.array([g[-1] for g in generated], jnp.int32)
+    behind += int(np.sum(np.asarray(state.behind_B)))
+    two_Bx2 = jnp.stack([state.prev_B, last_B], axis=1)
+    write_Bx2 = jnp.stack([state.behind_B, jnp.ones_like(state.behind_B)], axis=1)
+    cached_Bx2xV, _ = decode.decode_tokens(draft, dv, state.draft.cache, two_Bx2,
+                                           state.draft.start_B, state.draft.pos_B - 1, write_Bx2)
+    for r in range(b):
+      np.testing.assert_allclose(np.asarray(cached_Bx2xV[r, 1]),
+                                 _free_logits(draft, variables, prompts[r], generated[r])[-1],
+                                 rtol=0, atol=1e-4)
+  assert len(counts) > 1 and behind > 0  # rejections, partial and full acceptances
+
+
+def _predicted_accepted(agree, k, budget):
+  """Drafts accepted by greedy speculation on one row, from teacher-forced agreement:
+  agree[c] says whether the draft's argmax after the full model's first c tokens is the
+  full model's token c. A round at c accepts the run of agreements from c (at most k), as
+  accepted drafts are the full model's tokens."""
+  c, accepted = 1, 0
+  while c < budget:
+    a = 0
+    while a < k and c + a < len(agree) and agree[c + a]:
+      a += 1
+    accepted += a
+    c += min(a + 1, budget - c)
+  return accepted
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_acceptance_is_what_teacher_forced_agreement_predicts(k):
+  """End to end through the engine (continuous batching, refills): the drafts accepted are
+  exactly those the shallow model's teacher-forced argmax over the full model's greedy
+  continuation predicts, so a draft-cache fault would show up as lower acceptance."""
+  cfg, variables = tiny()
+  draft = speculative.draft_config(cfg, (2, 2))
+  prompts = prompts_of(LENGTHS, cfg.vocab_size, seed=7)
+  full = hrm_jax.generate(cfg, variables, prompts, BUDGETS)
+  # k tokens past each budget: a row's last round drafts (and may accept) past its budget.
+  longer = hrm_jax.generate(cfg, variables, prompts, [n + k for n in BUDGETS])
+  expected = 0
+  for prompt, tokens, budget in zip(prompts, longer, BUDGETS):
+    argmax_S = np.argmax(_free_logits(draft, variables, prompt, tokens), -1)
+    agree = [c > 0 and argmax_S[len(prompt) + c - 1] == tokens[c] for c in range(len(tokens))]
+    expected += _predicted_accepted(agree, k, budget)
+  stats = speculative.Stats()
+  assert hrm_jax.generate(cfg, variables, prompts, BUDGETS, batch_size=3, draft_cycles=(2, 2),
+                          draft_len=k, stats=stats) == full
+  assert 0 < expected < stats.row_rounds * k  # some drafts accepted, some rejected
+  assert stats.accepted == expected
