@@ -117,13 +117,15 @@ def _spec_state(cfg, draft, variables, prompts, length):
 
 
 def _valid(cache, state: decode.State):
-  """Each cache leaf [..., B, H, K, T] in position order, NaN at each row's positions >=
-  pos_B (what the row must not see)."""
+  """Each cache leaf (keys [..., B*H, K, T], values [..., B*H, T, K]) as [..., B, H, K, T] in
+  position order, NaN at each row's positions >= pos_B (what the row must not see)."""
   t = decode.cache_length(cache)
+  b = len(state.start_B)
   order_BxT = (state.start_B[:, None] + jnp.arange(t)[None]) % t
   keep_BxT = jnp.arange(t)[None] < state.pos_B[:, None]
 
   def leaf(path, x):
+    x = x.reshape(x.shape[:-3] + (b, -1) + x.shape[-2:])
     x = jnp.moveaxis(x, -1 if "cached_key" in jax.tree_util.keystr(path) else -2, -1)
     lead = (1,) * (x.ndim - 4)
     x = jnp.take_along_axis(x, order_BxT.reshape(lead + (-1, 1, 1, t)), -1)
