@@ -11,9 +11,9 @@ The cache has one slot per (pass, layer) call, `H_cycles * (L_cycles + 1) * laye
 for HRM: each is its own pair of arrays, keys [B*H, K, L] and values [B*H, L, K] (batch and
 heads merged into the attention dots' one batch dimension), so the decode loop carries them
 as separate buffers and writes one position of each in place per step (no slicing of a
-stacked cache, no reshape between the write and the dots that read it). The stacked layer weights are split per layer once per
-call (`prepare`, `layers.unstack_layers`), and prefill computes the head on the last
-position only.
+stacked cache, no reshape between the write and the dots that read it). The stacked layer
+weights are split per layer once per call (`prepare`, `layers.unstack_layers`), and prefill
+computes the head on the last position only.
 """
 
 from __future__ import annotations

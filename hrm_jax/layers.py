@@ -142,9 +142,10 @@ class Attention(nn.Module):
     keys [N, K, L] and values [N, L, K] with N = B*H (L = step.length; the layouts the
     attention dots read with no transpose or reshape: with a separate batch dimension,
     XLA:CPU duplicated the write into the dots' operand and copied every slot each step at
-    batch 1). The 'cursor' (a Python int: decoding runs the pass loops in Python) numbers this module's calls, the same in prefill and decode. The decode loop
-    carries the slots as separate buffers, so each step writes one position of each in
-    place and reads it with no slicing or copying. The first call (prefill) creates the
+    batch 1). The 'cursor' (a Python int: decoding runs the pass loops in Python) numbers
+    this module's calls, the same in prefill and decode. The decode loop carries the slots
+    as separate buffers, so each step writes one position of each in place and reads it
+    with no slicing or copying. The first call (prefill) creates the
     slot; its cache then holds only this call's keys, so it attends to them directly.
     """
     b, s, h, k = k_BxSxHxK.shape
