@@ -9,14 +9,16 @@
 prompt) with static batches (each group of --batch prompts generated to its longest budget,
 through the same `hrm_jax.generate`) on prompts with long-tailed budgets: 80% in 4-32 new
 tokens, 20% in 96-128. It prints items/s of both, their ratio and whether every answer is
-the same, each after one warm-up run (compilation).
+the same: the fastest of 3 interleaved runs of each, after one warm-up run (compilation).
 
---floor: greedy decode tokens/s of `hrm_jax.generate` at batch 1, 8 and 32 next to the
-weight-matmul floor of a decode step: the step's matmuls alone (every layer application's
-gqkv, o, gate_up and down projections, and the head, chained so none is skipped) in one
-compiled loop, and next to the bare `decode.decode_step` (no sampling or bookkeeping) in one
-compiled loop: engine / bare shows what sampling and row bookkeeping cost, bare / floor what
-attention, norms, RoPE and the cache update cost.
+--floor: greedy decode tokens/s of `hrm_jax.generate` at batch 1, 8 and 32 next to its
+bare step (`decode.step` with argmax, no sampling or row bookkeeping, in one compiled loop)
+and two floors, each in one compiled loop: the weight-matmul floor (every layer application's
+gqkv, o, gate_up and down projections and the head, chained so none is skipped) and the
+step-matmul floor (those plus attention's two dots per layer application over the engine's
+cache: the cache reads no decode step can skip). engine / bare shows what sampling and
+bookkeeping cost, bare / step floor what the mask, softmax, norms, RoPE, cache writes and
+XLA's per-op dispatch cost.
 
 --speculative: self-speculative decoding (`draft_cycles`, `draft_len`) against plain greedy
 decoding at batch 1 and 8, on --checkpoint (the trained demo: held-out demo prompts) and on
@@ -52,7 +54,7 @@ import transformers
 from absl import app, flags
 
 import hrm_jax
-from hrm_jax import decode, loading, speculative
+from hrm_jax import decode, generation, loading, speculative
 from hrm_jax.data import demo
 
 flags.DEFINE_integer("hidden_size", 256, "Hidden size.")
@@ -167,12 +169,14 @@ def continuous(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Gene
   def engine():
     return hrm_jax.generate(config, variables, prompts, budgets, batch_size=f.batch)
 
-  seconds, outs = {}, {}
-  for name, run in (("static batches", static), ("continuous batching", engine)):
-    run()  # compilation
-    start = time.perf_counter()
-    outs[name] = run()
-    seconds[name] = time.perf_counter() - start
+  arms = (("static batches", static), ("continuous batching", engine))
+  outs = {name: run() for name, run in arms}  # compilation
+  seconds = {name: float("inf") for name, _ in arms}
+  for _ in range(3):  # interleaved, the fastest of each: the least disturbed by other jobs
+    for name, run in arms:
+      start = time.perf_counter()
+      outs[name] = run()
+      seconds[name] = min(seconds[name], time.perf_counter() - start)
   tokens = sum(budgets)
   print(f"model: hidden {f.hidden_size}, {f.layers_per_stack} layers/stack, H{f.H_cycles} "
         f"L{f.L_cycles}, vocab {f.vocab_size}, float32; {n} prompts of 16-47 tokens, batch "
@@ -229,33 +233,62 @@ def tokens_ms(config: hrm_jax.ModelConfig, variables: dict, prompt_BxP: np.ndarr
 
 
 def matmul_floor_ms(config: hrm_jax.ModelConfig, variables: dict, rows: int,
-                    steps: int = 64, repeats: int = 1) -> float:
-  """ms per call of a decode call's weight matmuls alone, in one compiled loop: each layer
+                    steps: int = 64, repeats: int = 1, cache_len: int = 0) -> float:
+  """ms per call of a decode call's matmuls alone, in one compiled loop: each layer
   application's gqkv, o, gate_up and down projections at [rows, D], then the head. rows =
-  B for a decode step, B * (k + 1) for a verification of k drafts."""
+  B for a decode step, B * (k + 1) for a verification of k drafts. With `cache_len` T, each
+  layer application also runs attention's two dots (scores, then the weighted values; no
+  mask or softmax) over its own cache slot of T positions in the engine's layouts (keys
+  [B*H, K, T], values [B*H, T, K]): the reads of the cache that any decode step makes."""
   core = variables["params"]["core"]
+  d, h, k = config.hidden_size, config.num_heads, config.head_dim
   kernels = lambda stack: [
       tuple(jnp.asarray(layer[m][n]["kernel"]).reshape(
-          (config.hidden_size, -1) if n in ("gqkv_proj", "gate_up_proj") else
-          (-1, config.hidden_size)) for m, n in (("attn", "gqkv_proj"), ("attn", "o_proj"),
-                                                 ("mlp", "gate_up_proj"), ("mlp", "down_proj")))
+          (d, -1) if n in ("gqkv_proj", "gate_up_proj") else (-1, d))
+          for m, n in (("attn", "gqkv_proj"), ("attn", "o_proj"), ("mlp", "gate_up_proj"),
+                       ("mlp", "down_proj")))
       for _, layer in sorted(core[stack].items())]
   plan = [kernels("L")] * config.L_cycles + [kernels("H")]
-  plan = plan * config.H_cycles
+  plan = [layer for stack in plan * config.H_cycles for layer in stack]
   head_DxV = jnp.asarray(variables["params"]["lm_head"]["kernel"])
+  slots = len(plan) if cache_len else 0
+  keys = [jnp.full((rows * h, k, cache_len), 1e-3) for _ in range(slots)]
+  values = [jnp.full((rows * h, cache_len, k), 1e-3) for _ in range(slots)]
 
   @jax.jit
-  def loop(x_BxD):
+  def loop(x_BxD, keys, values):
     def body(_, x_BxD):
-      for stack in plan:
-        for gqkv, o, gate_up, down in stack:
-          x_BxD = x_BxD + (x_BxD @ gqkv)[:, :o.shape[0]] @ o
-          x_BxD = x_BxD + (x_BxD @ gate_up)[:, :down.shape[0]] @ down
+      for i, (gqkv, o, gate_up, down) in enumerate(plan):
+        a_BxD = (x_BxD @ gqkv)[:, :o.shape[0]]
+        if cache_len:
+          q_Nx1xK = a_BxD.reshape(rows * h, 1, k)
+          scores_Nx1xT = jnp.einsum("nsk,nkt->nst", q_Nx1xK, keys[i])
+          a_BxD = jnp.einsum("nst,ntk->nsk", scores_Nx1xT, values[i]).reshape(rows, d)
+        x_BxD = x_BxD + a_BxD @ o
+        x_BxD = x_BxD + (x_BxD @ gate_up)[:, :down.shape[0]] @ down
       return x_BxD + 1e-9 * jnp.sum(x_BxD @ head_DxV)
     return jax.lax.fori_loop(0, steps, body, x_BxD)
 
-  x = jnp.ones((rows, config.hidden_size), jnp.float32) * 1e-3
-  _, seconds = _timed(lambda: loop(x), repeats)
+  x = jnp.ones((rows, d), jnp.float32) * 1e-3
+  _, seconds = _timed(lambda: loop(x, keys, values), repeats)
+  return seconds / steps * 1e3
+
+
+def step_ms(config: hrm_jax.ModelConfig, variables: dict, batch: int, length: int,
+            steps: int = 32, repeats: int = 1) -> float:
+  """ms per `decode.step` (the engine's decode step: one position of a ring cache of
+  `length` positions, written at a common position by every row), `steps` in one compiled
+  loop with argmax between: the engine's step without sampling or row bookkeeping."""
+  state = decode.init(config, variables, batch, length)
+
+  @jax.jit
+  def loop(state, token_B):
+    def body(_, carry):
+      logits_BxV, state = decode.step(config, variables, *carry)
+      return state, jnp.argmax(logits_BxV, -1).astype(jnp.int32)
+    return jax.lax.fori_loop(0, steps, body, (state, token_B))[1]
+
+  _, seconds = _timed(lambda: loop(state, jnp.ones(batch, jnp.int32)), repeats)
   return seconds / steps * 1e3
 
 
@@ -298,25 +331,37 @@ def cache_write_ms(config: hrm_jax.ModelConfig, batch: int, s: int, length: int,
 
 
 def floor(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Generator) -> None:
-  """Engine tokens/s at batch 1, 8, 32 against the bare step and the weight-matmul floor."""
+  """Engine tokens/s at batch 1, 8, 32 against its bare step and two floors: the weight
+  matmuls alone, and all the step's matmuls (weights and attention over the engine's cache)."""
   f = flags.FLAGS
   dv = decode.decode_variables(variables)
+  length = generation.bucket(32) + generation.bucket(f.new_tokens)  # the engine's ring
   print(f"model: hidden {f.hidden_size}, {f.layers_per_stack} layers/stack, H{f.H_cycles} "
         f"L{f.L_cycles}, vocab {f.vocab_size}, float32; prompts of 32 tokens, "
-        f"{f.new_tokens} new tokens (greedy, no eos); load average (1 min) "
-        f"{os.getloadavg()[0]:.2f}")
-  print("| batch | engine tokens/s | engine ms/step | bare step ms | matmul floor ms "
-        "| engine / floor | bare / floor |")
-  print("|---|---|---|---|---|---|---|")
+        f"{f.new_tokens} new tokens (greedy, no eos), cache of {length} positions; load "
+        f"average (1 min) {os.getloadavg()[0]:.2f}")
+  print("| batch | engine tokens/s | engine ms/step | bare step ms | weight-matmul floor ms | "
+        "step-matmul floor ms | engine / weight floor | engine / step floor | "
+        "bare / step floor |")
+  print("|---|---|---|---|---|---|---|---|---|")
   for batch in (1, 8, 32):
     prompts = [rng.integers(1, f.vocab_size, 32).tolist() for _ in range(batch)]
-    _, total = _timed(lambda: hrm_jax.generate(config, variables, prompts, f.new_tokens))
-    _, first = _timed(lambda: hrm_jax.generate(config, variables, prompts, 1))
-    engine = (total - first) / (f.new_tokens - 1) * 1e3
-    bare = tokens_ms(config, dv, np.array(prompts, np.int32), 1)
-    matmul = matmul_floor_ms(config, dv, batch)
-    print(f"| {batch} | {batch * f.new_tokens / total:.1f} | {engine:.2f} | {bare:.2f} | "
-          f"{matmul:.2f} | {engine / matmul:.2f}x | {bare / matmul:.2f}x |", flush=True)
+    runs = {"total": lambda: _timed(lambda: hrm_jax.generate(config, variables, prompts,
+                                                               f.new_tokens))[1] * 1e3,
+            "first": lambda: _timed(lambda: hrm_jax.generate(config, variables, prompts,
+                                                               1))[1] * 1e3,
+            "bare": lambda: step_ms(config, dv, batch, length),
+            "weights": lambda: matmul_floor_ms(config, dv, batch),
+            "matmuls": lambda: matmul_floor_ms(config, dv, batch, cache_len=length)}
+    ms = {name: float("inf") for name in runs}
+    for _ in range(3):  # interleaved rounds, the fastest of each: noise on a shared machine
+      for name, run in runs.items():  # moves every figure by up to 30% between runs
+        ms[name] = min(ms[name], run())
+    engine = (ms["total"] - ms["first"]) / (f.new_tokens - 1)
+    print(f"| {batch} | {batch * f.new_tokens / ms['total'] * 1e3:.1f} | {engine:.2f} | "
+          f"{ms['bare']:.2f} | {ms['weights']:.2f} | {ms['matmuls']:.2f} | "
+          f"{engine / ms['weights']:.2f}x | {engine / ms['matmuls']:.2f}x | "
+          f"{ms['bare'] / ms['matmuls']:.2f}x |", flush=True)
 
 
 def _demo_prompts(checkpoint: str, n: int) -> list[list[int]]:

@@ -18,6 +18,7 @@ computes the head on the last position only.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
@@ -148,11 +149,18 @@ def prepare(variables: dict) -> dict:
 
 def init(config: ModelConfig, variables: dict, batch: int, length: int) -> State:
   """An empty ring cache of `length` positions for `batch` rows."""
+  zeros = lambda: jnp.zeros(batch, jnp.int32)
+  return State(_empty_cache(variables, config=config, batch=batch, length=length),
+               jnp.int32(0), zeros(), zeros())
+
+
+@functools.partial(jax.jit, static_argnames=("config", "batch", "length"))
+def _empty_cache(variables: dict, *, config: ModelConfig, batch: int, length: int) -> Cache:
+  """Zeros in the cache's tree and shapes (those `prefill` makes), traced once per shape:
+  tracing the model for its cache shapes took most of a short `generate` call."""
   shapes = jax.eval_shape(lambda v: prefill(config, v, jnp.zeros((batch, 1), jnp.int32),
                                             jnp.zeros(batch, jnp.int32), length)[1], variables)
-  zeros = lambda: jnp.zeros(batch, jnp.int32)
-  return State(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), jnp.int32(0),
-               zeros(), zeros())
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def _scatter_rows(big: jax.Array, new: jax.Array, rows_R: jax.Array, slot_RxP: jax.Array,

@@ -2,7 +2,11 @@
 
 `generate` / `stream` keep `batch_size` rows busy: when a row emits eos or reaches its own
 budget its answer is recorded (streamed) and the row is refilled with the next prompt, so
-throughput tracks the mean answer length, not the longest. Decoding runs as compiled chunks
+throughput tracks the mean answer length, not the longest. Prompts are admitted largest
+budget first (ties in prompt order), as lm-eval orders its generation requests longest first:
+the budgets are known up front, and a long answer started last would run nearly alone at the
+end (48 prompts with long-tailed budgets at batch 8: 280 decode steps in prompt order, 219
+largest first, against 217 for perfectly full rows). Decoding runs as compiled chunks
 (`_decode`: a `lax.while_loop` until some running row finishes); between chunks the freed rows
 are prefilled (`_refill`) into their own slots while the other rows keep their state.
 
@@ -248,7 +252,7 @@ def _run(config: ModelConfig, variables: dict, prompts: list[list[int]], budgets
   rows = Rows(*(jnp.zeros(b, jnp.int32) for _ in range(3)), jnp.ones(b, bool),
               jnp.zeros(b, jnp.int32), jnp.zeros((b, n), jnp.int32))
   static = dict(config=config, backend=backend, greedy=greedy, draft=draft)
-  pending = iter(range(len(prompts)))
+  pending = iter(sorted(range(len(prompts)), key=lambda i: -budgets[i]))
   serving: list[Optional[int]] = [None] * b  # the prompt each row serves
 
   def fill(free: list[int]):

@@ -28,14 +28,16 @@ def test_refilled_rows_equal_each_prompt_alone(arch):
     assert hrm_jax.generate(cfg, variables, prompts, budgets, batch_size=batch_size) == alone
 
 
-def test_rows_are_refilled_in_prompt_order_and_stream_as_they_finish():
+def test_rows_are_refilled_largest_budget_first_and_stream_as_they_finish():
   cfg, variables = tiny()
   prompts = prompts_of(LENGTHS, cfg.vocab_size)
   budgets = [9, 2, 1, 4, 1, 3, 6]
   order = [i for i, _ in hrm_jax.stream(cfg, variables, prompts, budgets, batch_size=2)]
-  # Rows A, B start with 0 and 1. 1 ends at 2 tokens; B takes 2 (done at its first token),
-  # then 3 (4 tokens: A has 5), 4 (1), 5 (3: A has 7), then 6; A ends at 9, 6 at 6.
-  assert order == [1, 2, 3, 4, 5, 0, 6]
+  # Admission by budget: 0 (9), 6 (6), 3 (4), 5 (3), 1 (2), then 2 and 4 (1 each, prompt
+  # order). Rows A, B start with 0 and 6; 6 ends at 6 tokens (A has 6) and B takes 3, which
+  # ends with 0 at 9; A takes 5 (3 tokens), B takes 1 (2), which ends first; B then takes 2
+  # and 4 (each done at its first token) before 5 ends.
+  assert order == [6, 0, 3, 1, 2, 4, 5]
 
 
 def test_eos_in_the_middle_of_a_batch_frees_the_row():
