@@ -3,10 +3,10 @@
 `generate` / `stream` keep `batch_size` rows busy: when a row emits eos or reaches its own
 budget its answer is recorded (streamed) and the row is refilled with the next prompt, so
 throughput tracks the mean answer length, not the longest. Prompts are admitted largest
-budget first (ties in prompt order), as lm-eval orders its generation requests longest first:
-the budgets are known up front, and a long answer started last would run nearly alone at the
-end (48 prompts with long-tailed budgets at batch 8: 280 decode steps in prompt order, 219
-largest first, against 217 for perfectly full rows). Decoding runs as compiled chunks
+budget first (ties in prompt order; lm-eval likewise starts its longest requests first): the
+budgets are known up front, and a long answer started last would run nearly alone at the end
+(benchmarks/decode.py --continuous: 269 decode steps in prompt order, 231 largest first, 229
+with every row always busy). Decoding runs as compiled chunks
 (`_decode`: a `lax.while_loop` until some running row finishes); between chunks the freed rows
 are prefilled (`_refill`) into their own slots while the other rows keep their state.
 
