@@ -12,7 +12,7 @@ from hrm_jax import checkpoints, data as data_lib, hf, native
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import loop
 from native_test import assert_trees_equal, run
-from train_loop_test import tiny_config
+from train_loop_test import TINY, tiny_config
 
 
 def test_kept_steps_survive_rotation_and_restarts(tmp_path):
@@ -44,22 +44,25 @@ def test_epoch_checkpoint_steps_every_n_epochs_and_the_last():
 
 
 def test_a_two_epoch_run_keeps_its_epoch_checkpoints(tmp_path):
-  """The whole demo set twice, 64 x 256-token batches (about 10 steps an epoch; one H and
-  one L pass keep it quick). Step checkpoints every 3 steps rotate (keep 2); the ends of
-  epoch 1 and 2 stay and are read back by step."""
-  cfg = tiny_config(tmp_path / "demo", **{
-      "model.H_cycles": 1, "model.L_cycles": 1, "data.rows": 64, "data.row_len": 256, "train.epochs": 2,
-      "train.total_steps": 0, "log.every_steps": 5, "checkpoint.every_steps": 3,
-      "checkpoint.keep": 2, "checkpoint.every_epochs": 1, "checkpoint.keep_epochs": True})
+  """The whole demo set twice through experiments/train.py, 64 x 256-token batches (about
+  10 steps an epoch; one H and one L pass keep it quick). Step checkpoints every 3 steps
+  rotate (keep 2); the ends of epoch 1 and 2 stay and are read back by step."""
+  overrides = {**TINY, "data.demo_dir": str(tmp_path / "demo"), "model.H_cycles": 1,
+               "model.L_cycles": 1, "data.rows": 64, "data.row_len": 256, "train.epochs": 2,
+               "train.total_steps": 0, "log.every_steps": 5, "checkpoint.every_steps": 3,
+               "checkpoint.keep": 2, "checkpoint.every_epochs": 1,
+               "checkpoint.keep_epochs": True}
+  cfg = tiny_config(tmp_path / "demo", **overrides)
   sampled, _ = loop.open_data(cfg)
   pipeline = data_lib.Pipeline(sampled, rows=cfg.data.rows, row_len=cfg.data.row_len,
                                seed=cfg.data.seed, target_only=cfg.data.target_only)
   first, second = np.cumsum([pipeline.steps_per_epoch(e) for e in range(2)])
   assert first > 3 and first % 3 and second - first > 3  # epoch ends between step saves
   workdir = tmp_path / "run"
-  result = loop.train(cfg, str(workdir))
-  assert result.steps_done == second  # the data ran out after two epochs
+  run("experiments/train.py", "--config=demo", f"--workdir={workdir}",
+      *(f"--config.{k}={v}" for k, v in overrides.items()))
   mngr, latest, _ = checkpoints.locate(workdir)
+  # the data ran out after two epochs; both epoch ends kept, step saves rotated
   assert (mngr.all_steps(), latest) == ([first, second // 3 * 3, second], second)
   first_epoch = native.load(workdir, step=int(first))
   assert not np.array_equal(first_epoch[1]["params"]["embed_tokens"],

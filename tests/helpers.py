@@ -15,6 +15,13 @@ import hrm_jax
 from hrm_jax.models import spec_of
 
 
+def eight_devices(env: dict[str, str]) -> dict[str, str]:
+  """`env` for a script that must run on the 8 CPU devices of the test processes (conftest
+  gives them to these processes only; scripts otherwise get one)."""
+  return {**env, "XLA_FLAGS": (env.get("XLA_FLAGS", "") +
+                               " --xla_force_host_platform_device_count=8").strip()}
+
+
 def tiny_config(arch: str = "hrm", **overrides) -> hrm_jax.ModelConfig:
   kw = dict(hidden_size=32, num_heads=2, n_layers=4, vocab_size=61, max_seq_len=64)
   kw.update(overrides)
