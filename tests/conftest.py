@@ -6,7 +6,8 @@ import os
 import shutil
 import tempfile
 
-_flags = os.environ.get("XLA_FLAGS", "")
+_user_flags = os.environ.get("XLA_FLAGS")
+_flags = _user_flags or ""
 if "xla_backend_optimization_level" not in _flags:
   _flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = _flags.strip()
@@ -28,9 +29,15 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402  (after the environment above, which JAX reads at import)
 
-# The 8 devices are a JAX option of these processes, not an XLA flag in the environment, so
-# the experiments/*.py scripts the tests start run on one CPU device, as a user's laptop
-# does: a training step spread over 8 fake devices on this 2-core machine ran 4-6x slower.
-# A test whose script must match an in-process run gives it EIGHT_DEVICES (tests/helpers.py).
+# These settings are for the test processes only: the experiments/*.py scripts the tests
+# start get the user's environment back, so they run as a user runs them, on one CPU device
+# with optimised code. A training step spread over 8 fake devices on this 2-core machine ran
+# 4-6x slower, and a whole script compiled at level 0 ran its steps about 2x slower. A test
+# whose script must match an in-process run gives it `helpers.as_test_process(env)`.
 if "xla_force_host_platform_device_count" not in _flags:
   jax.config.update("jax_num_cpu_devices", 8)
+jax.devices()  # XLA reads XLA_FLAGS here, once per process
+if _user_flags is None:
+  os.environ.pop("XLA_FLAGS")
+else:
+  os.environ["XLA_FLAGS"] = _user_flags

@@ -15,11 +15,11 @@ import hrm_jax
 from hrm_jax.models import spec_of
 
 
-def eight_devices(env: dict[str, str]) -> dict[str, str]:
-  """`env` for a script that must run on the 8 CPU devices of the test processes (conftest
-  gives them to these processes only; scripts otherwise get one)."""
-  return {**env, "XLA_FLAGS": (env.get("XLA_FLAGS", "") +
-                               " --xla_force_host_platform_device_count=8").strip()}
+def as_test_process(env: dict[str, str]) -> dict[str, str]:
+  """`env` for a script whose numbers must equal this process's: the XLA settings conftest
+  gives the test processes only (8 CPU devices, optimisation level 0)."""
+  return {**env, "XLA_FLAGS": (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_"
+                               "count=8 --xla_backend_optimization_level=0").strip()}
 
 
 def tiny_config(arch: str = "hrm", **overrides) -> hrm_jax.ModelConfig:

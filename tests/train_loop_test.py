@@ -18,7 +18,7 @@ from hrm_jax import data as data_lib
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import loop
 from hrm_jax.train import metrics as metrics_lib
-from helpers import eight_devices
+from helpers import as_test_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,7 +81,7 @@ def test_resume_after_sigterm_is_exact(demo_dir, tmp_path, straight):
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py"), "--config=demo",
          f"--workdir={workdir}", f"--config.data.demo_dir={demo_dir}",
          "--config.train.max_steps=6", "--config.train.total_steps=8"] + args
-  env = eight_devices(dict(os.environ, PYTHONPATH=ROOT))  # as `straight`: the same numerics
+  env = as_test_process(dict(os.environ, PYTHONPATH=ROOT))  # as `straight`: same numbers
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
   metrics_file = os.path.join(workdir, "metrics.jsonl")
