@@ -5,6 +5,9 @@ token, sampled tokens distributed as the full model's and reproducible with a fi
 
 import functools
 
+import filelock
+import flax.linen as nn
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,12 +19,32 @@ from hrm_jax import decode, sampling, speculative
 from helpers import prompts_of, tiny_config
 from helpers import tiny_model as tiny
 
+# The engine's building blocks, compiled once per shape (run op by op they took minutes).
+_refill = jax.jit(speculative.refill, static_argnums=(0, 1))
+_propose = jax.jit(speculative.propose, static_argnums=(0, 1, 10), static_argnames="greedy")
+_advance = jax.jit(speculative.advance)
+_decode_tokens = jax.jit(decode.decode_tokens, static_argnums=0)
+
 LENGTHS = [5, 11, 1, 7, 3, 20, 2]
 BUDGETS = [3, 12, 1, 7, 2, 9, 5]
 
 
-@functools.lru_cache(maxsize=None)
-def trained() -> tuple[hrm_jax.ModelConfig, dict]:
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, worker_id) -> tuple[hrm_jax.ModelConfig, dict]:
+  """`_train`'s model, trained once per session: the first xdist worker to need it trains
+  and writes it in the session's temporary folder, the other reads it (pytest-xdist's
+  recipe for a session fixture that runs once)."""
+  if worker_id == "master":  # no xdist: one process
+    return _train()
+  shared = tmp_path_factory.getbasetemp().parent  # this session's, shared by its workers
+  with filelock.FileLock(str(shared / "speculative_trained.lock")):
+    path = shared / "speculative_trained.msgpack"
+    if not path.exists():
+      path.write_bytes(flax.serialization.msgpack_serialize(nn.unbox(_train()[1])))
+    return tiny_config(), flax.serialization.msgpack_restore(path.read_bytes())
+
+
+def _train() -> tuple[hrm_jax.ModelConfig, dict]:
   """A tiny HRM trained to continue its prompt counting up by one (mod the vocabulary):
   confident enough that the shallow recursion agrees with the full depth most of the time."""
   cfg = tiny_config()
@@ -79,8 +102,8 @@ def test_greedy_equals_full_depth_on_random_weights(cycles, k):
 
 
 @pytest.mark.parametrize("cycles,k", [((1, 1), 4), ((2, 1), 2)])
-def test_greedy_equals_full_depth_on_a_trained_model(cycles, k):
-  cfg, variables = trained()
+def test_greedy_equals_full_depth_on_a_trained_model(cycles, k, trained):
+  cfg, variables = trained
   prompts = _counting_prompts(cfg, 6)
   budgets = [12, 5, 16, 9, 3, 14]
   full = hrm_jax.generate(cfg, variables, prompts, budgets)
@@ -91,8 +114,8 @@ def test_greedy_equals_full_depth_on_a_trained_model(cycles, k):
   assert stats.tokens_per_verification > 1.5
 
 
-def test_eos_inside_a_draft_window_ends_the_row_there():
-  cfg, variables = trained()
+def test_eos_inside_a_draft_window_ends_the_row_there(trained):
+  cfg, variables = trained
   prompts = _counting_prompts(cfg, 6)
   free = hrm_jax.generate(cfg, variables, prompts, 12)
   eos = free[0][3]  # the 4th token of row 0: inside the first window of k = 4 drafts
@@ -111,8 +134,8 @@ def _spec_state(cfg, draft, variables, prompts, length):
   prompt_BxP = np.array([[0] * (p - len(x)) + x for x in prompts], np.int32)
   lens_B = np.array(list(map(len, prompts)), np.int32)
   state = speculative.init(cfg, draft, variables, b, length)
-  logits_BxV, state = speculative.refill(cfg, draft, variables, state, jnp.arange(b),
-                                         prompt_BxP, lens_B)
+  logits_BxV, state = _refill(cfg, draft, variables, state, jnp.arange(b),
+                              prompt_BxP, lens_B)
   return state, jnp.argmax(logits_BxV, -1).astype(jnp.int32)
 
 
@@ -146,10 +169,10 @@ def test_rollback_leaves_the_caches_a_fresh_prefill_and_steps_would_build():
   zeros = jnp.zeros(b, jnp.int32)
   kept = []
   for _ in range(3):
-    prop, state = speculative.propose(cfg, draft, variables, state, last_B, zeros, zeros,
-                                      jax.random.PRNGKey(0), 1.0, 1.0, k, greedy=True)
+    prop, state = _propose(cfg, draft, variables, state, last_B, zeros, zeros,
+                           jax.random.PRNGKey(0), 1.0, 1.0, k, greedy=True)
     kept.append(np.asarray(prop.count_B))
-    state = speculative.advance(state, prop.tokens_BxS, prop.count_B, last_B)
+    state = _advance(state, prop.tokens_BxS, prop.count_B, last_B)
     last_B = jnp.take_along_axis(prop.tokens_BxS, (prop.count_B - 1)[:, None], 1)[:, 0]
   assert len(set(np.concatenate(kept).tolist())) > 1  # rows accepted different counts
   generated = [np.asarray(state.full.pos_B)[r] - len(prompts[r]) for r in range(b)]
@@ -161,10 +184,10 @@ def test_rollback_leaves_the_caches_a_fresh_prefill_and_steps_would_build():
     tok_B = jnp.array([t[j] if j < len(t) - 1 else 0 for t in tokens], jnp.int32)
     step_B = jnp.array([j < len(t) - 1 for t in tokens])
     ones = jnp.ones((b, 1), bool)
-    _, fc = decode.decode_tokens(cfg, variables, full.cache, tok_B[:, None], full.start_B,
-                                 full.pos_B, ones & step_B[:, None])
-    _, dc = decode.decode_tokens(draft, variables, small.cache, tok_B[:, None], small.start_B,
-                                 small.pos_B, ones & step_B[:, None])
+    _, fc = _decode_tokens(cfg, variables, full.cache, tok_B[:, None], full.start_B,
+                           full.pos_B, ones & step_B[:, None])
+    _, dc = _decode_tokens(draft, variables, small.cache, tok_B[:, None], small.start_B,
+                           small.pos_B, ones & step_B[:, None])
     full = full._replace(cache=fc, pos_B=full.pos_B + step_B)
     small = small._replace(cache=dc, pos_B=small.pos_B + step_B)
   np.testing.assert_array_equal(np.asarray(full.pos_B), np.asarray(state.full.pos_B))
@@ -188,15 +211,15 @@ def test_sampled_tokens_follow_the_full_model_distribution():
   n, temperature, top_p = 6000, 0.7, 0.95
   state, _ = _spec_state(cfg, draft, variables, [prompts_of([4], cfg.vocab_size)[0]] * n, 12)
   last_B = jnp.full(n, 7, jnp.int32)
-  prop, _ = speculative.propose(cfg, draft, variables, state, last_B, jnp.arange(n),
-                                jnp.ones(n, jnp.int32), jax.random.PRNGKey(3),
-                                jnp.float32(temperature), jnp.float32(top_p), 2, greedy=False)
-  logits_BxSxV, _ = decode.decode_tokens(cfg, variables, state.full.cache, last_B[:, None],
-                                         state.full.start_B, state.full.pos_B)
+  prop, _ = _propose(cfg, draft, variables, state, last_B, jnp.arange(n),
+                     jnp.ones(n, jnp.int32), jax.random.PRNGKey(3),
+                     jnp.float32(temperature), jnp.float32(top_p), 2, greedy=False)
+  logits_BxSxV, _ = _decode_tokens(cfg, variables, state.full.cache, last_B[:, None],
+                                   state.full.start_B, state.full.pos_B)
   p_V = np.asarray(jax.nn.softmax(sampling.nucleus_logits(logits_BxSxV[:, 0], temperature,
                                                           top_p))[0])
-  q_logits, _ = decode.decode_tokens(draft, variables, state.draft.cache, last_B[:, None],
-                                     state.draft.start_B, state.draft.pos_B)
+  q_logits, _ = _decode_tokens(draft, variables, state.draft.cache, last_B[:, None],
+                               state.draft.start_B, state.draft.pos_B)
   q_V = np.asarray(jax.nn.softmax(sampling.nucleus_logits(q_logits[:, 0], temperature,
                                                           top_p))[0])
   assert 0.5 * np.abs(p_V - q_V).sum() > 0.2  # the draft alone would be far off
@@ -273,9 +296,9 @@ def test_the_draft_predicts_what_the_shallow_model_recomputes():
   zeros = jnp.zeros(b, jnp.int32)
   counts, behind = set(), 0
   for _ in range(4):
-    prop, state = speculative.propose(cfg, draft, dv, state, last_B, zeros, zeros,
-                                      jax.random.PRNGKey(0), 1.0, 1.0, k, greedy=True)
-    state = speculative.advance(state, prop.tokens_BxS, prop.count_B, last_B)
+    prop, state = _propose(cfg, draft, dv, state, last_B, zeros, zeros,
+                           jax.random.PRNGKey(0), 1.0, 1.0, k, greedy=True)
+    state = _advance(state, prop.tokens_BxS, prop.count_B, last_B)
     for r, c in enumerate(np.asarray(prop.count_B).tolist()):
       generated[r] += np.asarray(prop.tokens_BxS[r, :c]).tolist()
       counts.add(c)
@@ -283,8 +306,8 @@ def test_the_draft_predicts_what_the_shallow_model_recomputes():
     behind += int(np.sum(np.asarray(state.behind_B)))
     two_Bx2 = jnp.stack([state.prev_B, last_B], axis=1)
     write_Bx2 = jnp.stack([state.behind_B, jnp.ones_like(state.behind_B)], axis=1)
-    cached_Bx2xV, _ = decode.decode_tokens(draft, dv, state.draft.cache, two_Bx2,
-                                           state.draft.start_B, state.draft.pos_B - 1, write_Bx2)
+    cached_Bx2xV, _ = _decode_tokens(draft, dv, state.draft.cache, two_Bx2,
+                                     state.draft.start_B, state.draft.pos_B - 1, write_Bx2)
     for r in range(b):
       np.testing.assert_allclose(np.asarray(cached_Bx2xV[r, 1]),
                                  _free_logits(draft, variables, prompts[r], generated[r])[-1],
