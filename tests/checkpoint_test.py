@@ -11,7 +11,8 @@ import pytest
 from hrm_jax import checkpoints, data as data_lib, hf, native
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import loop
-from native_test import assert_trees_equal, run
+from helpers import run
+from native_test import assert_trees_equal
 from train_loop_test import TINY, tiny_config
 
 

@@ -1,10 +1,7 @@
 """experiments/convert.py and experiments/generate.py end to end (subprocesses)."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,21 +10,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 import hrm_jax
 from hrm_jax import hf
+from helpers import run
 from hf_test import hf_model
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # every test spawns experiments/convert.py or generate.py
 SPECIALS = ["<|im_start|>", "<|im_end|>", "<|box_end|>", "<|object_ref_start|>",
             "<|object_ref_end|>", "<|quad_start|>", "<|quad_end|>"]
-
-
-def run(script: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-  """Run a script; it must succeed (ok) or fail (not ok) with its error on stderr."""
-  env = {**os.environ, "PYTHONPATH": str(ROOT)}
-  out = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
-                       text=True, env=env, timeout=600)
-  assert (out.returncode == 0) == ok, out.stderr[-3000:]
-  return out
 
 
 def word_model(path: pathlib.Path, max_seq_len: int | None = None) -> dict[str, int]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import pathlib
 import stat
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -13,6 +16,16 @@ import numpy as np
 
 import hrm_jax
 from hrm_jax.models import spec_of
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+  """Run a script of the repository; it must succeed (ok) or fail with a message (not ok)."""
+  out = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+  assert (out.returncode == 0) == ok, out.stderr[-3000:]
+  return out
 
 
 def as_test_process(env: dict[str, str]) -> dict[str, str]:

@@ -1,10 +1,7 @@
 """Training checkpoints as the native format: native.load (EMA by default), convert.py to
 Hugging Face (loaded by transformers), generate.py on a training workdir, and clear errors."""
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -16,19 +13,8 @@ import hrm_jax
 from hrm_jax import hf, native, tokenizer
 from hrm_jax.train import loop
 from hf_test import example_batch, hf_logits
-from helpers import modes, tiny_model, umask
+from helpers import modes, run, tiny_model, umask
 from train_loop_test import tiny_config
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def run(script: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-  """Run a script; it must succeed (ok) or fail with a message (not ok)."""
-  out = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
-  assert (out.returncode == 0) == ok, out.stderr[-3000:]
-  return out
-
 
 def contents(root: pathlib.Path) -> dict[str, bytes]:
   return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))

@@ -18,7 +18,7 @@ from hrm_jax import data as data_lib
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import loop
 from hrm_jax.train import metrics as metrics_lib
-from helpers import as_test_process
+from helpers import as_test_process, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -232,13 +232,9 @@ def test_train_cli_rejects_unknown_config():
 def test_demo_config_loss_falls(demo_dir, tmp_path):
   """The README's demo command (model, data, optimizer) for a few steps, on one CPU device as
   on a laptop: the loss goes down."""
-  out = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "experiments", "train.py"), "--config=demo",
-       f"--workdir={tmp_path}", f"--config.data.demo_dir={demo_dir}",
-       "--config.train.max_steps=12", "--config.log.every_steps=1",
-       "--config.demo.show_answers=0"],
-      env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
+  run("experiments/train.py", "--config=demo", f"--workdir={tmp_path}",
+      f"--config.data.demo_dir={demo_dir}", "--config.train.max_steps=12",
+      "--config.log.every_steps=1", "--config.demo.show_answers=0")
   losses = [m["loss"] for m in read_metrics(str(tmp_path))]
   assert len(losses) == 12 and all(np.isfinite(losses))
   assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses
