@@ -1,17 +1,23 @@
 """Checkpoint cadence: epoch-end checkpoints kept (orbax preservation policy) while step
 checkpoints rotate, over a real two-epoch demo run, and read back by step."""
 
+import dataclasses
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import ml_collections
 import pytest
 
-from hrm_jax import checkpoints, data as data_lib, hf, native
+from hrm_jax import checkpoints, data as data_lib, hf, native, optim
+from hrm_jax import sharding as sharding_lib
+from hrm_jax.models import LanguageModel
 from hrm_jax.train import checkpoint as ckpt_lib
-from hrm_jax.train import loop
-from helpers import run
+from hrm_jax.train import loop, warm_start
+from hrm_jax.train import state as state_lib
+from helpers import named, run
+from helpers import tiny_config as tiny_model_config
 from native_test import assert_trees_equal
 from train_loop_test import TINY, tiny_config
 
@@ -71,3 +77,33 @@ def test_a_two_epoch_run_keeps_its_epoch_checkpoints(tmp_path):
   run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}",
       f"--step={first}")
   assert_trees_equal(hf.load(tmp_path / "hf")[1], first_epoch[1])
+
+
+def test_a_checkpoint_with_one_optimizer_count_resumes_and_warm_starts(tmp_path, capsys):
+  """Checkpoints written before per-tensor counts hold opt_state {count, mu, nu}. Resuming
+  (and a full_state warm start) sets every tensor's count to that count and says so."""
+  model_config = tiny_model_config(vocab_size=64)
+  model = LanguageModel(model_config)
+  tx = optim.adam_atan2(1e-3)
+  mesh = sharding_lib.make_mesh((1, 1, 1), jax.devices()[:1])
+  shardings = state_lib.state_shardings(model, tx, mesh)
+  state = state_lib.init_state(model, tx, jax.random.PRNGKey(0), shardings)
+  mu = jax.tree.map(lambda p: jnp.full_like(p, 0.5), state.params)
+  old = state.replace(step=jnp.int32(7), opt_state=ckpt_lib.one_count_layout(
+      state.opt_state._replace(count=jnp.int32(7), mu=mu)))
+  saved = {"model_config": dataclasses.asdict(model_config), "config": {}}
+  with ckpt_lib.manager(str(tmp_path / "checkpoints"), keep=1, async_save=False) as mngr:
+    ckpt_lib.save(mngr, 7, old, {}, saved)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          state_lib.abstract_state(model, tx), shardings)
+  with ckpt_lib.manager(str(tmp_path / "checkpoints"), keep=1, async_save=False) as mngr:
+    restored, _, _ = ckpt_lib.restore_latest(mngr, abstract, model_config)
+  counts = named(restored.opt_state.counts)
+  assert counts == {k: 7 for k in named(state.params)}
+  assert int(restored.opt_state.count) == 7
+  np.testing.assert_array_equal(named(restored.opt_state.mu)["embed_tokens"], 0.5)
+  assert "written before per-tensor optimizer counts" in capsys.readouterr().out
+  init_from = ml_collections.ConfigDict(dict(path=str(tmp_path), step=-1, mode="full_state",
+                                             use_ema=True))
+  warm, record = warm_start.warm_start(init_from, state, model_config)
+  assert named(warm.opt_state.counts) == counts and record["optimizer_count"] == 7

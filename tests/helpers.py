@@ -228,6 +228,22 @@ GRAD_WINDOWS = {
 }
 
 
+def reference_has_grad(cfg: hrm_jax.ModelConfig, bp_steps) -> dict[str, bool]:
+  """Which parameter groups get a gradient (the reference's `grad is not None`), by running
+  the recursion on sets: a value holds the groups it reaches through gradient-carrying passes;
+  a pass without gradient returns a detached value. Groups: "embed", each stack, "head"."""
+  family = spec_of(cfg).family
+  window = (lambda tag: True) if bp_steps is None else GRAD_WINDOWS[family](cfg, bp_steps)
+
+  class Reach(frozenset):
+    def __add__(self, other):
+      return Reach(self | other)
+
+  run = lambda name, z, tag: Reach(z | {name}) if window(tag) else Reach()
+  out = RECURSIONS[family](cfg, Reach({"embed"}), Reach(), run)
+  return {group: group in out for group in ("embed", *spec_of(cfg).stacks)} | {"head": True}
+
+
 def numpy_forward(cfg: hrm_jax.ModelConfig, variables, batch) -> np.ndarray:
   """Logits [B, S, V] of every arch by plain loops over the reference recursion."""
   p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
@@ -271,3 +287,47 @@ def files_of(root) -> dict[str, bytes]:
       with open(path, "rb") as f:
         out[os.path.relpath(path, root)] = f.read()
   return out
+
+
+class NumpyAdamAtan2:
+  """The reference optimiser's step() and EMA in float64, per named tensor, written from
+  docs/reference.md: a tensor whose gradient is None is skipped entirely (no decay, no
+  moments, no count, no EMA), and each tensor counts its own steps."""
+
+  def __init__(self, params: dict[str, np.ndarray], b1: float, b2: float, weight_decay: float,
+               ema_decay: float):
+    self.p = {k: np.asarray(v, np.float64).copy() for k, v in params.items()}
+    self.m = {k: np.zeros_like(v) for k, v in self.p.items()}
+    self.v = {k: np.zeros_like(v) for k, v in self.p.items()}
+    self.t = {k: 0 for k in self.p}
+    self.ema = {k: v.copy() for k, v in self.p.items()}
+    self.b1, self.b2, self.wd, self.ema_decay = b1, b2, weight_decay, ema_decay
+
+  def step(self, grads: dict[str, "np.ndarray | None"], lr: float) -> None:
+    for k, g in grads.items():
+      if g is None:
+        continue
+      g = np.asarray(g, np.float64)
+      self.p[k] *= 1 - lr * self.wd
+      self.m[k] += (1 - self.b1) * (g - self.m[k])
+      self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * g * g
+      self.t[k] += 1
+      t = self.t[k]
+      denom = np.sqrt(self.v[k]) / np.sqrt(1 - self.b2**t)
+      self.p[k] -= lr / (1 - self.b1**t) * np.arctan2(self.m[k], denom)
+      self.ema[k] += (1 - self.ema_decay) * (self.p[k] - self.ema[k])
+
+
+def named(tree) -> dict[str, np.ndarray]:
+  """{"a/b/c": leaf} of a (possibly boxed) tree, leaves as NumPy arrays."""
+  return {jax.tree_util.keystr(k, simple=True, separator="/"): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(nn.unbox(tree))}
+
+
+def group_of(name: str) -> str:
+  """The reference_has_grad group of a parameter named as `named` names it."""
+  if name.startswith("embed_tokens"):
+    return "embed"
+  if name.startswith("core/"):
+    return name.split("/")[1]
+  return "head"

@@ -3,6 +3,8 @@
 import functools
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -11,8 +13,10 @@ from hrm_jax import optim
 from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel
 from hrm_jax.train import state as state_lib
-from hrm_jax.train.step import train_step
-from helpers import random_rows, tiny_config
+from hrm_jax.models import registry
+from hrm_jax.train.step import _microbatch_sums, jit_train_step, train_step
+from helpers import (NumpyAdamAtan2, group_of, named, random_rows, reference_has_grad,
+                     tiny_config)
 
 ROWS, SEQ = 8, 16
 
@@ -82,3 +86,61 @@ def test_mesh_errors():
   with pytest.raises(ValueError, match="needs 27 devices"):
     sharding_lib.make_mesh((3, 3, 3))
   assert sharding_lib.make_mesh((2, -1, 1)).shape == {"data": 2, "fsdp": 4, "tensor": 1}
+
+
+@pytest.mark.parametrize("arch", ["hrm", "trm"])
+def test_twelve_steps_follow_the_reference_optimizer(arch):
+  """The real jitted step, bp_steps warming up from 2, against the reference optimiser's
+  per-tensor semantics in NumPy (float64), fed the gradients of the same loss at its own
+  parameters and told which tensors have `grad is None` by the reference's recursion
+  (helpers.reference_has_grad). hrm's embedding is frozen for the bp_steps-2 steps, then
+  counts from 1; trm's never moves. Tolerances: loss 2e-5; each parameter and EMA tensor
+  within 1e-4 of how far training moved it (max |final - initial|)."""
+  cfg = tiny_config(arch, vocab_size=64)
+  model = LanguageModel(cfg)
+  total, steps = 60, 12
+  schedule = optim.warmup_cosine(1e-2, 2, total, 0.1)
+  tx = optim.adam_atan2(schedule, 0.9, 0.95, 0.1)
+  train_cfg = ml_collections.ConfigDict(dict(microbatches=1, ema_decay=0.8,
+                                             skip_nonfinite=False, loss_chunk=0))
+  mesh = sharding_lib.make_mesh((1, 1, 1), jax.devices()[:1])
+  shardings = state_lib.state_shardings(model, tx, mesh)
+  state = state_lib.init_state(model, tx, jax.random.PRNGKey(0), shardings)
+  init = named(state.params)
+  ref = NumpyAdamAtan2(init, 0.9, 0.95, 0.1, ema_decay=0.8)
+
+  def loss(params, batch, bp):
+    total = jnp.sum(batch["labels"] != loss_lib.IGNORE_LABEL).astype(jnp.float32)
+    return _microbatch_sums(model, 0, params, state.buffers, batch, bp, total)[0]
+
+  loss_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=2)
+  fns, bps = {}, []
+  for step in range(steps):
+    bp = registry.bp_steps_at(step + 1, total, cfg)
+    bps.append(bp)
+    batch = make_batch(step)
+    ref_params = jax.tree.unflatten(jax.tree.structure(state.params),
+                                    [np.float32(ref.p[k]) for k in init])
+    ref_loss, grads = loss_and_grad(ref_params, batch, bp)
+    reached = reference_has_grad(cfg, bp)
+    ref.step({k: g if reached[group_of(k)] else None for k, g in named(grads).items()},
+             float(schedule(step)))
+    if bp not in fns:
+      fns[bp] = jit_train_step(model, tx, train_cfg, shardings, mesh, bp)
+    state, metrics = fns[bp](state, batch)
+    np.testing.assert_allclose(float(metrics["loss"]), float(ref_loss), atol=2e-5,
+                               err_msg=f"loss of step {step + 1}")
+  if arch == "hrm":
+    assert bps[0] == 2 and bps[-1] == 5 and bps.count(2) == 3
+  params, ema = named(state.params), named(state.ema)
+  for k in init:
+    moved = np.abs(ref.p[k] - init[k]).max()
+    for got, want, what in ((params[k], ref.p[k], "param"), (ema[k], ref.ema[k], "ema")):
+      np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * moved, err_msg=f"{what} {k}")
+  counts = named(state.opt_state.counts)
+  assert counts == {k: ref.t[k] for k in init}
+  frozen = 3 if arch == "hrm" else steps
+  assert counts["embed_tokens"] == steps - frozen
+  if arch == "trm":
+    np.testing.assert_array_equal(params["embed_tokens"], init["embed_tokens"])
+    np.testing.assert_array_equal(ema["embed_tokens"], init["embed_tokens"])

@@ -106,6 +106,10 @@ class Pipeline:
     """The reference's schedule length: epochs * total_length // global batch tokens."""
     return epochs * self.sampled.total_length // self.global_batch_tokens
 
+  def data_steps(self) -> int:
+    """Global steps in all epochs' plans: where the data runs out."""
+    return int(self._offsets[-1])
+
   def efficiency(self, epoch: int) -> float:
     """Share of row tokens holding data (not padding) over the epoch."""
     used = int(self.sampled.examples(epoch).lengths[self.plan(epoch).examples].sum())

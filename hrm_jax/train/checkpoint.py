@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import traceback
-from typing import Any, Collection, Optional
+from typing import Any, Collection, NamedTuple, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -19,6 +19,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as preserva
 
 from hrm_jax import checkpoints
 from hrm_jax.checkpoints import CheckpointMismatchError  # noqa: F401 - raised by restore
+from hrm_jax import optim
 from hrm_jax.config import ModelConfig
 
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes <step>.orbax-checkpoint-tmp*, then renames
@@ -89,6 +90,45 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int, error: BaseException
       f"({', '.join(map(str, sorted(kept))) or 'none'}) and a rerun resumes from the latest.")
 
 
+class _OneCountState(NamedTuple):
+  """optim.AdamAtan2State as checkpoints written before per-tensor counts hold it."""
+  count: Any
+  mu: Any
+  nu: Any
+
+
+def has_one_count(saved_opt_state: Any) -> bool:
+  """Whether a saved optimizer state (its metadata tree) predates per-tensor counts."""
+  return (isinstance(saved_opt_state, dict) and "count" in saved_opt_state
+          and "counts" not in saved_opt_state)
+
+
+def one_count_layout(opt_state: optim.AdamAtan2State) -> _OneCountState:
+  """The abstract optimizer state to restore such a checkpoint's `opt_state` into."""
+  return _OneCountState(opt_state.count, opt_state.mu, opt_state.nu)
+
+
+def per_tensor_counts(restored: _OneCountState, abstract: optim.AdamAtan2State
+                      ) -> optim.AdamAtan2State:
+  """The restored state with every tensor's count set to the run's count: the optimizer
+  that wrote it advanced one count for every tensor each step, so that is the count each
+  tensor's moments were built with."""
+  counts = jax.jit(lambda c: jax.tree.map(lambda _: c, abstract.counts),
+                   out_shardings=jax.tree.map(lambda a: a.sharding, abstract.counts)
+                   )(restored.count)
+  return optim.AdamAtan2State(restored.count, restored.mu, restored.nu, counts)
+
+
+def one_count_notice(where: str, count: int) -> None:
+  """Say, once, that a checkpoint from before per-tensor counts was upgraded."""
+  message = (f"{where} was written before per-tensor optimizer counts: every tensor resumes "
+             f"at count {count}, as that optimizer counted; from here on a tensor without a "
+             "gradient in a step is left alone, as in the reference")
+  logging.warning(message)
+  if jax.process_index() == 0:
+    print(f"NOTE: {message}", flush=True)
+
+
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
             model_config: ModelConfig) -> tuple[Any, dict, dict]:
   """(state, data-iterator state, saved config) of `step`, laid out as abstract_state says.
@@ -102,11 +142,21 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
   saved_config = meta[checkpoints.CONFIG]
   checkpoints.check_model_config(saved_config.get("model_config", {}), model_config, where)
   saved = mngr.item_metadata(step)[checkpoints.STATE]
-  checkpoints.check_shapes(getattr(saved, "tree", saved), abstract_state, where)
+  saved = getattr(saved, "tree", saved)
+  one_count = has_one_count(saved.get("opt_state") if isinstance(saved, dict) else None)
+  target = abstract_state
+  if one_count:
+    target = abstract_state.replace(opt_state=one_count_layout(abstract_state.opt_state))
+  checkpoints.check_shapes(saved, target, where)
   out = mngr.restore(step, args=ocp.args.Composite(**{
-      checkpoints.STATE: ocp.args.StandardRestore(abstract_state),
+      checkpoints.STATE: ocp.args.StandardRestore(target),
       checkpoints.DATA: ocp.args.JsonRestore()}))
-  return out[checkpoints.STATE], dict(out[checkpoints.DATA] or {}), saved_config
+  state = out[checkpoints.STATE]
+  if one_count:
+    state = state.replace(opt_state=per_tensor_counts(state.opt_state,
+                                                      abstract_state.opt_state))
+    one_count_notice(where, int(jax.device_get(state.opt_state.count)))
+  return state, dict(out[checkpoints.DATA] or {}), saved_config
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,

@@ -193,6 +193,24 @@ def epoch_checkpoint_steps(checkpoint_cfg: ml_collections.ConfigDict,
                    if e % every == 0 or e == len(ends))
 
 
+def run_length(train_cfg: ml_collections.ConfigDict, pipeline: data_lib.Pipeline
+               ) -> tuple[int, int]:
+  """(schedule steps, step to stop at), as the reference does by default.
+
+  The lr and bp_steps schedules run over `train.total_steps`, 0 meaning the reference's
+  estimate epochs * total_length // global batch tokens. With 0 the run trains on every batch
+  of the data's epochs, as the reference trains until its data runs out; packing leaves rows
+  part empty, so that is usually a few steps past the estimate, where the cosine goes on as
+  the reference's does (docs/training.md#schedule-length). A total_steps > 0 is a schedule
+  of the user's own and the run stops there (or where the data ends). max_steps only stops
+  early, so a run stopped there and resumed later follows the same trajectory.
+  """
+  data_steps = pipeline.data_steps()
+  total_steps = train_cfg.total_steps or pipeline.total_steps(train_cfg.epochs)
+  end = min(train_cfg.total_steps, data_steps) if train_cfg.total_steps else data_steps
+  return total_steps, end if train_cfg.max_steps < 0 else min(end, train_cfg.max_steps)
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Run (or resume) the training job described by `cfg` in `workdir`.
 
@@ -213,10 +231,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                                process_index=jax.process_index(),
                                process_count=jax.process_count(),
                                plan_cache=cfg.data.plan_cache or None)
-  # The schedules (lr, bp_steps) run over total_steps; max_steps only stops early, so a
-  # run stopped at max_steps and resumed later follows the same trajectory.
-  total_steps = cfg.train.total_steps or pipeline.total_steps(cfg.train.epochs)
-  stop_at = total_steps if cfg.train.max_steps < 0 else min(total_steps, cfg.train.max_steps)
+  total_steps, stop_at = run_length(cfg.train, pipeline)
   tx, schedule = optimizer(cfg.train, total_steps)
   model = LanguageModel(model_config)
   shardings = state_lib.state_shardings(model, tx, mesh)
@@ -229,8 +244,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                           state_lib.abstract_state(model, tx), shardings)
   if is_main:
     print(metrics_lib.config_line(model_config, count_params(abstract.params), cfg,
-                                  total_steps, mesh, os.path.join(workdir, CONFIG_FILE)),
-          flush=True)
+                                  total_steps, stop_at, mesh,
+                                  os.path.join(workdir, CONFIG_FILE)), flush=True)
   epoch_saves = epoch_checkpoint_steps(cfg.checkpoint, pipeline)
   mngr = ckpt_lib.manager(os.path.join(workdir, "checkpoints"), cfg.checkpoint.keep,
                           cfg.checkpoint.async_save,

@@ -165,12 +165,15 @@ def progress_line(step: int, total: int, values: dict[str, float], seconds_per_s
           + (f" | skipped {values['skipped_steps']}" if values.get("skipped_steps") else ""))
 
 
-def config_line(model_config: Any, params: int, cfg: Any, total_steps: int,
+def config_line(model_config: Any, params: int, cfg: Any, total_steps: int, stop_at: int,
                 mesh: jax.sharding.Mesh, written: str) -> str:
-  """The run in one line (the full resolved config is in `written`)."""
+  """The run in one line (the full resolved config is in `written`): the steps it trains and,
+  where it differs, the length its lr and bp_steps schedules run over."""
   c = model_config
+  steps = f"{stop_at} steps" + ("" if stop_at == total_steps else
+                                f" (schedule over {total_steps})")
   return (f"{c.arch}: {params / 1e6:.2f}M params (hidden {c.hidden_size}, {c.n_layers} "
           f"layers) | {cfg.data.rows} x {cfg.data.row_len} tokens/step, "
-          f"{total_steps} steps, lr {cfg.train.lr:g} | mesh "
+          f"{steps}, lr {cfg.train.lr:g} | mesh "
           f"{' x '.join(f'{k} {v}' for k, v in mesh.shape.items())} on "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s) | config: {written}")

@@ -20,6 +20,7 @@ from hrm_jax import optim
 from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel
 from hrm_jax.models.lm import head
+from hrm_jax.train import grad_mask
 from hrm_jax.train.state import TrainState
 
 MODEL_KEYS = ("inputs", "positions", "segment_ids", "prefix_mask")
@@ -59,15 +60,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Languag
                loss_chunk: int = 0) -> tuple[TrainState, dict[str, Any]]:
   """batch: [rows, seq] arrays (inputs, labels, positions, segment_ids, prefix_mask)."""
   total_tokens = jnp.sum(batch["labels"] != loss_lib.IGNORE_LABEL).astype(jnp.float32)
-  grad_fn = jax.value_and_grad(
-      functools.partial(_microbatch_sums, model, loss_chunk), has_aux=True)
+  loss_fn = functools.partial(_microbatch_sums, model, loss_chunk)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  rows = batch["labels"].shape[0]
+  if rows % microbatches:
+    raise ValueError(f"train.microbatches={microbatches} does not divide {rows} rows")
+  # The tensors this step differentiates at bp_steps (static); the others are left alone by
+  # the optimizer and the EMA, as the reference leaves a parameter whose grad is None.
+  mb_batch = jax.tree.map(lambda x: x[:rows // microbatches], batch)
+  has_grad = grad_mask.has_grad(
+      lambda p, buffers, b, total: loss_fn(p, buffers, b, bp_steps, total)[0],
+      state.params, state.buffers, mb_batch, total_tokens)
 
   if microbatches == 1:
     (_, sums), grads = grad_fn(state.params, state.buffers, batch, bp_steps, total_tokens)
   else:
-    rows = batch["labels"].shape[0]
-    if rows % microbatches:
-      raise ValueError(f"train.microbatches={microbatches} does not divide {rows} rows")
     split = jax.tree.map(
         lambda x: x.reshape(microbatches, rows // microbatches, *x.shape[1:]), batch)
 
@@ -82,9 +89,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Languag
                  for k in ("loss", "accuracy", "exact_accuracy", "tokens", "examples")}
     (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), split)
 
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, has_grad=has_grad)
   params = optax.apply_updates(state.params, updates)
-  ema = optim.ema_update(state.ema, params, ema_decay)
+  ema = optim.ema_update(state.ema, params, ema_decay, has_grad)
   metrics = {
       **summed_metrics(sums),
       "grad_norm": optax.tree.norm(grads),

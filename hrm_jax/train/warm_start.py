@@ -24,6 +24,7 @@ import ml_collections
 
 from hrm_jax import checkpoints
 from hrm_jax.config import ModelConfig
+from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train.state import TrainState
 
 MODES = ("ema_weights", "full_state")
@@ -76,6 +77,9 @@ def warm_start(cfg: ml_collections.ConfigDict, fresh: TrainState,
   if not jax.tree.leaves(fresh.buffers):
     keys.pop("buffers")  # models without buffers (transformer, ...) store an empty dict
   wanted = {saved_key: _abstract(getattr(fresh, key)) for key, saved_key in keys.items()}
+  one_count = "opt_state" in wanted and ckpt_lib.has_one_count(tree.get("opt_state"))
+  if one_count:
+    wanted["opt_state"] = ckpt_lib.one_count_layout(wanted["opt_state"])
   try:
     checkpoints.check_model_config(saved["model_config"], model_config, str(where))
     checkpoints.check_shapes({k: tree.get(k) for k in wanted}, wanted, str(where))
@@ -84,6 +88,10 @@ def warm_start(cfg: ml_collections.ConfigDict, fresh: TrainState,
   restored = checkpoints.restore_keys(mngr, step, wanted,
                                       checkpoints.sharded_restore_args(wanted))
   values = {key: restored[saved_key] for key, saved_key in keys.items()}
+  if one_count:
+    values["opt_state"] = ckpt_lib.per_tensor_counts(values["opt_state"],
+                                                     _abstract(fresh.opt_state))
+    ckpt_lib.one_count_notice(str(where), int(jax.device_get(values["opt_state"].count)))
   count = 0
   if cfg.mode == "full_state":
     count = int(jax.device_get(values["opt_state"].count))
