@@ -1,18 +1,22 @@
 """Compile the training step for accelerators this machine does not have, and print
-per-device memory and FLOPs (nothing is allocated or run).
+per-device memory, FLOPs and a roofline prediction (nothing is allocated or run).
 
     pip install -r requirements-aot.txt                   # libtpu, the CUDA PJRT plugin
     python benchmarks/aot_compile.py --target=tpu         # hrm1b on a v5p-16 slice (8 chips)
     python benchmarks/aot_compile.py --target=gpu         # hrm1b on 16 H100s (2 hosts x 8)
     python benchmarks/aot_compile.py --target=cpu --cpu_devices=16   # the XLA:CPU view
     python benchmarks/aot_compile.py --target=tpu --sweep_remat      # every remat setting
+    python benchmarks/aot_compile.py --target=gpu --json=plan.json   # the chosen setting's figures
     python benchmarks/aot_compile.py --target=tpu --tpu_slices=2 --config.mesh.dcn_shape=(2,1,1)
     python benchmarks/aot_compile.py --target=gpu --config.train.microbatches=2 ...
 
 The step is the one experiments/train.py runs for --config (default hrm1b: its mesh,
-rows x row_len, remat, attention, loss_chunk, microbatches), at its largest bp_steps.
-FLOPs: the compiler's count, the analytic model count (hrm_jax/flops.py) and what
-rematerialisation adds to it (`flops.recompute_flops_per_token`).
+rows x row_len, attention, loss_chunk), at its largest bp_steps. hrm1b's remat_policy=auto
+is chosen here as train.py chooses it (hrm_jax/train/plan.py): candidates in order of the
+recompute they add until one fits 90% of the chip's memory; a candidate the compiler refuses
+for memory is a "does not fit" row. FLOPs: the analytic model count (hrm_jax/flops.py) and
+what rematerialisation adds (`flops.recompute_flops_per_token`), loops counted whole; the
+compiler's own count covers one trip of each loop and is shown for reference.
 """
 
 from __future__ import annotations
@@ -36,16 +40,16 @@ def _early_env(argv: list[str]) -> None:
 
 _early_env(sys.argv)
 
-import time  # noqa: E402
+import dataclasses  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import configs  # noqa: E402
-from hrm_jax import flops as flops_lib  # noqa: E402
-from hrm_jax.models import registry  # noqa: E402
+from hrm_jax import atomic  # noqa: E402
 from hrm_jax.train import aot  # noqa: E402
 from hrm_jax.train import loop  # noqa: E402
+from hrm_jax.train import plan  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path_of("hrm1b"), "Training config name or file.", lock_config=True)
@@ -61,54 +65,91 @@ _GPU = flags.DEFINE_enum("gpu", "h100", sorted(aot.GPU_SPECS), "GPU model.")
 flags.DEFINE_integer("cpu_devices", 16, "Host devices of --target=cpu (read at start-up).")
 _VOCAB = flags.DEFINE_integer("vocab_size", 65536, "Vocabulary when the config leaves it to "
                               "the data (released tokenizer: 65,536, docs/reference.md#sizes).")
-_SWEEP = flags.DEFINE_bool("sweep_remat", False, "Compile every remat policy and scope.")
+_SWEEP = flags.DEFINE_bool("sweep_remat", False, "Compile every remat setting and "
+                           "micro-batch count (else the config's, or with remat_policy=auto "
+                           "the candidates in order until one fits).")
 
 GIB = 2**30
+_JSON = flags.DEFINE_string("json", "", "Write the chosen setting's figures to this JSON file.")
 
 
-def _one(cfg, devices):
-  model_config = loop.model_config_from(cfg, _VOCAB.value)
-  bp = registry.bp_steps_at(1, 1, model_config)  # after the warm-up (hrm: bp_max_steps)
-  t = time.perf_counter()
-  compiled = aot.compile_train_step(cfg, model_config, devices, bp)
-  seconds = time.perf_counter() - t
-  rep = aot.report(compiled, devices)
-  tokens = cfg.data.rows * cfg.data.row_len
-  model_flops = flops_lib.train_flops_per_token(model_config, cfg.data.row_len, bp) * tokens
-  recompute = flops_lib.recompute_flops_per_token(model_config, cfg.data.row_len, bp) * tokens
-  return model_config, rep, seconds, model_flops / rep.devices, recompute / rep.devices
+def _row(row: plan.Tried, model_flops: float, n: int) -> str:
+  rep = row.report
+  if rep is None:
+    return (f"| {row.candidate} | - | - | - | does not fit ({row.why}) | n/a | "
+            f"{model_flops / n / 1e9:,.0f} | {row.recompute:+.0%} | {row.seconds:.0f} |")
+  compiler = f"{rep.flops / 1e9:,.0f}" if rep.flops else "n/a"
+  return (f"| {row.candidate} | {rep.arguments / GIB:.2f} | {rep.temporaries / GIB:.2f} | "
+          f"{rep.total / GIB:.2f} | {'yes' if row.fits else 'no'} ({row.why}) | {compiler} | "
+          f"{model_flops / n / 1e9:,.0f} | {row.recompute:+.0%} | {row.seconds:.0f} |")
 
 
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  topology = {"tpu": _TPU_TOPOLOGY.value, "gpu": _GPU_TOPOLOGY.value, "cpu": ""}[_TARGET.value]
-  devices = aot.compile_only_devices(_TARGET.value, topology, _GPU.value, _TPU_SLICES.value)
-  capacity = {"tpu": 95 * 10**9, "gpu": aot.GPU_SPECS[_GPU.value][0]["device_memory_size"]}
-  settings = [(cfg.model.remat_policy or "none", cfg.model.remat_scope or "layer")]
-  if _SWEEP.value:
-    settings = [("none", "layer"), ("dots", "layer"), ("proj", "layer"), ("full", "layer"),
-                ("proj", "pass"), ("full", "pass")]
+  target = _TARGET.value
+  topology = {"tpu": _TPU_TOPOLOGY.value, "gpu": _GPU_TOPOLOGY.value, "cpu": ""}[target]
+  devices = aot.compile_only_devices(target, topology, _GPU.value, _TPU_SLICES.value)
+  n = len(devices)
   name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
-  print(f"{name}: "
-        f"{cfg.data.rows} rows x {cfg.data.row_len} tokens, mesh {tuple(cfg.mesh.shape)} "
-        f"x dcn {tuple(cfg.mesh.dcn_shape)}, "
-        f"microbatches {cfg.train.microbatches}, loss_chunk {cfg.train.loss_chunk}; "
-        f"target {_TARGET.value} {topology} ({len(devices)} x {devices[0].device_kind})")
-  print("| remat | attention | args GiB | temps GiB | total GiB/device | fits | "
-        "compiler GFLOP/device | model GFLOP/device | + recompute | compile s |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
-  for policy, scope in settings:
-    run = cfg.copy_and_resolve_references()
-    with run.unlocked():
-      run.model.remat_policy, run.model.remat_scope = policy, scope
-    model_config, rep, seconds, model_flops, recompute = _one(run, devices)
-    fits = rep.total < capacity.get(_TARGET.value, float("inf"))
-    compiler = f"{rep.flops / 1e9:,.0f}" if rep.flops else "n/a"
-    print(f"| {policy}/{scope} | {model_config.attention_impl} | {rep.arguments / GIB:.2f} | "
-          f"{rep.temporaries / GIB:.2f} | {rep.total / GIB:.2f} | {'yes' if fits else 'NO'} | "
-          f"{compiler} | {model_flops / 1e9:,.0f} | {recompute / model_flops:+.0%} | "
-          f"{seconds:.0f} |", flush=True)
+  limit = plan.memory_limit(devices[0])
+  print(f"{name}: {cfg.data.rows} rows x {cfg.data.row_len} tokens, mesh "
+        f"{tuple(cfg.mesh.shape)} x dcn {tuple(cfg.mesh.dcn_shape)}, loss_chunk "
+        f"{cfg.train.loss_chunk}; target {target} {topology} ({n} x {devices[0].device_kind}, "
+        + (f"{limit / GIB:.1f} GiB" if limit else "no memory limit") + f", plan fits "
+        f"{plan.HEADROOM:.0%})", flush=True)
+  model_config = loop.model_config_from(plan.Candidate("none", "layer", 1).apply(cfg),
+                                        _VOCAB.value)
+  model_flops, _, _ = plan.step_counts(cfg, model_config)
+  print("| remat x microbatches | args GiB | temps GiB | total GiB/device | fits | "
+        "compiler GFLOP/device (one loop trip) | model GFLOP/device | + recompute | compile s |")
+  print("|---|---|---|---|---|---|---|---|---|", flush=True)
+  show = lambda row: print(_row(row, model_flops, n), flush=True)
+  if _SWEEP.value or cfg.model.remat_policy == plan.AUTO:
+    chosen, _ = plan.search(cfg, _VOCAB.value, devices, on_row=show, exhaustive=_SWEEP.value)
+  else:
+    own = plan.Candidate(cfg.model.remat_policy, cfg.model.remat_scope, cfg.train.microbatches)
+    run = own.apply(cfg)
+    model, compiled, _ = plan.step_counts(run, loop.model_config_from(run, _VOCAB.value))
+    chosen = plan.try_compile(cfg, _VOCAB.value, devices, own, compiled / model - 1, limit)
+    show(chosen)
+  if chosen is None or chosen.report is None:
+    print("no setting fits" if chosen is None else "the configured setting does not fit")
+    return 1
+  run = chosen.candidate.apply(cfg)
+  run_model = loop.model_config_from(run, _VOCAB.value)
+  model_flops, compiled_flops, _ = plan.step_counts(run, run_model)
+  roof = plan.roofline(run, run_model, chosen.report, compiled_flops, devices)
+  peak, chip = plan.peak_of(devices[0]), plan.chip_of(devices[0])
+  result = {
+      "config": name, "target": target, "topology": topology,
+      "device_kind": devices[0].device_kind, "devices": n,
+      "remat_policy": chosen.candidate.policy, "remat_scope": chosen.candidate.scope,
+      "microbatches": chosen.candidate.microbatches,
+      "bytes_per_device": chosen.report.total, "hbm_bytes": limit,
+      "hbm_fraction": chosen.report.total / limit if limit else None,
+      "model_flops_per_step": model_flops, "compiled_flops_per_step": compiled_flops,
+      "compiler_flops_per_device_one_trip": chosen.report.flops,
+      "recompute_overhead": compiled_flops / model_flops - 1,
+      "predicted_step_s": roof.step_s if roof else None,
+      "predicted_mfu": model_flops / n / (roof.step_s * peak) if roof else None,
+      "roofline": dataclasses.asdict(roof) if roof else None,
+      "assumed": ({"peak_flops": peak, **dataclasses.asdict(chip)} if roof else None),
+  }
+  print(f"chosen: {chosen.candidate} ({chosen.why}), recompute "
+        f"{result['recompute_overhead']:+.1%}")
+  if roof:
+    print(f"roofline per device: {compiled_flops / n / 1e12:.1f} TFLOP at {peak / 1e12:.0f} "
+          f"TFLOP/s = {roof.flops_s:.3f} s; {roof.hbm_bytes / 1e9:.0f} GB HBM at "
+          f"{chip.hbm_bandwidth / 1e12:.2f} TB/s = {roof.hbm_s:.3f} s; "
+          f"{roof.collective_bytes / 1e9:.0f} GB collectives at "
+          f"{(chip.network_bandwidth if roof else 0) / 1e9:.0f}/{chip.ici_bandwidth / 1e9:.0f} "
+          f"GB/s (network/ICI) = {roof.collective_s:.3f} s -> step >= {roof.step_s:.3f} s, "
+          f"MFU <= {result['predicted_mfu']:.1%}")
+  if _JSON.value:
+    atomic.write_json(_JSON.value, result)
+    print(f"wrote {_JSON.value}")
+  return 0
 
 
 if __name__ == "__main__":

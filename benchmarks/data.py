@@ -14,6 +14,9 @@
 - plan: seconds and MiB (peak RSS growth; RSS still held after) of one epoch's multipack plan
   for --plan_examples examples at 64 rows x 4,096 tokens, in a fresh subprocess (numba's
   compile-or-load time is printed apart).
+- index: MiB of RSS that opening a sampled directory of --plan_examples examples and planning
+  its epoch add (64 rows x 4,096 tokens), in a fresh subprocess; the index stays memory-mapped
+  and is read in chunks, so it is not held.
 - pipeline: batches/s and tokens/s of `hrm_jax.data.Pipeline` on the demo data (8 x 256) and
   a synthetic directory (16 x 4096), and the demo model's training step for the ratio.
 With --baseline_root (a checkout) or --baseline_commit (a commit of this repository, exported
@@ -44,7 +47,7 @@ from hrm_jax import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_ONLY = flags.DEFINE_list("only", ["prepare", "plan", "pipeline"], "sections to run")
+_ONLY = flags.DEFINE_list("only", ["prepare", "plan", "index", "pipeline"], "sections to run")
 _BATCHES = flags.DEFINE_integer("batches", 200, "batches timed per configuration")
 _PREFETCH = flags.DEFINE_integer("prefetch", 2, "pipeline prefetch (threads)")
 _MODEL = flags.DEFINE_bool("model", True, "also time the demo model's training step")
@@ -289,6 +292,52 @@ def plan_rows(baseline: str | None) -> list[tuple]:
   return rows
 
 
+_INDEX_SNIPPET = """
+import json, sys
+import numpy as np
+from hrm_jax import data
+from hrm_jax.data import multipack
+def rss():
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * 4096
+def hwm():
+  with open("/proc/self/status") as f:
+    return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+multipack.plan_epoch(np.full(1000, 5, np.int64), 4096, 64)  # numba: compile or load the cache
+base = rss()
+with open("/proc/self/clear_refs", "w") as f:  # the peak (VmHWM) restarts from here
+  f.write("5")
+sampled = data.open_sampled(sys.argv[1])
+opened = rss()
+data.Pipeline(sampled, rows=64, row_len=4096, seed=0).plan(0)
+peak = hwm()
+print(json.dumps({"open_mib": (opened - base) / 2**20, "held_mib": (rss() - base) / 2**20,
+                  "peak_mib": max(0, peak - base) / 2**20}))
+"""
+
+
+def index_rows(tmp: str) -> list[tuple[int, dict]]:
+  """(examples, RSS figures) of opening a directory and planning its epoch."""
+  rows = []
+  for n in map(int, _PLAN_EXAMPLES.value):
+    rng = np.random.default_rng(0)
+    inst, resp = rng.integers(1, 12, n), rng.integers(2, 12, n)
+    starts = np.concatenate([[0], np.cumsum(inst + resp)[:-1]])
+    tokens = rng.integers(4, 250, int((inst + resp).sum())).astype(np.uint16)
+    folder = os.path.join(tmp, f"index_{n}")
+    data.write_sampled(folder, tokens=tokens, examples=data.Examples(starts, inst,
+                                                                     starts + inst, resp),
+                       tokenizer_info={"tokenizer_path": "", "boq": "<q>", "eoq": "</q>",
+                                       "eoa": "</a>", "condition_mapping": {},
+                                       "vocab_size": 256}, max_seq_len=64, epochs=1)
+    del tokens, starts, inst, resp
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", _INDEX_SNIPPET, folder], env=env, cwd=ROOT,
+                       capture_output=True, text=True, check=True)
+    rows.append((n, json.loads(r.stdout.strip().splitlines()[-1])))
+  return rows
+
+
 def synthetic_dir(root: str, examples: int = 6000, seed: int = 0) -> str:
   """A data_io directory with long SFT-like examples (instruction 20-1500, response 2-2500)."""
   rng = np.random.default_rng(seed)
@@ -407,6 +456,12 @@ def main(_):
       print_prepare(*prepare_rows(tmp, baseline))
     if "plan" in _ONLY.value:
       print_plan(plan_rows(baseline))
+    if "index" in _ONLY.value:
+      print("\n## open + plan: RSS added (goal < 150 MiB at 4M examples)\n")
+      print("| examples | after open MiB | held after plan MiB | peak MiB |")
+      print("|---|---|---|---|")
+      for n, r in index_rows(tmp):
+        print(f"| {n:,} | {r['open_mib']:.0f} | {r['held_mib']:.0f} | {r['peak_mib']:.0f} |")
   if "pipeline" not in _ONLY.value:
     return
   print("\n## pipeline\n")

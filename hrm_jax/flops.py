@@ -23,6 +23,15 @@ def layer_flops(config: ModelConfig, seq_len: int) -> float:
   return float(matmuls + attention)
 
 
+def stack_weight_reads(config: ModelConfig, bp_steps: Optional[int]) -> tuple[float, float]:
+  """(layer weights applied by all passes, by the passes with gradient) in one forward: each
+  pass applies every layer of its stack once (what a step reads from memory per token row)."""
+  def per_layer(s: ModelConfig) -> float:
+    d, m, hk = s.hidden_size, s.intermediate_size, s.num_heads * s.head_dim
+    return float(d * 4 * hk + hk * d + d * 2 * m + m * d)
+  return _per_stack(config, bp_steps, per_layer)
+
+
 def stack_passes(config: ModelConfig) -> dict[str, int]:
   """How many times the core applies each of its stacks (by module name) per forward."""
   return {name: n for name, (n, _) in spec_of(config).passes(config, None).items()}

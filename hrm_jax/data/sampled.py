@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import io
+import itertools
 import json
 import logging
 import os
@@ -71,11 +72,34 @@ class Examples:
 
   @property
   def lengths(self) -> np.ndarray:
-    """Model tokens per example [N]: instruction + response - 1 (autoregressive shift)."""
-    return self.inst_len + self.resp_len - 1
+    """Model tokens per example [N]: instruction + response - 1 (autoregressive shift).
+    Read in chunks, so a memory-mapped index is not pulled into memory whole."""
+    out = np.empty(len(self), np.int64)
+    for start, inst, resp in zip(*(chunks(a) for a in (None, self.inst_len, self.resp_len))):
+      out[start:start + len(inst)] = inst + resp - 1
+    return out
 
   def take(self, idx: np.ndarray) -> "Examples":
     return Examples(*(getattr(self, f)[idx] for f in INDEX_FIELDS))
+
+
+CHUNK = 1 << 20  # index entries read at a time
+
+
+def chunks(arr: np.ndarray | None, size: int = CHUNK):
+  """arr[i:i + size] for i = 0, size, ...; for a memory map, read from its file instead, so
+  that scanning a whole index leaves none of it resident. With arr None: the offsets i."""
+  if arr is None:
+    yield from itertools.count(0, size)
+    return
+  if isinstance(arr, np.memmap) and arr.filename:
+    with open(arr.filename, "rb") as f:
+      for i in range(0, len(arr), size):
+        f.seek(arr.offset + i * arr.dtype.itemsize)
+        yield np.fromfile(f, arr.dtype, min(size, len(arr) - i))
+    return
+  for i in range(0, len(arr), size):
+    yield arr[i:i + size]
 
 
 def concat_examples(inst: Sequence[Sequence[int]], resp: Sequence[Sequence[int]]
@@ -253,29 +277,36 @@ def _load_epoch(path: str, epoch: int, n_tokens: int, max_example: int,
     if len(a) != n:
       raise _fail(files[f], f, f"has {len(a)} entries but inst_start.npy has {n} "
                   "(index arrays of unequal length)")
-  a = {f: np.asarray(v, np.int64) for f, v in arrays.items()}
-  for kind in ("inst", "resp"):
-    start, length = a[f"{kind}_start"], a[f"{kind}_len"]
-    s_name, l_name = f"{kind}_start", f"{kind}_len"
-    for file, f, bad in ((files[s_name], s_name, start < 0), (files[l_name], l_name, length < 0),
-                         (files[s_name], f"{s_name}+{l_name}", start + length > n_tokens)):
-      if bad.any():
-        i = int(np.argmax(bad))
-        raise _fail(file, f, f"example {i}: span [{start[i]}, {start[i] + length[i]}) is "
-                    f"outside tokens.npy (length {n_tokens})")
-  too_long = a["inst_len"] + a["resp_len"] - 1 > max_example
-  if too_long.any():
-    i = int(np.argmax(too_long))
-    raise _fail(files["resp_len"], "inst_len+resp_len",
-                f"example {i} has {a['inst_len'][i] + a['resp_len'][i] - 1} model tokens, longer "
-                f"than {limit_field} allows ({max_example})")
-  # The reference crashed on zero-length causal segments: drop such examples, and empty
-  # instructions (no prefix to predict the first response token from).
-  keep = (a["resp_len"] >= MIN_RESP_LEN) & (a["inst_len"] >= 1)
+  # The index stays memory-mapped (int64, as data_io writes it); it is checked in chunks read
+  # from the files, so opening a corpus of tens of millions of examples keeps none of it.
+  a = {f: v if v.dtype == np.int64 else np.asarray(v, np.int64) for f, v in arrays.items()}
+  keep_parts = []
+  for start, inst_s, inst_l, resp_s, resp_l in zip(
+      *(chunks(x) for x in (None, *(a[f] for f in INDEX_FIELDS)))):
+    for kind, first, length in (("inst", inst_s, inst_l), ("resp", resp_s, resp_l)):
+      s_name, l_name = f"{kind}_start", f"{kind}_len"
+      for file, f, bad in ((files[s_name], s_name, first < 0),
+                           (files[l_name], l_name, length < 0),
+                           (files[s_name], f"{s_name}+{l_name}", first + length > n_tokens)):
+        if bad.any():
+          i = int(np.argmax(bad))
+          raise _fail(file, f, f"example {start + i}: span [{first[i]}, "
+                      f"{first[i] + length[i]}) is outside tokens.npy (length {n_tokens})")
+    too_long = inst_l + resp_l - 1 > max_example
+    if too_long.any():
+      i = int(np.argmax(too_long))
+      raise _fail(files["resp_len"], "inst_len+resp_len",
+                  f"example {start + i} has {inst_l[i] + resp_l[i] - 1} model tokens, longer "
+                  f"than {limit_field} allows ({max_example})")
+    # The reference crashed on zero-length causal segments: drop such examples, and empty
+    # instructions (no prefix to predict the first response token from).
+    keep_parts.append((resp_l >= MIN_RESP_LEN) & (inst_l >= 1))
+  keep = np.concatenate(keep_parts) if keep_parts else np.ones(0, bool)
   dropped = int(n - keep.sum())
-  if dropped:
-    log.warning("%s: dropped %d of %d examples with an empty instruction or a response "
-                "shorter than %d tokens", folder, dropped, n, MIN_RESP_LEN)
+  if not dropped:
+    return Examples(*(a[f] for f in INDEX_FIELDS)), 0
+  log.warning("%s: dropped %d of %d examples with an empty instruction or a response "
+              "shorter than %d tokens", folder, dropped, n, MIN_RESP_LEN)
   return Examples(*(a[f][keep] for f in INDEX_FIELDS)), dropped
 
 

@@ -33,6 +33,7 @@ from hrm_jax.params import count_params
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train import distributed
 from hrm_jax.train import metrics as metrics_lib
+from hrm_jax.train import plan as plan_lib
 from hrm_jax.train import state as state_lib
 from hrm_jax.train import warm_start as warm_start_lib
 from hrm_jax.train.held_out import HeldOut
@@ -46,6 +47,7 @@ class NonFiniteLossError(FloatingPointError):
 # The resolved config of the run's latest start (each checkpoint keeps its own copy). Not
 # config.json: that name marks a Hugging Face directory (loading.is_hf).
 CONFIG_FILE = "train_config.json"
+PLAN_FILE = "remat_plan.json"  # remat_policy=auto's choices, per model, batch and devices
 
 
 def write_config(workdir: str, saved: dict) -> None:
@@ -219,6 +221,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """
   is_main = jax.process_index() == 0
   sampled, demo = open_data(cfg)
+  # remat_policy=auto: compile the candidates for these devices, take the least recompute
+  # that fits; the choice is cached in the workdir for restarts.
+  cfg = plan_lib.resolve(cfg, sampled.vocab_size, jax.devices(),
+                         cache_file=os.path.join(workdir, PLAN_FILE),
+                         say=lambda line: print(line, flush=True) if is_main else None)
   model_config = model_config_from(cfg, sampled.vocab_size)
   config_lib.check_data_fits(model_config, sampled)
   if model_config.vocab_size < int(sampled.tokenizer_info["vocab_size"]):

@@ -75,8 +75,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Languag
   if microbatches == 1:
     (_, sums), grads = grad_fn(state.params, state.buffers, batch, bp_steps, total_tokens)
   else:
+    # Micro-batch i holds rows i, i + microbatches, ...: each device's rows (a contiguous
+    # block of the batch sharding) stay on it, so splitting moves no data.
     split = jax.tree.map(
-        lambda x: x.reshape(microbatches, rows // microbatches, *x.shape[1:]), batch)
+        lambda x: x.reshape(rows // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1),
+        batch)
 
     def accumulate(carry, mb):
       grads_acc, sums_acc = carry
