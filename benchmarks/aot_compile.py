@@ -31,6 +31,8 @@ sys.path.insert(0, _ROOT)
 def _early_env(argv: list[str]) -> None:
   """Settings JAX reads once at start-up: CPU device count, and no cuDNN check (compiling
   needs no cuDNN). Plugins are kept off the runtime backend list; topologies still load."""
+  if "--target=local" in argv:  # the machine's own accelerators
+    return
   devices = next((a.split("=", 1)[1] for a in argv if a.startswith("--cpu_devices=")), "16")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + f" --xla_force_host_platform_device_count={devices}")
@@ -41,15 +43,21 @@ def _early_env(argv: list[str]) -> None:
 _early_env(sys.argv)
 
 import dataclasses  # noqa: E402
+import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+import numpy as np  # noqa: E402
 
 from experiments import configs  # noqa: E402
 from hrm_jax import atomic  # noqa: E402
+from hrm_jax.models import LanguageModel  # noqa: E402
 from hrm_jax.train import aot  # noqa: E402
 from hrm_jax.train import loop  # noqa: E402
 from hrm_jax.train import plan  # noqa: E402
+from hrm_jax.train import state as state_lib  # noqa: E402
+from hrm_jax.train import step as step_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.path_of("hrm1b"), "Training config name or file.", lock_config=True)
@@ -71,6 +79,9 @@ _SWEEP = flags.DEFINE_bool("sweep_remat", False, "Compile every remat setting an
 
 GIB = 2**30
 _JSON = flags.DEFINE_string("json", "", "Write the chosen setting's figures to this JSON file.")
+_RUN_STEPS = flags.DEFINE_integer("run_steps", 0, "With --target=local: run the chosen step "
+                                  "this many times on random tokens and report the measured "
+                                  "step time beside the prediction.")
 
 
 def _row(row: plan.Tried, model_flops: float, n: int) -> str:
@@ -84,11 +95,37 @@ def _row(row: plan.Tried, model_flops: float, n: int) -> str:
           f"{model_flops / n / 1e9:,.0f} | {row.recompute:+.0%} | {row.seconds:.0f} |")
 
 
+def _measure(cfg, model_config, devices, steps: int) -> float:
+  """Median seconds of `steps` runs of the compiled step on random tokens (after one)."""
+  compiled = aot.compile_train_step(cfg, model_config, devices, plan.step_counts(
+      cfg, model_config)[2])
+  shardings = compiled.input_shardings[0]
+  model = LanguageModel(model_config)
+  tx, _ = step_lib.optimizer(cfg.train, total_steps=10**6)
+  state = state_lib.init_state(model, tx, jax.random.PRNGKey(0), shardings[0])
+  rows, row_len = cfg.data.rows, cfg.data.row_len
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(1, model_config.vocab_size, (rows, row_len), dtype=np.int32)
+  host = {"inputs": tokens, "positions": np.tile(np.arange(row_len, dtype=np.int32), (rows, 1)),
+          "segment_ids": np.ones((rows, row_len), np.int32),
+          "prefix_mask": np.arange(row_len)[None].repeat(rows, 0) < row_len // 2,
+          "labels": np.roll(tokens, -1, axis=1)}
+  batch = {k: jax.device_put(v, shardings[1][k]) for k, v in host.items()}
+  times = []
+  for _ in range(steps + 1):
+    t = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  print(f"steps: {', '.join(f'{x:.3f}' for x in times)} s; loss {float(metrics['loss']):.3f}")
+  return float(np.median(times[1:]))
+
+
 def main(argv):
   del argv
   cfg = _CONFIG.value
   target = _TARGET.value
-  topology = {"tpu": _TPU_TOPOLOGY.value, "gpu": _GPU_TOPOLOGY.value, "cpu": ""}[target]
+  topology = {"tpu": _TPU_TOPOLOGY.value, "gpu": _GPU_TOPOLOGY.value}.get(target, "")
   devices = aot.compile_only_devices(target, topology, _GPU.value, _TPU_SLICES.value)
   n = len(devices)
   name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
@@ -146,6 +183,13 @@ def main(argv):
           f"{(chip.network_bandwidth if roof else 0) / 1e9:.0f}/{chip.ici_bandwidth / 1e9:.0f} "
           f"GB/s (network/ICI) = {roof.collective_s:.3f} s -> step >= {roof.step_s:.3f} s, "
           f"MFU <= {result['predicted_mfu']:.1%}")
+  if _RUN_STEPS.value and target == "local":
+    result["measured_step_s"] = _measure(run, run_model, devices, _RUN_STEPS.value)
+    result["measured_mfu"] = (model_flops / n / (result["measured_step_s"] * peak)
+                              if peak else None)
+    print(f"measured: {result['measured_step_s']:.3f} s per step (median of "
+          f"{_RUN_STEPS.value}), MFU {result['measured_mfu'] or 0:.1%}; predicted >= "
+          f"{result['predicted_step_s'] or 0:.3f} s")
   if _JSON.value:
     atomic.write_json(_JSON.value, result)
     print(f"wrote {_JSON.value}")

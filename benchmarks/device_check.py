@@ -262,7 +262,10 @@ def attention_inputs(plan: Plan, mc: hrm_jax.ModelConfig, batch: int, seq: int,
 def model_setup(plan: Plan, impl: str, rows: int):
   """(training config, ModelConfig): hrm1b with the plan's layers, width overrides, row."""
   cfg = configs.get("hrm1b")
-  cfg.model.update(n_layers=2 * plan.layers_per_stack, attention_impl=impl, **plan.model)
+  # remat full, fixed: the check compares attention impls on one program, not remat plans
+  # (hrm1b's auto searches those; benchmarks/aot_compile.py --target=local runs it).
+  cfg.model.update(n_layers=2 * plan.layers_per_stack, attention_impl=impl,
+                   remat_policy="full", remat_scope="layer", **plan.model)
   cfg.data.rows, cfg.data.row_len = rows, plan.row_len
   return cfg, loop.model_config_from(cfg, plan.vocab_size)
 

@@ -8,6 +8,7 @@ import pytest
 
 from experiments import configs
 from hrm_jax.train import aot, loop, plan
+from train_loop_test import tiny_config
 
 
 def _tiny(remat="auto", rows=8):
@@ -123,3 +124,14 @@ def test_roofline_terms():
   assert one_host.collective_s == pytest.approx(one_host.collective_bytes / 450e9)
   assert two_hosts.collective_s == pytest.approx(two_hosts.collective_bytes / 50e9)
   assert one_host.hbm_bytes > 2 * report.temporaries
+
+
+def test_a_training_run_resolves_auto_and_keeps_the_choice(tmp_path, capsys):
+  """train.py's path: the CPU devices have no memory limit, so auto is none; the choice is
+  in the workdir's remat_plan.json and in the saved model config."""
+  cfg = tiny_config(tmp_path / "demo", **{"model.remat_policy": "auto", "train.max_steps": 1})
+  result = loop.train(cfg, str(tmp_path / "run"))
+  assert result.model_config.remat_policy == "none"
+  assert "remat auto: none/layer x1 (no device memory limit (CPU))" in capsys.readouterr().out
+  plans = json.load(open(tmp_path / "run" / loop.PLAN_FILE))
+  assert [p["remat_policy"] for p in plans.values()] == ["none"]

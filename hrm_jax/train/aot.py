@@ -25,7 +25,7 @@ from hrm_jax.models import LanguageModel
 from hrm_jax.train import state as state_lib
 from hrm_jax.train.step import jit_train_step, optimizer
 
-TARGETS = ("tpu", "gpu", "cpu")
+TARGETS = ("tpu", "gpu", "cpu", "local")  # local: this machine's own devices, real ones
 
 # GpuTargetConfigProto fields of NVIDIA's published H100/H200 SXM specifications (SM count,
 # clocks, memory, caches), which XLA:GPU needs to compile without a visible GPU.
@@ -58,7 +58,8 @@ def compile_only_devices(target: str, topology: str, gpu: str = "h100",
   """Devices to compile for. target tpu: topology like 'v5p:2x2x2' (chips, = v5p-16) per
   slice, `slices` of them (multi-slice: a mesh with `dcn_shape` spans them);
   gpu: '<slices>x<hosts per slice>x<gpus per host>', e.g. '1x2x8' (16 GPUs); cpu: the
-  host's devices (set --xla_force_host_platform_device_count before JAX starts)."""
+  host's devices (set --xla_force_host_platform_device_count before JAX starts); local: the
+  devices JAX sees, the real accelerators on a GPU or TPU host."""
   from jax.experimental import topologies
   if target == "tpu":
     if importlib.util.find_spec("libtpu") is None:  # the TPU compiler
@@ -77,6 +78,8 @@ def compile_only_devices(target: str, topology: str, gpu: str = "h100",
                          "cuDNN is not installed (compilation does not use it)") from e
   if target == "cpu":
     return list(jax.devices("cpu"))
+  if target == "local":
+    return list(jax.devices())
   raise ValueError(f"--target={target!r} is unknown; expected one of {TARGETS}")
 
 
