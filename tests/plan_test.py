@@ -135,3 +135,26 @@ def test_a_training_run_resolves_auto_and_keeps_the_choice(tmp_path, capsys):
   assert "remat auto: none/layer x1 (no device memory limit (CPU))" in capsys.readouterr().out
   plans = json.load(open(tmp_path / "run" / loop.PLAN_FILE))
   assert [p["remat_policy"] for p in plans.values()] == ["none"]
+
+
+def test_loop_correct_flops_agree_with_the_compiler_where_it_counts_whole_programs():
+  """On the CPU the demo step's scans are unrolled, so the compiler's cost analysis counts
+  every pass: the model's count plus what full remat repeats is within 15% of it, and so is
+  the remat difference (the compiler also counts elementwise work and dense attention's
+  full score matrix, the model count matmuls over half of it)."""
+  cfg = configs.get("demo")
+  with cfg.unlocked():
+    cfg.train.loss_chunk = 0
+  got = {}
+  for policy in ("none", "full"):
+    run = plan.Candidate(policy, "layer", 1).apply(cfg)
+    model_config = loop.model_config_from(run, 512)
+    assert model_config.unroll_scans
+    row = plan.try_compile(cfg, 512, jax.devices()[:1], plan.Candidate(policy, "layer", 1),
+                           0.0, None)
+    got[policy] = (row.report.flops, plan.step_counts(run, model_config)[1])
+  for compiler, counted in got.values():
+    assert 1.0 <= compiler / counted < 1.15
+  compiler_extra = got["full"][0] - got["none"][0]
+  counted_extra = got["full"][1] - got["none"][1]
+  assert abs(compiler_extra / counted_extra - 1) < 0.15
