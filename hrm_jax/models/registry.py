@@ -10,7 +10,7 @@ validation of arch-specific fields happens here (`spec_of`), at every use of a c
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 from hrm_jax.config import SIZES, ModelConfig
 from hrm_jax.models import hrm, rins, transformer, trm, ut
@@ -59,6 +59,16 @@ def model_config(size: str = "XL", arch: str = "hrm", **overrides: Any) -> Model
   config = ModelConfig(**kwargs)
   spec_of(config)
   return config
+
+
+def model_config_of_section(section: Mapping[str, Any], vocab_size: int) -> ModelConfig:
+  """A config from a training config's `model` section: its preset `size` and `arch`, then
+  every field it sets (None = the preset's), the data's `vocab_size` unless it sets one."""
+  m = dict(section)
+  size, arch = m.pop("size"), m.pop("arch")
+  overrides = {k: v for k, v in m.items() if v is not None}
+  overrides.setdefault("vocab_size", vocab_size)
+  return model_config(size, arch, **overrides)
 
 
 def bp_steps_at(step: int, total_steps: int, config: ModelConfig) -> int:

@@ -69,11 +69,7 @@ def write_config(workdir: str, saved: dict) -> None:
 
 def model_config_from(cfg: ml_collections.ConfigDict, vocab_size: int) -> config_lib.ModelConfig:
   """ModelConfig from the `model` section: preset size and arch, then the fields set."""
-  m = cfg.model.to_dict()
-  size, arch = m.pop("size"), m.pop("arch")
-  overrides = {k: v for k, v in m.items() if v is not None}
-  overrides.setdefault("vocab_size", vocab_size)
-  return registry.model_config(size, arch, **overrides)
+  return registry.model_config_of_section(cfg.model.to_dict(), vocab_size)
 
 
 @dataclasses.dataclass

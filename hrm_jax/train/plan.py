@@ -134,17 +134,11 @@ def candidates(cfg: ml_collections.ConfigDict, vocab_size: int, batch_devices: i
       if rows % mb or (rows // mb) % batch_devices:
         continue  # each micro-batch must still give every batch shard whole rows
       c = Candidate(policy, scope, mb)
-      model, compiled, _ = step_counts(c.apply(cfg), _model_config(c.apply(cfg), vocab_size))
+      run = c.apply(cfg)
+      model, compiled, _ = step_counts(
+          run, registry.model_config_of_section(run.model.to_dict(), vocab_size))
       out.append((c, compiled / model - 1))
   return sorted(out, key=lambda x: (round(x[1], 6), x[0].microbatches))
-
-
-def _model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> config_lib.ModelConfig:
-  m = cfg.model.to_dict()
-  size, arch = m.pop("size"), m.pop("arch")
-  overrides = {k: v for k, v in m.items() if v is not None}
-  overrides.setdefault("vocab_size", vocab_size)
-  return registry.model_config(size, arch, **overrides)
 
 
 @dataclasses.dataclass
@@ -168,7 +162,7 @@ def try_compile(cfg: ml_collections.ConfigDict, vocab_size: int, devices: Sequen
   """Compile `candidate`; a backend that refuses it for memory gives a row that does not
   fit."""
   run = candidate.apply(cfg)
-  model_config = _model_config(run, vocab_size)
+  model_config = registry.model_config_of_section(run.model.to_dict(), vocab_size)
   bp = registry.bp_steps_at(1, 1, model_config)
   t = time.perf_counter()
   try:
