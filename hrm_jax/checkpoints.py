@@ -22,6 +22,7 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from hrm_jax import errors
 from hrm_jax.config import ModelConfig
 
 CHECKPOINTS = "checkpoints"  # the directory of step directories inside a workdir
@@ -40,7 +41,7 @@ class NotACheckpointError(FileNotFoundError):
   """The path holds no hrm_jax checkpoint (or something else, such as a HF directory)."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError, ValueError):
   """The checkpoint was written by a run with another model."""
 
 

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Optional, Sequence
 
 import ml_collections
 from absl import app, flags, logging
+from ml_collections import config_flags
+
+from hrm_jax import cli
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 NAMES = tuple(sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
@@ -39,6 +43,18 @@ def resolve_argv(argv: Sequence[str], default: str = "demo") -> list[str]:
   if name in NAMES:
     check_overrides(get(name), argv[1:])
   return argv
+
+
+def define_config_flag(help_text: str, default: str = "demo"):
+  """`--config` (a name or a file) with `--config.x.y` overrides. The override keys on the
+  command line are checked first: config_flags applies them to the default config while
+  the flag is defined, where an unknown key would end the import in a traceback."""
+  try:
+    resolve_argv(sys.argv, default)
+  except ValueError as e:
+    cli.fail(str(e))
+  return config_flags.DEFINE_config_file("config", path_of(default), help_text,
+                                         lock_config=True)
 
 
 def get(name: str) -> ml_collections.ConfigDict:

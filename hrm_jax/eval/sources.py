@@ -12,12 +12,12 @@ import dataclasses
 import os
 from typing import Any, Optional, Sequence
 
-from hrm_jax import jsonl
+from hrm_jax import errors, jsonl
 
 EXTENSIONS = (".jsonl", ".parquet")
 
 
-class EvalDataError(ValueError):
+class EvalDataError(errors.UserError, ValueError):
   """Missing or malformed benchmark data; the message names the file, row and field."""
 
 
