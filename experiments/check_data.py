@@ -21,7 +21,7 @@ import sys
 from absl import app, flags
 import numpy as np
 
-from hrm_jax import atomic
+from hrm_jax import atomic, cli
 from hrm_jax.data import sampled
 
 _RECORD = flags.DEFINE_bool("record", False, f"write {sampled.TOKEN_CHECK} into the directory "
@@ -70,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, positional=True)

@@ -26,7 +26,7 @@ import sys
 
 from absl import app, flags
 
-from hrm_jax import atomic, hf, loading, native, verbosity
+from hrm_jax import atomic, cli, hf, loading, native
 
 # Copied into a converted checkpoint, so generate.py finds the tokenizer there.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_info.json")
@@ -89,7 +89,6 @@ def convert(f: flags.FlagValues) -> None:
 
 def main(argv: list[str]) -> None:
   del argv
-  verbosity.quiet_by_default()
   try:
     convert(flags.FLAGS)
   except (FileExistsError, FileNotFoundError, ValueError) as e:  # messages name the path
@@ -97,4 +96,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

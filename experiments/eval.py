@@ -30,7 +30,7 @@ from typing import Any
 import jax
 from absl import app, flags
 
-from hrm_jax import atomic, loading, speculative, verbosity
+from hrm_jax import atomic, cli, loading, speculative
 from hrm_jax.eval import runner, scoring, sources, tasks
 from hrm_jax.plotting import plot
 
@@ -125,7 +125,6 @@ def check_flags(f: flags.FlagValues) -> list[int]:
 
 def main(argv: list[str]) -> None:
   del argv
-  verbosity.quiet_by_default()
   f = flags.FLAGS
   depths = check_flags(f)
   try:
@@ -152,8 +151,6 @@ def main(argv: list[str]) -> None:
       return
     config, variables = loading.load_model(f.checkpoint, use_ema=f.use_ema)
     tok = loading.load_tokenizer(f.checkpoint, f.tokenizer)
-  except sources.EvalDataError as e:
-    sys.exit(f"eval.py: {e}")
   except FileNotFoundError as e:
     raise app.UsageError(f"--checkpoint={f.checkpoint}: {e}") from e
   base = config.replace(**{k: v for k, v in (("H_cycles", f.H_cycles),
@@ -196,4 +193,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

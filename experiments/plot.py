@@ -10,11 +10,10 @@ Several comma-separated workdirs are overlaid, labelled by directory name.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 
-from hrm_jax import jsonl
+from hrm_jax import cli, jsonl
 from hrm_jax.plotting import plot
 
 # Not `required=True`: tests import this module beside other scripts, and absl checks
@@ -58,9 +57,9 @@ def main(argv: list[str]) -> None:
       runs[name if name not in runs else w] = read_metrics(w)
     plot(runs, metrics, out)
   except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"plot.py: {e}")
+    cli.fail(str(e))
   print(f"wrote {out} ({', '.join(metrics)}; {len(runs)} run(s))")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -181,7 +181,7 @@ def test_without_data_dir_and_network_the_error_says_to_pass_data_dir(tmp_path):
   proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "eval.py"),
                          "--run_only=GSM8K", f"--dump_prompts={tmp_path / 'p.jsonl'}"],
                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.returncode == 2, proc.stderr[-2000:]
   assert "could not load openai/gsm8k (main) split test from the Hugging Face hub" in proc.stderr
   assert "pass --data_dir=DIR" in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "p.jsonl").exists()

@@ -5,6 +5,7 @@ Each NAME.py beside this file defines `get_config()`; `base.py` holds the shared
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
@@ -80,8 +81,14 @@ def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) -> N
   for arg in argv:
     m = re.match(r"--config\.([\w.]+)", arg)
     if m and m.group(1) not in keys:
-      raise ValueError(f"{arg.split('=')[0]}: unknown config key {m.group(1)!r}; valid keys: "
-                       f"{sorted(keys)}")
+      key = m.group(1)
+      section = key.split(".")[0] + "."
+      near = difflib.get_close_matches(key, sorted(keys), n=3)
+      same = sorted(k for k in keys if k.startswith(section))
+      hint = (f"did you mean {' or '.join(near)}?" if near else
+              f"keys of {section[:-1]!r}: {', '.join(same)}" if same else
+              f"sections: {', '.join(sorted({k.split('.')[0] for k in keys}))}")
+      raise ValueError(f"{arg.split('=')[0]}: unknown config key {key!r}; {hint}")
 
 
 def parse_flags(argv: list[str], default: str = "demo") -> list[str]:
