@@ -70,12 +70,14 @@ flags.DEFINE_integer("draft_len", 4, "Tokens drafted per verification (--draft_c
 
 
 def check_new_file(flag: str, path: str, overwrite: bool) -> None:
-  """A file this command will write: never a directory, and an existing file only with
-  --overwrite."""
+  """A file this command will write: never a directory, an existing file only with
+  --overwrite, and in a folder this process may write (checked before the evaluation, whose
+  results would otherwise be lost)."""
   if os.path.isdir(path):
     raise app.UsageError(f"--{flag}={path} is a directory; expected a file path")
   if os.path.lexists(path) and not overwrite:
     raise app.UsageError(f"--{flag}={path} exists; pass --overwrite to replace it")
+  atomic.check_writable(path, f"--{flag}")
 
 
 def sweep_table(axis: str, by_depth: dict[int, dict[str, dict]]) -> str:

@@ -4,7 +4,10 @@
     python experiments/plot.py --workdir=runs/a,runs/b --out=ab.png --metrics=loss,lr
 
 metrics.jsonl is appended across resumes, so a step may appear twice; the last entry wins.
-Several comma-separated workdirs are overlaid, labelled by directory name.
+Several comma-separated workdirs are overlaid, labelled by directory name. The default output
+(<first workdir>/curves.png) is redrawn on every run; an --out that exists is replaced only
+with --overwrite, and only when it is a PNG image (never the run's metrics.jsonl or another
+file of the user's).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 
 from absl import app, flags
 
-from hrm_jax import cli, jsonl
+from hrm_jax import atomic, cli, jsonl
 from hrm_jax.plotting import plot
 
 # Not `required=True`: tests import this module beside other scripts, and absl checks
@@ -21,9 +24,30 @@ from hrm_jax.plotting import plot
 flags.DEFINE_string("workdir", "", "Training workdir(s), comma-separated to overlay runs "
                     "(required).")
 flags.DEFINE_string("out", None, "PNG to write (default: <first workdir>/curves.png).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out PNG.")
 flags.DEFINE_string("metrics", "loss,accuracy,exact_accuracy", "Comma-separated metric names.")
 
 METRICS_FILE = "metrics.jsonl"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def check_out(out: str, explicit: bool, overwrite: bool) -> None:
+  """Before any work: `out` can be written, and what it would replace is a PNG that may be."""
+  atomic.check_writable(out, "--out")
+  if os.path.isdir(out):
+    raise IsADirectoryError(f"--out={out} is a directory; expected a .png file path")
+  if not os.path.lexists(out):
+    return
+  try:
+    with open(out, "rb") as f:
+      is_png = f.read(len(PNG_MAGIC)) == PNG_MAGIC
+  except OSError:
+    is_png = False
+  if not is_png:
+    raise FileExistsError(f"--out={out} exists and is not a PNG image; refusing to replace it "
+                          "(choose another --out)")
+  if explicit and not overwrite:
+    raise FileExistsError(f"--out={out} exists; pass --overwrite to replace it")
 
 
 def read_metrics(workdir: str) -> dict[int, dict]:
@@ -50,6 +74,7 @@ def main(argv: list[str]) -> None:
   if not workdirs or not metrics:
     raise app.UsageError("--workdir and --metrics need at least one name each")
   out = f.out or os.path.join(workdirs[0], "curves.png")
+  check_out(out, explicit=f.out is not None, overwrite=f.overwrite)
   try:
     runs = {}
     for w in workdirs:

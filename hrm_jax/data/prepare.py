@@ -174,6 +174,22 @@ def _gather(segments: np.ndarray) -> np.ndarray:
       start - (ends - length), length)
 
 
+def _unencodable(file: str, numbers: Sequence[int], insts: Sequence[str],
+                 resps: Sequence[str]) -> DataError:
+  """The DataError naming the line and field of a text that is not valid Unicode: a lone
+  UTF-16 surrogate such as "\\ud800" (JSON allows the escape; scraped text has them), which
+  `tokenizers` refuses without saying where."""
+  for no, inst, resp in zip(numbers, insts, resps):
+    for key, text in (("instruction", inst), ("response", resp)):
+      try:
+        text.encode("utf-8")
+      except UnicodeEncodeError as e:
+        return DataError(f"{file}:{no}: field '{key}' holds {text[e.start]!r} at character "
+                         f"{e.start}, a lone UTF-16 surrogate (not valid Unicode text); fix "
+                         "or remove the line")
+  return DataError(f"{file}: lines {numbers[0]}-{numbers[-1]}: the tokenizer refused a text")
+
+
 def encode_chunk(tokenizer: Tokenizer, file: str, lines: Iterable[tuple[int, Any]],
                  rules: Rules) -> Chunk:
   """Parse, tokenise and filter one chunk of JSONL lines (or Parquet rows); errors name
@@ -185,6 +201,7 @@ def encode_chunk(tokenizer: Tokenizer, file: str, lines: Iterable[tuple[int, Any
   resps: list[str] = []
   cond_index: dict[str, int] = {}
   cond_ids: list[list[int]] = []
+  numbers: list[int] = []
   for no, raw in lines:
     obj = raw if isinstance(raw, dict) else jsonl.parse_line(file, no, raw, DataError)
     if obj is None:
@@ -207,8 +224,12 @@ def encode_chunk(tokenizer: Tokenizer, file: str, lines: Iterable[tuple[int, Any
     cond_of.append(cond_index[cond])
     insts.append(obj["instruction"])
     resps.append(obj["response"])
+    numbers.append(no)
   n = stats.rows = len(insts)
-  ids = tokenizer.encode_texts(insts + resps)  # [2n] lists: instructions, then responses
+  try:
+    ids = tokenizer.encode_texts(insts + resps)  # [2n] lists: instructions, then responses
+  except TypeError:  # only then look for the text the tokenizer cannot take
+    raise _unencodable(file, numbers, insts, resps) from None
   text_len = np.fromiter(map(len, ids), np.int64, count=2 * n)
   text_start = np.cumsum(text_len) - text_len
   # src: every text's ids, then boq, eoq, eoa, then each condition's tokens.
