@@ -1,9 +1,11 @@
 """One training run per workdir: an advisory lock on `<workdir>/train.lock` for the run's life.
 
 Two runs on one workdir would interleave their metrics, overwrite each other's config and
-delete each other's checkpoints. The lock is a POSIX record lock (`fcntl.lockf`), which the
-kernel drops when the process ends however it ends, so a crashed or killed run never blocks
-the next, and which NFS (through its lock manager) honours across hosts. A multi-host job
+delete each other's checkpoints. The lock is `fcntl.flock` on an open file, which the kernel
+drops when the process ends however it ends, so a crashed or killed run never blocks the
+next. It belongs to the open file, so a second run in the same process is refused too; on
+NFS, Linux carries flock over the server's byte-range locks, so it holds across hosts (a
+filesystem without locks, e.g. Lustre mounted without `flock`, is an error). A multi-host job
 locks once: process 0 holds the lock and tells the others, through JAX's coordination
 service, whether the run may go on. The file stays after the run (it holds a lock only while
 a process has it open); it names the last holder, which a refused run prints.
@@ -64,10 +66,10 @@ def acquire(workdir: str) -> int:
   except OSError as e:
     raise errors.UserError(f"--workdir={workdir}: cannot open {path} ({e.strerror})") from None
   try:
-    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError as e:
     os.close(fd)
-    if e.errno not in (errno.EACCES, errno.EAGAIN):
+    if e.errno not in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK):
       raise errors.UserError(f"--workdir={workdir}: cannot lock {path} ({e.strerror}); the "
                              "filesystem may not support locks") from None
     raise WorkdirInUseError(
