@@ -26,3 +26,13 @@ def test_a_workdir_that_cannot_hold_a_run_is_a_user_error(tmp_path):
   with pytest.raises(errors.UserError, match="cannot create it"):
     with workdir_lock.held(str(a_file / "sub")):
       pass
+
+
+def test_a_workdir_made_for_a_run_that_wrote_nothing_is_removed(tmp_path):
+  with pytest.raises(RuntimeError):
+    with workdir_lock.held(str(tmp_path / "new")):
+      raise RuntimeError("a config error before any output")
+  assert not (tmp_path / "new").exists()
+  with workdir_lock.held(str(tmp_path / "kept")):
+    (tmp_path / "kept" / "metrics.jsonl").write_text("")
+  assert sorted(os.listdir(tmp_path / "kept")) == ["metrics.jsonl", workdir_lock.LOCK_FILE]

@@ -246,6 +246,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
 def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   is_main = jax.process_index() == 0
+  model_config_from(cfg, 256)  # model and mesh errors before the data (or demo cache) opens
+  make_mesh(cfg)
   sampled, demo = open_data(cfg)
   model_config = model_config_from(cfg, sampled.vocab_size)
   try:

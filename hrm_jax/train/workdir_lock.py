@@ -8,7 +8,8 @@ NFS, Linux carries flock over the server's byte-range locks, so it holds across 
 filesystem without locks, e.g. Lustre mounted without `flock`, is an error). A multi-host job
 locks once: process 0 holds the lock and tells the others, through JAX's coordination
 service, whether the run may go on. The file stays after the run (it holds a lock only while
-a process has it open); it names the last holder, which a refused run prints.
+a process has it open); it names the last holder, which a refused run prints. A run that
+stops before writing anything else (a config error) removes the workdir it created.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def _share(message: Optional[str]) -> Optional[str]:
 def held(workdir: str) -> Iterator[None]:
   """Hold `workdir`'s lock for the block (process 0); every process raises if it is taken."""
   fd, failure = None, None
+  created = not os.path.lexists(workdir)
   if jax.process_index() == 0:
     try:
       fd = acquire(workdir)
@@ -115,4 +117,7 @@ def held(workdir: str) -> Iterator[None]:
     yield
   finally:
     if fd is not None:
+      if created and os.listdir(workdir) == [LOCK_FILE]:
+        os.remove(os.path.join(workdir, LOCK_FILE))
+        os.rmdir(workdir)
       os.close(fd)  # closing the descriptor releases the lock

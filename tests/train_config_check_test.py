@@ -1,0 +1,31 @@
+"""Training config values checked before any work, each error naming its flag."""
+
+import pytest
+
+from experiments import configs
+from hrm_jax import errors
+from hrm_jax.train import config_check
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("checkpoint.keep", 0, "--config.checkpoint.keep=0: expected an integer >= 1"),
+    ("checkpoint.every_steps", -1, "--config.checkpoint.every_steps=-1: expected an integer "
+     ">= 0 (0 = no step checkpoints)"),
+    ("train.epochs", 0, "--config.train.epochs=0: expected an integer >= 1"),
+    ("log.every_steps", 0, "--config.log.every_steps=0"),
+    ("data.row_len", -5, "--config.data.row_len=-5"),
+])
+def test_out_of_range_values_are_config_errors(key, value, message):
+  cfg = configs.get("demo")
+  section, field = key.split(".")
+  cfg[section][field] = value
+  with pytest.raises(errors.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    config_check.check(cfg)
+
+
+def test_every_named_config_passes_and_zero_cadences_mean_off():
+  for name in configs.NAMES:
+    config_check.check(configs.get(name))
+  cfg = configs.get("demo")
+  cfg.checkpoint.every_steps = 0
+  config_check.check(cfg)
