@@ -85,7 +85,7 @@ def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) -> N
       section = key.split(".")[0] + "."
       near = difflib.get_close_matches(key, sorted(keys), n=3)
       same = sorted(k for k in keys if k.startswith(section))
-      hint = (f"did you mean {' or '.join(near)}?" if near else
+      hint = (f"did you mean {' or '.join(map(repr, near))}?" if near else
               f"keys of {section[:-1]!r}: {', '.join(same)}" if same else
               f"sections: {', '.join(sorted({k.split('.')[0] for k in keys}))}")
       raise ValueError(f"{arg.split('=')[0]}: unknown config key {key!r}; {hint}")

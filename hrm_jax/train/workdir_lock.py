@@ -9,7 +9,8 @@ filesystem without locks, e.g. Lustre mounted without `flock`, is an error). A m
 locks once: process 0 holds the lock and tells the others, through JAX's coordination
 service, whether the run may go on. The file stays after the run (it holds a lock only while
 a process has it open); it names the last holder, which a refused run prints. A run that
-stops before writing anything else (a config error) removes the workdir it created.
+stops before writing anything else (a config error) removes the lock file and the workdir it
+created, leaving the disk as it was.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def held(workdir: str) -> Iterator[None]:
   """Hold `workdir`'s lock for the block (process 0); every process raises if it is taken."""
   fd, failure = None, None
   created = not os.path.lexists(workdir)
+  fresh_lock = created or not os.path.lexists(os.path.join(workdir, LOCK_FILE))
   if jax.process_index() == 0:
     try:
       fd = acquire(workdir)
@@ -117,7 +119,8 @@ def held(workdir: str) -> Iterator[None]:
     yield
   finally:
     if fd is not None:
-      if created and os.listdir(workdir) == [LOCK_FILE]:
+      if fresh_lock and os.listdir(workdir) == [LOCK_FILE]:
         os.remove(os.path.join(workdir, LOCK_FILE))
-        os.rmdir(workdir)
+        if created:
+          os.rmdir(workdir)
       os.close(fd)  # closing the descriptor releases the lock
