@@ -38,10 +38,11 @@ _early_env(sys.argv)
 
 import time  # noqa: E402
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import configs  # noqa: E402
+from hrm_jax import cli  # noqa: E402
 from hrm_jax import flops as flops_lib  # noqa: E402
 from hrm_jax.models import registry  # noqa: E402
 from hrm_jax.train import aot  # noqa: E402
@@ -112,4 +113,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=lambda argv: configs.parse_flags(argv, "hrm1b"))
+  cli.run(main, flags_parser=lambda argv: configs.parse_flags(argv, "hrm1b"))

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from hrm_jax import attention, benchmarking, plotting
+from hrm_jax import attention, benchmarking, cli, plotting
 from hrm_jax.kernels import ranges as ranges_lib
 
 matplotlib.use("Agg")
@@ -127,4 +127,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
