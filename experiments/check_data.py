@@ -16,7 +16,6 @@ one.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 import numpy as np
@@ -48,16 +47,13 @@ def main(argv):
     # What open validates, without its id check (and without trusting a record).
     data = sampled.open_sampled(path, vocab_size=np.iinfo(np.int64).max)
   except sampled.DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    cli.fail(str(e), 1)
   vocab = _VOCAB.value or int(data.tokenizer_info["vocab_size"])
   tokens = data.tokens
   lo, hi, bad = sampled.scan_tokens(tokens, vocab)
   if bad is not None:
-    print(f"error: {tok_file}: field 'tokens': token id {int(tokens[bad])} at index {bad} is "
-          f"outside the vocabulary [0, {vocab}); used by {users_of(data, bad)}",
-          file=sys.stderr)
-    sys.exit(1)
+    cli.fail(f"{tok_file}: field 'tokens': token id {int(tokens[bad])} at index {bad} is "
+             f"outside the vocabulary [0, {vocab}); used by {users_of(data, bad)}", 1)
   record = sampled.read_token_record(path, tokens)
   print(f"{path}: {len(tokens):,} tokens ({tokens.dtype}), ids in [{lo}, {hi}], all below "
         f"vocab_size {vocab:,}; {data.num_epochs} epoch(s) of {len(data.examples(0)):,} "

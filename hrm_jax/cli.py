@@ -63,7 +63,8 @@ def report(e: BaseException) -> NoReturn:
   """Exit with one line for a user error (2) or a run error (1); re-raise anything else."""
   if isinstance(e, KeyboardInterrupt):
     sys.stdout.flush()
-    print(f"{script_name()}: interrupted", file=sys.stderr, flush=True)
+    print(f"{script_name()}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr,
+          flush=True)
     # Worker threads (orbax, grain) may still be running: leave without joining them, so no
     # "cannot schedule new futures after interpreter shutdown" tracebacks follow.
     os._exit(130)
