@@ -3,9 +3,10 @@
 One process per host runs `train` with the same config (docs/multihost.md). It holds the
 workdir's lock (`workdir_lock`) and resumes from the newest checkpoint in the workdir that
 restores; SIGTERM on any host makes all save one step and exit, and so does Ctrl-C (SIGINT),
-a second one exiting at once without a partial checkpoint. A non-finite loss, gradient or parameter norm stops the run naming the step
-and the quantity (the last good checkpoint is kept), or the step is skipped with
-`train.skip_nonfinite`, up to `train.max_consecutive_skips` in a row.
+a second one exiting at once without a partial checkpoint. A non-finite loss, gradient or
+parameter norm stops the run naming the step and the quantity (the last good checkpoint is
+kept), or the step is skipped with `train.skip_nonfinite`, up to
+`train.max_consecutive_skips` in a row.
 """
 
 from __future__ import annotations
@@ -210,9 +211,9 @@ def make_mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     sharding_lib.check_process_layout(mesh, cfg.data.rows)
   except ValueError as e:
     raise errors.ConfigError(f"--config.mesh.shape={tuple(cfg.mesh.shape)} "
-                     f"--config.mesh.dcn_shape={tuple(cfg.mesh.dcn_shape)} with "
-                     f"{jax.process_count()} process(es) x {jax.local_device_count()} "
-                     f"device(s): {e}") from None
+                             f"--config.mesh.dcn_shape={tuple(cfg.mesh.dcn_shape)} with "
+                             f"{jax.process_count()} process(es) x "
+                             f"{jax.local_device_count()} device(s): {e}") from None
   return mesh
 
 
@@ -222,9 +223,9 @@ def epoch_checkpoint_steps(checkpoint_cfg: ml_collections.ConfigDict,
   last (as the reference's checkpoint_interval); empty when every_epochs is 0."""
   every = checkpoint_cfg.every_epochs
   if every < 0 or (checkpoint_cfg.keep_epochs and not every):
-    raise errors.ConfigError(f"--config.checkpoint.every_epochs={every} with checkpoint.keep_epochs="
-                     f"{checkpoint_cfg.keep_epochs}: expected every_epochs >= 0, and >= 1 to "
-                     "keep epoch checkpoints")
+    raise errors.ConfigError(f"--config.checkpoint.every_epochs={every} with "
+                             f"checkpoint.keep_epochs={checkpoint_cfg.keep_epochs}: expected "
+                             "every_epochs >= 0, and >= 1 to keep epoch checkpoints")
   if not every:
     return frozenset()
   ends = np.cumsum([pipeline.steps_per_epoch(e) for e in range(pipeline.sampled.num_epochs)])
@@ -247,7 +248,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   is_main = jax.process_index() == 0
   model_config_from(cfg, 256)  # model and mesh errors before the data (or demo cache) opens
-  make_mesh(cfg)
+  mesh = make_mesh(cfg)
   sampled, demo = open_data(cfg)
   model_config = model_config_from(cfg, sampled.vocab_size)
   try:
@@ -255,10 +256,10 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   except ValueError as e:
     raise errors.ConfigError(str(e)) from None
   if model_config.vocab_size < int(sampled.tokenizer_info["vocab_size"]):
-    raise errors.ConfigError(f"--config.model.vocab_size={model_config.vocab_size} is smaller than the "
-                     f"data's tokenizer vocabulary ({sampled.tokenizer_info['vocab_size']}, "
-                     f"{sampled.path}/metadata.json)")
-  mesh = make_mesh(cfg)
+    raise errors.ConfigError(f"--config.model.vocab_size={model_config.vocab_size} is smaller "
+                             "than the data's tokenizer vocabulary "
+                             f"({sampled.tokenizer_info['vocab_size']}, "
+                             f"{sampled.path}/metadata.json)")
   pipeline = data_lib.Pipeline(sampled, rows=cfg.data.rows, row_len=cfg.data.row_len,
                                seed=cfg.data.seed, target_only=cfg.data.target_only,
                                process_index=jax.process_index(),
