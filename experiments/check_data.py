@@ -43,6 +43,8 @@ def main(argv):
     raise app.UsageError("usage: check_data.py DIR [--record] [--vocab_size=N]")
   path = os.path.abspath(argv[1])
   tok_file = os.path.join(path, "tokens.npy")
+  if _RECORD.value:  # before the scan, which reads every token
+    atomic.check_writable(os.path.join(path, sampled.TOKEN_CHECK), "--record")
   try:
     # What open validates, without its id check (and without trusting a record).
     data = sampled.open_sampled(path, vocab_size=np.iinfo(np.int64).max)
