@@ -29,3 +29,16 @@ def test_every_named_config_passes_and_zero_cadences_mean_off():
   cfg = configs.get("demo")
   cfg.checkpoint.every_steps = 0
   config_check.check(cfg)
+
+
+def test_override_keys_are_checked_against_a_config_file_too(tmp_path):
+  """Before: `--config=FILE --config.train.stepz=5` ended in `"'stepz'"`."""
+  path = configs.path_of("demo")
+  with pytest.raises(ValueError, match="unknown config key 'train.stepz'; did you mean"):
+    configs.resolve_argv(["train.py", f"--config={path}", "--config.train.stepz=5"])
+  with pytest.raises(ValueError, match="no such config file"):
+    configs.resolve_argv(["train.py", f"--config={tmp_path / 'nope.py'}"])
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config():\n  return 1 / 0\n")
+  with pytest.raises(ValueError, match="cannot load it \\(ZeroDivisionError"):
+    configs.resolve_argv(["train.py", f"--config={broken}", "--config.train.lr=1"])

@@ -6,6 +6,7 @@ Each NAME.py beside this file defines `get_config()`; `base.py` holds the shared
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import re
 import sys
@@ -34,16 +35,31 @@ def path_of(name_or_path: str) -> str:
 
 def resolve_argv(argv: Sequence[str], default: str = "demo") -> list[str]:
   """argv with --config=NAME mapped to its file, after checking --config.x.y override keys
-  against that named config (ValueError naming the flag otherwise)."""
+  against that config, named or a file (ValueError naming the flag otherwise)."""
   argv = list(argv)
   name = default
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
       name = arg.split("=", 1)[1]
       argv[i] = "--config=" + path_of(name)
-  if name in NAMES:
-    check_overrides(get(name), argv[1:])
+  if name not in NAMES and not os.path.isfile(name.partition(":")[0]):
+    raise ValueError(f"--config={name}: no such config file (or names: {list(NAMES)})")
+  if any(a.startswith("--config.") for a in argv[1:]):
+    check_overrides(get(name) if name in NAMES else load_file(name), argv[1:])
   return argv
+
+
+def load_file(path_and_arg: str) -> ml_collections.ConfigDict:
+  """get_config() of a config file given as --config=PATH[:ARG] (as config_flags reads it)."""
+  path, _, arg = path_and_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("hrm_jax_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # noqa: BLE001 - the user's file: any failure is reported as one line
+    raise ValueError(f"--config={path_and_arg}: cannot load it ({type(e).__name__}: {e})"
+                     ) from None
 
 
 def define_config_flag(help_text: str, default: str = "demo"):
