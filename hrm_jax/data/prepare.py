@@ -25,6 +25,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
+import signal
 import time
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
@@ -278,6 +279,9 @@ _worker: dict[str, Any] = {}  # the tokenizer of a forked worker process (set by
 def _init_worker(tokenizer: Tokenizer) -> None:
   # One thread per worker: the processes are the parallelism (threads inside each contend).
   os.environ["TOKENIZERS_PARALLELISM"] = "false"
+  # Ctrl-C reaches the whole process group: the parent stops the pool (and says so in one
+  # line); a worker's own KeyboardInterrupt traceback would only add noise.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   _worker["tokenizer"] = tokenizer
 
 

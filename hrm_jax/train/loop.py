@@ -136,12 +136,16 @@ class _Preemption:
   def __enter__(self):
     if threading.current_thread() is not threading.main_thread():
       return self
+    # A SIGINT ignored from the start (nohup, a background job of a script) stays ignored.
+    on_int = signal.getsignal(signal.SIGINT) != signal.SIG_IGN
     if jax.distributed.is_initialized():
-      self._previous[signal.SIGINT] = signal.signal(
-          signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+      if on_int:
+        self._previous[signal.SIGINT] = signal.signal(
+            signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
     else:
       self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_term)
-      self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_int)
+      if on_int:
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_int)
     return self
 
   def __exit__(self, *exc):
