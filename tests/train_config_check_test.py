@@ -42,3 +42,11 @@ def test_override_keys_are_checked_against_a_config_file_too(tmp_path):
   broken.write_text("def get_config():\n  return 1 / 0\n")
   with pytest.raises(ValueError, match="cannot load it \\(ZeroDivisionError"):
     configs.resolve_argv(["train.py", f"--config={broken}", "--config.train.lr=1"])
+
+
+def test_microbatches_must_divide_the_rows():
+  cfg = configs.get("demo")
+  cfg.train.microbatches = 3
+  with pytest.raises(errors.ConfigError, match="microbatches=3 does not divide "
+                     f"--config.data.rows={cfg.data.rows}"):
+    config_check.check(cfg)

@@ -32,7 +32,7 @@ _BOUNDS = (
 
 
 def check(cfg: ml_collections.ConfigDict) -> None:
-  """ConfigError naming the first value out of range."""
+  """ConfigError naming the first value out of range, or of a pair that cannot go together."""
   for key, low, meaning in _BOUNDS:
     section, field = key.split(".")
     if section not in cfg or field not in cfg[section]:
@@ -41,3 +41,6 @@ def check(cfg: ml_collections.ConfigDict) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
       raise errors.ConfigError(f"--config.{key}={value!r}: expected an integer >= {low} "
                                f"({meaning})")
+  if cfg.data.rows % cfg.train.microbatches:
+    raise errors.ConfigError(f"--config.train.microbatches={cfg.train.microbatches} does not "
+                             f"divide --config.data.rows={cfg.data.rows}")

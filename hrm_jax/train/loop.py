@@ -264,11 +264,17 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                              "than the data's tokenizer vocabulary "
                              f"({sampled.tokenizer_info['vocab_size']}, "
                              f"{sampled.path}/metadata.json)")
-  pipeline = data_lib.Pipeline(sampled, rows=cfg.data.rows, row_len=cfg.data.row_len,
-                               seed=cfg.data.seed, target_only=cfg.data.target_only,
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count(),
-                               plan_cache=cfg.data.plan_cache or None)
+  try:
+    pipeline = data_lib.Pipeline(sampled, rows=cfg.data.rows, row_len=cfg.data.row_len,
+                                 seed=cfg.data.seed, target_only=cfg.data.target_only,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count(),
+                                 plan_cache=cfg.data.plan_cache or None)
+  except errors.UserError:
+    raise
+  except ValueError as e:  # rows and row_len against the processes
+    raise errors.ConfigError(f"--config.data.rows={cfg.data.rows} --config.data.row_len="
+                             f"{cfg.data.row_len}: {e}") from None
   # The schedules (lr, bp_steps) run over total_steps; max_steps only stops early, so a
   # run stopped at max_steps and resumed later follows the same trajectory.
   total_steps = cfg.train.total_steps or pipeline.total_steps(cfg.train.epochs)

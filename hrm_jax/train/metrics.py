@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax import atomic
+from hrm_jax import atomic, errors
 
 # Dense bf16 peak FLOP/s per device (vendor figures).
 PEAK_FLOPS = {
@@ -109,13 +109,17 @@ class MetricWriter:
       self._wandb.finish()
 
 
+class MissingExtraError(errors.UserError, ImportError):
+  """The config asks for an optional dependency that is not installed."""
+
+
 def _wandb_run(workdir: str, project: str, entity: str, name: str, config: Optional[dict]):
   """A W&B run whose files live in <workdir>/wandb; its id is kept in the workdir, so a
   resumed training run appends to the same W&B run."""
   try:
     import wandb
   except ImportError:
-    raise ImportError("--config.log.wandb_project is set but wandb is not installed: "
+    raise MissingExtraError("--config.log.wandb_project is set but wandb is not installed: "
                       "pip install 'hrm_jax[wandb]' (or unset log.wandb_project)") from None
   id_file = os.path.join(workdir, WANDB_ID_FILE)
   if os.path.exists(id_file):
