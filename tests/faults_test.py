@@ -61,6 +61,10 @@ def files_of(path):
           if p.is_file()}
 
 
+def logged_steps(workdir):
+  return [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
 def train_args(workdir, demo_dir, **extra):
   flags = {**TINY, "data.demo_dir": demo_dir, **extra}
   return ["--config=demo", f"--workdir={workdir}",
@@ -103,7 +107,7 @@ def test_training_workdir_lock_interrupts_and_the_outputs_of_a_run(tmp_path):
   out, err = finish(first, seen)
   assert first.returncode == 0 and "done: 6 steps" in out, out + err
   assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "6"]
-  assert [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")] == list(range(1, 7))
+  assert logged_steps(workdir) == list(range(1, 7))
 
   # Ctrl-C: the step is saved (every_steps=0: no step checkpoints, so only this one), one
   # line says so, the exit status is 130, nothing else is printed and no temp dir is left.
@@ -119,8 +123,7 @@ def test_training_workdir_lock_interrupts_and_the_outputs_of_a_run(tmp_path):
   assert err.strip() == ("Interrupted: saving a checkpoint after this step (Ctrl-C again to "
                          "exit now, without it)"), err
   assert sorted(os.listdir(workdir / "checkpoints"), key=int) == ["4", "6", str(step)]
-  logged = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")]
-  assert logged == list(range(1, step + 1))
+  assert logged_steps(workdir) == list(range(1, step + 1))
 
   # Ctrl-C twice: out at once or after the save, never with a partial checkpoint.
   cmd, env = script("train.py", *train_args(workdir, demo_dir, **{
