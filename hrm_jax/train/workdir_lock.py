@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import fcntl
+import itertools
 import os
 import socket
 import time
@@ -119,8 +119,9 @@ def held(workdir: str) -> Iterator[None]:
     yield
   finally:
     if fd is not None:
-      if fresh_lock and os.listdir(workdir) == [LOCK_FILE]:
-        os.remove(os.path.join(workdir, LOCK_FILE))
-        if created:
-          os.rmdir(workdir)
+      with contextlib.suppress(OSError):  # a workdir moved away meanwhile: nothing to tidy
+        if fresh_lock and os.listdir(workdir) == [LOCK_FILE]:
+          os.remove(os.path.join(workdir, LOCK_FILE))
+          if created:
+            os.rmdir(workdir)
       os.close(fd)  # closing the descriptor releases the lock
