@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import traceback
@@ -88,9 +89,20 @@ def parser(parse: Optional[Callable[[list[str]], list[str]]] = None,
       raise
     if not positional and len(rest) > 1:
       fail(f"unexpected argument(s) {' '.join(map(repr, rest[1:]))}: every input is a "
-           "--flag=value; quote a value with spaces, e.g. --prompt=\"What is 12*7?\"")
+           f"--flag=value{quoting_hint(argv, rest[1:])}")
     return rest
   return run_parser
+
+
+def quoting_hint(argv: Sequence[str], stray: Sequence[str]) -> str:
+  """'; did you mean --prompt="What is 12*7?"' when the stray words follow a --flag=value
+  (a value with spaces the shell split), else ''."""
+  for i, arg in enumerate(argv[1:], 1):
+    if arg == stray[0] and argv[i - 1].startswith("--") and "=" in argv[i - 1]:
+      words = list(itertools.takewhile(lambda a: not a.startswith("-"), argv[i:]))
+      name, value = argv[i - 1].split("=", 1)
+      return f"; quote a value with spaces: {name}=\"{' '.join([value, *words])}\""
+  return ""
 
 
 def run(main: Callable[[list[str]], object], *,
