@@ -76,6 +76,7 @@ def measure(impls: list[str], seq: int) -> dict[str, tuple[float | None, int]]:
 
 def main(argv: list[str]) -> None:
   del argv
+  plotting.check_png_path(_OUT.value, "--out", replace=True)  # its own plot, not a user's file
   backend = jax.default_backend()
   seqs = [int(s) for s in _SEQ_LENS.value]
   results: dict[str, dict[int, tuple[float | None, int]]] = {}

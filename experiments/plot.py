@@ -16,8 +16,7 @@ import os
 
 from absl import app, flags
 
-from hrm_jax import atomic, cli, jsonl
-from hrm_jax.plotting import plot
+from hrm_jax import cli, jsonl, plotting
 
 # Not `required=True`: tests import this module beside other scripts, and absl checks
 # required flags of every imported module on each parse.
@@ -28,26 +27,6 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing --out PNG.")
 flags.DEFINE_string("metrics", "loss,accuracy,exact_accuracy", "Comma-separated metric names.")
 
 METRICS_FILE = "metrics.jsonl"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def check_out(out: str, explicit: bool, overwrite: bool) -> None:
-  """Before any work: `out` can be written, and what it would replace is a PNG that may be."""
-  atomic.check_writable(out, "--out")
-  if os.path.isdir(out):
-    raise IsADirectoryError(f"--out={out} is a directory; expected a .png file path")
-  if not os.path.lexists(out):
-    return
-  try:
-    with open(out, "rb") as f:
-      is_png = f.read(len(PNG_MAGIC)) == PNG_MAGIC
-  except OSError:
-    is_png = False
-  if not is_png:
-    raise FileExistsError(f"--out={out} exists and is not a PNG image; refusing to replace it "
-                          "(choose another --out)")
-  if explicit and not overwrite:
-    raise FileExistsError(f"--out={out} exists; pass --overwrite to replace it")
 
 
 def read_metrics(workdir: str) -> dict[int, dict]:
@@ -74,13 +53,14 @@ def main(argv: list[str]) -> None:
   if not workdirs or not metrics:
     raise app.UsageError("--workdir and --metrics need at least one name each")
   out = f.out or os.path.join(workdirs[0], "curves.png")
-  check_out(out, explicit=f.out is not None, overwrite=f.overwrite)
+  # The default curves.png is redrawn on every run; an explicit --out only with --overwrite.
+  plotting.check_png_path(out, "--out", replace=f.out is None or f.overwrite)
   try:
     runs = {}
     for w in workdirs:
       name = os.path.basename(os.path.normpath(w))
       runs[name if name not in runs else w] = read_metrics(w)
-    plot(runs, metrics, out)
+    plotting.plot(runs, metrics, out)
   except (FileNotFoundError, ValueError) as e:
     cli.fail(str(e))
   print(f"wrote {out} ({', '.join(metrics)}; {len(runs)} run(s))")
