@@ -26,6 +26,17 @@ DEFAULT_CONDITIONS = {
 }
 
 
+def unencodable(text: str) -> str | None:
+  """Why `text` is not valid Unicode (a lone UTF-16 surrogate such as "\\ud800": JSON allows
+  the escape and scraped text has them), or None."""
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    return (f"holds {text[e.start]!r} at character {e.start}, a lone UTF-16 surrogate (not "
+            "valid Unicode text); fix or remove it")
+  return None
+
+
 def round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
@@ -128,7 +139,11 @@ class Tokenizer:
     return self._tok.id_to_token(int(tid))
 
   def encode_text(self, text: str) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=False).ids
+    try:
+      return self._tok.encode(text, add_special_tokens=False).ids
+    except TypeError:  # `tokenizers` refuses text that is not valid Unicode, without saying why
+      raise ValueError(f"the text {unencodable(text) or 'was refused by the tokenizer'}"
+                       ) from None
 
   def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
     """encode_text of many texts at once (in parallel inside `tokenizers`; the `_fast`

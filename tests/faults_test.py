@@ -230,7 +230,8 @@ def test_prepare_data_bad_text_bad_tokenizer_and_symlinked_out(tmp_path):
   common = ["--epochs=1", "--workers=1"]
   one_line_error(run("prepare_data.py", f"--jsonl={bad}", f"--tokenizer={tok}",
                      f"--out={tmp_path / 'o'}", *common), 2,
-                 f"{bad}:2: field 'instruction' holds '\\ud800' at character 1")
+                 f"{bad}:2: field 'instruction' holds '\\ud800' at character 1, a lone UTF-16 "
+                 "surrogate")
   one_line_error(run("prepare_data.py", f"--jsonl={good}", f"--tokenizer={garbage}",
                      f"--out={tmp_path / 'o'}", *common), 2,
                  f"{garbage}: not a readable tokenizer.json")

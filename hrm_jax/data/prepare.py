@@ -35,7 +35,7 @@ import tqdm
 
 from hrm_jax import jsonl
 from hrm_jax.data.sampled import MIN_RESP_LEN, DataError, sampled_writer, token_dtype
-from hrm_jax.tokenizer import Tokenizer
+from hrm_jax.tokenizer import Tokenizer, unencodable
 
 LongContext = Literal["truncate", "drop"]
 CHUNK_BYTES = 1 << 20  # input bytes per chunk: ~1M tokens at most in flight per worker
@@ -182,12 +182,9 @@ def _unencodable(file: str, numbers: Sequence[int], insts: Sequence[str],
   `tokenizers` refuses without saying where."""
   for no, inst, resp in zip(numbers, insts, resps):
     for key, text in (("instruction", inst), ("response", resp)):
-      try:
-        text.encode("utf-8")
-      except UnicodeEncodeError as e:
-        return DataError(f"{file}:{no}: field '{key}' holds {text[e.start]!r} at character "
-                         f"{e.start}, a lone UTF-16 surrogate (not valid Unicode text); fix "
-                         "or remove the line")
+      why = unencodable(text)
+      if why:
+        return DataError(f"{file}:{no}: field '{key}' {why}")
   return DataError(f"{file}: lines {numbers[0]}-{numbers[-1]}: the tokenizer refused a text")
 
 
