@@ -8,7 +8,8 @@ cuDNN errors) before falling back to the CPU. As JAX itself does for an explicit
 machine has no accelerator device node: then `cpu`, so no plugin is probed. On a machine
 with a GPU or TPU nothing is pinned and JAX picks the accelerator as usual. Compile-only
 devices for other accelerators (`jax.experimental.topologies`) load their plugin directly and
-do not depend on this setting.
+do not depend on this setting. A backend without a device node here (Apple's jax-metal)
+needs JAX_PLATFORMS set explicitly.
 """
 
 from __future__ import annotations
