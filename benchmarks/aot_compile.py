@@ -45,13 +45,14 @@ _early_env(sys.argv)
 import dataclasses  # noqa: E402
 import time  # noqa: E402
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import configs  # noqa: E402
 from hrm_jax import atomic  # noqa: E402
+from hrm_jax import cli  # noqa: E402
 from hrm_jax.models import LanguageModel  # noqa: E402
 from hrm_jax.train import aot  # noqa: E402
 from hrm_jax.train import loop  # noqa: E402
@@ -197,4 +198,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=lambda argv: configs.parse_flags(argv, "hrm1b"))
+  cli.run(main, flags_parser=lambda argv: configs.parse_flags(argv, "hrm1b"))

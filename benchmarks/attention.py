@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from hrm_jax import attention, benchmarking, plotting
+from hrm_jax import attention, benchmarking, cli, plotting
 from hrm_jax.kernels import ranges as ranges_lib
 
 matplotlib.use("Agg")
@@ -76,6 +76,7 @@ def measure(impls: list[str], seq: int) -> dict[str, tuple[float | None, int]]:
 
 def main(argv: list[str]) -> None:
   del argv
+  plotting.check_png_path(_OUT.value, "--out", replace=True)  # its own plot, not a user's file
   backend = jax.default_backend()
   seqs = [int(s) for s in _SEQ_LENS.value]
   results: dict[str, dict[int, tuple[float | None, int]]] = {}
@@ -127,4 +128,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

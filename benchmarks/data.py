@@ -43,7 +43,7 @@ import time
 from absl import app, flags
 import numpy as np
 
-from hrm_jax import data
+from hrm_jax import cli, data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -487,4 +487,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -51,10 +51,10 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
-from absl import app, flags
+from absl import flags
 
 import hrm_jax
-from hrm_jax import decode, generation, loading, speculative
+from hrm_jax import cli, decode, generation, loading, speculative
 from hrm_jax.data import demo
 
 flags.DEFINE_integer("hidden_size", 256, "Hidden size.")
@@ -484,4 +484,4 @@ def speculative_table(config: hrm_jax.ModelConfig, variables: dict,
   print(f"load average (1 min) {os.getloadavg()[0]:.2f}")
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 
 import hrm_jax  # noqa: E402
 from experiments import configs  # noqa: E402
-from hrm_jax import atomic, benchmarking  # noqa: E402
+from hrm_jax import atomic, benchmarking, cli  # noqa: E402
 from hrm_jax import generation as decode_lib  # noqa: E402
 from hrm_jax import flops as flops_lib  # noqa: E402
 from hrm_jax import sharding as sharding_lib  # noqa: E402
@@ -564,4 +564,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

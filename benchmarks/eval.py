@@ -21,9 +21,10 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 import hrm_jax
+from hrm_jax import cli
 from hrm_jax.data import demo
 from hrm_jax.eval import runner, tasks
 from hrm_jax.tokenizer import Tokenizer, TokenizerInfo
@@ -91,4 +92,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import hrm_jax
+from hrm_jax import cli
 
 _HIDDEN = flags.DEFINE_integer("hidden", 256, "hidden size")
 _HEADS = flags.DEFINE_integer("heads", 4, "attention heads")
@@ -74,4 +75,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

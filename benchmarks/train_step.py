@@ -21,12 +21,13 @@ sys.path.insert(0, _ROOT)
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hrm_jax  # noqa: E402
+from hrm_jax import cli  # noqa: E402
 from hrm_jax import benchmarking  # noqa: E402
 from hrm_jax import flops as flops_lib  # noqa: E402
 from hrm_jax import optim  # noqa: E402
@@ -201,4 +202,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

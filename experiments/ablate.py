@@ -32,15 +32,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from absl import app, flags  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from experiments import configs  # noqa: E402
-from hrm_jax import ablation, atomic, plotting, verbosity  # noqa: E402
+from hrm_jax import ablation, atomic, cli, plotting  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", configs.path_of("demo"),
-    f"Config name ({', '.join(configs.NAMES)}) or path; its `ablate` section sets the budget.",
-    lock_config=True)
+_CONFIG = configs.define_config_flag(
+    f"Config name ({', '.join(configs.NAMES)}) or path; its `ablate` section sets the budget.")
 _ARCHS = flags.DEFINE_list("archs", ["hrm", "transformer", "trm", "rins", "ut"],
                            f"Architectures or variants to train, from {list(ablation.NAMES)} "
                            "(variants: ablation.VARIANTS; --config.model.<field> applies to "
@@ -138,7 +135,6 @@ def plot_sweep(sweeps: dict[str, dict[str, dict[str, float]]], trained: tuple[in
 
 def main(argv):
   del argv
-  verbosity.quiet_by_default()
   cfg = _CONFIG.value
   if _QUICK.value:
     apply_quick(cfg, sys.argv)
@@ -242,4 +238,4 @@ def data_steps(cfg: ml_collections.ConfigDict, sampled) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=configs.parse_flags)
+  cli.run(main, flags_parser=configs.parse_flags)

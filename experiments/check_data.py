@@ -16,12 +16,11 @@ one.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 import numpy as np
 
-from hrm_jax import atomic
+from hrm_jax import atomic, cli
 from hrm_jax.data import sampled
 
 _RECORD = flags.DEFINE_bool("record", False, f"write {sampled.TOKEN_CHECK} into the directory "
@@ -44,20 +43,19 @@ def main(argv):
     raise app.UsageError("usage: check_data.py DIR [--record] [--vocab_size=N]")
   path = os.path.abspath(argv[1])
   tok_file = os.path.join(path, "tokens.npy")
+  if _RECORD.value:  # before the scan, which reads every token
+    atomic.check_writable(os.path.join(path, sampled.TOKEN_CHECK), "--record")
   try:
     # What open validates, without its id check (and without trusting a record).
     data = sampled.open_sampled(path, vocab_size=np.iinfo(np.int64).max)
   except sampled.DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    cli.fail(str(e), 1)
   vocab = _VOCAB.value or int(data.tokenizer_info["vocab_size"])
   tokens = data.tokens
   lo, hi, bad = sampled.scan_tokens(tokens, vocab)
   if bad is not None:
-    print(f"error: {tok_file}: field 'tokens': token id {int(tokens[bad])} at index {bad} is "
-          f"outside the vocabulary [0, {vocab}); used by {users_of(data, bad)}",
-          file=sys.stderr)
-    sys.exit(1)
+    cli.fail(f"{tok_file}: field 'tokens': token id {int(tokens[bad])} at index {bad} is "
+             f"outside the vocabulary [0, {vocab}); used by {users_of(data, bad)}", 1)
   record = sampled.read_token_record(path, tokens)
   print(f"{path}: {len(tokens):,} tokens ({tokens.dtype}), ids in [{lo}, {hi}], all below "
         f"vocab_size {vocab:,}; {data.num_epochs} epoch(s) of {len(data.examples(0)):,} "
@@ -70,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, positional=True)

@@ -26,7 +26,7 @@ import sys
 
 from absl import app, flags
 
-from hrm_jax import atomic, hf, loading, native, verbosity
+from hrm_jax import atomic, cli, hf, loading, native
 
 # Copied into a converted checkpoint, so generate.py finds the tokenizer there.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_info.json")
@@ -69,6 +69,7 @@ def convert(f: flags.FlagValues) -> None:
       raise app.UsageError("--overwrite applies to --to_hf only; a native checkpoint (--to) is "
                            "never replaced: pass a new --to directory")
     atomic.check_replaceable(f.to, overwrite=False)  # fail before the work
+    atomic.check_writable(f.to, "--to")
     config, variables = hf.load(f.from_hf)
     tokenizer_files = [p for p in (os.path.join(f.from_hf, n) for n in TOKENIZER_FILES)
                        if os.path.exists(p)]
@@ -77,6 +78,7 @@ def convert(f: flags.FlagValues) -> None:
           f"hidden {config.hidden_size})")
   elif f["from"].value and f.to_hf and not (f.from_hf or f.to):
     atomic.check_replaceable(f.to_hf, overwrite=f.overwrite, same_kind=hf.export_kind)
+    atomic.check_writable(f.to_hf, "--to_hf")
     config, variables = native.load(f["from"].value, use_ema=f.use_ema, step=f.step)
     tok = _tokenizer(f)
     hf.save(f.to_hf, config, variables, overwrite=f.overwrite, tokenizer=tok,
@@ -89,7 +91,6 @@ def convert(f: flags.FlagValues) -> None:
 
 def main(argv: list[str]) -> None:
   del argv
-  verbosity.quiet_by_default()
   try:
     convert(flags.FLAGS)
   except (FileExistsError, FileNotFoundError, ValueError) as e:  # messages name the path
@@ -97,4 +98,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

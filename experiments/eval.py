@@ -30,7 +30,7 @@ from typing import Any
 import jax
 from absl import app, flags
 
-from hrm_jax import atomic, loading, speculative, verbosity
+from hrm_jax import atomic, cli, loading, speculative
 from hrm_jax.eval import runner, scoring, sources, tasks
 from hrm_jax.plotting import plot
 
@@ -70,12 +70,14 @@ flags.DEFINE_integer("draft_len", 4, "Tokens drafted per verification (--draft_c
 
 
 def check_new_file(flag: str, path: str, overwrite: bool) -> None:
-  """A file this command will write: never a directory, and an existing file only with
-  --overwrite."""
+  """A file this command will write: never a directory, an existing file only with
+  --overwrite, and in a folder this process may write (checked before the evaluation, whose
+  results would otherwise be lost)."""
   if os.path.isdir(path):
     raise app.UsageError(f"--{flag}={path} is a directory; expected a file path")
   if os.path.lexists(path) and not overwrite:
     raise app.UsageError(f"--{flag}={path} exists; pass --overwrite to replace it")
+  atomic.check_writable(path, f"--{flag}")
 
 
 def sweep_table(axis: str, by_depth: dict[int, dict[str, dict]]) -> str:
@@ -125,7 +127,6 @@ def check_flags(f: flags.FlagValues) -> list[int]:
 
 def main(argv: list[str]) -> None:
   del argv
-  verbosity.quiet_by_default()
   f = flags.FLAGS
   depths = check_flags(f)
   try:
@@ -152,8 +153,6 @@ def main(argv: list[str]) -> None:
       return
     config, variables = loading.load_model(f.checkpoint, use_ema=f.use_ema)
     tok = loading.load_tokenizer(f.checkpoint, f.tokenizer)
-  except sources.EvalDataError as e:
-    sys.exit(f"eval.py: {e}")
   except FileNotFoundError as e:
     raise app.UsageError(f"--checkpoint={f.checkpoint}: {e}") from e
   base = config.replace(**{k: v for k, v in (("H_cycles", f.H_cycles),
@@ -196,4 +195,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -32,12 +32,13 @@ tokens per verification are printed on stderr at the end.
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import jax
 from absl import app, flags
 
-from hrm_jax import generation, jsonl, loading, speculative, verbosity
+from hrm_jax import cli, generation, jsonl, loading, speculative
 from hrm_jax.progress import track
 
 DEFAULT_NEW_TOKENS = 256
@@ -71,9 +72,11 @@ def check_flags(f: flags.FlagValues) -> None:
   for name in ("batch_size", "max_new_tokens", "H_cycles", "L_cycles"):
     if f[name].value is not None and f[name].value < 1:
       raise app.UsageError(f"--{name}={f[name].value}: must be >= 1")
-  if f.temperature < 0 or not 0 < f.top_p <= 1:
-    raise app.UsageError(f"--temperature={f.temperature} must be >= 0 and "
-                         f"--top_p={f.top_p} in (0, 1]")
+  if not (math.isfinite(f.temperature) and f.temperature >= 0):
+    raise app.UsageError(f"--temperature={f.temperature}: expected a finite number >= 0 "
+                         "(0 = greedy)")
+  if not 0 < f.top_p <= 1:
+    raise app.UsageError(f"--top_p={f.top_p}: expected a number in (0, 1]")
   try:
     speculative.parse_cycles(f.draft_cycles, f.draft_len)
   except ValueError as e:
@@ -109,7 +112,6 @@ def read_items(f: flags.FlagValues) -> list[dict]:
 
 def main(argv: list[str]) -> None:
   del argv
-  verbosity.quiet_by_default()
   f = flags.FLAGS
   check_flags(f)
   items = read_items(f)
@@ -159,4 +161,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

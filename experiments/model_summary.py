@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 
 import hrm_jax
-from hrm_jax import flops
+from hrm_jax import cli, flops
 
 _SIZES = flags.DEFINE_list("sizes", list(hrm_jax.SIZES), "sizes to list")
 _ARCHS = flags.DEFINE_list("archs", list(hrm_jax.ARCHS), "architectures to list")
-_SEQ = flags.DEFINE_integer("seq_len", 4096, "row length used for attention FLOPs")
-_VOCAB = flags.DEFINE_integer("vocab_size", 65536, "vocabulary size")
+_SEQ = flags.DEFINE_integer("seq_len", 4096, "row length used for attention FLOPs",
+                            lower_bound=1)
+_VOCAB = flags.DEFINE_integer("vocab_size", 65536, "vocabulary size", lower_bound=1)
 
 
 def abstract_params(config: hrm_jax.ModelConfig):
@@ -52,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -4,24 +4,26 @@
     python experiments/plot.py --workdir=runs/a,runs/b --out=ab.png --metrics=loss,lr
 
 metrics.jsonl is appended across resumes, so a step may appear twice; the last entry wins.
-Several comma-separated workdirs are overlaid, labelled by directory name.
+Several comma-separated workdirs are overlaid, labelled by directory name. The default output
+(<first workdir>/curves.png) is redrawn on every run; an --out that exists is replaced only
+with --overwrite, and only when it is a PNG image (never the run's metrics.jsonl or another
+file of the user's).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 
-from hrm_jax import jsonl
-from hrm_jax.plotting import plot
+from hrm_jax import cli, jsonl, plotting
 
 # Not `required=True`: tests import this module beside other scripts, and absl checks
 # required flags of every imported module on each parse.
 flags.DEFINE_string("workdir", "", "Training workdir(s), comma-separated to overlay runs "
                     "(required).")
 flags.DEFINE_string("out", None, "PNG to write (default: <first workdir>/curves.png).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out PNG.")
 flags.DEFINE_string("metrics", "loss,accuracy,exact_accuracy", "Comma-separated metric names.")
 
 METRICS_FILE = "metrics.jsonl"
@@ -51,16 +53,18 @@ def main(argv: list[str]) -> None:
   if not workdirs or not metrics:
     raise app.UsageError("--workdir and --metrics need at least one name each")
   out = f.out or os.path.join(workdirs[0], "curves.png")
+  # The default curves.png is redrawn on every run; an explicit --out only with --overwrite.
+  plotting.check_png_path(out, "--out", replace=f.out is None or f.overwrite)
   try:
     runs = {}
     for w in workdirs:
       name = os.path.basename(os.path.normpath(w))
       runs[name if name not in runs else w] = read_metrics(w)
-    plot(runs, metrics, out)
+    plotting.plot(runs, metrics, out)
   except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"plot.py: {e}")
+    cli.fail(str(e))
   print(f"wrote {out} ({', '.join(metrics)}; {len(runs)} run(s))")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -22,11 +22,10 @@ never rescans tokens.npy.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 
-from hrm_jax import data
+from hrm_jax import cli, data
 from hrm_jax.tokenizer import Tokenizer
 
 _JSONL = flags.DEFINE_list("jsonl", [], "input JSONL file(s), comma-separated")
@@ -77,8 +76,7 @@ def inputs() -> tuple[list[str], dict[str, float]]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   if not os.path.isfile(_TOKENIZER.value):
     raise app.UsageError(f"--tokenizer: no file {_TOKENIZER.value}")
   if _INFO.value is not None and not os.path.isfile(_INFO.value):
@@ -96,12 +94,11 @@ def main(argv):
                                  other_inputs=[_INFO.value] if _INFO.value else [],
                                  progress=True, repeats=repeats)
   except data.DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    cli.fail(str(e))
   print(summary.table())
   print(f"\nwrote {_EPOCHS.value} epoch(s) to {os.path.abspath(_OUT.value)} "
         f"(max_seq_len {_MAX_SEQ_LEN.value}, long_context={_LONG.value})")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

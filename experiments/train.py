@@ -22,15 +22,13 @@ if _ROOT not in sys.path:
 
 from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from experiments import configs  # noqa: E402
-from hrm_jax import verbosity  # noqa: E402
+from hrm_jax import cli  # noqa: E402
 from hrm_jax.train import distributed  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", configs.path_of("demo"),
-    f"Config name ({', '.join(configs.NAMES)}) or path to a config file.", lock_config=True)
+_CONFIG = configs.define_config_flag(
+    f"Config name ({', '.join(configs.NAMES)}) or path to a config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Checkpoints and logs; default runs/<config name>.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -49,22 +47,18 @@ def config_name() -> str:
 
 def main(argv):
   del argv
-  verbosity.quiet_by_default()
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            auto=_DISTRIBUTED.value or "JAX_COORDINATOR_ADDRESS" in os.environ)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   # after distributed init: they touch devices
-  from hrm_jax.train import checkpoint, loop, warm_start
+  from hrm_jax.train import loop
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", config_name())
-  try:
-    result = loop.train(cfg, workdir)
-  except (loop.NonFiniteLossError, checkpoint.CheckpointSaveError,
-          checkpoint.CheckpointMismatchError,
-          warm_start.WarmStartError) as e:  # the message says it all: no traceback
-    sys.exit(f"error: {e}")
+  result = loop.train(cfg, workdir)  # its errors are reported by cli.run, one line each
+  if result.interrupted:
+    sys.exit(130)
   is_main = jax.process_index() == 0
   if is_main:
     print(f"done: {result.steps_done} steps; checkpoints in {os.path.join(workdir, 'checkpoints')}")
@@ -73,4 +67,4 @@ def main(argv):
     demo_report.report(result, cfg.demo.show_answers, show=is_main)
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=configs.parse_flags)
+  cli.run(main, flags_parser=configs.parse_flags)

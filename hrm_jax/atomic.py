@@ -4,7 +4,9 @@ Everything is built beside its destination (same filesystem, so the final rename
 and then given the modes the user's umask asks for: `tempfile` creates 0600 files and 0700
 directories, which would leave exports and data sets unreadable to the rest of a team.
 Nothing that exists is replaced unless the caller says it may be (`overwrite`) and the
-existing directory is of the kind being written (`same_kind`).
+existing directory is of the kind being written (`same_kind`). A path that is a symbolic link
+is written through: the new file or directory replaces the link's target (built beside the
+target, on its filesystem) and the link stays, as `cp`/`rsync` onto a linked output do.
 """
 
 from __future__ import annotations
@@ -25,6 +27,24 @@ def umask() -> int:
   return mask
 
 
+def real(path: str | os.PathLike) -> pathlib.Path:
+  """The absolute path with `~` and symbolic links resolved: what a write to `path` changes."""
+  return pathlib.Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
+
+
+def check_writable(path: str | os.PathLike, flag: str) -> None:
+  """PermissionError naming `flag` unless `path` can be created or replaced: its nearest
+  existing folder must be a writable directory (checked before work, not after it)."""
+  target = real(path)
+  folder = target.parent
+  while not folder.exists() and folder != folder.parent:
+    folder = folder.parent
+  if not folder.is_dir():
+    raise NotADirectoryError(f"{flag}={path}: {folder} is not a directory")
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise PermissionError(f"{flag}={path}: cannot write there ({folder} is not writable)")
+
+
 def _apply_umask(root: pathlib.Path) -> None:
   """Umask modes for `root` and everything under it; symlinks are left alone (chmod would
   follow them to files outside)."""
@@ -43,7 +63,7 @@ def _apply_umask(root: pathlib.Path) -> None:
 @contextlib.contextmanager
 def file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
   """Open a temp file beside `path`; on a clean exit it replaces `path` (umask modes)."""
-  path = pathlib.Path(path).expanduser().absolute()
+  path = real(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
   try:
@@ -77,7 +97,7 @@ def check_replaceable(path: str | os.PathLike, *, overwrite: bool,
   (an export over an export), else the reason it is not; without it nothing non-empty is
   ever replaced.
   """
-  path = pathlib.Path(path).expanduser().absolute()
+  path = real(path)
   if not os.path.lexists(path):
     return
   if not path.is_dir():
@@ -105,7 +125,7 @@ def directory(path: str | os.PathLike, *, overwrite: bool = False,
   then the old one deleted. On an exception the temp directory is removed and `path` is
   untouched.
   """
-  path = pathlib.Path(path).expanduser().absolute()
+  path = real(path)
   check_replaceable(path, overwrite=overwrite, same_kind=same_kind, flag=flag)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))

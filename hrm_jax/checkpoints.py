@@ -14,7 +14,9 @@ import the training code; `hrm_jax.train.checkpoint` (writing, resuming) and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import pathlib
 from typing import Any, Optional
@@ -22,6 +24,7 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from hrm_jax import errors
 from hrm_jax.config import ModelConfig
 
 CHECKPOINTS = "checkpoints"  # the directory of step directories inside a workdir
@@ -40,7 +43,7 @@ class NotACheckpointError(FileNotFoundError):
   """The path holds no hrm_jax checkpoint (or something else, such as a HF directory)."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError, ValueError):
   """The checkpoint was written by a run with another model."""
 
 
@@ -50,14 +53,41 @@ def item_handlers() -> dict[str, ocp.CheckpointHandler]:
           CONFIG: ocp.JsonCheckpointHandler()}
 
 
+class _ReadOnlyNotice(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _without_read_only_notice():
+  """Orbax warns "Given directory is read only" whenever a read-only manager is made, which
+  every load does on purpose; the notice is dropped, other warnings are kept."""
+  notice = _ReadOnlyNotice()
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(notice)
+
+
 def reader(directory: str | os.PathLike) -> ocp.CheckpointManager:
   """A read-only manager of a checkpoints/ directory; its `state` handler restores any
   subset of the train state's keys (`restore_keys`)."""
   handlers = {STATE: ocp.PyTreeCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
               CONFIG: ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(pathlib.Path(directory), item_handlers=handlers,
-                               options=ocp.CheckpointManagerOptions(
-      read_only=True, create=False, save_interval_steps=0))
+  with _without_read_only_notice():
+    return ocp.CheckpointManager(pathlib.Path(directory), item_handlers=handlers,
+                                 options=ocp.CheckpointManagerOptions(
+                                     read_only=True, create=False, save_interval_steps=0))
+
+
+def is_complete(step_dir: pathlib.Path) -> bool:
+  """Whether a step directory still has the metadata files orbax writes for it (the step's,
+  its state's, its config's). A deletion cut short (kill -9 while orbax removes an old
+  checkpoint, its files in parallel) leaves a directory that lacks some of them."""
+  return all((step_dir / name).is_file() for name in
+             ("_CHECKPOINT_METADATA", f"{STATE}/_METADATA", f"{CONFIG}/metadata"))
 
 
 def _has_steps(directory: pathlib.Path) -> bool:
@@ -79,15 +109,21 @@ def locate(path: str | os.PathLike, step: Optional[int] = None
     if step is not None and step != int(p.name):
       raise NotACheckpointError(f"{p} is the checkpoint of step {p.name}, not of step {step}; "
                                 "pass its workdir or checkpoints/ directory to choose a step")
+    if not is_complete(p):
+      raise NotACheckpointError(f"{p} is an incomplete checkpoint (a save or deletion was cut "
+                                "short); pass its workdir to use the latest complete one")
     return reader(p.parent), int(p.name), p
   for root in (p / CHECKPOINTS, p):
     if _has_steps(root):
       mngr = reader(root)
-      steps = sorted(mngr.all_steps())
+      steps = sorted(s for s in mngr.all_steps() if is_complete(root / str(s)))
       if step is not None and step not in steps:
-        raise NotACheckpointError(f"{root}: no checkpoint of step {step}; it has steps "
-                                  f"{', '.join(map(str, steps))}")
-      chosen = mngr.latest_step() if step is None else step
+        listed = ", ".join(map(str, steps)) or "none"
+        if (root / str(step)).is_dir():
+          raise NotACheckpointError(f"{root}: the checkpoint of step {step} is incomplete (a "
+                                    f"save or deletion was cut short); complete steps: {listed}")
+        raise NotACheckpointError(f"{root}: no checkpoint of step {step}; it has steps {listed}")
+      chosen = (steps[-1] if steps else None) if step is None else step
       if chosen is not None:
         return mngr, chosen, root / str(chosen)
   if (p / "config.json").exists() and any(p.glob("model.safetensors*")):

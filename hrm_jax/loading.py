@@ -51,4 +51,7 @@ def load_tokenizer(checkpoint: str | os.PathLike,
     return tokenizer.load(explicit)
   if os.path.exists(os.path.join(checkpoint, "tokenizer.json")):
     return tokenizer.load(str(checkpoint))
+  if is_hf(checkpoint):
+    raise FileNotFoundError(f"{checkpoint} is a Hugging Face directory without tokenizer.json; "
+                            "pass --tokenizer=PATH (a tokenizer.json or its directory)")
   return tokenizer.load(training_tokenizer(checkpoint))

@@ -40,7 +40,12 @@ def load(path: str | os.PathLike, use_ema: bool = True,
   key = checkpoints.weights_key(tree, use_ema)
   wanted = {key: tree[key], "buffers": tree.get("buffers", {})}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  state = checkpoints.restore_keys(mngr, step, wanted, restore_args)
+  try:
+    state = checkpoints.restore_keys(mngr, step, wanted, restore_args)
+  except Exception as e:  # noqa: BLE001 - any read failure: damaged files
+    cause = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+    raise NotACheckpointError(f"{where}: the checkpoint's arrays cannot be read ({cause}); it "
+                              "is damaged or partly deleted, choose another --step") from e
   return config, {"params": state[key], "buffers": state["buffers"]}
 
 

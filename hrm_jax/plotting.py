@@ -1,9 +1,12 @@
 """Line plots of logged or measured values to a PNG, written atomically (matplotlib, Agg):
 training curves (experiments/plot.py) and score against recursion depth (experiments/eval.py);
-`write_png` is the one way a figure reaches disk (ablations and benchmarks use it too)."""
+`write_png` is the one way a figure reaches disk (ablations and benchmarks use it too), and
+`check_png_path` what a script checks before its work: a PNG path never replaces a user's
+file."""
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from matplotlib.figure import Figure
@@ -36,6 +39,29 @@ def plot(runs: dict[str, dict[int, dict]], metrics: list[str], out: str,
   axes[-1, 0].set_xlabel(xlabel)
   fig.tight_layout()
   write_png(fig, out, dpi=100)
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png_path(path: str, flag: str, replace: bool) -> None:
+  """Before any work: `path` can be written, and what it would replace is a PNG image (never
+  a run's metrics.jsonl or another file of the user's) that `replace` allows to go."""
+  atomic.check_writable(path, flag)
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{flag}={path} is a directory; expected a .png file path")
+  if not os.path.lexists(path):
+    return
+  try:
+    with open(path, "rb") as f:
+      is_png = f.read(len(PNG_MAGIC)) == PNG_MAGIC
+  except OSError:
+    is_png = False
+  if not is_png:
+    raise FileExistsError(f"{flag}={path} exists and is not a PNG image; refusing to replace "
+                          f"it (choose another {flag})")
+  if not replace:
+    raise FileExistsError(f"{flag}={path} exists; pass --overwrite to replace it")
 
 
 def write_png(fig: Figure, out: str, dpi: int = 100) -> None:

@@ -26,6 +26,17 @@ DEFAULT_CONDITIONS = {
 }
 
 
+def unencodable(text: str) -> str | None:
+  """Why `text` is not valid Unicode (a lone UTF-16 surrogate such as "\\ud800": JSON allows
+  the escape and scraped text has them), or None."""
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    return (f"holds {text[e.start]!r} at character {e.start}, a lone UTF-16 surrogate (not "
+            "valid Unicode text); fix or remove it")
+  return None
+
+
 def round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
@@ -85,14 +96,18 @@ class Tokenizer:
            info: TokenizerInfo | Mapping[str, Any] | str | None = None) -> "Tokenizer":
     """`info` may be a TokenizerInfo, its dict, a JSON file path, or None (a
     `tokenizer_info.json` beside the tokenizer, else the published defaults)."""
-    tok = tokenizers.Tokenizer.from_file(tokenizer_json)
+    try:
+      tok = tokenizers.Tokenizer.from_file(tokenizer_json)
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+      if not os.path.isfile(tokenizer_json):
+        raise FileNotFoundError(f"no tokenizer file {tokenizer_json}") from None
+      raise ValueError(f"{tokenizer_json}: not a readable tokenizer.json ({e})") from None
     if info is None:
       beside = os.path.join(os.path.dirname(os.path.abspath(tokenizer_json)), "tokenizer_info.json")
       info = beside if os.path.exists(beside) else TokenizerInfo.default(
           tokenizer_json, tok.get_vocab_size(with_added_tokens=True))
     if isinstance(info, str):
-      with open(info) as f:
-        info = json.load(f)
+      info = _read_json(info)
     if not isinstance(info, TokenizerInfo):
       info = TokenizerInfo.from_dict(info)
     return cls(tok, info)
@@ -124,7 +139,11 @@ class Tokenizer:
     return self._tok.id_to_token(int(tid))
 
   def encode_text(self, text: str) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=False).ids
+    try:
+      return self._tok.encode(text, add_special_tokens=False).ids
+    except TypeError:  # `tokenizers` refuses text that is not valid Unicode, without saying why
+      raise ValueError(f"the text {unencodable(text) or 'was refused by the tokenizer'}"
+                       ) from None
 
   def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
     """encode_text of many texts at once (in parallel inside `tokenizers`; the `_fast`
@@ -153,6 +172,15 @@ class Tokenizer:
     self._tok.save(path)
 
 
+def _read_json(path: str) -> Any:
+  """A JSON file's contents; ValueError naming the file when it is not JSON."""
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
 def load(path: str) -> Tokenizer:
   """A tokenizer.json, or a directory with tokenizer.json and tokenizer_info.json (or a
   data_io directory whose metadata.json holds `tokenizer_info`)."""
@@ -164,8 +192,7 @@ def load(path: str) -> Tokenizer:
   if os.path.exists(os.path.join(path, "tokenizer_info.json")):
     info = os.path.join(path, "tokenizer_info.json")
   elif os.path.exists(os.path.join(path, "metadata.json")):
-    with open(os.path.join(path, "metadata.json")) as f:
-      info = json.load(f).get("tokenizer_info")
+    info = _read_json(os.path.join(path, "metadata.json")).get("tokenizer_info")
   tok_json = os.path.join(path, "tokenizer.json")
   if not os.path.exists(tok_json) and isinstance(info, Mapping):
     candidate = str(info.get("tokenizer_path", ""))

@@ -1,9 +1,9 @@
 """Quiet by default: a command's screen shows its own progress lines, not its libraries' INFO.
 
 absl's app.run raises an unset --verbosity to 0 (INFO), so orbax's save and restore reports
-(dozens of lines per checkpoint) land between the progress lines. Scripts call
-`quiet_by_default()` first thing in main(); an explicit --verbosity=0 shows INFO again,
---verbosity=1 DEBUG too.
+(dozens of lines per checkpoint) land between the progress lines. `hrm_jax.cli.run` calls
+`quiet_by_default()` before every script's main(); an explicit --verbosity=0 shows INFO
+again, --verbosity=1 DEBUG too.
 """
 
 from __future__ import annotations

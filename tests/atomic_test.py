@@ -86,3 +86,34 @@ def test_modes_never_follow_symlinks_out_of_the_directory(tmp_path):
     os.umask(old)
   assert _mode(outside) == 0o600 and (tmp_path / "out" / "link").is_symlink()
   assert _mode(tmp_path / "elsewhere") == 0o700
+
+
+def test_writes_go_through_symlinks_into_their_targets(tmp_path):
+  """Before: --overwrite onto /data/sft -> /disk2/sft replaced the link with a directory,
+  left the target stale and a hidden .sft.old-* link behind."""
+  (tmp_path / "disk").mkdir()
+  target = tmp_path / "disk" / "export"
+  with atomic.directory(target) as tmp:
+    (tmp / "config.json").write_text("old")
+  link = tmp_path / "export"
+  link.symlink_to(target)
+  with atomic.directory(link, overwrite=True, same_kind=lambda p: None) as tmp:
+    (tmp / "config.json").write_text("new")
+  assert link.is_symlink() and (target / "config.json").read_text() == "new"
+  assert sorted(os.listdir(tmp_path)) == ["disk", "export"]
+  assert os.listdir(tmp_path / "disk") == ["export"]
+  (tmp_path / "notes.txt").write_text("a")
+  (tmp_path / "notes_link").symlink_to(tmp_path / "notes.txt")
+  atomic.write_text(tmp_path / "notes_link", "b")
+  assert (tmp_path / "notes_link").is_symlink() and (tmp_path / "notes.txt").read_text() == "b"
+
+
+def test_check_writable_names_the_flag_and_the_folder(tmp_path):
+  atomic.check_writable(tmp_path / "new" / "deeper" / "out.json", "--output")
+  (tmp_path / "afile").write_text("x")
+  with pytest.raises(NotADirectoryError, match=f"--output={tmp_path}/afile/r.json: "):
+    atomic.check_writable(tmp_path / "afile" / "r.json", "--output")
+  if os.geteuid() != 0:  # root writes anywhere
+    (tmp_path / "ro").mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match="is not writable"):
+      atomic.check_writable(tmp_path / "ro" / "r.json", "--output")

@@ -272,18 +272,18 @@ def test_prepare_data_never_replaces_what_it_did_not_write(tok_files, tmp_path):
   for flags in ([f"--out={home}"], [f"--out={home}", "--overwrite"], [f"--out={f}"],
                 [f"--out={f}", "--overwrite"]):
     r = run(f"--jsonl={f}", *flags)
-    assert r.returncode == 1 and "refusing to replace" in r.stderr, (flags, r.stderr)
+    assert r.returncode == 2 and "refusing to replace" in r.stderr, (flags, r.stderr)
     assert os.listdir(home) == ["in.jsonl"] and os.path.isfile(f)
   out = str(tmp_path / "out")
   assert run(f"--jsonl={f}", f"--out={out}").returncode == 0
   r = run(f"--jsonl={f}", f"--out={out}")
-  assert r.returncode == 1 and "--overwrite" in r.stderr
+  assert r.returncode == 2 and "--overwrite" in r.stderr
   r = run(f"--jsonl={f}", f"--out={out}", "--overwrite")
   assert r.returncode == 0, r.stderr
   assert data.open_sampled(out).ids_checked
   inside = write_jsonl(os.path.join(out, "more.jsonl"), [{"instruction": "1", "response": "2"}])
   r = run(f"--jsonl={inside}", f"--out={out}", "--overwrite")
-  assert r.returncode == 1 and "holds the input" in r.stderr
+  assert r.returncode == 2 and "holds the input" in r.stderr
   assert os.path.isfile(inside)
 
 

@@ -19,7 +19,7 @@ import hrm_jax
 from experiments import eval as eval_cli
 from hrm_jax import hf, native
 from hrm_jax.data import demo
-from hrm_jax.eval import runner, scoring, tasks
+from hrm_jax.eval import runner, scoring, sources, tasks
 from hrm_jax.tokenizer import Tokenizer, TokenizerInfo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def test_without_data_dir_and_network_the_error_says_to_pass_data_dir(tmp_path):
   proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "eval.py"),
                          "--run_only=GSM8K", f"--dump_prompts={tmp_path / 'p.jsonl'}"],
                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.returncode == 2, proc.stderr[-2000:]
   assert "could not load openai/gsm8k (main) split test from the Hugging Face hub" in proc.stderr
   assert "pass --data_dir=DIR" in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "p.jsonl").exists()
@@ -210,9 +210,9 @@ def test_native_checkpoint_and_depth_sweep(checkpoint, tmp_path, capsys):
 
 def test_missing_benchmark_files_exit_with_the_expected_layout(checkpoint, tmp_path):
   path, _ = checkpoint
-  with pytest.raises(SystemExit) as e:
+  with pytest.raises(sources.EvalDataError) as e:  # cli.run prints it as one line, exit 2
     run_eval(f"--checkpoint={path}", f"--data_dir={tmp_path}", "--run_only=MATH,DROP")
-  msg = str(e.value.code)
+  msg = str(e.value)
   assert "benchmark files missing" in msg
   for expected in ("math/test.jsonl|.parquet", "drop/validation.jsonl|.parquet"):
     assert str(tmp_path / expected) in msg

@@ -193,11 +193,11 @@ def test_bad_rows_name_the_file_row_and_field(tmp_path):
   bad = tmp_path / "gsm8k"
   bad.mkdir()
   (bad / "test.jsonl").write_text(json.dumps({"question": "q", "answer": "12"}) + "\n")
-  with pytest.raises(sources.EvalDataError, match=r"test.jsonl: row 0: field 'answer' has no "
+  with pytest.raises(sources.EvalDataError, match=r"test.jsonl:1: field 'answer' has no "
                                                   "'#### <number>'"):
     runner.load_examples(REGISTRY["GSM8K"], str(tmp_path))
   (bad / "test.jsonl").write_text(json.dumps({"prompt": "q", "answer": "#### 1"}) + "\n")
-  with pytest.raises(sources.EvalDataError, match="row 0: missing field 'question'"):
+  with pytest.raises(sources.EvalDataError, match="test.jsonl:1: missing field 'question'"):
     runner.load_examples(REGISTRY["GSM8K"], str(tmp_path))
   (bad / "test.jsonl").write_text("{not json\n")
   with pytest.raises(sources.EvalDataError, match=r"test.jsonl:1: not valid JSON"):

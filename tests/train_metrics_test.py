@@ -99,3 +99,14 @@ def test_wandb_project_without_wandb_installed_names_the_extra(tmp_path, monkeyp
   monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
   with pytest.raises(ImportError, match=r"pip install 'hrm_jax\[wandb\]'"):
     metrics_lib.MetricWriter(str(tmp_path), wandb_project="p")
+
+
+def test_a_run_started_again_from_step_0_starts_a_fresh_metrics_file(tmp_path):
+  """Before: a restart from scratch (checkpoints deleted) appended to the old rows, so
+  metrics.jsonl held each step twice."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in (1, 2, 3)))
+  writer = metrics_lib.MetricWriter(str(tmp_path), resume_step=0)
+  writer.write(1, {"loss": 1.0})
+  writer.close()
+  assert [json.loads(l) for l in path.read_text().splitlines()] == [{"step": 1, "loss": 1.0}]

@@ -25,6 +25,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
+import signal
 import time
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
@@ -34,7 +35,7 @@ import tqdm
 
 from hrm_jax import jsonl
 from hrm_jax.data.sampled import MIN_RESP_LEN, DataError, sampled_writer, token_dtype
-from hrm_jax.tokenizer import Tokenizer
+from hrm_jax.tokenizer import Tokenizer, unencodable
 
 LongContext = Literal["truncate", "drop"]
 CHUNK_BYTES = 1 << 20  # input bytes per chunk: ~1M tokens at most in flight per worker
@@ -174,6 +175,19 @@ def _gather(segments: np.ndarray) -> np.ndarray:
       start - (ends - length), length)
 
 
+def _unencodable(file: str, numbers: Sequence[int], insts: Sequence[str],
+                 resps: Sequence[str]) -> DataError:
+  """The DataError naming the line and field of a text that is not valid Unicode: a lone
+  UTF-16 surrogate such as "\\ud800" (JSON allows the escape; scraped text has them), which
+  `tokenizers` refuses without saying where."""
+  for no, inst, resp in zip(numbers, insts, resps):
+    for key, text in (("instruction", inst), ("response", resp)):
+      why = unencodable(text)
+      if why:
+        return DataError(f"{file}:{no}: field '{key}' {why}")
+  return DataError(f"{file}: lines {numbers[0]}-{numbers[-1]}: the tokenizer refused a text")
+
+
 def encode_chunk(tokenizer: Tokenizer, file: str, lines: Iterable[tuple[int, Any]],
                  rules: Rules) -> Chunk:
   """Parse, tokenise and filter one chunk of JSONL lines (or Parquet rows); errors name
@@ -185,6 +199,7 @@ def encode_chunk(tokenizer: Tokenizer, file: str, lines: Iterable[tuple[int, Any
   resps: list[str] = []
   cond_index: dict[str, int] = {}
   cond_ids: list[list[int]] = []
+  numbers: list[int] = []
   for no, raw in lines:
     obj = raw if isinstance(raw, dict) else jsonl.parse_line(file, no, raw, DataError)
     if obj is None:
@@ -207,8 +222,12 @@ def encode_chunk(tokenizer: Tokenizer, file: str, lines: Iterable[tuple[int, Any
     cond_of.append(cond_index[cond])
     insts.append(obj["instruction"])
     resps.append(obj["response"])
+    numbers.append(no)
   n = stats.rows = len(insts)
-  ids = tokenizer.encode_texts(insts + resps)  # [2n] lists: instructions, then responses
+  try:
+    ids = tokenizer.encode_texts(insts + resps)  # [2n] lists: instructions, then responses
+  except TypeError:  # only then look for the text the tokenizer cannot take
+    raise _unencodable(file, numbers, insts, resps) from None
   text_len = np.fromiter(map(len, ids), np.int64, count=2 * n)
   text_start = np.cumsum(text_len) - text_len
   # src: every text's ids, then boq, eoq, eoa, then each condition's tokens.
@@ -257,6 +276,9 @@ _worker: dict[str, Any] = {}  # the tokenizer of a forked worker process (set by
 def _init_worker(tokenizer: Tokenizer) -> None:
   # One thread per worker: the processes are the parallelism (threads inside each contend).
   os.environ["TOKENIZERS_PARALLELISM"] = "false"
+  # Ctrl-C reaches the whole process group: the parent stops the pool (and says so in one
+  # line); a worker's own KeyboardInterrupt traceback would only add noise.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   _worker["tokenizer"] = tokenizer
 
 

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from hrm_jax import atomic
+from hrm_jax import atomic, errors
 
 INDEX_FIELDS = ("inst_start", "inst_len", "resp_start", "resp_len")
 TOKEN_DTYPES = (np.uint8, np.uint16, np.int32)
@@ -42,7 +42,7 @@ EXTRA_FILES = ("tokenizer.json", "tokenizer_info.json")  # what prepare_data cop
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(errors.UserError, ValueError):
   """A data directory or input file is malformed; the message names the file and field."""
 
 

@@ -37,14 +37,16 @@ def _stderr(msg: str) -> None:
 # --- data --------------------------------------------------------------------------------------
 
 def read_split(bench: tasks.Benchmark, split: sources.Split,
-               data_dir: Optional[str]) -> tuple[list[dict], str]:
-  """(rows, where) of one split: the local file under data_dir, else the hub."""
+               data_dir: Optional[str]) -> tuple[list[tuple[str, dict]], str]:
+  """([(where, row)], where) of one split: the local file under data_dir (rows named by
+  file:line), else the hub (by row index)."""
   if data_dir is None:
-    return sources.read_hub(split), split.hub_name
+    return [(f"{split.hub_name}: row {i}", r)
+            for i, r in enumerate(sources.read_hub(split))], split.hub_name
   path = sources.local_file(data_dir, bench.folder, split)
   if path is None:
     sources.check_local(data_dir, [(bench.name, bench.folder, split, bench.columns)])
-  return sources.read_file(path), path
+  return sources.read_labelled(path), path
 
 
 def load_examples(bench: tasks.Benchmark, data_dir: Optional[str], limit: Optional[int] = None
@@ -56,13 +58,13 @@ def load_examples(bench: tasks.Benchmark, data_dir: Optional[str], limit: Option
     rows = rows[:limit]
   if not rows:
     raise sources.EvalDataError(f"{bench.name}: {where} has no rows")
-  examples = [bench.parse(r, f"{where}: row {i}") for i, r in enumerate(rows)]
+  examples = [bench.parse(r, at) for at, r in rows]
   shots: list[tasks.Example] = []
   if bench.shot_split is not None and bench.shots > 0:
-    shot_rows, shot_where = read_split(bench, bench.shot_split, data_dir)
+    shot_rows, _ = read_split(bench, bench.shot_split, data_dir)
     if not bench.macro_by_group:
       shot_rows = shot_rows[:bench.shots]
-    shots = [bench.parse(r, f"{shot_where}: row {i}") for i, r in enumerate(shot_rows)]
+    shots = [bench.parse(r, at) for at, r in shot_rows]
   return examples, shots
 
 

@@ -12,12 +12,12 @@ import dataclasses
 import os
 from typing import Any, Optional, Sequence
 
-from hrm_jax import jsonl
+from hrm_jax import errors, jsonl
 
 EXTENSIONS = (".jsonl", ".parquet")
 
 
-class EvalDataError(ValueError):
+class EvalDataError(errors.UserError, ValueError):
   """Missing or malformed benchmark data; the message names the file, row and field."""
 
 
@@ -52,13 +52,20 @@ def expected_path(data_dir: str, folder: str, split: Split) -> str:
 
 def read_file(path: str) -> list[dict[str, Any]]:
   """Rows of a JSONL or parquet file as dicts (parquet structs become dicts)."""
+  return [row for _, row in read_labelled(path)]
+
+
+def read_labelled(path: str) -> list[tuple[str, dict[str, Any]]]:
+  """(where, row) of a JSONL or parquet file: `path:LINE` for JSONL, as its parse errors say
+  (blank lines counted), `path: row N` (from 1) for parquet."""
   if path.endswith(".parquet"):
     import pyarrow.parquet as pq
     try:
-      return pq.read_table(path).to_pylist()
+      rows = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several types for a bad file
       raise EvalDataError(f"{path}: not a readable parquet file ({e})") from e
-  return [row for _, row in jsonl.read_objects(path, EvalDataError)]
+    return [(f"{path}: row {i}", row) for i, row in enumerate(rows, 1)]
+  return [(f"{path}:{n}", row) for n, row in jsonl.read_objects(path, EvalDataError)]
 
 
 def read_hub(split: Split) -> list[dict[str, Any]]:

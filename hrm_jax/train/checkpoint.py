@@ -22,7 +22,7 @@ from hrm_jax.checkpoints import CheckpointMismatchError  # noqa: F401 - raised b
 from hrm_jax import optim
 from hrm_jax.config import ModelConfig
 
-_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes <step>.orbax-checkpoint-tmp*, then renames
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes <step>.orbax-checkpoint-tmp*, then renames
 
 
 def manager(directory: str, keep: int, async_save: bool = True,
@@ -71,7 +71,7 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int, error: BaseException
   """One clear error for a failed save: the step, the path, the cause; the partial
   directory orbax left is removed (process 0: the one that writes the directory)."""
   directory = str(mngr.directory)
-  partial = sorted(n for n in os.listdir(directory) if _TMP_SUFFIX in n) \
+  partial = sorted(n for n in os.listdir(directory) if TMP_SUFFIX in n) \
       if os.path.isdir(directory) else []
   steps = sorted({int(n.split(".")[0]) for n in partial if n.split(".")[0].isdigit()})
   if jax.process_index() == 0:

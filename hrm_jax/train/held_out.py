@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hrm_jax import data as data_lib
+from hrm_jax import errors
 from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel
 from hrm_jax.train import distributed
@@ -30,12 +31,13 @@ class HeldOut:
   def __init__(self, cfg: ml_collections.ConfigDict, model: LanguageModel,
                shardings: TrainState, mesh: Mesh, vocab_size: int):
     if cfg.eval_data.every_steps < 1:
-      raise ValueError(f"--config.eval_data.every_steps={cfg.eval_data.every_steps}: "
-                       "expected >= 1 when eval_data.path is set")
+      raise errors.ConfigError(f"--config.eval_data.every_steps={cfg.eval_data.every_steps}: "
+                               "expected >= 1 when eval_data.path is set")
     sampled = data_lib.open_sampled(cfg.eval_data.path, epochs=1)
     if int(sampled.tokenizer_info["vocab_size"]) > vocab_size:
-      raise ValueError(f"--config.eval_data.path={cfg.eval_data.path}: its tokenizer has "
-                       f"{sampled.tokenizer_info['vocab_size']} ids, the model {vocab_size}")
+      raise errors.ConfigError(f"--config.eval_data.path={cfg.eval_data.path}: its tokenizer "
+                               f"has {sampled.tokenizer_info['vocab_size']} ids, the model "
+                               f"{vocab_size}")
     self.pipeline = data_lib.Pipeline(
         sampled, rows=cfg.data.rows, row_len=cfg.data.row_len, target_only=cfg.data.target_only,
         process_index=jax.process_index(), process_count=jax.process_count())
@@ -60,6 +62,6 @@ class HeldOut:
       sums = self._compiled(state.ema, state.buffers, batch)
       total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
     if total is None:
-      raise ValueError(f"{self.pipeline.sampled.path}: no full held-out batch of "
-                       f"{self.pipeline.rows} x {self.pipeline.row_len} tokens")
+      raise errors.ConfigError(f"{self.pipeline.sampled.path}: no full held-out batch of "
+                               f"{self.pipeline.rows} x {self.pipeline.row_len} tokens")
     return {f"eval_{k}": float(v) for k, v in jax.device_get(summed_metrics(total)).items()}

@@ -1,10 +1,12 @@
 """The training loop: data -> sharded jitted steps -> metrics and orbax checkpoints.
 
-One process per host runs `train` with the same config (docs/multihost.md). It resumes from
-the newest checkpoint in the workdir that restores; SIGTERM on any host makes all save one
-step and exit. A non-finite loss, gradient or parameter norm stops the run naming the step
-and the quantity (the last good checkpoint is kept), or the step is skipped with
-`train.skip_nonfinite`, up to `train.max_consecutive_skips` in a row.
+One process per host runs `train` with the same config (docs/multihost.md). It holds the
+workdir's lock (`workdir_lock`) and resumes from the newest checkpoint in the workdir that
+restores; SIGTERM on any host makes all save one step and exit, and so does Ctrl-C (SIGINT),
+a second one exiting at once without a partial checkpoint. A non-finite loss, gradient or
+parameter norm stops the run naming the step and the quantity (the last good checkpoint is
+kept), or the step is skipped with `train.skip_nonfinite`, up to
+`train.max_consecutive_skips` in a row.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
+import sys
 import threading
 import time
 from typing import Any, Optional
@@ -23,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hrm_jax import atomic
+from hrm_jax import atomic, errors
 from hrm_jax import config as config_lib
 from hrm_jax import data as data_lib
 from hrm_jax import flops as flops_lib
@@ -31,16 +35,18 @@ from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel, registry
 from hrm_jax.params import count_params
 from hrm_jax.train import checkpoint as ckpt_lib
+from hrm_jax.train import config_check
 from hrm_jax.train import distributed
 from hrm_jax.train import metrics as metrics_lib
 from hrm_jax.train import plan as plan_lib
 from hrm_jax.train import state as state_lib
 from hrm_jax.train import warm_start as warm_start_lib
+from hrm_jax.train import workdir_lock
 from hrm_jax.train.held_out import HeldOut
 from hrm_jax.train.step import NONFINITE, jit_train_step, optimizer
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(FloatingPointError, errors.RunError):
   pass
 
 
@@ -69,7 +75,11 @@ def write_config(workdir: str, saved: dict) -> None:
 
 def model_config_from(cfg: ml_collections.ConfigDict, vocab_size: int) -> config_lib.ModelConfig:
   """ModelConfig from the `model` section: preset size and arch, then the fields set."""
-  return registry.model_config_of_section(cfg.model.to_dict(), vocab_size)
+  try:
+    return registry.model_config_of_section(cfg.model.to_dict(), vocab_size)
+  except (ValueError, TypeError) as e:
+    raise errors.ConfigError(f"--config.model (size {cfg.model.size!r}, arch "
+                             f"{cfg.model.arch!r}): {e}") from None
 
 
 @dataclasses.dataclass
@@ -80,32 +90,66 @@ class TrainResult:
   steps_done: int
   preempted: bool
   demo: Optional[Any] = None
+  interrupted: bool = False  # stopped by Ctrl-C (after saving)
 
 
 class _Preemption:
-  """SIGTERM on any host -> every host saves the same step and exits.
+  """SIGTERM or SIGINT (Ctrl-C) on any host -> every host saves the same step and exits.
 
   Multi-process: `jax.distributed.initialize` starts JAX's preemption service, which
   catches SIGTERM on whichever host gets it and lets orbax's `reached_preemption(step)`
-  return True on every host at one agreed step. A single process has no such service, so
-  a Python handler sets a flag instead (installing it in multi-process runs would take the
-  signal away from the service).
+  return True on every host at one agreed step; SIGINT is passed on to it as SIGTERM. A
+  single process has no such service, so a Python handler sets a flag instead (installing it
+  in multi-process runs would take the signal away from the service). A second Ctrl-C exits
+  at once: the checkpoint being written is removed (orbax writes it under a temporary name
+  first), the ones already written are kept.
   """
 
   def __init__(self, mngr):
     self.mngr = mngr
     self.requested = threading.Event()
-    self._previous = None
+    self.interrupted = False
+    self._previous = {}
+
+  def _on_term(self, *_):
+    self.requested.set()
+
+  def _on_int(self, *_):
+    if self.interrupted:
+      self._exit_now()
+    self.interrupted = True
+    self.requested.set()
+    if jax.process_index() == 0:
+      print("Interrupted: saving a checkpoint after this step (Ctrl-C again to exit now, "
+            "without it)", file=sys.stderr, flush=True)
+
+  def _exit_now(self):
+    directory = str(self.mngr.directory)
+    if jax.process_index() == 0 and os.path.isdir(directory):
+      for name in os.listdir(directory):
+        if ckpt_lib.TMP_SUFFIX in name:
+          shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    print("Interrupted again: exiting without saving", file=sys.stderr, flush=True)
+    os._exit(130)
 
   def __enter__(self):
-    if (not jax.distributed.is_initialized()
-        and threading.current_thread() is threading.main_thread()):
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    # A SIGINT ignored from the start (nohup, a background job of a script) stays ignored.
+    on_int = signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+    if jax.distributed.is_initialized():
+      if on_int:
+        self._previous[signal.SIGINT] = signal.signal(
+            signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    else:
+      self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_term)
+      if on_int:
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_int)
     return self
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
   def reached(self, step: int) -> bool:
     """Called by every process after every step, with the same step."""
@@ -156,9 +200,10 @@ def open_data(cfg: ml_collections.ConfigDict):
                                      epochs=cfg.train.epochs, seed=cfg.data.seed)
     path = demo.train_dir
   elif cfg.data.source != "path":
-    raise ValueError(f"--config.data.source={cfg.data.source!r}: expected 'demo' or 'path'")
+    raise errors.ConfigError(f"--config.data.source={cfg.data.source!r}: expected 'demo' or "
+                             "'path'")
   if not path:
-    raise ValueError("--config.data.path is required when data.source='path'")
+    raise errors.ConfigError("--config.data.path is required when data.source='path'")
   return data_lib.open_sampled(path, epochs=cfg.train.epochs), demo
 
 
@@ -168,10 +213,10 @@ def make_mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     mesh = sharding_lib.make_mesh(tuple(cfg.mesh.shape), dcn_shape=tuple(cfg.mesh.dcn_shape))
     sharding_lib.check_process_layout(mesh, cfg.data.rows)
   except ValueError as e:
-    raise ValueError(f"--config.mesh.shape={tuple(cfg.mesh.shape)} "
-                     f"--config.mesh.dcn_shape={tuple(cfg.mesh.dcn_shape)} with "
-                     f"{jax.process_count()} process(es) x {jax.local_device_count()} "
-                     f"device(s): {e}") from None
+    raise errors.ConfigError(f"--config.mesh.shape={tuple(cfg.mesh.shape)} "
+                             f"--config.mesh.dcn_shape={tuple(cfg.mesh.dcn_shape)} with "
+                             f"{jax.process_count()} process(es) x "
+                             f"{jax.local_device_count()} device(s): {e}") from None
   return mesh
 
 
@@ -181,9 +226,9 @@ def epoch_checkpoint_steps(checkpoint_cfg: ml_collections.ConfigDict,
   last (as the reference's checkpoint_interval); empty when every_epochs is 0."""
   every = checkpoint_cfg.every_epochs
   if every < 0 or (checkpoint_cfg.keep_epochs and not every):
-    raise ValueError(f"--config.checkpoint.every_epochs={every} with checkpoint.keep_epochs="
-                     f"{checkpoint_cfg.keep_epochs}: expected every_epochs >= 0, and >= 1 to "
-                     "keep epoch checkpoints")
+    raise errors.ConfigError(f"--config.checkpoint.every_epochs={every} with "
+                             f"checkpoint.keep_epochs={checkpoint_cfg.keep_epochs}: expected "
+                             "every_epochs >= 0, and >= 1 to keep epoch checkpoints")
   if not every:
     return frozenset()
   ends = np.cumsum([pipeline.steps_per_epoch(e) for e in range(pipeline.sampled.num_epochs)])
@@ -213,9 +258,19 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Run (or resume) the training job described by `cfg` in `workdir`.
 
   Every process runs this with the same config (one process per host); each feeds its own
-  rows of the global batch, process 0 logs.
+  rows of the global batch, process 0 logs. The config's values are checked first, then the
+  workdir is locked for the run (WorkdirInUseError while another run holds it).
   """
+  config_check.check(cfg)
+  with workdir_lock.held(workdir):
+    return _train(cfg, workdir)
+
+
+def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   is_main = jax.process_index() == 0
+  # model and mesh errors before the data (or demo cache) opens; auto remat is chosen below
+  model_config_from(plan_lib.checkable(cfg), 256)
+  mesh = make_mesh(cfg)
   sampled, demo = open_data(cfg)
   # remat_policy=auto: compile the candidates for these devices, take the least recompute
   # that fits; the choice is cached in the workdir for restarts.
@@ -223,17 +278,26 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                          cache_file=os.path.join(workdir, PLAN_FILE),
                          say=lambda line: print(line, flush=True) if is_main else None)
   model_config = model_config_from(cfg, sampled.vocab_size)
-  config_lib.check_data_fits(model_config, sampled)
+  try:
+    config_lib.check_data_fits(model_config, sampled)
+  except ValueError as e:
+    raise errors.ConfigError(str(e)) from None
   if model_config.vocab_size < int(sampled.tokenizer_info["vocab_size"]):
-    raise ValueError(f"--config.model.vocab_size={model_config.vocab_size} is smaller than the "
-                     f"data's tokenizer vocabulary ({sampled.tokenizer_info['vocab_size']}, "
-                     f"{sampled.path}/metadata.json)")
-  mesh = make_mesh(cfg)
-  pipeline = data_lib.Pipeline(sampled, rows=cfg.data.rows, row_len=cfg.data.row_len,
-                               seed=cfg.data.seed, target_only=cfg.data.target_only,
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count(),
-                               plan_cache=cfg.data.plan_cache or None)
+    raise errors.ConfigError(f"--config.model.vocab_size={model_config.vocab_size} is smaller "
+                             "than the data's tokenizer vocabulary "
+                             f"({sampled.tokenizer_info['vocab_size']}, "
+                             f"{sampled.path}/metadata.json)")
+  try:
+    pipeline = data_lib.Pipeline(sampled, rows=cfg.data.rows, row_len=cfg.data.row_len,
+                                 seed=cfg.data.seed, target_only=cfg.data.target_only,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count(),
+                                 plan_cache=cfg.data.plan_cache or None)
+  except errors.UserError:
+    raise
+  except ValueError as e:  # rows and row_len against the processes
+    raise errors.ConfigError(f"--config.data.rows={cfg.data.rows} --config.data.row_len="
+                             f"{cfg.data.row_len}: {e}") from None
   total_steps, stop_at = run_length(cfg.train, pipeline)
   tx, schedule = optimizer(cfg.train, total_steps)
   model = LanguageModel(model_config)
@@ -355,16 +419,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         writer.write(step, row)
       if preemption.reached(step):
         save(force=True)
+        ckpt_lib.wait(mngr, step)
         preempted = True
         if is_main:
-          print(f"Preempted: saved step {step}, exiting", flush=True)
+          print(f"{'Interrupted' if preemption.interrupted else 'Preempted'}: saved step "
+                f"{step}, exiting", flush=True)
         break
-      if step % cfg.checkpoint.every_steps == 0 or step in epoch_saves:
+      every = cfg.checkpoint.every_steps
+      if (every and step % every == 0) or step in epoch_saves:
         save()
     if not preempted and mngr.latest_step() != step:
       save(force=True)
-  ckpt_lib.wait(mngr, step)
+    ckpt_lib.wait(mngr, step)  # inside: a second Ctrl-C during the write exits cleanly
   mngr.close()
   writer.close()
   return TrainResult(state=state, model_config=model_config, last_metrics=last,
-                     steps_done=step, preempted=preempted, demo=demo)
+                     steps_done=step, preempted=preempted, demo=demo,
+                     interrupted=preemption.interrupted)

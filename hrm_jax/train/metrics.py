@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax import atomic
+from hrm_jax import atomic, errors
 
 # Dense bf16 peak FLOP/s per device (vendor figures).
 PEAK_FLOPS = {
@@ -61,7 +61,8 @@ class MetricWriter:
 
   Only process 0 writes. A resumed run (`resume_step`) first drops the rows and events
   logged after the step it resumes from (a run killed after its last checkpoint logged
-  steps it will repeat), so every step appears once (W&B keeps its first copy of a step).
+  steps it will repeat), so every step appears once (W&B keeps its first copy of a step); a
+  run that starts from step 0 in a workdir whose checkpoints are gone drops them all.
   """
 
   def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0,
@@ -74,12 +75,12 @@ class MetricWriter:
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       path = os.path.join(workdir, "metrics.jsonl")
-      if resume_step and os.path.exists(path):
+      if os.path.exists(path):  # a run started afresh (step 0) starts a fresh file
         _drop_rows_after(path, resume_step)
       self._jsonl = open(path, "a", encoding="utf-8")
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                               purge_step=resume_step + 1 if resume_step else None)
+                               purge_step=resume_step + 1)
       if wandb_project:
         self._wandb = _wandb_run(workdir, wandb_project, wandb_entity, wandb_run_name, config)
 
@@ -108,13 +109,17 @@ class MetricWriter:
       self._wandb.finish()
 
 
+class MissingExtraError(errors.UserError, ImportError):
+  """The config asks for an optional dependency that is not installed."""
+
+
 def _wandb_run(workdir: str, project: str, entity: str, name: str, config: Optional[dict]):
   """A W&B run whose files live in <workdir>/wandb; its id is kept in the workdir, so a
   resumed training run appends to the same W&B run."""
   try:
     import wandb
   except ImportError:
-    raise ImportError("--config.log.wandb_project is set but wandb is not installed: "
+    raise MissingExtraError("--config.log.wandb_project is set but wandb is not installed: "
                       "pip install 'hrm_jax[wandb]' (or unset log.wandb_project)") from None
   id_file = os.path.join(workdir, WANDB_ID_FILE)
   if os.path.exists(id_file):

@@ -30,6 +30,7 @@ import ml_collections
 
 from hrm_jax import atomic
 from hrm_jax import config as config_lib
+from hrm_jax import errors
 from hrm_jax import flops as flops_lib
 from hrm_jax import params as params_lib
 from hrm_jax.models import LanguageModel, registry
@@ -240,7 +241,7 @@ def choose(cfg: ml_collections.ConfigDict, vocab_size: int, devices: Sequence[An
     row, rows = search(cfg, vocab_size, devices)
     if row is None:
       tried = "; ".join(f"{r.candidate}: {r.why}" for r in rows)
-      raise ValueError(f"--config.model.remat_policy=auto: no remat setting fits "
+      raise errors.ConfigError(f"--config.model.remat_policy=auto: no remat setting fits "
                        f"{HEADROOM:.0%} of {limit / 2**30:.1f} GiB per device ({tried}); "
                        "use more devices, shorter rows (--config.data.row_len) or fewer "
                        "rows per step")
@@ -266,6 +267,12 @@ def _read_cache(path: Optional[str]) -> dict:
     logging.warning("ignoring the remat plan cache %s: %s", path, e)
     return {}
   return cache if isinstance(cache, dict) else {}
+
+
+def checkable(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`cfg` with "auto" replaced by a concrete setting, for checks that need a ModelConfig
+  before the plan is chosen."""
+  return Candidate("none", "layer", 1).apply(cfg) if cfg.model.remat_policy == AUTO else cfg
 
 
 def resolve(cfg: ml_collections.ConfigDict, vocab_size: int, devices: Sequence[Any],

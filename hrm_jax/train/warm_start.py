@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from hrm_jax import checkpoints
+from hrm_jax import checkpoints, errors
 from hrm_jax.config import ModelConfig
 from hrm_jax.train import checkpoint as ckpt_lib
 from hrm_jax.train.state import TrainState
@@ -31,7 +31,7 @@ MODES = ("ema_weights", "full_state")
 FULL_STATE_KEYS = ("params", "opt_state", "ema", "buffers")
 
 
-class WarmStartError(ValueError):
+class WarmStartError(errors.UserError, ValueError):
   """init_from names no usable checkpoint; the message names the flag and what was found."""
 
 
