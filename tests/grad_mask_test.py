@@ -23,8 +23,12 @@ def _batch():
   return b
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("bp_steps", [2, 3, 5, None])
+# Every arch with truncation on (2) and off (None); hrm's window also at 3 and 5, where its
+# embedding starts getting a gradient.
+CASES = [(arch, bp) for arch in ARCHS for bp in (2, None)] + [("hrm", 3), ("hrm", 5)]
+
+
+@pytest.mark.parametrize("arch,bp_steps", CASES)
 def test_has_grad_is_the_reference_grad_is_not_none(arch, bp_steps):
   cfg, variables = tiny_model(arch)
   model = LanguageModel(cfg)
@@ -33,10 +37,10 @@ def test_has_grad_is_the_reference_grad_is_not_none(arch, bp_steps):
   mask = named(grad_mask.has_grad(loss, variables["params"], buffers, _batch()))
   expected = reference_has_grad(cfg, bp_steps)
   assert mask == {name: expected[group_of(name)] for name in mask}
-  # A tensor left out really gets an all-zero gradient from the same loss.
-  grads = named(jax.grad(loss)(variables["params"], buffers, _batch()))
-  for name, has in mask.items():
-    assert has or not np.any(grads[name]), name
+  if not all(mask.values()):  # a tensor left out really gets an all-zero gradient
+    grads = named(jax.jit(jax.grad(loss))(variables["params"], buffers, _batch()))
+    for name, has in mask.items():
+      assert has or not np.any(grads[name]), name
 
 
 def test_a_zero_gradient_is_still_a_gradient():
