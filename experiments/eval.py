@@ -48,7 +48,8 @@ flags.DEFINE_integer("limit", None, "Evaluate only the first N items of each ben
 flags.DEFINE_string("output", None, "Results JSON (a sweep also writes <stem>_sweep.md/.png).")
 flags.DEFINE_string("dump_prompts", None, "Write every prompt as JSON Lines {benchmark, "
                     "index, condition, prompt} to this file and exit (no model is loaded).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing --output / --dump_prompts file.")
+if "overwrite" not in flags.FLAGS:  # plot.py defines the same flag; tests import both
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output / --dump_prompts file.")
 flags.DEFINE_integer("batch_size", 8, "Prompts per generate call.")
 flags.DEFINE_integer("max_new_tokens", None, "Cap on generated tokens of open-ended benchmarks "
                      "(default: none, each row generates to the end of the context, as the "

@@ -23,7 +23,8 @@ from hrm_jax import cli, jsonl, plotting
 flags.DEFINE_string("workdir", "", "Training workdir(s), comma-separated to overlay runs "
                     "(required).")
 flags.DEFINE_string("out", None, "PNG to write (default: <first workdir>/curves.png).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing --out PNG.")
+if "overwrite" not in flags.FLAGS:  # eval.py defines the same flag; tests import both
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --out PNG.")
 flags.DEFINE_string("metrics", "loss,accuracy,exact_accuracy", "Comma-separated metric names.")
 
 METRICS_FILE = "metrics.jsonl"
