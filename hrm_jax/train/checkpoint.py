@@ -108,25 +108,22 @@ def one_count_layout(opt_state: optim.AdamAtan2State) -> _OneCountState:
   return _OneCountState(opt_state.count, opt_state.mu, opt_state.nu)
 
 
-def per_tensor_counts(restored: _OneCountState, abstract: optim.AdamAtan2State
-                      ) -> optim.AdamAtan2State:
+def per_tensor_counts(restored: _OneCountState, abstract: optim.AdamAtan2State,
+                      where: str) -> optim.AdamAtan2State:
   """The restored state with every tensor's count set to the run's count: the optimizer
   that wrote it advanced one count for every tensor each step, so that is the count each
-  tensor's moments were built with."""
+  tensor's moments were built with. Says so once, naming the checkpoint `where`."""
   counts = jax.jit(lambda c: jax.tree.map(lambda _: c, abstract.counts),
                    out_shardings=jax.tree.map(lambda a: a.sharding, abstract.counts)
                    )(restored.count)
-  return optim.AdamAtan2State(restored.count, restored.mu, restored.nu, counts)
-
-
-def one_count_notice(where: str, count: int) -> None:
-  """Say, once, that a checkpoint from before per-tensor counts was upgraded."""
   message = (f"{where} was written before per-tensor optimizer counts: every tensor resumes "
-             f"at count {count}, as that optimizer counted; from here on a tensor without a "
-             "gradient in a step is left alone, as in the reference")
+             f"at count {int(jax.device_get(restored.count))}, as that optimizer counted; "
+             "from here on a tensor without a gradient in a step is left alone, as in the "
+             "reference")
   logging.warning(message)
   if jax.process_index() == 0:
     print(f"NOTE: {message}", flush=True)
+  return optim.AdamAtan2State(restored.count, restored.mu, restored.nu, counts)
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
@@ -154,8 +151,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
   state = out[checkpoints.STATE]
   if one_count:
     state = state.replace(opt_state=per_tensor_counts(state.opt_state,
-                                                      abstract_state.opt_state))
-    one_count_notice(where, int(jax.device_get(state.opt_state.count)))
+                                                      abstract_state.opt_state, where))
   return state, dict(out[checkpoints.DATA] or {}), saved_config
 
 

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -33,6 +32,7 @@ from hrm_jax import config as config_lib
 from hrm_jax import errors
 from hrm_jax import flops as flops_lib
 from hrm_jax import params as params_lib
+from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel, registry
 from hrm_jax.train import aot
 from hrm_jax.train import state as state_lib
@@ -186,8 +186,8 @@ def search(cfg: ml_collections.ConfigDict, vocab_size: int, devices: Sequence[An
            ) -> tuple[Optional[Tried], list[Tried]]:
   """(the chosen row or None, every row compiled): candidates in order until one fits
   (`exhaustive`: all of them)."""
-  mesh_shape = _mesh_shape(cfg, len(devices))
-  batch_devices = mesh_shape[0] * mesh_shape[1]
+  mesh = _mesh(cfg, devices)
+  batch_devices = mesh["data"] * mesh["fsdp"]
   limit = memory_limit(devices[0])
   chosen, rows = None, []
   for candidate, recompute in candidates(cfg, vocab_size, batch_devices):
@@ -201,12 +201,10 @@ def search(cfg: ml_collections.ConfigDict, vocab_size: int, devices: Sequence[An
   return chosen, rows
 
 
-def _mesh_shape(cfg: ml_collections.ConfigDict, n_devices: int) -> tuple[int, int, int]:
-  shape = [s * d for s, d in zip(cfg.mesh.shape, cfg.mesh.dcn_shape)]
-  if -1 in shape:
-    known = math.prod(s for s in shape if s != -1)
-    shape[shape.index(-1)] = n_devices // known
-  return tuple(shape)
+def _mesh(cfg: ml_collections.ConfigDict, devices: Sequence[Any]) -> dict[str, int]:
+  """Axis sizes of the mesh train.py builds from `cfg` on `devices`."""
+  return dict(sharding_lib.make_mesh(tuple(cfg.mesh.shape), list(devices),
+                                     tuple(cfg.mesh.dcn_shape)).shape)
 
 
 def cache_key(cfg: ml_collections.ConfigDict, vocab_size: int, devices: Sequence[Any]) -> str:
@@ -242,9 +240,9 @@ def choose(cfg: ml_collections.ConfigDict, vocab_size: int, devices: Sequence[An
     if row is None:
       tried = "; ".join(f"{r.candidate}: {r.why}" for r in rows)
       raise errors.ConfigError(f"--config.model.remat_policy=auto: no remat setting fits "
-                       f"{HEADROOM:.0%} of {limit / 2**30:.1f} GiB per device ({tried}); "
-                       "use more devices, shorter rows (--config.data.row_len) or fewer "
-                       "rows per step")
+                               f"{HEADROOM:.0%} of {limit / 2**30:.1f} GiB per device "
+                               f"({tried}); use more devices, shorter rows "
+                               "(--config.data.row_len) or fewer rows per step")
     chosen = row.candidate
     skipped = [f"{r.candidate} {r.why}" for r in rows if r is not row]
     why = (f"+{row.recompute:.0%} recompute, {row.why}"
@@ -325,7 +323,7 @@ def roofline(cfg: ml_collections.ConfigDict, model_config: config_lib.ModelConfi
   # passes with gradient
   weight_reads = (every_pass + grad_passes * (2 + recomputed)) * width * mb
   hbm = weight_reads + 9 * 4 * params / n + 2 * report.temporaries
-  fsdp = _mesh_shape(cfg, n)[1]
+  fsdp = _mesh(cfg, devices)["fsdp"]
   gathered = weight_reads * (fsdp - 1) / fsdp
   reduced = 4 * params * mb * (n - 1) / n
   hosts = len({getattr(d, "process_index", 0) for d in devices})

@@ -90,8 +90,7 @@ def warm_start(cfg: ml_collections.ConfigDict, fresh: TrainState,
   values = {key: restored[saved_key] for key, saved_key in keys.items()}
   if one_count:
     values["opt_state"] = ckpt_lib.per_tensor_counts(values["opt_state"],
-                                                     _abstract(fresh.opt_state))
-    ckpt_lib.one_count_notice(str(where), int(jax.device_get(values["opt_state"].count)))
+                                                     _abstract(fresh.opt_state), str(where))
   count = 0
   if cfg.mode == "full_state":
     count = int(jax.device_get(values["opt_state"].count))
