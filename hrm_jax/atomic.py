@@ -7,6 +7,10 @@ Nothing that exists is replaced unless the caller says it may be (`overwrite`) a
 existing directory is of the kind being written (`same_kind`). A path that is a symbolic link
 is written through: the new file or directory replaces the link's target (built beside the
 target, on its filesystem) and the link stays, as `cp`/`rsync` onto a linked output do.
+
+A bucket URL (`gs://`, `s3://`) has no rename: a file is written locally and uploaded as one
+object (visible only once complete), a directory is built locally and uploaded file by file
+with its `marker` (the file readers look for) last; see `hrm_jax.storage`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import pathlib
 import shutil
 import tempfile
 from typing import IO, Any, Callable, Iterator, Optional
+
+from hrm_jax import storage
 
 
 def umask() -> int:
@@ -34,7 +40,11 @@ def real(path: str | os.PathLike) -> pathlib.Path:
 
 def check_writable(path: str | os.PathLike, flag: str) -> None:
   """PermissionError naming `flag` unless `path` can be created or replaced: its nearest
-  existing folder must be a writable directory (checked before work, not after it)."""
+  existing folder must be a writable directory (checked before work, not after it). A
+  bucket URL is checked for its filesystem package only (permissions show on the write)."""
+  if storage.is_remote(path):
+    storage.require(path)
+    return
   target = real(path)
   folder = target.parent
   while not folder.exists() and folder != folder.parent:
@@ -62,7 +72,15 @@ def _apply_umask(root: pathlib.Path) -> None:
 
 @contextlib.contextmanager
 def file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-  """Open a temp file beside `path`; on a clean exit it replaces `path` (umask modes)."""
+  """Open a temp file beside `path`; on a clean exit it replaces `path` (umask modes). For a
+  bucket URL the temp file is local and is uploaded as one object."""
+  if storage.is_remote(path):
+    with tempfile.TemporaryDirectory(prefix="hrm_jax-upload-") as folder:
+      local = pathlib.Path(folder) / "file"
+      with open(local, mode) as f:
+        yield f
+      storage.put_file(local, os.fspath(path))
+    return
   path = real(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -95,8 +113,11 @@ def check_replaceable(path: str | os.PathLike, *, overwrite: bool,
 
   `same_kind(path)` returns None when the existing directory is of the kind being written
   (an export over an export), else the reason it is not; without it nothing non-empty is
-  ever replaced.
+  ever replaced. A bucket prefix must hold no objects (see `directory`).
   """
+  if storage.is_remote(path):
+    _check_empty_prefix(os.fspath(path))
+    return
   path = real(path)
   if not os.path.lexists(path):
     return
@@ -117,14 +138,22 @@ def check_replaceable(path: str | os.PathLike, *, overwrite: bool,
 @contextlib.contextmanager
 def directory(path: str | os.PathLike, *, overwrite: bool = False,
               same_kind: Optional[Callable[[pathlib.Path], Optional[str]]] = None,
-              flag: str = "--overwrite") -> Iterator[pathlib.Path]:
+              flag: str = "--overwrite", marker: str = "") -> Iterator[pathlib.Path]:
   """Yield a temp directory beside `path`; on a clean exit it becomes `path`.
+
+  For a bucket URL the temp directory is local and is uploaded on a clean exit, `marker` (the
+  file a reader looks for first) last; a prefix that holds objects is never written into
+  (a bucket cannot swap a directory whole, so --overwrite does not apply there).
 
   The check (`check_replaceable`) runs before any work and again before the swap; an
   existing directory that may be replaced is moved aside, the new one renamed in, and only
   then the old one deleted. On an exception the temp directory is removed and `path` is
   untouched.
   """
+  if storage.is_remote(path):
+    with _bucket_directory(os.fspath(path), marker) as tmp:
+      yield tmp
+    return
   path = real(path)
   check_replaceable(path, overwrite=overwrite, same_kind=same_kind, flag=flag)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,3 +173,24 @@ def directory(path: str | os.PathLike, *, overwrite: bool = False,
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def _check_empty_prefix(url: str) -> None:
+  p = storage.path(url)
+  if p.exists() and (not p.is_dir() or any(True for _ in p.iterdir())):
+    raise FileExistsError(f"{url} already holds objects; a bucket prefix is never written "
+                          "into or replaced (it cannot be swapped whole): choose a new path "
+                          "or delete it first")
+
+
+@contextlib.contextmanager
+def _bucket_directory(url: str, marker: str) -> Iterator[pathlib.Path]:
+  _check_empty_prefix(url)
+  with tempfile.TemporaryDirectory(prefix="hrm_jax-upload-") as folder:
+    yield pathlib.Path(folder)
+    _check_empty_prefix(url)
+    try:
+      storage.upload_tree(folder, url, last=[marker] if marker else [])
+    except BaseException:
+      storage.remove_tree(url)  # the objects this call uploaded, nothing else (checked empty)
+      raise

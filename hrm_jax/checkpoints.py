@@ -24,7 +24,7 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from hrm_jax import errors
+from hrm_jax import errors, orbax_buckets, storage
 from hrm_jax.config import ModelConfig
 
 CHECKPOINTS = "checkpoints"  # the directory of step directories inside a workdir
@@ -47,10 +47,20 @@ class CheckpointMismatchError(errors.UserError, ValueError):
   """The checkpoint was written by a run with another model."""
 
 
-def item_handlers() -> dict[str, ocp.CheckpointHandler]:
+def item_handlers(directory: str | os.PathLike) -> dict[str, ocp.CheckpointHandler]:
   """The handlers a training run writes its items with (the whole train state at once)."""
-  return {STATE: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
-          CONFIG: ocp.JsonCheckpointHandler()}
+  return {STATE: ocp.StandardCheckpointHandler(
+              use_ocdbt=orbax_buckets.use_ocdbt(directory)),
+          DATA: ocp.JsonCheckpointHandler(), CONFIG: ocp.JsonCheckpointHandler()}
+
+
+def writer(directory: str | os.PathLike, **options: Any) -> ocp.CheckpointManager:
+  """A writing manager of a checkpoints/ directory, local or in a bucket (`orbax_buckets`);
+  `options` are CheckpointManagerOptions fields."""
+  return ocp.CheckpointManager(
+      orbax_buckets.directory(directory), item_handlers=item_handlers(directory),
+      options=ocp.CheckpointManagerOptions(**options,
+                                           **orbax_buckets.manager_options(directory)))
 
 
 class _ReadOnlyNotice(logging.Filter):
@@ -77,17 +87,20 @@ def reader(directory: str | os.PathLike) -> ocp.CheckpointManager:
   handlers = {STATE: ocp.PyTreeCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
               CONFIG: ocp.JsonCheckpointHandler()}
   with _without_read_only_notice():
-    return ocp.CheckpointManager(pathlib.Path(directory), item_handlers=handlers,
+    return ocp.CheckpointManager(orbax_buckets.directory(directory), item_handlers=handlers,
                                  options=ocp.CheckpointManagerOptions(
-                                     read_only=True, create=False, save_interval_steps=0))
+                                     read_only=True, create=False, save_interval_steps=0,
+                                     **orbax_buckets.manager_options(directory)))
 
 
 def is_complete(step_dir: pathlib.Path) -> bool:
   """Whether a step directory still has the metadata files orbax writes for it (the step's,
   its state's, its config's). A deletion cut short (kill -9 while orbax removes an old
   checkpoint, its files in parallel) leaves a directory that lacks some of them."""
-  return all((step_dir / name).is_file() for name in
-             ("_CHECKPOINT_METADATA", f"{STATE}/_METADATA", f"{CONFIG}/metadata"))
+  names = ["_CHECKPOINT_METADATA", f"{STATE}/_METADATA", f"{CONFIG}/metadata"]
+  if storage.is_remote(step_dir):  # committed by a marker written last (orbax_buckets)
+    names.append("commit_success.txt")
+  return all((step_dir / name).is_file() for name in names)
 
 
 def _has_steps(directory: pathlib.Path) -> bool:
@@ -102,7 +115,7 @@ def locate(path: str | os.PathLike, step: Optional[int] = None
   `path` is a training workdir, a checkpoints/ directory (their latest step, or `step`) or
   one step directory (whose name must then equal `step`, if given).
   """
-  p = pathlib.Path(path).expanduser().absolute()
+  p = storage.path(path)
   if not p.is_dir():
     raise NotACheckpointError(f"{p}: no such directory; expected {EXPECTED}")
   if p.name.isdigit() and (p / STATE).is_dir():

@@ -24,7 +24,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from hrm_jax import atomic
+from hrm_jax import atomic, storage
 from hrm_jax.config import ModelConfig
 from hrm_jax.tokenizer import Tokenizer
 
@@ -209,7 +209,8 @@ def _read_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
   tensors = {}
   for file in _weight_files(path):
     try:
-      with safe_open(str(file), framework="np") as f:
+      local = storage.cached_copy(str(file)) if storage.is_remote(file) else file
+      with safe_open(str(local), framework="np") as f:
         for key in f.keys():
           tensors[key] = f.get_tensor(key).astype(np.float32)
     except (SafetensorError, OSError, ValueError) as e:
@@ -249,8 +250,9 @@ def _layers_in(tensors: dict[str, np.ndarray], path: pathlib.Path) -> Optional[i
 
 
 def load(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
-  """(ModelConfig, {"params", "buffers"}) of a Hugging Face hrm_text directory, float32."""
-  path = pathlib.Path(path)
+  """(ModelConfig, {"params", "buffers"}) of a Hugging Face hrm_text directory, float32
+  (local, or in a bucket: its weight files are read from a local cached copy)."""
+  path = storage.path(path)
   if not (path / "config.json").exists():
     raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model directory)")
   hf_config = _read_json(path / "config.json")
@@ -367,14 +369,15 @@ def save(path: str | os.PathLike, config: ModelConfig, variables: Any,
   files when a tokenizer is given) replace theirs, every stale `model*.safetensors*` shard is
   dropped, and every other file (README, a tokenizer when none is given, ...) is kept.
   """
-  path = pathlib.Path(path).expanduser().absolute()
+  path = storage.path(path)
   if tokenizer is not None and tokenizer.tokenizer_vocab_size > config.vocab_size:
     raise ValueError(f"the tokenizer has {tokenizer.tokenizer_vocab_size} tokens, more than the "
                      f"model's vocab_size {config.vocab_size}: not this model's tokenizer")
   hf_config = config_to_hf(config, dtype, token_ids(tokenizer) if tokenizer else None)
   tensors = {k: v.astype(DTYPES[dtype])
              for k, v in to_hf_tensors(config, variables, use_ema).items()}
-  with atomic.directory(path, overwrite=overwrite, same_kind=export_kind) as tmp:
+  with atomic.directory(path, overwrite=overwrite, same_kind=export_kind,
+                        marker="config.json") as tmp:
     save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
     atomic.write_json(tmp / "config.json", hf_config, indent=2)
     if tokenizer is not None:

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hrm_jax import atomic, checkpoints
+from hrm_jax import atomic, checkpoints, storage
 from hrm_jax.checkpoints import NotACheckpointError  # noqa: F401 - raised by load
 from hrm_jax.config import ModelConfig
 
@@ -57,16 +57,25 @@ def save(path: str | os.PathLike, config: ModelConfig, variables: dict, step: in
   looks. Built beside `path` and renamed into place (`atomic.directory`, umask modes); an
   existing non-empty `path` is never replaced.
   """
-  path = pathlib.Path(path).expanduser().absolute()
   tree = nn.unbox({k: variables[k] for k in ("params", "buffers")})
   state = {"step": np.asarray(step, np.int32),
            **jax.tree.map(lambda a: np.asarray(a), tree)}
-  with atomic.directory(path) as tmp:
-    with ocp.CheckpointManager(tmp / checkpoints.CHECKPOINTS,
-                               item_handlers=checkpoints.item_handlers()) as mngr:
-      mngr.save(step, args=ocp.args.Composite(**{
-          checkpoints.STATE: ocp.args.StandardSave(state),
-          checkpoints.CONFIG: ocp.args.JsonSave({"model_config": config.to_dict()})}))
-      mngr.wait_until_finished()
+  if storage.is_remote(path):  # no rename in a bucket: orbax commits the step itself, last
+    atomic.check_replaceable(path, overwrite=False)
+    for extra in extra_files:
+      storage.put_file(extra, storage.join(path, pathlib.Path(extra).name))
+    _write_step(storage.join(path, checkpoints.CHECKPOINTS), config, state, step)
+    return
+  with atomic.directory(pathlib.Path(path).expanduser().absolute()) as tmp:
+    _write_step(tmp / checkpoints.CHECKPOINTS, config, state, step)
     for extra in extra_files:
       shutil.copy2(extra, tmp / pathlib.Path(extra).name)
+
+
+def _write_step(directory: str | os.PathLike, config: ModelConfig, state: dict,
+                step: int) -> None:
+  with checkpoints.writer(directory) as mngr:
+    mngr.save(step, args=ocp.args.Composite(**{
+        checkpoints.STATE: ocp.args.StandardSave(state),
+        checkpoints.CONFIG: ocp.args.JsonSave({"model_config": config.to_dict()})}))
+    mngr.wait_until_finished()

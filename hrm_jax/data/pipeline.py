@@ -27,7 +27,7 @@ from hrm_jax import atomic
 from hrm_jax.data import multipack
 from hrm_jax.data.multipack import EpochPlan
 from hrm_jax.data.packing import IGNORE_LABEL, empty_rows, fill_row
-from hrm_jax.data.sampled import DataError, SampledData
+from hrm_jax.data.sampled import DataError, SampledData, read_spans
 
 STATE_VERSION = 1
 PLAN_CACHE_VERSION = 1  # bump when the plan of given lengths changes
@@ -133,11 +133,16 @@ class Pipeline:
     out = empty_rows(self.local_rows, self.row_len)
     plan = self.plan(epoch)
     rows = [plan.row(i, self._row_lo + r) for r in range(self.local_rows)]
-    for r, idx in enumerate(rows):
-      pieces = [(tokens[s:s + n], tokens[rs:rs + rn]) for s, n, rs, rn in zip(
-          ex.inst_start[idx].tolist(), ex.inst_len[idx].tolist(),
-          ex.resp_start[idx].tolist(), ex.resp_len[idx].tolist())]
+    idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    # one read for the whole batch: concurrent range requests when tokens.npy is in a bucket
+    spans = read_spans(tokens, np.concatenate([ex.inst_start[idx], ex.resp_start[idx]]),
+                       np.concatenate([ex.inst_len[idx], ex.resp_len[idx]]))
+    inst, resp = spans[:len(idx)], spans[len(idx):]
+    first = 0
+    for r, row in enumerate(rows):
+      pieces = list(zip(inst[first:first + len(row)], resp[first:first + len(row)]))
       fill_row(out, r, pieces, self.target_only)
+      first += len(row)
     self._check_ids(out, epoch, rows)
     return out
 

@@ -30,12 +30,13 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from hrm_jax import atomic, errors
+from hrm_jax import atomic, errors, storage
 
 INDEX_FIELDS = ("inst_start", "inst_len", "resp_start", "resp_len")
 TOKEN_DTYPES = (np.uint8, np.uint16, np.int32)
 MIN_RESP_LEN = 2  # at least one content token + eoa (data_io's min_resp_length)
 _SCAN_CHUNK = 1 << 24
+_HEADER_READ = 4096  # bytes read to parse a .npy header (numpy writes at most 4 KiB usually)
 TOKEN_CHECK = "token_check.json"  # the writer's record of the token id range
 EXTRA_FILES = ("tokenizer.json", "tokenizer_info.json")  # what prepare_data copies in
 
@@ -102,6 +103,68 @@ def chunks(arr: np.ndarray | None, size: int = CHUNK):
     yield arr[i:i + size]
 
 
+class RemoteTokens:
+  """tokens.npy in a bucket as a read-only 1-D array: its length and dtype from the .npy
+  header, slices by HTTP range requests, nothing downloaded up front."""
+
+  ndim = 1
+
+  def __init__(self, url: str):
+    self.url = url
+    head = storage.read_ranges(url, [0], [_HEADER_READ])[0]
+    f = io.BytesIO(head)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+    if read_header is None:
+      raise _fail(url, "tokens", "unsupported .npy format version")
+    shape, fortran, dtype = read_header(f)
+    if len(shape) != 1 or fortran:
+      raise _fail(url, "tokens", f"must be 1-D, has shape {shape}")
+    self.dtype, self.shape, self.offset = np.dtype(dtype), tuple(shape), f.tell()
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def _bounds(self, start: int, stop: int) -> tuple[int, int]:
+    size = self.dtype.itemsize
+    return self.offset + start * size, self.offset + stop * size
+
+  def __getitem__(self, key: slice) -> np.ndarray:
+    if not isinstance(key, slice) or key.step not in (None, 1):
+      raise TypeError(f"{self.url}: only contiguous slices are read from a bucket")
+    start, stop, _ = key.indices(len(self))
+    return self.read_spans([start], [max(0, stop - start)])[0]
+
+  def read_spans(self, starts: Sequence[int], lengths: Sequence[int]) -> list[np.ndarray]:
+    """tokens[s:s + n] for each span, in one batch of concurrent range requests; spans that
+    touch (an instruction and its response) are fetched as one range."""
+    order = np.argsort(starts, kind="stable")
+    groups: list[list[int]] = []  # [first token, end token, span indices...]
+    for i in order.tolist():
+      s, n = int(starts[i]), int(lengths[i])
+      if groups and s <= groups[-1][1]:
+        groups[-1][1] = max(groups[-1][1], s + n)
+        groups[-1].append(i)
+      else:
+        groups.append([s, s + n, i])
+    ranges = [self._bounds(g[0], g[1]) for g in groups]
+    blobs = storage.read_ranges(self.url, [a for a, _ in ranges], [b for _, b in ranges])
+    out: list[np.ndarray] = [np.empty(0, self.dtype)] * len(starts)
+    for g, blob in zip(groups, blobs):
+      tokens = np.frombuffer(blob, self.dtype)
+      for i in g[2:]:
+        s = int(starts[i]) - g[0]
+        out[i] = tokens[s:s + int(lengths[i])]
+    return out
+
+
+def read_spans(tokens: Any, starts: Sequence[int], lengths: Sequence[int]) -> list[np.ndarray]:
+  """tokens[s:s + n] for each (s, n): slices of a memory map, or `RemoteTokens.read_spans`."""
+  if isinstance(tokens, RemoteTokens):
+    return tokens.read_spans(starts, lengths)
+  return [tokens[s:s + n] for s, n in zip(starts, lengths)]
+
+
 def concat_examples(inst: Sequence[Sequence[int]], resp: Sequence[Sequence[int]]
                     ) -> tuple[np.ndarray, Examples]:
   """Token lists -> (tokens [T] int64, spans): each instruction then its response, in order."""
@@ -164,12 +227,11 @@ def _fail(file: str, field: str, why: str) -> DataError:
 
 
 def _read_metadata(path: str) -> dict[str, Any]:
-  file = os.path.join(path, "metadata.json")
-  if not os.path.isfile(file):
+  file = storage.join(path, "metadata.json")
+  if not storage.path(file).is_file():
     raise DataError(f"{file}: missing (not a data_io sampled directory)")
   try:
-    with open(file) as f:
-      meta = json.load(f)
+    meta = json.loads(storage.path(file).read_text())
   except json.JSONDecodeError as e:
     raise DataError(f"{file}: not valid JSON ({e})") from e
   if not isinstance(meta, dict):
@@ -191,9 +253,15 @@ def _read_metadata(path: str) -> dict[str, Any]:
 
 
 def _load_array(file: str, field: str) -> np.ndarray:
-  if not os.path.isfile(file):
+  """The .npy file memory-mapped; in a bucket, tokens.npy is read by byte ranges
+  (`RemoteTokens`) and an index array from a local cached copy."""
+  if not storage.path(file).is_file():
     raise _fail(file, field, "file missing")
   try:
+    if storage.is_remote(file):
+      if field == "tokens":
+        return RemoteTokens(file)
+      file = str(storage.cached_copy(file))
     arr = np.load(file, mmap_mode="r", allow_pickle=False)
   except (ValueError, OSError) as e:
     raise _fail(file, field, f"not a readable .npy array ({e})") from e
@@ -234,11 +302,10 @@ def token_record(tokens_file: str, dtype: np.dtype, min_id: int, max_id: int) ->
 
 def read_token_record(path: str, tokens: np.ndarray) -> dict[str, Any] | None:
   """The record of `path`, or None when absent, unreadable or stale (size or dtype differ)."""
-  file = os.path.join(path, TOKEN_CHECK)
+  file = storage.join(path, TOKEN_CHECK)
   try:
-    with open(file) as f:
-      rec = json.load(f)
-    fresh = (rec["bytes"] == os.path.getsize(os.path.join(path, "tokens.npy"))
+    rec = json.loads(storage.path(file).read_text())
+    fresh = (rec["bytes"] == storage.size(storage.join(path, "tokens.npy"))
              and rec["dtype"] == tokens.dtype.name)
     int(rec["min_id"]), int(rec["max_id"])
   except (OSError, ValueError, KeyError, TypeError):
@@ -266,8 +333,8 @@ def _check_tokens(path: str, file: str, tokens: np.ndarray, vocab: int) -> bool:
 
 def _load_epoch(path: str, epoch: int, n_tokens: int, max_example: int,
                 limit_field: str) -> tuple[Examples, int]:
-  folder = os.path.join(path, f"epoch_{epoch}")
-  files = {f: os.path.join(folder, f"{f}.npy") for f in INDEX_FIELDS}
+  folder = storage.join(path, f"epoch_{epoch}")
+  files = {f: storage.join(folder, f"{f}.npy") for f in INDEX_FIELDS}
   arrays = {f: _load_array(files[f], f) for f in INDEX_FIELDS}
   for f, a in arrays.items():
     if not np.issubdtype(a.dtype, np.integer):
@@ -321,9 +388,10 @@ def open_sampled(path: str, *, epochs: int | None = None, vocab_size: int | None
   model context; no example may need more (default: metadata max_seq_len - 1).
   """
   path = os.fspath(path)
+  storage.require(path)
   meta = _read_metadata(path)
-  meta_file = os.path.join(path, "metadata.json")
-  tok_file = os.path.join(path, "tokens.npy")
+  meta_file = storage.join(path, "metadata.json")
+  tok_file = storage.join(path, "tokens.npy")
   tokens = _load_array(tok_file, "tokens")
   vocab = int(meta["tokenizer_info"]["vocab_size"]) if vocab_size is None else vocab_size
   ids_checked = _check_tokens(path, tok_file, tokens, vocab)
@@ -333,11 +401,11 @@ def open_sampled(path: str, *, epochs: int | None = None, vocab_size: int | None
     limit, limit_field = max_seq_len, f"max_seq_len={max_seq_len}"
 
   found = 0
-  while os.path.isdir(os.path.join(path, f"epoch_{found}")):
+  while storage.path(storage.join(path, f"epoch_{found}")).is_dir():
     found += 1
   wanted = found if epochs is None else epochs
   if wanted < 1 or found < wanted:
-    raise DataError(f"{os.path.join(path, f'epoch_{found}')}: field 'epoch_{found}': training "
+    raise DataError(f"{storage.join(path, f'epoch_{found}')}: field 'epoch_{found}': training "
                     f"asks for {wanted} epoch(s) but the directory has {found} "
                     f"(epoch_0..epoch_{found - 1}); regenerate with more epochs")
   loaded = [_load_epoch(path, e, len(tokens), limit, limit_field) for e in range(wanted)]
@@ -456,7 +524,7 @@ def sampled_writer(out: str, *, tokenizer_info: Mapping[str, Any], max_seq_len: 
   script does, unless `epoch_orders` gives them. max_seq_len: metadata value (context + 1).
   extra_files: name -> source path to copy; extra_json: name -> object written as JSON.
   """
-  with atomic.directory(out, overwrite=overwrite,
+  with atomic.directory(out, overwrite=overwrite, marker="metadata.json",
                         same_kind=functools.partial(sampled_kind, inputs=inputs)) as tmp:
     for name, src in (extra_files or {}).items():
       shutil.copyfile(src, tmp / name)

@@ -1,8 +1,9 @@
 """Writing and resuming a run's orbax checkpoints: async, keep-N (plus kept epoch ends),
 holding the train state, data-iterator state and config.
 
-Layout and item names: `hrm_jax.checkpoints`. A save is atomic (orbax writes a
-temporary directory and renames it), so an interrupt never leaves a half checkpoint behind.
+Layout and item names: `hrm_jax.checkpoints`. A save is atomic (orbax writes a temporary
+directory and renames it; in a bucket it writes a commit marker last), so an interrupt never
+leaves a half checkpoint that a restore would take.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as preserva
 
 from hrm_jax import checkpoints
 from hrm_jax.checkpoints import CheckpointMismatchError  # noqa: F401 - raised by restore
-from hrm_jax import optim
+from hrm_jax import optim, storage
 from hrm_jax.config import ModelConfig
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes <step>.orbax-checkpoint-tmp*, then renames
@@ -35,10 +36,8 @@ def manager(directory: str, keep: int, async_save: bool = True,
   if keep_steps:
     rotation = dict(preservation_policy=preservation.AnyPreservationPolicy(
         [preservation.LatestN(keep), preservation.CustomSteps(sorted(keep_steps))]))
-  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save,
-                                         cleanup_tmp_directories=True, **rotation)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_handlers=checkpoints.item_handlers())
+  return checkpoints.writer(directory, create=True, enable_async_checkpointing=async_save,
+                            cleanup_tmp_directories=True, **rotation)
 
 
 class CheckpointSaveError(OSError):
@@ -72,9 +71,9 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int, error: BaseException
   directory orbax left is removed (process 0: the one that writes the directory)."""
   directory = str(mngr.directory)
   partial = sorted(n for n in os.listdir(directory) if TMP_SUFFIX in n) \
-      if os.path.isdir(directory) else []
+      if not storage.is_remote(directory) and os.path.isdir(directory) else []
   steps = sorted({int(n.split(".")[0]) for n in partial if n.split(".")[0].isdigit()})
-  if jax.process_index() == 0:
+  if jax.process_index() == 0:  # (in a bucket an uncommitted step is cleaned up on restart)
     for name in partial:
       shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
   text = "".join(traceback.format_exception(error))

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hrm_jax import atomic, errors
+from hrm_jax import atomic, errors, storage
 from hrm_jax import config as config_lib
 from hrm_jax import data as data_lib
 from hrm_jax import flops as flops_lib
@@ -59,11 +59,10 @@ PLAN_FILE = "remat_plan.json"  # remat_policy=auto's choices, per model, batch a
 def write_config(workdir: str, saved: dict) -> None:
   """<workdir>/train_config.json, atomically; a file of that name that is not a config this
   function wrote (other keys, or not JSON) is never replaced."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.lexists(path):
+  path = storage.join(workdir, CONFIG_FILE)
+  if storage.path(path).exists() or os.path.islink(path):
     try:
-      with open(path, encoding="utf-8") as f:
-        old = json.load(f)
+      old = json.loads(storage.path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
       old = None
     if not (isinstance(old, dict) and set(old) == set(saved)):
@@ -179,7 +178,7 @@ def _raise_if_unhealthy(health: dict, train_cfg: ml_collections.ConfigDict,
   if first < 0:
     return
   what = ", ".join(n for i, n in enumerate(NONFINITE) if int(health["first_code"]) >> i & 1)
-  kept = (f"The last good checkpoint is kept in {os.path.join(workdir, 'checkpoints')}")
+  kept = (f"The last good checkpoint is kept in {storage.join(workdir, 'checkpoints')}")
   if not train_cfg.skip_nonfinite:
     raise NonFiniteLossError(f"non-finite {what} at step {first}; stopping. {kept} (set "
                              "train.skip_nonfinite to skip such steps)")
@@ -275,7 +274,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   # remat_policy=auto: compile the candidates for these devices, take the least recompute
   # that fits; the choice is cached in the workdir for restarts.
   cfg = plan_lib.resolve(cfg, sampled.vocab_size, jax.devices(),
-                         cache_file=os.path.join(workdir, PLAN_FILE),
+                         cache_file=storage.join(workdir, PLAN_FILE),
                          say=lambda line: print(line, flush=True) if is_main else None)
   model_config = model_config_from(cfg, sampled.vocab_size)
   try:
@@ -312,9 +311,9 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   if is_main:
     print(metrics_lib.config_line(model_config, count_params(abstract.params), cfg,
                                   total_steps, stop_at, mesh,
-                                  os.path.join(workdir, CONFIG_FILE)), flush=True)
+                                  storage.join(workdir, CONFIG_FILE)), flush=True)
   epoch_saves = epoch_checkpoint_steps(cfg.checkpoint, pipeline)
-  mngr = ckpt_lib.manager(os.path.join(workdir, "checkpoints"), cfg.checkpoint.keep,
+  mngr = ckpt_lib.manager(storage.join(workdir, "checkpoints"), cfg.checkpoint.keep,
                           cfg.checkpoint.async_save,
                           keep_steps=epoch_saves if cfg.checkpoint.keep_epochs else ())
   iterator = pipeline.iterator()
@@ -371,6 +370,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   def save(force: bool = False):
     check_finite()
     ckpt_lib.save(mngr, step, state, iterator.get_state(), saved_config, force=force)
+    writer.sync()  # a bucket's copy of the logs keeps up with the checkpoints
 
   with _Preemption(mngr) as preemption:
     while step < stop_at:
@@ -380,7 +380,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         logging.info("data exhausted at step %d", step)
         break
       if is_main and profile and step == profile.start:
-        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        jax.profiler.start_trace(writer.local_dir("profile"))
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
                for k, v in local.items()}
       bp = registry.bp_steps_at(step + 1, total_steps, model_config)
@@ -391,8 +391,9 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
       if is_main and profile and step == profile.stop:
         jax.block_until_ready(metrics)
         jax.profiler.stop_trace()
+        writer.upload_dir("profile")
         print(f"Profiled steps {profile.start + 1}-{profile.stop}: "
-              f"{os.path.join(workdir, 'profile')}", flush=True)
+              f"{storage.join(workdir, 'profile')}", flush=True)
       row: dict[str, float] = {}
       if step % cfg.log.every_steps == 0 or step == stop_at:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hrm_jax import atomic, errors
+from hrm_jax import atomic, errors, storage
 
 # Dense bf16 peak FLOP/s per device (vendor figures).
 PEAK_FLOPS = {
@@ -51,6 +51,7 @@ def peak_flops_per_device(device: Optional[jax.Device] = None) -> float:
   return 1e15
 
 
+METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_run_id"  # in the workdir: a resumed run continues the same W&B run
 
 
@@ -63,26 +64,57 @@ class MetricWriter:
   logged after the step it resumes from (a run killed after its last checkpoint logged
   steps it will repeat), so every step appears once (W&B keeps its first copy of a step); a
   run that starts from step 0 in a workdir whose checkpoints are gone drops them all.
+
+  A workdir in a bucket cannot be appended to: the files are written in a local staging
+  folder (`storage.staging`) and uploaded whole by `sync`, at most every `upload_every_s`
+  seconds, at every checkpoint and at the end, so a step costs no upload. A resumed run
+  starts from the bucket's metrics.jsonl (the truth, wherever the run ran before).
   """
 
   def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0,
                wandb_project: str = "", wandb_entity: str = "", wandb_run_name: str = "",
-               config: Optional[dict] = None):
+               config: Optional[dict] = None, upload_every_s: float = 60.0):
     self.enabled = enabled and jax.process_index() == 0
+    self.workdir = workdir
+    self.remote = storage.is_remote(workdir)
+    self._local = (str(storage.staging(workdir, "runs")) if self.remote
+                   else os.path.expanduser(workdir))
+    self._upload_every_s, self._last_upload = upload_every_s, time.monotonic()
+    self._synced_at = 0.0  # wall time of the last upload: files changed since go up again
     self._jsonl = None
     self._tb = None
     self._wandb = None
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      path = os.path.join(workdir, "metrics.jsonl")
+      os.makedirs(self._local, exist_ok=True)
+      path = os.path.join(self._local, METRICS_FILE)
+      if self.remote:
+        self._fetch(path)
       if os.path.exists(path):  # a run started afresh (step 0) starts a fresh file
         _drop_rows_after(path, resume_step)
       self._jsonl = open(path, "a", encoding="utf-8")
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+      self._tb = SummaryWriter(os.path.join(self._local, "tensorboard"),
                                purge_step=resume_step + 1)
       if wandb_project:
-        self._wandb = _wandb_run(workdir, wandb_project, wandb_entity, wandb_run_name, config)
+        self._wandb = _wandb_run(workdir, self._local, wandb_project, wandb_entity,
+                                 wandb_run_name, config)
+
+  def _fetch(self, local: str) -> None:
+    """The bucket's metrics.jsonl as the staged copy (none there: no staged copy)."""
+    remote = storage.path(storage.join(self.workdir, METRICS_FILE))
+    if remote.exists():
+      atomic.write_text(local, remote.read_text(encoding="utf-8"))
+    elif os.path.exists(local):
+      os.remove(local)
+
+  def local_dir(self, name: str) -> str:
+    """Where to write the run's folder `name` (the staging folder's for a bucket)."""
+    return os.path.join(self._local, name)
+
+  def upload_dir(self, name: str) -> None:
+    """Upload the staged folder `name` to the bucket (nothing to do for a local workdir)."""
+    if self.remote and self.enabled and os.path.isdir(self.local_dir(name)):
+      storage.upload_tree(self.local_dir(name), storage.join(self.workdir, name))
 
   def write(self, step: int, values: dict[str, Any]) -> None:
     if not self.enabled:
@@ -99,9 +131,29 @@ class MetricWriter:
     self._tb.flush()
     if self._wandb is not None:
       self._wandb.log(scalars, step=int(step))
+    if self.remote and time.monotonic() - self._last_upload >= self._upload_every_s:
+      self.sync()
+
+  def sync(self) -> None:
+    """Upload metrics.jsonl and the TensorBoard files changed since the last upload, each as
+    one whole object (a bucket workdir; nothing to do for a local one)."""
+    if not (self.remote and self.enabled):
+      return
+    started = time.time()
+    self._jsonl.flush()
+    self._tb.flush()
+    for folder, _, files in os.walk(self._local):
+      for name in files:
+        local = os.path.join(folder, name)
+        rel = os.path.relpath(local, self._local)
+        if (rel == METRICS_FILE or rel.startswith("tensorboard" + os.sep)) and \
+            os.path.getmtime(local) >= self._synced_at - 1:
+          storage.put_file(local, storage.join(self.workdir, *rel.split(os.sep)))
+    self._synced_at, self._last_upload = started, time.monotonic()
 
   def close(self) -> None:
     if self._jsonl:
+      self.sync()
       self._jsonl.close()
     if self._tb:
       self._tb.close()
@@ -113,23 +165,23 @@ class MissingExtraError(errors.UserError, ImportError):
   """The config asks for an optional dependency that is not installed."""
 
 
-def _wandb_run(workdir: str, project: str, entity: str, name: str, config: Optional[dict]):
-  """A W&B run whose files live in <workdir>/wandb; its id is kept in the workdir, so a
-  resumed training run appends to the same W&B run."""
+def _wandb_run(workdir: str, local: str, project: str, entity: str, name: str,
+               config: Optional[dict]):
+  """A W&B run whose files live in <local>/wandb (the workdir, or its staging folder); its id
+  is kept in the workdir, so a resumed training run appends to the same W&B run."""
   try:
     import wandb
   except ImportError:
     raise MissingExtraError("--config.log.wandb_project is set but wandb is not installed: "
                       "pip install 'hrm_jax[wandb]' (or unset log.wandb_project)") from None
-  id_file = os.path.join(workdir, WANDB_ID_FILE)
-  if os.path.exists(id_file):
-    with open(id_file, encoding="utf-8") as f:
-      run_id = f.read().strip()
+  id_file = storage.path(storage.join(workdir, WANDB_ID_FILE))
+  if id_file.exists():
+    run_id = id_file.read_text(encoding="utf-8").strip()
   else:
     run_id = secrets.token_hex(8)  # W&B ids: lowercase letters and digits
-    atomic.write_text(id_file, run_id + "\n")
+    atomic.write_text(str(id_file), run_id + "\n")
   return wandb.init(project=project, entity=entity or None, name=name or None, id=run_id,
-                    resume="allow", dir=workdir, config=config)
+                    resume="allow", dir=local, config=config)
 
 
 def _drop_rows_after(path: str, step: int) -> None:

@@ -20,14 +20,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import ml_collections
 
-from hrm_jax import atomic
+from hrm_jax import atomic, storage
 from hrm_jax import config as config_lib
 from hrm_jax import errors
 from hrm_jax import flops as flops_lib
@@ -256,11 +255,10 @@ def choose(cfg: ml_collections.ConfigDict, vocab_size: int, devices: Sequence[An
 
 
 def _read_cache(path: Optional[str]) -> dict:
-  if not path or not os.path.exists(path):
+  if not path or not storage.path(path).exists():
     return {}
   try:
-    with open(path, encoding="utf-8") as f:
-      cache = json.load(f)
+    cache = json.loads(storage.path(path).read_text(encoding="utf-8"))
   except (OSError, ValueError) as e:
     logging.warning("ignoring the remat plan cache %s: %s", path, e)
     return {}

@@ -10,7 +10,8 @@ locks once: process 0 holds the lock and tells the others, through JAX's coordin
 service, whether the run may go on. The file stays after the run (it holds a lock only while
 a process has it open); it names the last holder, which a refused run prints. A run that
 stops before writing anything else (a config error) removes the lock file and the workdir it
-created, leaving the disk as it was.
+created, leaving the disk as it was. A workdir in a bucket is locked on this machine only
+(see `held`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Iterator, Optional
 import jax
 from jax._src import distributed as jax_distributed
 
-from hrm_jax import errors
+from hrm_jax import errors, storage
 
 LOCK_FILE = "train.lock"
 _KEY = "hrm_jax/workdir_lock/"
@@ -97,7 +98,13 @@ def _share(message: Optional[str]) -> Optional[str]:
 
 @contextlib.contextmanager
 def held(workdir: str) -> Iterator[None]:
-  """Hold `workdir`'s lock for the block (process 0); every process raises if it is taken."""
+  """Hold `workdir`'s lock for the block (process 0); every process raises if it is taken.
+
+  A bucket has no locks: a workdir there is locked in its local staging folder
+  (`storage.staging`), which refuses a second run on the same machine only."""
+  if storage.is_remote(workdir):
+    storage.require(workdir)
+    workdir = str(storage.staging(workdir, "runs"))
   fd, failure = None, None
   created = not os.path.lexists(workdir)
   fresh_lock = created or not os.path.lexists(os.path.join(workdir, LOCK_FILE))
