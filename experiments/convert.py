@@ -21,12 +21,11 @@ README) kept. A training run, a data set or a native checkpoint is never replace
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags
 
-from hrm_jax import atomic, cli, hf, loading, native
+from hrm_jax import atomic, cli, hf, loading, native, storage
 
 # Copied into a converted checkpoint, so generate.py finds the tokenizer there.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_info.json")
@@ -71,8 +70,9 @@ def convert(f: flags.FlagValues) -> None:
     atomic.check_replaceable(f.to, overwrite=False)  # fail before the work
     atomic.check_writable(f.to, "--to")
     config, variables = hf.load(f.from_hf)
-    tokenizer_files = [p for p in (os.path.join(f.from_hf, n) for n in TOKENIZER_FILES)
-                       if os.path.exists(p)]
+    tokenizer_files = [storage.cached_copy(p) if storage.is_remote(p) else p
+                       for p in (storage.join(f.from_hf, n) for n in TOKENIZER_FILES)
+                       if storage.path(p).exists()]
     native.save(f.to, config, variables, extra_files=tokenizer_files)
     print(f"wrote native checkpoint {f.to} ({config.layers_per_stack} layers per stack, "
           f"hidden {config.hidden_size})")

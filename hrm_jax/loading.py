@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from hrm_jax import checkpoints, data, hf, native, tokenizer
+from hrm_jax import checkpoints, data, hf, native, storage, tokenizer
 from hrm_jax.config import ModelConfig
 
 
 def is_hf(path: str | os.PathLike) -> bool:
   """A Hugging Face directory has config.json at its top (a native checkpoint never does)."""
-  return os.path.exists(os.path.join(path, "config.json"))
+  return storage.path(storage.join(path, "config.json")).exists()
 
 
 def load_model(checkpoint: str | os.PathLike, use_ema: bool = True) -> tuple[ModelConfig, dict]:
@@ -37,7 +37,8 @@ def training_tokenizer(checkpoint: str | os.PathLike) -> str:
     demo = data.ensure_demo_data(os.path.expanduser(saved["data"]["demo_dir"]),
                                  epochs=saved["train"]["epochs"], seed=saved["data"]["seed"])
     return demo.tokenizer_path
-  if source == "path" and os.path.exists(os.path.join(saved["data"]["path"], "metadata.json")):
+  if source == "path" and storage.path(storage.join(saved["data"]["path"],
+                                                     "metadata.json")).exists():
     return saved["data"]["path"]  # tokenizer.load reads metadata.json's tokenizer_info
   raise FileNotFoundError(f"checkpoint {checkpoint}: its saved config names no tokenizer that "
                           f"exists (data.source={source!r}); pass the tokenizer explicitly "
@@ -49,7 +50,7 @@ def load_tokenizer(checkpoint: str | os.PathLike,
   """`explicit`, else tokenizer.json beside the checkpoint, else the training data's."""
   if explicit:
     return tokenizer.load(explicit)
-  if os.path.exists(os.path.join(checkpoint, "tokenizer.json")):
+  if storage.path(storage.join(checkpoint, "tokenizer.json")).exists():
     return tokenizer.load(str(checkpoint))
   if is_hf(checkpoint):
     raise FileNotFoundError(f"{checkpoint} is a Hugging Face directory without tokenizer.json; "

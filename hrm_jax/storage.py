@@ -17,11 +17,9 @@ commands and credentials.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import pathlib
-import shutil
 import tempfile
 from typing import Any, Iterable, Sequence
 from urllib import parse
@@ -58,7 +56,14 @@ def configure() -> None:
   tensorstore (orbax's array writer) reads neither STORAGE_EMULATOR_HOST nor, for its s3
   driver, AWS_ENDPOINT_URL; the first is passed on here, the second in `s3_kvstore`. With an
   emulator, gcsfs's bucket-type probe (a control-plane API emulators lack) is turned off.
+  fsspec's cache of directory listings is turned off for the buckets.
   """
+  try:  # listings are read fresh: other processes and hosts write the same bucket
+    import fsspec  # pylint: disable=g-import-not-at-top - with the optional extras only
+    for protocol in ("gs", "gcs", "s3", "s3a"):
+      fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
+  except ImportError:
+    pass
   emulator = os.environ.get("STORAGE_EMULATOR_HOST")
   if emulator:
     url = emulator if "://" in emulator else f"http://{emulator}"
@@ -226,12 +231,7 @@ def s3_kvstore(url: str) -> dict[str, Any]:
   region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
   if region:
     spec["aws_region"] = region
+  if os.environ.get("AWS_ACCESS_KEY_ID"):  # keys in the environment: use them, and only them
+    spec["aws_credentials"] = {"type": "environment"}
   return spec
 
-
-def digest(text_: str) -> str:
-  return hashlib.blake2b(text_.encode(), digest_size=8).hexdigest()
-
-
-def copy_local_tree(src: Any, dst: Any) -> None:
-  shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import tokenizers
 
+from hrm_jax import storage
+
 # Published defaults, the released tokenizer's Qwen-style markers (docs/reference.md#prompt-format).
 DEFAULT_BOQ = "<|im_start|>"
 DEFAULT_EOQ = "<|im_end|>"
@@ -183,7 +185,10 @@ def _read_json(path: str) -> Any:
 
 def load(path: str) -> Tokenizer:
   """A tokenizer.json, or a directory with tokenizer.json and tokenizer_info.json (or a
-  data_io directory whose metadata.json holds `tokenizer_info`)."""
+  data_io directory whose metadata.json holds `tokenizer_info`); local or in a bucket (the
+  files are read from local cached copies)."""
+  if storage.is_remote(path):
+    path = _local_copy(path)
   if os.path.isfile(path):
     return Tokenizer.load(path)
   if not os.path.isdir(path):
@@ -200,3 +205,15 @@ def load(path: str) -> Tokenizer:
   if not os.path.exists(tok_json):
     raise FileNotFoundError(f"{path}: no tokenizer.json found")
   return Tokenizer.load(tok_json, info)
+
+
+def _local_copy(url: str) -> str:
+  """The tokenizer files of a bucket path (a file, or those of a folder) as local copies."""
+  if storage.path(url).is_file():
+    return str(storage.cached_copy(url))
+  found = [storage.cached_copy(storage.join(url, name)) for name in
+           ("tokenizer.json", "tokenizer_info.json", "metadata.json")
+           if storage.path(storage.join(url, name)).is_file()]
+  if not found:
+    raise FileNotFoundError(f"no tokenizer at {url}")
+  return str(found[0].parent)
