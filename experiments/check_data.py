@@ -15,12 +15,11 @@ one.
 
 from __future__ import annotations
 
-import os
 
 from absl import app, flags
 import numpy as np
 
-from hrm_jax import atomic, cli
+from hrm_jax import atomic, cli, storage
 from hrm_jax.data import sampled
 
 _RECORD = flags.DEFINE_bool("record", False, f"write {sampled.TOKEN_CHECK} into the directory "
@@ -41,10 +40,10 @@ def users_of(data: sampled.SampledData, index: int) -> str:
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: check_data.py DIR [--record] [--vocab_size=N]")
-  path = os.path.abspath(argv[1])
-  tok_file = os.path.join(path, "tokens.npy")
+  path = storage.text(argv[1])
+  tok_file = storage.join(path, "tokens.npy")
   if _RECORD.value:  # before the scan, which reads every token
-    atomic.check_writable(os.path.join(path, sampled.TOKEN_CHECK), "--record")
+    atomic.check_writable(storage.join(path, sampled.TOKEN_CHECK), "--record")
   try:
     # What open validates, without its id check (and without trusting a record).
     data = sampled.open_sampled(path, vocab_size=np.iinfo(np.int64).max)
@@ -62,9 +61,9 @@ def main(argv):
         f"examples; {sampled.TOKEN_CHECK}: "
         f"{'current' if record else 'absent or stale'}")
   if _RECORD.value:
-    atomic.write_json(os.path.join(path, sampled.TOKEN_CHECK),
+    atomic.write_json(storage.join(path, sampled.TOKEN_CHECK),
                       sampled.token_record(tok_file, tokens.dtype, lo, hi))
-    print(f"wrote {os.path.join(path, sampled.TOKEN_CHECK)}")
+    print(f"wrote {storage.join(path, sampled.TOKEN_CHECK)}")
 
 
 if __name__ == "__main__":

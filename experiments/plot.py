@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags
 
-from hrm_jax import cli, jsonl, plotting
+from hrm_jax import cli, jsonl, plotting, storage
 
 # Not `required=True`: tests import this module beside other scripts, and absl checks
 # required flags of every imported module on each parse.
@@ -32,12 +32,13 @@ METRICS_FILE = "metrics.jsonl"
 
 def read_metrics(workdir: str) -> dict[int, dict]:
   """{step: row} of a workdir's metrics.jsonl, keeping the last row of a repeated step."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = storage.join(workdir, METRICS_FILE)
+  if not storage.path(path).exists():
     raise FileNotFoundError(f"--workdir={workdir}: {path} does not exist (is it a training "
                             "workdir?)")
   rows: dict[int, dict] = {}
-  for n, row in jsonl.read_objects(path):
+  local = storage.cached_copy(path) if storage.is_remote(path) else path
+  for n, row in jsonl.read_objects(str(local)):
     if "step" not in row:
       raise ValueError(f"{path}:{n}: expected an object with 'step'")
     rows[int(row["step"])] = row
@@ -53,13 +54,14 @@ def main(argv: list[str]) -> None:
   metrics = [m.strip() for m in f.metrics.split(",") if m.strip()]
   if not workdirs or not metrics:
     raise app.UsageError("--workdir and --metrics need at least one name each")
-  out = f.out or os.path.join(workdirs[0], "curves.png")
+  out = f.out or storage.join(workdirs[0], "curves.png")
   # The default curves.png is redrawn on every run; an explicit --out only with --overwrite.
   plotting.check_png_path(out, "--out", replace=f.out is None or f.overwrite)
   try:
     runs = {}
     for w in workdirs:
-      name = os.path.basename(os.path.normpath(w))
+      name = w.rstrip("/").rsplit("/", 1)[-1] if storage.is_remote(w) else \
+          os.path.basename(os.path.normpath(w))
       runs[name if name not in runs else w] = read_metrics(w)
     plotting.plot(runs, metrics, out)
   except (FileNotFoundError, ValueError) as e:

@@ -25,7 +25,7 @@ import os
 
 from absl import app, flags
 
-from hrm_jax import cli, data
+from hrm_jax import cli, data, storage
 from hrm_jax.tokenizer import Tokenizer
 
 _JSONL = flags.DEFINE_list("jsonl", [], "input JSONL file(s), comma-separated")
@@ -96,7 +96,7 @@ def main(argv):
   except data.DataError as e:
     cli.fail(str(e))
   print(summary.table())
-  print(f"\nwrote {_EPOCHS.value} epoch(s) to {os.path.abspath(_OUT.value)} "
+  print(f"\nwrote {_EPOCHS.value} epoch(s) to {storage.text(_OUT.value)} "
         f"(max_seq_len {_MAX_SEQ_LEN.value}, long_context={_LONG.value})")
 
 

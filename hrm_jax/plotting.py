@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hrm_jax import atomic  # noqa: E402
+from hrm_jax import atomic, storage  # noqa: E402
 
 
 def plot(runs: dict[str, dict[int, dict]], metrics: list[str], out: str,
@@ -48,12 +48,13 @@ def check_png_path(path: str, flag: str, replace: bool) -> None:
   """Before any work: `path` can be written, and what it would replace is a PNG image (never
   a run's metrics.jsonl or another file of the user's) that `replace` allows to go."""
   atomic.check_writable(path, flag)
-  if os.path.isdir(path):
+  target = storage.path(path)
+  if target.is_dir():
     raise IsADirectoryError(f"{flag}={path} is a directory; expected a .png file path")
-  if not os.path.lexists(path):
+  if not (target.exists() or os.path.islink(path)):
     return
   try:
-    with open(path, "rb") as f:
+    with target.open("rb") as f:
       is_png = f.read(len(PNG_MAGIC)) == PNG_MAGIC
   except OSError:
     is_png = False

@@ -184,7 +184,43 @@ def test_train_killed_resumed_then_generate_and_convert(bucket, tmp_path):
   again = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True,
                          timeout=300)
   assert again.returncode == 0 and again.stdout == gen.stdout, again.stderr[-3000:]
+
+  cmd, full_env = _script("plot.py", f"--workdir={url}/run", env=env)
+  plot = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True,
+                        timeout=300)
+  assert plot.returncode == 0, plot.stderr[-3000:]
+  assert storage.path(f"{url}/run/curves.png").read_bytes()[:4] == b"\x89PNG"
   assert not os.listdir(cwd)  # no local folder named after the URL, nothing else either
+
+
+@pytest.mark.slow
+def test_prepare_and_check_data_in_a_bucket(bucket, tmp_path):
+  url, env = bucket
+  env = {**env, storage.CACHE_ENV: str(tmp_path / "cache")}
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  tok = tmp_path / "tokenizer.json"
+  demo.build_tokenizer().save(str(tok))
+  rows = tmp_path / "in.jsonl"
+  rows.write_text("".join(json.dumps({"instruction": f"{i}+1", "response": str(i + 1)}) + "\n"
+                          for i in range(50)))
+  cmd, full_env = _script("prepare_data.py", f"--jsonl={rows}", f"--tokenizer={tok}",
+                          f"--out={url}/prepared", "--epochs=2", "--workers=1", env=env)
+  out = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  data = open_sampled(f"{url}/prepared")
+  assert data.num_epochs == 2 and len(data.examples(0)) == 50
+  again = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True,
+                         timeout=300)
+  assert again.returncode == 2 and "already holds objects" in again.stderr, again.stderr
+
+  cmd, full_env = _script("check_data.py", f"{url}/prepared", "--record", env=env)
+  check = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True,
+                         timeout=300)
+  assert check.returncode == 0, check.stderr[-3000:]
+  record = json.loads(storage.path(f"{url}/prepared/token_check.json").read_text())
+  assert record["bytes"] == storage.size(f"{url}/prepared/tokens.npy")
+  assert not os.listdir(cwd)
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import tqdm
 
-from hrm_jax import jsonl
+from hrm_jax import jsonl, storage
 from hrm_jax.data.sampled import MIN_RESP_LEN, DataError, sampled_writer, token_dtype
 from hrm_jax.tokenizer import Tokenizer, unencodable
 
@@ -337,7 +337,7 @@ def prepare_jsonl(files: Sequence[str], tokenizer: Tokenizer, out: str, *, epoch
       raise DataError(f"{file}: has a repeat factor but is not an input")
     if not r > 0:
       raise DataError(f"{file}: repeat factor {r} must be > 0")
-  out = os.path.abspath(out)
+  out = storage.text(out)
   info = dict(tokenizer.info.to_dict(), tokenizer_path=out,
               vocab_size=tokenizer.tokenizer_vocab_size)
   rules = Rules(max_seq_len + 1, long_context, token_dtype(tokenizer.tokenizer_vocab_size))

@@ -296,7 +296,7 @@ def scan_tokens(tokens: np.ndarray, vocab: int) -> tuple[int, int, int | None]:
 
 def token_record(tokens_file: str, dtype: np.dtype, min_id: int, max_id: int) -> dict[str, Any]:
   """The `token_check.json` record: the id range of tokens.npy while it has this size."""
-  return {"file": "tokens.npy", "bytes": os.path.getsize(tokens_file), "dtype": dtype.name,
+  return {"file": "tokens.npy", "bytes": storage.size(tokens_file), "dtype": dtype.name,
           "min_id": int(min_id), "max_id": int(max_id)}
 
 
