@@ -19,6 +19,13 @@
   and is read in chunks, so it is not held.
 - pipeline: batches/s and tokens/s of `hrm_jax.data.Pipeline` on the demo data (8 x 256) and
   a synthetic directory (16 x 4096), and the demo model's training step for the ratio.
+- bucket: a training step's wait for its batch when the data is in a bucket (local servers:
+  moto's S3 and the GCS emulator, started here as the tests start them) against local disk,
+  with the synthetic directory (16 x 4,096 tokens a batch): each step takes its batch, then
+  sleeps each of --step_ms as a device step would (the GIL free for the read-ahead threads).
+  Rounds interleave local and bucket, medians reported, with the raw batches/s without the
+  sleep (a store slower than one batch a step cannot be hidden by any read-ahead).
+  The load average is printed; above 1.5 the figures measure the contention.
 With --baseline_root (a checkout) or --baseline_commit (a commit of this repository, exported
 with `git archive` to a temporary folder), prepare and plan also run on that code in the same
 run, side by side with the ratio: b001db2 is the code before the streaming prepare and the
@@ -31,6 +38,7 @@ streaming prepare landed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -47,7 +55,10 @@ from hrm_jax import cli, data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_ONLY = flags.DEFINE_list("only", ["prepare", "plan", "index", "pipeline"], "sections to run")
+_ONLY = flags.DEFINE_list("only", ["prepare", "plan", "index", "pipeline", "bucket"],
+                          "sections to run")
+_STEP_MS = flags.DEFINE_list("step_ms", ["100", "300"], "bucket: simulated device steps (ms)")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "bucket: interleaved rounds per store")
 _BATCHES = flags.DEFINE_integer("batches", 200, "batches timed per configuration")
 _PREFETCH = flags.DEFINE_integer("prefetch", 2, "pipeline prefetch (threads)")
 _MODEL = flags.DEFINE_bool("model", True, "also time the demo model's training step")
@@ -371,7 +382,56 @@ def time_pipeline(path: str, rows: int, row_len: int, batches: int) -> tuple[flo
     except StopIteration:
       break
     n += 1
-  return time.perf_counter() - t, plan, n
+  elapsed = time.perf_counter() - t
+  it.close()
+  time.sleep(1.0)  # the reads in flight finish (a bucket's server is stopped after)
+  return elapsed, plan, n
+
+
+def bucket_wait(path: str, steps: int, step_s: float) -> tuple[float, float]:
+  """(median seconds a step waits for its batch, median seconds per whole step) over `steps`
+  steps after the first 4 (read-ahead filling), each step sleeping `step_s` after its batch."""
+  pipe = data.Pipeline(data.open_sampled(path), rows=16, row_len=4096,
+                       prefetch=_PREFETCH.value)
+  it = pipe.iterator()
+  waits, whole = [], []
+  for i in range(steps + 4):
+    t = time.perf_counter()
+    next(it)
+    got = time.perf_counter()
+    time.sleep(step_s)
+    if i >= 4:
+      waits.append(got - t)
+      whole.append(time.perf_counter() - t)
+  it.close()
+  time.sleep(1.0)  # the reads in flight finish while the server is up
+  return float(np.median(waits)), float(np.median(whole))
+
+
+def bucket_rows(tmp: str, step_s: float) -> list[tuple]:
+  """Per store (local, s3, gcs): median wait ms, median step ms, batches/s without a step."""
+  sys.path.insert(0, os.path.join(ROOT, "tests"))  # the servers the tests start
+  import object_stores  # pylint: disable=g-import-not-at-top
+  from hrm_jax import storage  # pylint: disable=g-import-not-at-top
+  synth = os.path.join(tmp, "synthetic")
+  if not os.path.isdir(synth):
+    synthetic_dir(tmp)
+  paths = {"local disk": synth}
+  with contextlib.ExitStack() as stack:
+    for kind in ("s3", "gcs"):
+      url, env = stack.enter_context(object_stores.server(kind, f"bench-{kind}", tmp))
+      os.environ.update(env)
+      storage.configure.cache_clear()
+      storage.configure()
+      storage.upload_tree(synth, f"{url}/synthetic", last=["metadata.json"])  # per server
+      paths[f"{kind} (local server)"] = f"{url}/synthetic"
+    results: dict[str, list] = {name: [] for name in paths}
+    for r in range(_ROUNDS.value):
+      for name in (list(paths) if r % 2 == 0 else list(paths)[::-1]):
+        wait, step = bucket_wait(paths[name], 30, step_s)
+        secs, _, n = time_pipeline(paths[name], 16, 4096, 30)
+        results[name].append((wait, step, n / secs))
+  return [(name, *np.median(np.array(v), axis=0)) for name, v in results.items()]
 
 
 def model_tokens_per_s() -> float:
@@ -462,6 +522,21 @@ def main(_):
       print("|---|---|---|---|")
       for n, r in index_rows(tmp):
         print(f"| {n:,} | {r['open_mib']:.0f} | {r['held_mib']:.0f} | {r['peak_mib']:.0f} |")
+    if "bucket" in _ONLY.value:
+      load = os.getloadavg()[0]
+      print(f"\n## data in a bucket vs local disk (16 x 4096 tokens; read-ahead "
+            f"{data.pipeline.BUCKET_READ_AHEAD} batches in a bucket, {_PREFETCH.value} local; "
+            f"load average {load:.2f}"
+            + (": ABOVE 1.5, figures measure the contention" if load > 1.5 else "") + ")\n")
+      print("| step ms | data | wait for batch ms (median) | step ms (median) | step vs local "
+            "| batches/s, no step |")
+      print("|---|---|---|---|---|---|")
+      for step_ms in map(float, _STEP_MS.value):
+        rows = bucket_rows(tmp, step_ms / 1e3)
+        base = rows[0][2]
+        for name, wait, step, rate in rows:
+          print(f"| {step_ms:g} | {name} | {1e3 * wait:.2f} | {1e3 * step:.1f} | "
+                f"{step / base:.3f}x | {rate:.1f} |", flush=True)
   if "pipeline" not in _ONLY.value:
     return
   print("\n## pipeline\n")

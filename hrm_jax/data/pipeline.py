@@ -27,10 +27,11 @@ from hrm_jax import atomic
 from hrm_jax.data import multipack
 from hrm_jax.data.multipack import EpochPlan
 from hrm_jax.data.packing import IGNORE_LABEL, empty_rows, fill_row
-from hrm_jax.data.sampled import DataError, SampledData, read_spans
+from hrm_jax.data.sampled import DataError, RemoteTokens, SampledData, read_spans
 
 STATE_VERSION = 1
 PLAN_CACHE_VERSION = 1  # bump when the plan of given lengths changes
+BUCKET_READ_AHEAD = 8  # batches in flight when the data is in a bucket
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,14 @@ class Pipeline:
     self.local_rows = rows // process_count
     self._row_lo = process_index * self.local_rows
     self.plan_cache = plan_cache
+
+  @property
+  def read_ahead(self) -> int:
+    """Batches prepared ahead of the step: `prefetch`, and at least BUCKET_READ_AHEAD when
+    tokens.npy is in a bucket (each batch then waits on the network)."""
+    if isinstance(self.sampled.tokens, RemoteTokens):
+      return max(self.prefetch, BUCKET_READ_AHEAD)
+    return self.prefetch
 
   @property
   def global_batch_tokens(self) -> int:
@@ -184,8 +193,8 @@ class PipelineIterator(Iterator[dict[str, np.ndarray]]):
   def __init__(self, pipeline: Pipeline, start_step: int):
     self.pipeline = pipeline
     total = int(pipeline._offsets[-1])
-    threads = min(pipeline.prefetch, 4)
-    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=pipeline.prefetch)
+    ahead = pipeline.read_ahead
+    options = grain.ReadOptions(num_threads=min(ahead, 4), prefetch_buffer_size=ahead)
     self._dataset = grain.MapDataset.range(total).map(pipeline.batch).to_iter_dataset(options)
     self._it = iter(self._dataset)
     if start_step:
@@ -193,6 +202,10 @@ class PipelineIterator(Iterator[dict[str, np.ndarray]]):
 
   def __next__(self) -> dict[str, np.ndarray]:
     return next(self._it)
+
+  def close(self) -> None:
+    """Stop reading ahead (batches already being read finish in the background)."""
+    self._it.close()
 
   @property
   def next_step(self) -> int:

@@ -432,6 +432,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     if not preempted and mngr.latest_step() != step:
       save(force=True)
     ckpt_lib.wait(mngr, step)  # inside: a second Ctrl-C during the write exits cleanly
+  iterator.close()
   mngr.close()
   writer.close()
   return TrainResult(state=state, model_config=model_config, last_metrics=last,
