@@ -408,30 +408,32 @@ def bucket_wait(path: str, steps: int, step_s: float) -> tuple[float, float]:
   return float(np.median(waits)), float(np.median(whole))
 
 
-def bucket_rows(tmp: str, step_s: float) -> list[tuple]:
-  """Per store (local, s3, gcs): median wait ms, median step ms, batches/s without a step."""
+def bucket_rows(tmp: str, steps_s: list[float]) -> list[tuple]:
+  """Per simulated step and store (local, s3, gcs): median wait ms, median step ms, and
+  batches/s without a step."""
   sys.path.insert(0, os.path.join(ROOT, "tests"))  # the servers the tests start
   import object_stores  # pylint: disable=g-import-not-at-top
   from hrm_jax import storage  # pylint: disable=g-import-not-at-top
-  synth = os.path.join(tmp, "synthetic")
-  if not os.path.isdir(synth):
-    synthetic_dir(tmp)
+  synth = synthetic_dir(tmp)
   paths = {"local disk": synth}
   with contextlib.ExitStack() as stack:
     for kind in ("s3", "gcs"):
-      url, env = stack.enter_context(object_stores.server(kind, f"bench-{kind}", tmp))
+      url, env = stack.enter_context(object_stores.server(kind, "bench", tmp))
       os.environ.update(env)
       storage.configure.cache_clear()
       storage.configure()
-      storage.upload_tree(synth, f"{url}/synthetic", last=["metadata.json"])  # per server
+      storage.upload_tree(synth, f"{url}/synthetic", last=["metadata.json"])
       paths[f"{kind} (local server)"] = f"{url}/synthetic"
-    results: dict[str, list] = {name: [] for name in paths}
-    for r in range(_ROUNDS.value):
-      for name in (list(paths) if r % 2 == 0 else list(paths)[::-1]):
-        wait, step = bucket_wait(paths[name], 30, step_s)
-        secs, _, n = time_pipeline(paths[name], 16, 4096, 30)
-        results[name].append((wait, step, n / secs))
-  return [(name, *np.median(np.array(v), axis=0)) for name, v in results.items()]
+    out = []
+    for step_s in steps_s:
+      results: dict[str, list] = {name: [] for name in paths}
+      for r in range(_ROUNDS.value):
+        for name in (list(paths) if r % 2 == 0 else list(paths)[::-1]):
+          wait, step = bucket_wait(paths[name], 30, step_s)
+          secs, _, n = time_pipeline(paths[name], 16, 4096, 30)
+          results[name].append((wait, step, n / secs))
+      out += [(step_s, name, *np.median(np.array(v), axis=0)) for name, v in results.items()]
+  return out
 
 
 def model_tokens_per_s() -> float:
@@ -531,12 +533,13 @@ def main(_):
       print("| step ms | data | wait for batch ms (median) | step ms (median) | step vs local "
             "| batches/s, no step |")
       print("|---|---|---|---|---|---|")
-      for step_ms in map(float, _STEP_MS.value):
-        rows = bucket_rows(tmp, step_ms / 1e3)
-        base = rows[0][2]
-        for name, wait, step, rate in rows:
-          print(f"| {step_ms:g} | {name} | {1e3 * wait:.2f} | {1e3 * step:.1f} | "
-                f"{step / base:.3f}x | {rate:.1f} |", flush=True)
+      base = {}
+      for step_s, name, wait, step, rate in bucket_rows(tmp, [float(v) / 1e3
+                                                                for v in _STEP_MS.value]):
+        base.setdefault(step_s, step)
+        print(f"| {1e3 * step_s:g} | {name} | {1e3 * wait:.2f} | {1e3 * step:.1f} | "
+              f"{step / base[step_s]:.3f}x | {rate:.1f} |", flush=True)
+      print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
   if "pipeline" not in _ONLY.value:
     return
   print("\n## pipeline\n")
