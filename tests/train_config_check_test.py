@@ -50,3 +50,13 @@ def test_microbatches_must_divide_the_rows():
   with pytest.raises(errors.ConfigError, match="microbatches=3 does not divide "
                      f"--config.data.rows={cfg.data.rows}"):
     config_check.check(cfg)
+
+
+def test_a_data_path_on_the_demo_config_is_not_ignored():
+  """Before: `--config.data.path=DIR` on the demo config trained on the demo data."""
+  cfg = configs.get("demo")
+  cfg.data.path = "s3://bucket/sampled"
+  with pytest.raises(errors.ConfigError, match="add --config.data.source=path"):
+    config_check.check(cfg)
+  cfg.data.source = "path"
+  config_check.check(cfg)

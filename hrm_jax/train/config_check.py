@@ -44,3 +44,7 @@ def check(cfg: ml_collections.ConfigDict) -> None:
   if cfg.data.rows % cfg.train.microbatches:
     raise errors.ConfigError(f"--config.train.microbatches={cfg.train.microbatches} does not "
                              f"divide --config.data.rows={cfg.data.rows}")
+  if cfg.data.source == "demo" and cfg.data.path:
+    raise errors.ConfigError(f"--config.data.path={cfg.data.path} is set but this config "
+                             "trains on the embedded demo data (data.source='demo'); add "
+                             "--config.data.source=path to train on it")
