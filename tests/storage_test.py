@@ -125,6 +125,21 @@ def _train_cmd(url, run, env, **extra):
                  *(f"--config.{k}={v}" for k, v in flags.items()), env=env)
 
 
+def _run(where, name, *args):
+  """Run experiments/NAME as a user in the empty folder of `where` = (cwd, env)."""
+  cwd, env = where
+  cmd, full_env = _script(name, *args, env=env)
+  return subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True,
+                        timeout=600)
+
+
+def _user(tmp_path, env):
+  """(an empty working folder, the client environment with a fresh cache)."""
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  return cwd, {**env, storage.CACHE_ENV: str(tmp_path / "cache")}
+
+
 def _metrics(url, run):
   text = storage.path(f"{url}/{run}/metrics.jsonl").read_text()
   return [json.loads(line)["step"] for line in text.splitlines()]
@@ -139,9 +154,7 @@ def _steps(url, run):
 @pytest.mark.slow
 def test_train_killed_resumed_then_generate_and_convert(bucket, tmp_path):
   url, env = bucket
-  env = {**env, storage.CACHE_ENV: str(tmp_path / "cache")}
-  cwd = tmp_path / "cwd"
-  cwd.mkdir()
+  where = cwd, env = _user(tmp_path, env)
   cmd, full_env = _train_cmd(url, "run", env)
   proc = subprocess.Popen(cmd, env=full_env, cwd=cwd, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
@@ -165,29 +178,18 @@ def test_train_killed_resumed_then_generate_and_convert(bucket, tmp_path):
   assert any(p.name.startswith("events.out.tfevents")
              for p in storage.path(f"{url}/run/tensorboard").iterdir())
 
-  cmd, full_env = _script("generate.py", f"--checkpoint={url}/run", "--prompt=12+34=",
-                          "--max_new_tokens=4", env=env)
-  gen = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300)
+  gen = _run(where, "generate.py", f"--checkpoint={url}/run", "--prompt=12+34=",
+             "--max_new_tokens=4")
   assert gen.returncode == 0, gen.stderr[-3000:]  # (a 30-step model may answer nothing)
-
-  cmd, full_env = _script("convert.py", f"--from={url}/run", f"--to_hf={url}/hf", env=env)
-  conv = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True,
-                        timeout=300)
+  conv = _run(where, "convert.py", f"--from={url}/run", f"--to_hf={url}/hf")
   assert conv.returncode == 0, conv.stderr[-3000:]
   assert storage.path(f"{url}/hf/config.json").is_file()
-  cmd, full_env = _script("convert.py", f"--from_hf={url}/hf", f"--to={url}/native", env=env)
-  back = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True,
-                        timeout=300)
+  back = _run(where, "convert.py", f"--from_hf={url}/hf", f"--to={url}/native")
   assert back.returncode == 0, back.stderr[-3000:]
-  cmd, full_env = _script("generate.py", f"--checkpoint={url}/native", "--prompt=12+34=",
-                          "--max_new_tokens=4", env=env)
-  again = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True,
-                         timeout=300)
+  again = _run(where, "generate.py", f"--checkpoint={url}/native", "--prompt=12+34=",
+               "--max_new_tokens=4")
   assert again.returncode == 0 and again.stdout == gen.stdout, again.stderr[-3000:]
-
-  cmd, full_env = _script("plot.py", f"--workdir={url}/run", env=env)
-  plot = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True,
-                        timeout=300)
+  plot = _run(where, "plot.py", f"--workdir={url}/run")
   assert plot.returncode == 0, plot.stderr[-3000:]
   assert storage.path(f"{url}/run/curves.png").read_bytes()[:4] == b"\x89PNG"
   assert not os.listdir(cwd)  # no local folder named after the URL, nothing else either
@@ -196,27 +198,21 @@ def test_train_killed_resumed_then_generate_and_convert(bucket, tmp_path):
 @pytest.mark.slow
 def test_prepare_and_check_data_in_a_bucket(bucket, tmp_path):
   url, env = bucket
-  env = {**env, storage.CACHE_ENV: str(tmp_path / "cache")}
-  cwd = tmp_path / "cwd"
-  cwd.mkdir()
+  where = cwd, _ = _user(tmp_path, env)
   tok = tmp_path / "tokenizer.json"
   demo.build_tokenizer().save(str(tok))
   rows = tmp_path / "in.jsonl"
   rows.write_text("".join(json.dumps({"instruction": f"{i}+1", "response": str(i + 1)}) + "\n"
                           for i in range(50)))
-  cmd, full_env = _script("prepare_data.py", f"--jsonl={rows}", f"--tokenizer={tok}",
-                          f"--out={url}/prepared", "--epochs=2", "--workers=1", env=env)
-  out = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=300)
+  prepare = ("prepare_data.py", f"--jsonl={rows}", f"--tokenizer={tok}",
+             f"--out={url}/prepared", "--epochs=2", "--workers=1")
+  out = _run(where, *prepare)
   assert out.returncode == 0, out.stderr[-3000:]
   data = open_sampled(f"{url}/prepared")
   assert data.num_epochs == 2 and len(data.examples(0)) == 50
-  again = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True,
-                         timeout=300)
+  again = _run(where, *prepare)
   assert again.returncode == 2 and "already holds objects" in again.stderr, again.stderr
-
-  cmd, full_env = _script("check_data.py", f"{url}/prepared", "--record", env=env)
-  check = subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True,
-                         timeout=300)
+  check = _run(where, "check_data.py", f"{url}/prepared", "--record")
   assert check.returncode == 0, check.stderr[-3000:]
   record = json.loads(storage.path(f"{url}/prepared/token_check.json").read_text())
   assert record["bytes"] == storage.size(f"{url}/prepared/tokens.npy")

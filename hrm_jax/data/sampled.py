@@ -111,7 +111,7 @@ class RemoteTokens:
 
   def __init__(self, url: str):
     self.url = url
-    head = storage.read_ranges(url, [0], [_HEADER_READ])[0]
+    head = storage.read_ranges(url, [0], [min(_HEADER_READ, storage.size(url))])[0]
     f = io.BytesIO(head)
     read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
