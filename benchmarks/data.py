@@ -416,6 +416,7 @@ def bucket_rows(tmp: str, steps_s: list[float]) -> list[tuple]:
   from hrm_jax import storage  # pylint: disable=g-import-not-at-top
   synth = synthetic_dir(tmp)
   paths = {"local disk": synth}
+  os.environ[storage.CACHE_ENV] = os.path.join(tmp, "cache")  # the index copies go with tmp
   with contextlib.ExitStack() as stack:
     for kind in ("s3", "gcs"):
       url, env = stack.enter_context(object_stores.server(kind, "bench", tmp))

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from typing import Any, Optional
 
@@ -77,8 +78,10 @@ class MetricWriter:
     self.enabled = enabled and jax.process_index() == 0
     self.workdir = workdir
     self.remote = storage.is_remote(workdir)
-    self._local = (str(storage.staging(workdir, "runs")) if self.remote
-                   else os.path.expanduser(workdir))
+    # In a bucket: this writer's own staging folder (a later run with the same URL, on this
+    # machine, must not upload this one's event files), removed once all is uploaded.
+    self._local = (str(storage.staging(workdir, "runs") / f"session-{os.getpid()}-"
+                       f"{time.time_ns()}") if self.remote else os.path.expanduser(workdir))
     self._upload_every_s, self._last_upload = upload_every_s, time.monotonic()
     self._synced_at = 0.0  # wall time of the last upload: files changed since go up again
     self._jsonl = None
@@ -141,7 +144,8 @@ class MetricWriter:
       return
     started = time.time()
     self._jsonl.flush()
-    self._tb.flush()
+    if self._tb is not None:
+      self._tb.flush()
     for folder, _, files in os.walk(self._local):
       for name in files:
         local = os.path.join(folder, name)
@@ -152,13 +156,17 @@ class MetricWriter:
     self._synced_at, self._last_upload = started, time.monotonic()
 
   def close(self) -> None:
+    if self._tb:
+      self._tb.close()
+      self._tb = None
     if self._jsonl:
       self.sync()
       self._jsonl.close()
-    if self._tb:
-      self._tb.close()
     if self._wandb is not None:
       self._wandb.finish()
+      self.upload_dir("wandb")  # an offline W&B run, for `wandb sync` from the bucket
+    if self.remote and self.enabled:
+      shutil.rmtree(self._local, ignore_errors=True)
 
 
 class MissingExtraError(errors.UserError, ImportError):
