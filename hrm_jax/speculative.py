@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from hrm_jax import decode
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution
 from hrm_jax.models.registry import spec_of
 from hrm_jax.sampling import nucleus_logits, token_keys
 
@@ -106,20 +107,22 @@ class Stats:
             "and verification")
 
 
-def init(config: ModelConfig, draft: ModelConfig, variables: dict, batch: int,
+def init(config: ModelConfig, draft: ModelConfig, execution: Execution, batch: int,
          length: int) -> State:
   """Empty caches of `length` positions; length must hold prompt + budget + k per row."""
   zeros = jnp.zeros(batch, jnp.int32)
-  return State(decode.init(config, variables, batch, length),
-               decode.init(draft, variables, batch, length), zeros, zeros == 1)
+  return State(decode.init(config, execution, batch, length),
+               decode.init(draft, execution, batch, length), zeros, zeros == 1)
 
 
-def refill(config: ModelConfig, draft: ModelConfig, variables: dict, state: State,
-           rows_R: jax.Array, prompt_RxP: jax.Array, lens_R: jax.Array
+def refill(config: ModelConfig, draft: ModelConfig, execution: Execution, variables: dict,
+           state: State, rows_R: jax.Array, prompt_RxP: jax.Array, lens_R: jax.Array
            ) -> tuple[jax.Array, State]:
   """Prefill prompts into rows rows_R of both caches; the full model's next-token logits."""
-  logits_RxV, full = decode.refill(config, variables, state.full, rows_R, prompt_RxP, lens_R)
-  _, small = decode.refill(draft, variables, state.draft, rows_R, prompt_RxP, lens_R)
+  logits_RxV, full = decode.refill(config, execution, variables, state.full, rows_R,
+                                   prompt_RxP, lens_R)
+  _, small = decode.refill(draft, execution, variables, state.draft, rows_R, prompt_RxP,
+                           lens_R)
   return logits_RxV, State(full, small, state.prev_B,
                            state.behind_B.at[rows_R].set(False, mode="drop"))
 
@@ -134,9 +137,9 @@ def _choose(logits_BxV: jax.Array, keys_B: jax.Array, temperature, top_p, greedy
   return token_B, jax.nn.softmax(nucleus_BxV, axis=-1)
 
 
-def propose(config: ModelConfig, draft: ModelConfig, variables: dict, state: State,
-            last_B: jax.Array, index_B: jax.Array, count_B: jax.Array, rng: jax.Array,
-            temperature: jax.Array, top_p: jax.Array, k: int, greedy: bool
+def propose(config: ModelConfig, draft: ModelConfig, execution: Execution, variables: dict,
+            state: State, last_B: jax.Array, index_B: jax.Array, count_B: jax.Array,
+            rng: jax.Array, temperature: jax.Array, top_p: jax.Array, k: int, greedy: bool
             ) -> tuple[Proposal, State]:
   """Draft k tokens after last_B (at position full.pos_B; token index count_B of prompt
   index_B), verify them in one full-depth pass; both caches written up to pos_B + k."""
@@ -148,8 +151,8 @@ def propose(config: ModelConfig, draft: ModelConfig, variables: dict, state: Sta
   # Draft step 0 feeds [prev, last]: prev is stored only where the draft is behind.
   two_Bx2 = jnp.stack([state.prev_B, last_B], axis=1)
   write_Bx2 = jnp.stack([state.behind_B, jnp.ones_like(state.behind_B)], axis=1)
-  logits_Bx2xV, cache = decode.decode_tokens(draft, variables, small.cache, two_Bx2, start_B,
-                                             pos_B - 1, write_Bx2)
+  logits_Bx2xV, cache = decode.decode_tokens(draft, execution, variables, small.cache, two_Bx2,
+                                             start_B, pos_B - 1, write_Bx2)
   d_B, q_BxV = _choose(logits_Bx2xV[:, 1], keys(0, DRAFT), temperature, top_p, greedy)
   b, v = logits_Bx2xV.shape[0], logits_Bx2xV.shape[-1]
   drafts_BxK = jnp.zeros((b, k), jnp.int32).at[:, 0].set(d_B)
@@ -158,8 +161,8 @@ def propose(config: ModelConfig, draft: ModelConfig, variables: dict, state: Sta
   def draft_step(j, carry):
     cache, drafts_BxK, q_BxKxV = carry
     token_Bx1 = jax.lax.dynamic_slice_in_dim(drafts_BxK, j - 1, 1, axis=1)
-    logits_Bx1xV, cache = decode.decode_tokens(draft, variables, cache, token_Bx1, start_B,
-                                               pos_B + j)
+    logits_Bx1xV, cache = decode.decode_tokens(draft, execution, variables, cache, token_Bx1,
+                                               start_B, pos_B + j)
     d_B, q_BxV = _choose(logits_Bx1xV[:, 0], keys(j, DRAFT), temperature, top_p, greedy)
     drafts_BxK = drafts_BxK.at[:, j].set(d_B)
     if q_BxKxV is not None:
@@ -170,8 +173,8 @@ def propose(config: ModelConfig, draft: ModelConfig, variables: dict, state: Sta
                                                  (cache, drafts_BxK, q_BxKxV))
 
   inputs_BxS = jnp.concatenate([last_B[:, None], drafts_BxK], axis=1)
-  logits_BxSxV, full_cache = decode.decode_tokens(config, variables, full.cache, inputs_BxS,
-                                                  start_B, pos_B)
+  logits_BxSxV, full_cache = decode.decode_tokens(config, execution, variables, full.cache,
+                                                  inputs_BxS, start_B, pos_B)
   state = State(full._replace(cache=full_cache), small._replace(cache=cache), state.prev_B,
                 state.behind_B)
   if greedy:
