@@ -54,7 +54,7 @@ import transformers
 from absl import flags
 
 import hrm_jax
-from hrm_jax import cli, decode, generation, loading, speculative
+from hrm_jax import cli, decode, generation, model_loading, speculative
 from hrm_jax.data import demo
 
 flags.DEFINE_integer("hidden_size", 256, "Hidden size.")
@@ -367,7 +367,7 @@ def floor(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Generator
 def _demo_prompts(checkpoint: str, n: int) -> list[list[int]]:
   """The first held-out demo instructions of each task (the demo data's seed 0: its eval
   examples are drawn first and never occur in training)."""
-  tok = loading.load_tokenizer(checkpoint)
+  tok = model_loading.load_tokenizer(checkpoint)
   _, evals = demo.generate(seed=0, train_per_task=0, eval_per_task=-(-n // len(demo.TASKS)))
   return [tok.format_prompt(ex["instruction"], ex["condition"]) for ex in evals][:n]
 
@@ -409,7 +409,7 @@ def speculative_table(config: hrm_jax.ModelConfig, variables: dict,
   lens = [int(k) for k in f.draft_lens]
   models = []
   if f.checkpoint:
-    config, trained = loading.load_model(f.checkpoint)
+    config, trained = model_loading.load_model(f.checkpoint)
     prompts = _demo_prompts(f.checkpoint, 8)
     models.append(("demo checkpoint", trained))
     dummy = {k: np.zeros((1, 8), np.int32) for k in ("inputs", "positions", "segment_ids")}

@@ -38,7 +38,7 @@ import sys
 import jax
 from absl import app, flags
 
-from hrm_jax import cli, generation, jsonl, loading, speculative
+from hrm_jax import cli, generation, jsonl, model_loading, speculative
 from hrm_jax.progress import track
 
 DEFAULT_NEW_TOKENS = 256
@@ -116,8 +116,8 @@ def main(argv: list[str]) -> None:
   check_flags(f)
   items = read_items(f)
   try:
-    config, variables = loading.load_model(f.checkpoint, use_ema=f.use_ema)
-    tok = loading.load_tokenizer(f.checkpoint, f.tokenizer)
+    config, variables = model_loading.load_model(f.checkpoint, use_ema=f.use_ema)
+    tok = model_loading.load_tokenizer(f.checkpoint, f.tokenizer)
   except (FileNotFoundError, ValueError) as e:  # messages name the file
     raise app.UsageError(f"--checkpoint={f.checkpoint}: {e}") from e
   depth = {k: v for k, v in (("H_cycles", f.H_cycles), ("L_cycles", f.L_cycles)) if v is not None}

@@ -12,7 +12,7 @@ Every subpackage and module is an attribute after `import hrm_jax` (`hrm_jax.opt
 (training, data, evaluation: optax, grain, math-verify) are imported on first use (PEP 562).
 """
 
-from hrm_jax import hf, lazy, native
+from hrm_jax import hf, lazy, native_weights
 from hrm_jax.config import SIZES, ModelConfig
 from hrm_jax.execution import Execution
 from hrm_jax.generation import generate, stream

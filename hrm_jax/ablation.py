@@ -25,7 +25,7 @@ import numpy as np
 
 from hrm_jax import atomic
 from hrm_jax import flops as flops_lib
-from hrm_jax import checkpoints, native
+from hrm_jax import checkpoint_layout, native_weights
 from hrm_jax.config import ModelConfig
 from hrm_jax.models import ARCHS, REGISTRY, LanguageModel, bp_steps_at, spec_of
 from hrm_jax.params import count_params
@@ -187,7 +187,7 @@ def run_one(cfg: ml_collections.ConfigDict, match: Match, seed: int, workdir: st
   from hrm_jax.train import demo_report, loop  # the training stack, only when running
   done = read_result(workdir)
   if done is not None:
-    model = lambda d: {k: v for k, v in d.items() if k not in checkpoints.IMPLEMENTATION_FIELDS}
+    model = lambda d: {k: v for k, v in d.items() if k not in checkpoint_layout.IMPLEMENTATION_FIELDS}
     if model(done["model_config"]) != model(match.config.to_dict()):  # same parameters
       raise ValueError(f"{os.path.join(workdir, RESULT_FILE)} was made by another model "
                        f"config than this ablation's {match.arch} (n_layers="
@@ -210,7 +210,7 @@ def run_one(cfg: ml_collections.ConfigDict, match: Match, seed: int, workdir: st
   points = []
   for step in checkpoint_steps(workdir):
     eval_start = time.perf_counter()
-    config, variables = native.load(os.path.join(workdir, "checkpoints", str(step)))
+    config, variables = native_weights.load(os.path.join(workdir, "checkpoints", str(step)))
     scores, _ = demo_report.exact_match(config, variables, result.demo, eval_per_task)
     points.append({"step": step, "tokens": step * tokens_per_step,
                    "train_flops": float(per_step[:step].sum() * tokens_per_step),
@@ -246,7 +246,7 @@ def sweep_depth(workdir: str, demo: Any, depths: Sequence[tuple[int, int]], eval
     if key in cached and cached[key]["eval_per_task"] == eval_per_task:
       continue
     if config is None:
-      config, variables = native.load(workdir)
+      config, variables = native_weights.load(workdir)
     scores, _ = demo_report.exact_match(config.replace(H_cycles=h, L_cycles=l), variables, demo,
                                         eval_per_task)
     cached[key] = {"H_cycles": h, "L_cycles": l, "eval_per_task": eval_per_task,

@@ -3,11 +3,11 @@ names of their items, and reading items back (whole, or only some keys of the tr
 
 Layout: `<workdir>/checkpoints/<step>/{state,data,config}` (orbax CheckpointManager).
 `state` is the TrainState tree (`step, params, opt_state, ema, buffers, rng`; a weights-only
-checkpoint, `native.save`, holds `step, params, buffers`), `data` the data iterator's state
+checkpoint, `native_weights.save`, holds `step, params, buffers`), `data` the data iterator's state
 (JSON), `config` is JSON `{"config": <training config>, "model_config": <ModelConfig>}`.
 
 This module sits at the top of the package, not under train/, because inference
-(`native.load`, convert.py, generate.py, eval.py) reads the same directories and must not
+(`native_weights.load`, convert.py, generate.py, eval.py) reads the same directories and must not
 import the training code; `hrm_jax.train.checkpoint` (writing, resuming) and
 `hrm_jax.train.warm_start` (init_from) build on it.
 """

@@ -292,7 +292,7 @@ def load(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
 def weights_of(variables: Any, use_ema: bool = True) -> tuple[Any, Any]:
   """(params, buffers) to export: the `ema` of a training state when use_ema and present.
 
-  `variables` is {"params", "buffers"} (hf.load, native.load) or a training state (a
+  `variables` is {"params", "buffers"} (hf.load, native_weights.load) or a training state (a
   `TrainState` or a dict with `params`, `ema`, `buffers`): one naming, the train state's.
   """
   if not isinstance(variables, dict):
@@ -360,7 +360,7 @@ def save(path: str | os.PathLike, config: ModelConfig, variables: Any,
 
   With use_ema the `ema` weights of a training state are exported (the reference evaluates
   and releases EMA weights), else `params`; for a checkpoint on disk pass
-  `native.load(path, use_ema)`, which already picks them. The directory is built beside
+  `native_weights.load(path, use_ema)`, which already picks them. The directory is built beside
   `path` and renamed into place (`atomic.directory`), so a crash leaves `path` as it was.
   An existing non-empty `path` is refused unless `overwrite` and it is an export
   (`export_kind`); then the files this call writes (config.json, the weights, the tokenizer

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from hrm_jax import checkpoints, data, hf, native, tokenizer
+from hrm_jax import checkpoint_layout, data, hf, native_weights, tokenizer
 from hrm_jax.config import ModelConfig
 
 
@@ -26,12 +26,12 @@ def load_model(checkpoint: str | os.PathLike, use_ema: bool = True) -> tuple[Mod
   `use_ema` picks a training checkpoint's EMA weights (Hugging Face has one set)."""
   if is_hf(checkpoint):
     return hf.load(checkpoint)
-  return native.load(checkpoint, use_ema=use_ema)
+  return native_weights.load(checkpoint, use_ema=use_ema)
 
 
 def training_tokenizer(checkpoint: str | os.PathLike) -> str:
   """The tokenizer of the data a training checkpoint was trained on, from its saved config."""
-  saved: dict[str, Any] = checkpoints.saved_config(checkpoint).get("config") or {}
+  saved: dict[str, Any] = checkpoint_layout.saved_config(checkpoint).get("config") or {}
   source = saved.get("data", {}).get("source")
   if source == "demo":
     demo = data.ensure_demo_data(os.path.expanduser(saved["data"]["demo_dir"]),

@@ -22,8 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hrm_jax import atomic, checkpoints
-from hrm_jax.checkpoints import NotACheckpointError  # noqa: F401 - raised by load
+from hrm_jax import atomic, checkpoint_layout
 from hrm_jax.config import ModelConfig
 
 
@@ -34,17 +33,17 @@ def load(path: str | os.PathLike, use_ema: bool = True,
 
   Only the weights and buffers are read (orbax partial restore), not the optimizer state.
   """
-  mngr, step, where = checkpoints.locate(path, step)
-  config = ModelConfig(**checkpoints.read_config(mngr, step, where)["model_config"])
-  tree = checkpoints.state_metadata(mngr, step, where)
-  key = checkpoints.weights_key(tree, use_ema)
+  mngr, step, where = checkpoint_layout.locate(path, step)
+  config = ModelConfig(**checkpoint_layout.read_config(mngr, step, where)["model_config"])
+  tree = checkpoint_layout.state_metadata(mngr, step, where)
+  key = checkpoint_layout.weights_key(tree, use_ema)
   wanted = {key: tree[key], "buffers": tree.get("buffers", {})}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
   try:
-    state = checkpoints.restore_keys(mngr, step, wanted, restore_args)
+    state = checkpoint_layout.restore_keys(mngr, step, wanted, restore_args)
   except Exception as e:  # noqa: BLE001 - any read failure: damaged files
     cause = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
-    raise NotACheckpointError(f"{where}: the checkpoint's arrays cannot be read ({cause}); it "
+    raise checkpoint_layout.NotACheckpointError(f"{where}: the checkpoint's arrays cannot be read ({cause}); it "
                               "is damaged or partly deleted, choose another --step") from e
   return config, {"params": state[key], "buffers": state["buffers"]}
 
@@ -62,11 +61,11 @@ def save(path: str | os.PathLike, config: ModelConfig, variables: dict, step: in
   state = {"step": np.asarray(step, np.int32),
            **jax.tree.map(lambda a: np.asarray(a), tree)}
   with atomic.directory(path) as tmp:
-    with ocp.CheckpointManager(tmp / checkpoints.CHECKPOINTS,
-                               item_handlers=checkpoints.item_handlers()) as mngr:
+    with ocp.CheckpointManager(tmp / checkpoint_layout.CHECKPOINTS,
+                               item_handlers=checkpoint_layout.item_handlers()) as mngr:
       mngr.save(step, args=ocp.args.Composite(**{
-          checkpoints.STATE: ocp.args.StandardSave(state),
-          checkpoints.CONFIG: ocp.args.JsonSave({"model_config": config.to_dict()})}))
+          checkpoint_layout.STATE: ocp.args.StandardSave(state),
+          checkpoint_layout.CONFIG: ocp.args.JsonSave({"model_config": config.to_dict()})}))
       mngr.wait_until_finished()
     for extra in extra_files:
       shutil.copy2(extra, tmp / pathlib.Path(extra).name)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from experiments import configs
+from hrm_jax import checkpoint_layout
 from hrm_jax import data as data_lib
-from hrm_jax.train import checkpoint as ckpt_lib
+from hrm_jax.train import run_checkpoints as ckpt_lib
 from hrm_jax.train import loop
 from hrm_jax.train import metrics as metrics_lib
 from helpers import as_test_process, run
@@ -112,10 +113,10 @@ def test_resume_after_sigterm_is_exact(demo_dir, tmp_path, straight):
 def test_checkpoint_of_another_model_is_a_clear_error(demo_dir, tmp_path):
   workdir = str(tmp_path)
   loop.train(tiny_config(demo_dir, **{"train.max_steps": 1}), workdir)
-  with pytest.raises(ckpt_lib.CheckpointMismatchError, match="hidden_size: checkpoint 32 vs "
+  with pytest.raises(checkpoint_layout.CheckpointMismatchError, match="hidden_size: checkpoint 32 vs "
                      "config 64"):
     loop.train(tiny_config(demo_dir, **{"model.hidden_size": 64}), workdir)
-  with pytest.raises(ckpt_lib.CheckpointMismatchError, match="arch: checkpoint 'hrm' vs "
+  with pytest.raises(checkpoint_layout.CheckpointMismatchError, match="arch: checkpoint 'hrm' vs "
                      "config 'ut'"):
     loop.train(tiny_config(demo_dir, **{"model.arch": "ut"}), workdir)
 

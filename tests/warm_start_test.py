@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hrm_jax import checkpoints, data as data_lib, native, optim
+from hrm_jax import checkpoint_layout, data as data_lib, native_weights, optim
 from hrm_jax.models import LanguageModel, bp_steps_at
 from hrm_jax.train import loop, step as step_lib, warm_start
 from helpers import tiny_model
@@ -103,7 +103,7 @@ def test_full_state_resumed_midway_keeps_its_schedule(demo_dir, source, full_sta
   _, src = source
   warm(demo_dir, tmp_path, src, "full_state", 1, **NEW)
   resumed = warm(demo_dir, tmp_path, "/nonexistent", "full_state", MORE, **NEW)
-  assert checkpoints.saved_config(tmp_path)["warm_start"]["optimizer_count"] == SOURCE_STEPS
+  assert checkpoint_layout.saved_config(tmp_path)["warm_start"]["optimizer_count"] == SOURCE_STEPS
   for a, b in zip(leaves(resumed.state), leaves(full_state_run.state)):
     np.testing.assert_array_equal(a, b)
 
@@ -139,7 +139,7 @@ def test_ema_weights_takes_the_ema_and_a_fresh_optimizer(demo_dir, source, tmp_p
 def test_init_from_step_picks_an_older_checkpoint(demo_dir, source, tmp_path):
   _, src = source
   out = warm(demo_dir, tmp_path, src, "ema_weights", 0, **{"init_from.step": 1})
-  _, first = native.load(src, use_ema=True, step=1)
+  _, first = native_weights.load(src, use_ema=True, step=1)
   for a, b in zip(leaves(out.state.params), leaves(first["params"])):
     np.testing.assert_array_equal(a, b)
 
@@ -152,14 +152,14 @@ def test_bad_init_from_is_an_error_naming_the_flag(demo_dir, source, tmp_path):
   with pytest.raises(warm_start.WarmStartError, match=r"--config.init_from.step=9 .*no "
                      r"checkpoint of step 9; it has steps 1, 2, 3"):
     warm(demo_dir, tmp_path / "b", src, "full_state", 1, **{"init_from.step": 9})
-  with pytest.raises(checkpoints.CheckpointMismatchError, match=r"--config.init_from.path=.*"
+  with pytest.raises(checkpoint_layout.CheckpointMismatchError, match=r"--config.init_from.path=.*"
                      r"hidden_size: checkpoint 32 vs config 64"):
     warm(demo_dir, tmp_path / "c", src, "full_state", 1, **{"model.hidden_size": 64})
   with pytest.raises(warm_start.WarmStartError, match=r"--config.init_from.mode='last': "
                      r"expected one of \('ema_weights', 'full_state'\)"):
     warm(demo_dir, tmp_path / "d", src, "last", 1)
   config, variables = tiny_model(vocab_size=256, hidden_size=32, num_heads=2, n_layers=2)
-  native.save(tmp_path / "weights", config, variables)
+  native_weights.save(tmp_path / "weights", config, variables)
   with pytest.raises(warm_start.WarmStartError, match=r"has no opt_state, ema \(a weights-only "
                      r"checkpoint.*--config.init_from.mode=ema_weights"):
     warm(demo_dir, tmp_path / "e", tmp_path / "weights", "full_state", 1)
@@ -170,7 +170,7 @@ def test_shapes_that_differ_under_the_same_model_config_are_named(source, tmp_pa
   result, src = source
   fresh = result.state.replace(params={**result.state.params, "extra": jnp.zeros([3])})
   cfg = tiny_config(tmp_path, **{"init_from.path": str(src)}).init_from
-  with pytest.raises(checkpoints.CheckpointMismatchError,
+  with pytest.raises(checkpoint_layout.CheckpointMismatchError,
                      match=r"--config.init_from.path=.*ema/extra: checkpoint None vs "
                      r"config \(3,\)"):
     warm_start.warm_start(cfg, fresh, result.model_config)

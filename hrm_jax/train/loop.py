@@ -34,7 +34,7 @@ from hrm_jax import flops as flops_lib
 from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel, registry
 from hrm_jax.params import count_params
-from hrm_jax.train import checkpoint as ckpt_lib
+from hrm_jax.train import run_checkpoints as ckpt_lib
 from hrm_jax.train import config_check
 from hrm_jax.train import distributed
 from hrm_jax.train import metrics as metrics_lib
@@ -51,7 +51,7 @@ class NonFiniteLossError(FloatingPointError, errors.RunError):
 
 
 # The resolved config of the run's latest start (each checkpoint keeps its own copy). Not
-# config.json: that name marks a Hugging Face directory (loading.is_hf).
+# config.json: that name marks a Hugging Face directory (model_loading.is_hf).
 CONFIG_FILE = "train_config.json"
 PLAN_FILE = "remat_plan.json"  # remat_policy=auto's choices, per model, batch and devices
 
