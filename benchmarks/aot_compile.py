@@ -101,7 +101,7 @@ def _measure(cfg, model_config, devices, steps: int) -> float:
   compiled = aot.compile_train_step(cfg, model_config, devices, plan.step_counts(
       cfg, model_config)[2])
   shardings = compiled.input_shardings[0]
-  model = LanguageModel(model_config)
+  model = LanguageModel(model_config, loop.execution_from(cfg))
   tx, _ = step_lib.optimizer(cfg.train, total_steps=10**6)
   state = state_lib.init_state(model, tx, jax.random.PRNGKey(0), shardings[0])
   rows, row_len = cfg.data.rows, cfg.data.row_len

@@ -152,7 +152,7 @@ def main(argv: list[str]) -> None:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
       print(f"wrote {sum(len(data[b.name][0]) for b in benches)} prompts to {f.dump_prompts}")
       return
-    config, variables = model_loading.load_model(f.checkpoint, use_ema=f.use_ema)
+    config, execution, variables = model_loading.load_model(f.checkpoint, use_ema=f.use_ema)
     tok = model_loading.load_tokenizer(f.checkpoint, f.tokenizer)
   except FileNotFoundError as e:
     raise app.UsageError(f"--checkpoint={f.checkpoint}: {e}") from e
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> None:
                            batch_size=f.batch_size, max_new_tokens=f.max_new_tokens,
                            rng=jax.random.PRNGKey(f.seed), progress=f.progress, loaded=data,
                            draft_cycles=speculative.parse_cycles(f.draft_cycles, f.draft_len),
-                           draft_len=f.draft_len)
+                           draft_len=f.draft_len, execution=execution)
 
   if not depths:
     results = run(base)

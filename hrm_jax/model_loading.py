@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from hrm_jax import checkpoint_layout, data, hf, native_weights, tokenizer
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution
 
 
 def is_hf(path: str | os.PathLike) -> bool:
@@ -21,12 +22,16 @@ def is_hf(path: str | os.PathLike) -> bool:
   return os.path.exists(os.path.join(path, "config.json"))
 
 
-def load_model(checkpoint: str | os.PathLike, use_ema: bool = True) -> tuple[ModelConfig, dict]:
-  """(ModelConfig, {"params", "buffers"}) of a Hugging Face directory or native checkpoint;
-  `use_ema` picks a training checkpoint's EMA weights (Hugging Face has one set)."""
+def load_model(checkpoint: str | os.PathLike, use_ema: bool = True
+               ) -> tuple[ModelConfig, Execution, dict]:
+  """(ModelConfig, Execution, {"params", "buffers"}) of a Hugging Face directory (float32)
+  or native checkpoint (how its run executed: its dtype); `use_ema` picks a training
+  checkpoint's EMA weights (Hugging Face has one set)."""
   if is_hf(checkpoint):
-    return hf.load(checkpoint)
-  return native_weights.load(checkpoint, use_ema=use_ema)
+    config, variables = hf.load(checkpoint)
+    return config, Execution(), variables
+  config, variables = native_weights.load(checkpoint, use_ema=use_ema)
+  return config, native_weights.saved_execution(checkpoint), variables
 
 
 def training_tokenizer(checkpoint: str | os.PathLike) -> str:

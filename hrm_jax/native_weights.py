@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 
 from hrm_jax import atomic, checkpoint_layout
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution
 
 
 def load(path: str | os.PathLike, use_ema: bool = True,
@@ -34,7 +35,8 @@ def load(path: str | os.PathLike, use_ema: bool = True,
   Only the weights and buffers are read (orbax partial restore), not the optimizer state.
   """
   mngr, step, where = checkpoint_layout.locate(path, step)
-  config = ModelConfig(**checkpoint_layout.read_config(mngr, step, where)["model_config"])
+  config = checkpoint_layout.saved_model_config(checkpoint_layout.read_config(mngr, step, where),
+                                                where)
   tree = checkpoint_layout.state_metadata(mngr, step, where)
   key = checkpoint_layout.weights_key(tree, use_ema)
   wanted = {key: tree[key], "buffers": tree.get("buffers", {})}
@@ -48,8 +50,15 @@ def load(path: str | os.PathLike, use_ema: bool = True,
   return config, {"params": state[key], "buffers": state["buffers"]}
 
 
+def saved_execution(path: str | os.PathLike, step: Optional[int] = None) -> Execution:
+  """How the run that wrote the checkpoint executed its model (its dtype: the one to decode
+  in); `Execution()` for a weights-only checkpoint saved without one."""
+  return checkpoint_layout.saved_execution(checkpoint_layout.saved_config(path, step))
+
+
 def save(path: str | os.PathLike, config: ModelConfig, variables: dict, step: int = 0,
-         extra_files: Sequence[str | os.PathLike] = ()) -> None:
+         extra_files: Sequence[str | os.PathLike] = (),
+         execution: Execution = Execution()) -> None:
   """Write a weights-only checkpoint directory that `load` (and `init_from`) read.
 
   `extra_files` (e.g. the tokenizer) are copied to the top of `path`, where generate.py
@@ -65,7 +74,8 @@ def save(path: str | os.PathLike, config: ModelConfig, variables: dict, step: in
                                item_handlers=checkpoint_layout.item_handlers()) as mngr:
       mngr.save(step, args=ocp.args.Composite(**{
           checkpoint_layout.STATE: ocp.args.StandardSave(state),
-          checkpoint_layout.CONFIG: ocp.args.JsonSave({"model_config": config.to_dict()})}))
+          checkpoint_layout.CONFIG: ocp.args.JsonSave({"model_config": config.to_dict(),
+                                                       "execution": execution.to_dict()})}))
       mngr.wait_until_finished()
     for extra in extra_files:
       shutil.copy2(extra, tmp / pathlib.Path(extra).name)

@@ -122,13 +122,16 @@ def execution_from_dict(saved: Mapping[str, Any]) -> Execution:
   return Execution(**{k: v for k, v in saved.items() if k in EXECUTION_FIELDS})
 
 
-def configs_of_section(section: Mapping[str, Any], vocab_size: int
-                       ) -> tuple[ModelConfig, Execution]:
-  """(ModelConfig, Execution) from a training config's `model` section: its preset `size`
-  and `arch`, then every field it sets (None = the preset's): model fields, the arch's
-  options and the execution settings; the data's `vocab_size` unless it sets one."""
-  m = {k: v for k, v in section.items() if v is not None}
+def model_config_of_section(section: Mapping[str, Any], vocab_size: int) -> ModelConfig:
+  """A config from a training config's `model` section: its preset `size` and `arch`, then
+  every model field and arch option it sets (None = the preset's), the data's `vocab_size`
+  unless it sets one. Its execution settings are `execution_of_section`'s."""
+  m = {k: v for k, v in section.items() if v is not None and k not in EXECUTION_FIELDS}
   size, arch = m.pop("size"), m.pop("arch")
-  execution = Execution(**{k: m.pop(k) for k in EXECUTION_FIELDS if k in m})
   m.setdefault("vocab_size", vocab_size)
-  return model_config(size, arch, **m), execution
+  return model_config(size, arch, **m)
+
+
+def execution_of_section(section: Mapping[str, Any]) -> Execution:
+  """The Execution a training config's `model` section sets (None = the default)."""
+  return Execution(**{k: section[k] for k in EXECUTION_FIELDS if section.get(k) is not None})
