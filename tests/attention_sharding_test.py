@@ -93,9 +93,9 @@ def test_attention_specs_replicate_what_the_mesh_does_not_divide():
 def _model_grads(impl: str, mesh):
   """Sharded (FSDP params, rows over data x fsdp) forward + backward of a tiny model: one
   Transformer layer keeps the interpreted Pallas kernels' compile short."""
-  cfg = tiny_config("transformer", n_layers=1, vocab_size=64, attention_impl=impl,
-                    attention_chunk=CHUNKS[impl])
-  model = hrm_jax.LanguageModel(cfg)
+  cfg = tiny_config("transformer", n_layers=1, vocab_size=64)
+  model = hrm_jax.LanguageModel(cfg, hrm_jax.Execution(attention_impl=impl,
+                                                       attention_chunk=CHUNKS[impl]))
   batch = {k: jnp.asarray(v) for k, v in
            random_rows(np.random.default_rng(1), B, MODEL_SEQ, cfg.vocab_size).items()}
   init = lambda r: model.init(r, batch)
