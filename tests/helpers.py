@@ -197,7 +197,7 @@ def _rins_recursion(cfg, x, z0, run):
 
 def _ut_recursion(cfg, x, z0, run):
   z = z0
-  for i in range(cfg.cycles):
+  for i in range(cfg.options.cycles):
     z = run("L", z + x, ("L", i))
   return z
 

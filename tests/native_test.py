@@ -3,6 +3,7 @@ Hugging Face (loaded by transformers), generate.py on a training workdir, and cl
 
 import pathlib
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -22,9 +23,7 @@ def contents(root: pathlib.Path) -> dict[str, bytes]:
 
 
 def assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  chex.assert_trees_all_equal(jax.device_get(a), jax.device_get(b))
 
 
 @pytest.fixture(scope="module")

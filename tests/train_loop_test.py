@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -67,8 +68,7 @@ def test_resume_is_exact(demo_dir, tmp_path, straight):
   assert first.steps_done == 3
   second = loop.train(tiny_config(demo_dir, **{"train.max_steps": 6}), workdir)
   assert second.steps_done == 6
-  for a, b in zip(leaves(second.state), leaves(ref.state)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(jax.device_get(second.state), jax.device_get(ref.state))
   metrics = read_metrics(workdir)  # appended across the restart
   assert [m["step"] for m in metrics] == list(range(1, 7))
   assert [m["loss"] for m in metrics] == [m["loss"] for m in ref_metrics]
@@ -105,8 +105,7 @@ def test_resume_after_sigterm_is_exact(demo_dir, tmp_path, straight):
   saved = ckpt_lib.manager(os.path.join(workdir, "checkpoints"), 3).latest_step()
   assert 2 <= saved < 6
   resumed = loop.train(tiny_config(demo_dir, **{"train.max_steps": 6}), workdir)
-  for a, b in zip(leaves(resumed.state), leaves(ref.state)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(jax.device_get(resumed.state), jax.device_get(ref.state))
   assert [m["loss"] for m in read_metrics(workdir)][-1] == ref_metrics[-1]["loss"]
 
 
@@ -192,8 +191,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(demo_dir, tmp_pa
   out = capsys.readouterr().out
   assert f"WARNING: checkpoint {newest} cannot be restored" in out
   assert "Resuming from step 2" in out
-  for a, b in zip(leaves(resumed.state), leaves(ref.state)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(jax.device_get(resumed.state), jax.device_get(ref.state))
   assert [m["step"] for m in read_metrics(workdir)] == list(range(1, 7))
 
 
