@@ -4,7 +4,7 @@
     python experiments/convert.py --from=CKPT_DIR --to_hf=DIR [--use_ema=false] [--overwrite]
         [--dtype=bfloat16] [--tokenizer=PATH] [--step=N]
 
-A native checkpoint is a training checkpoint (`hrm_jax/native.py`): --from takes a training
+A native checkpoint is a training checkpoint (`hrm_jax/native_weights.py`): --from takes a training
 workdir or its checkpoints/ directory (their latest step, or --step) or one step directory, and exports
 the EMA weights unless --use_ema=false, in --dtype (float32 by default), with the tokenizer
 files AutoTokenizer reads: --tokenizer, else the one a tokenizer.json beside --from or the

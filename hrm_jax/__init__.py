@@ -1,11 +1,12 @@
 """hrm_jax: HRM-Text (hierarchical recurrent LM) in JAX/Flax.
 
 Where things are: the H/L recursion in `hrm_jax/models/hrm.py`, each baseline beside it and
-all of them by name in `models/registry.py`,
-the model config in `config.py` and how it executes in `execution.py`, layers in
-`layers.py`, the KV cache in `kv_cache.py`, attention kernels in `attention.py`, truncated backprop in
-`truncation.py`, loss and metrics in `loss.py`, the generation engine in `generation.py` (KV-cache back end `decode.py`, cache-free `recompute_decode.py`), Hugging
-Face checkpoints in `hf.py`, training checkpoints as inference weights in `native.py`.
+all of them by name in `models/registry.py`, what the weights compute in `config.py` and how
+the model runs in `execution.py`, layers in `layers.py`, the KV cache in `kv_cache.py`,
+attention kernels in `attention.py`, truncated backprop in `truncation.py`, loss and metrics
+in `loss.py`, the generation engine in `generation.py` (KV-cache back end `decode.py`,
+cache-free `recompute_decode.py`), Hugging Face checkpoints in `hf.py`, training checkpoints
+as inference weights in `native_weights.py`.
 
 Every subpackage and module is an attribute after `import hrm_jax` (`hrm_jax.optim.adam_atan2`,
 `hrm_jax.data.open_sampled`, `hrm_jax.train.loop`); those the names below do not pull in

@@ -170,9 +170,9 @@ def _decode(variables: dict, state, rows: Rows, s: Sampling, *, config: ModelCon
 def _speculate(variables: dict, state: speculative.State, rows: Rows, s: Sampling, *,
                config: ModelConfig, execution: Execution, draft: ModelConfig, draft_len: int,
                greedy: bool):
-  """Speculative rounds (`speculative.propose`) until a running row finishes; each row keeps
-  its proposal up to eos and its budget. Also the round counts: verifications, running
-  rows verified, drafts accepted, tokens kept."""
+  """Speculative rounds (`speculative.round_`: what each row keeps, both caches rolled back)
+  until a running row finishes; here only the rows' bookkeeping, as `_decode`'s. Also the
+  round counts: verifications, running rows verified, drafts accepted, tokens kept."""
   b, n = rows.out_BxN.shape
   idle_B = rows.done_B
   j_S = jnp.arange(draft_len + 1)
@@ -182,25 +182,18 @@ def _speculate(variables: dict, state: speculative.State, rows: Rows, s: Samplin
 
   def body(carry):
     state, r, counts = carry
-    prop, state = speculative.propose(config, draft, execution, variables, state, r.last_B,
-                                      r.index_B, r.count_B, s.rng, s.temperature, s.top_p,
-                                      draft_len, greedy)
-    eos_BxS = (prop.tokens_BxS == s.eos_id) & (j_S[None] < prop.count_B[:, None])
-    through_eos_B = jnp.where(jnp.any(eos_BxS, axis=1), jnp.argmax(eos_BxS, axis=1) + 1,
-                              prop.count_B)
-    keep_B = jnp.where(r.done_B, 0, jnp.minimum(through_eos_B, r.budget_B - r.count_B))
-    cols_BxS = jnp.where(j_S[None] < keep_B[:, None], r.count_B[:, None] + j_S[None], n)
-    out_BxN = r.out_BxN.at[jnp.arange(b)[:, None], cols_BxS].set(prop.tokens_BxS, mode="drop")
-    count_B = r.count_B + keep_B
-    hit_eos_B = jnp.any(eos_BxS & (j_S[None] < keep_B[:, None]), axis=1)
-    done_B = r.done_B | hit_eos_B | (count_B >= r.budget_B)
-    last_B = jnp.where(keep_B > 0, jnp.take_along_axis(
-        prop.tokens_BxS, jnp.maximum(keep_B - 1, 0)[:, None], 1)[:, 0], r.last_B)
-    state = speculative.advance(state, prop.tokens_BxS, keep_B, r.last_B)
+    kept, state = speculative.round_(config, draft, execution, variables, state, r.last_B,
+                                     r.index_B, r.count_B, r.budget_B - r.count_B, r.done_B,
+                                     s, draft_len, greedy)
+    cols_BxS = jnp.where(j_S[None] < kept.keep_B[:, None], r.count_B[:, None] + j_S[None], n)
+    out_BxN = r.out_BxN.at[jnp.arange(b)[:, None], cols_BxS].set(kept.tokens_BxS, mode="drop")
+    count_B = r.count_B + kept.keep_B
+    done_B = r.done_B | kept.hit_eos_B | (count_B >= r.budget_B)
     running_B = ~r.done_B
     counts = counts + jnp.stack([jnp.int32(1), running_B.sum(),
-                                 jnp.where(running_B, prop.accepted_B, 0).sum(), keep_B.sum()])
-    return state, Rows(last_B, count_B, r.budget_B, done_B, r.index_B, out_BxN), counts
+                                 jnp.where(running_B, kept.accepted_B, 0).sum(),
+                                 kept.keep_B.sum()])
+    return state, Rows(kept.last_B, count_B, r.budget_B, done_B, r.index_B, out_BxN), counts
 
   return jax.lax.while_loop(cond, body, (state, rows, jnp.zeros(4, jnp.int32)))
 

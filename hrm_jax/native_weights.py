@@ -1,6 +1,6 @@
 """Native checkpoints = the training checkpoints of `hrm_jax.train` as inference weights.
 
-The layout, and how a path names a step, are `hrm_jax.checkpoints`'. `load` restores only
+The layout, and how a path names a step, are `hrm_jax.checkpoint_layout`'s. `load` restores only
 what inference needs (params or EMA, and buffers) with an orbax partial restore, never the
 optimizer state.
 

@@ -23,7 +23,7 @@ round's first draft step feeds [d_k, last] and stores d_k's keys/values (`behind
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -205,6 +205,36 @@ def propose(config: ModelConfig, draft: ModelConfig, execution: Execution, varia
   tokens_BxS = jnp.where(s_idx[None] < accepted_B[:, None], drafts_BxS,
                          last_token_B[:, None])
   return Proposal(tokens_BxS, accepted_B + 1, accepted_B), state
+
+
+class Kept(NamedTuple):
+  """What a round leaves each row: its first keep_B tokens (up to eos and its budget)."""
+  tokens_BxS: jax.Array  # int32, S = k + 1
+  keep_B: jax.Array  # int32 in 0..k+1 (0: a row that was done)
+  last_B: jax.Array  # int32: the row's last kept token (its old one when none was kept)
+  hit_eos_B: jax.Array  # bool: the kept tokens end at eos
+  accepted_B: jax.Array  # int32 in 0..k: drafts accepted
+
+
+def round_(config: ModelConfig, draft: ModelConfig, execution: Execution, variables: dict,
+           state: State, last_B: jax.Array, index_B: jax.Array, count_B: jax.Array,
+           room_B: jax.Array, done_B: jax.Array, s: Any, k: int, greedy: bool
+           ) -> tuple[Kept, State]:
+  """One round of the engine (`generation._speculate`): `propose`, keep each running row's
+  tokens through eos and at most room_B of them, and roll both caches back to what was kept
+  (`advance`). `s`: the engine's Sampling (rng, temperature, top_p, eos_id)."""
+  prop, state = propose(config, draft, execution, variables, state, last_B, index_B, count_B,
+                        s.rng, s.temperature, s.top_p, k, greedy)
+  j_S = jnp.arange(k + 1)
+  eos_BxS = (prop.tokens_BxS == s.eos_id) & (j_S[None] < prop.count_B[:, None])
+  through_eos_B = jnp.where(jnp.any(eos_BxS, axis=1), jnp.argmax(eos_BxS, axis=1) + 1,
+                            prop.count_B)
+  keep_B = jnp.where(done_B, 0, jnp.minimum(through_eos_B, room_B))
+  hit_eos_B = jnp.any(eos_BxS & (j_S[None] < keep_B[:, None]), axis=1)
+  new_last_B = jnp.where(keep_B > 0, jnp.take_along_axis(
+      prop.tokens_BxS, jnp.maximum(keep_B - 1, 0)[:, None], 1)[:, 0], last_B)
+  state = advance(state, prop.tokens_BxS, keep_B, last_B)
+  return Kept(prop.tokens_BxS, keep_B, new_last_B, hit_eos_B, prop.accepted_B), state
 
 
 def advance(state: State, tokens_BxS: jax.Array, emitted_B: jax.Array, last_B: jax.Array

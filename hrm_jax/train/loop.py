@@ -113,6 +113,7 @@ class TrainResult:
   preempted: bool
   demo: Optional[Any] = None
   interrupted: bool = False  # stopped by Ctrl-C (after saving)
+  execution: Optional[Execution] = None  # how the model ran (remat_policy auto resolved)
 
 
 class _Preemption:
@@ -460,4 +461,4 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   writer.close()
   return TrainResult(state=state, model_config=model_config, last_metrics=last,
                      steps_done=step, preempted=preempted, demo=demo,
-                     interrupted=preemption.interrupted)
+                     interrupted=preemption.interrupted, execution=execution)

@@ -1,7 +1,7 @@
 """Writing and resuming a run's orbax checkpoints: async, keep-N (plus kept epoch ends),
 holding the train state, data-iterator state and config.
 
-Layout and item names: `hrm_jax.checkpoints`. A save is atomic (orbax writes a
+Layout and item names: `hrm_jax.checkpoint_layout`. A save is atomic (orbax writes a
 temporary directory and renames it), so an interrupt never leaves a half checkpoint behind.
 """
 
