@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -66,6 +67,9 @@ def attend(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, kv:
   step.mask_BxSxT; the output [B, S, H, K] and the updated slot."""
   b, s, h, k = k_BxSxHxK.shape
   n = b * h
+  chex.assert_equal_shape([q_BxSxHxK, k_BxSxHxK, v_BxSxHxK])
+  chex.assert_shape(kv.k_NxKxT, (n, k, step.length))
+  chex.assert_shape(kv.v_NxTxK, (n, step.length, k))
   dtype = kv.k_NxKxT.dtype
   k_NxKxS = k_BxSxHxK.transpose(0, 2, 3, 1).reshape(n, k, s).astype(dtype)
   v_NxSxK = v_BxSxHxK.transpose(0, 2, 1, 3).reshape(n, s, k).astype(dtype)
