@@ -1,8 +1,8 @@
 """Native checkpoints = the training checkpoints of `hrm_jax.train` as inference weights.
 
-The layout, and how a path names a step, are `hrm_jax.checkpoint_layout`'s. `load` restores only
-what inference needs (params or EMA, and buffers) with an orbax partial restore, never the
-optimizer state.
+The layout, and how a path names a step, are `hrm_jax.checkpoint_layout`'s. `load` restores
+only what inference needs (params or EMA, and buffers) with an orbax partial restore, never
+the optimizer state.
 
 `save` writes the same layout for weights without a training run (`convert.py --from_hf`):
 `state` holds only `step` (0) and `params`, `buffers`, and `config` has no training config.
@@ -45,20 +45,20 @@ def load(path: str | os.PathLike, use_ema: bool = True,
     state = checkpoint_layout.restore_keys(mngr, step, wanted, restore_args)
   except Exception as e:  # noqa: BLE001 - any read failure: damaged files
     cause = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
-    raise checkpoint_layout.NotACheckpointError(f"{where}: the checkpoint's arrays cannot be read ({cause}); it "
-                              "is damaged or partly deleted, choose another --step") from e
+    raise checkpoint_layout.NotACheckpointError(
+        f"{where}: the checkpoint's arrays cannot be read ({cause}); it is damaged or partly "
+        "deleted, choose another --step") from e
   return config, {"params": state[key], "buffers": state["buffers"]}
 
 
 def saved_execution(path: str | os.PathLike, step: Optional[int] = None) -> Execution:
   """How the run that wrote the checkpoint executed its model (its dtype: the one to decode
-  in); `Execution()` for a weights-only checkpoint saved without one."""
+  in); `Execution()` for a weights-only checkpoint (`save`: converted weights, float32)."""
   return checkpoint_layout.saved_execution(checkpoint_layout.saved_config(path, step))
 
 
 def save(path: str | os.PathLike, config: ModelConfig, variables: dict, step: int = 0,
-         extra_files: Sequence[str | os.PathLike] = (),
-         execution: Execution = Execution()) -> None:
+         extra_files: Sequence[str | os.PathLike] = ()) -> None:
   """Write a weights-only checkpoint directory that `load` (and `init_from`) read.
 
   `extra_files` (e.g. the tokenizer) are copied to the top of `path`, where generate.py
@@ -74,8 +74,7 @@ def save(path: str | os.PathLike, config: ModelConfig, variables: dict, step: in
                                item_handlers=checkpoint_layout.item_handlers()) as mngr:
       mngr.save(step, args=ocp.args.Composite(**{
           checkpoint_layout.STATE: ocp.args.StandardSave(state),
-          checkpoint_layout.CONFIG: ocp.args.JsonSave({"model_config": config.to_dict(),
-                                                       "execution": execution.to_dict()})}))
+          checkpoint_layout.CONFIG: ocp.args.JsonSave({"model_config": config.to_dict()})}))
       mngr.wait_until_finished()
     for extra in extra_files:
       shutil.copy2(extra, tmp / pathlib.Path(extra).name)

@@ -222,7 +222,8 @@ def _hrm_window(cfg, bp):
 GRAD_WINDOWS = {
     "hrm": _hrm_window,
     "trm": lambda cfg, bp: _hl_window(cfg, cfg.options.H_bp_steps, cfg.options.L_bp_steps),
-    "rins": lambda cfg, bp: lambda tag: tag[0] == "H" or tag[1] >= cfg.L_cycles - cfg.options.L_bp_cycles,
+    "rins": lambda cfg, bp: lambda tag: (tag[0] == "H" or
+                                         tag[1] >= cfg.L_cycles - cfg.options.L_bp_cycles),
     "ut": lambda cfg, bp: lambda tag: tag[1] >= cfg.options.cycles - cfg.options.bp_cycles,
     "transformer": lambda cfg, bp: lambda tag: True,
 }

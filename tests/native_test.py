@@ -114,9 +114,10 @@ def test_load_and_convert_choose_a_step(tmp_path):
     assert_trees_equal(variables, first[1])
   assert not np.array_equal(native_weights.load(workdir)[1]["params"]["embed_tokens"],
                             first[1]["params"]["embed_tokens"])
-  with pytest.raises(checkpoint_layout.NotACheckpointError, match="no checkpoint of step 7; it has steps 1, 2"):
+  not_a_checkpoint = checkpoint_layout.NotACheckpointError
+  with pytest.raises(not_a_checkpoint, match="no checkpoint of step 7; it has steps 1, 2"):
     native_weights.load(workdir, step=7)
-  with pytest.raises(checkpoint_layout.NotACheckpointError, match="is the checkpoint of step 1, not of step 2"):
+  with pytest.raises(not_a_checkpoint, match="is the checkpoint of step 1, not of step 2"):
     native_weights.load(workdir / "checkpoints" / "1", step=2)
   run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}", "--step=1")
   assert_trees_equal(hf.load(tmp_path / "hf")[1], first[1])
@@ -163,7 +164,8 @@ def test_weights_only_checkpoint_round_trip(trained, tmp_path):
 @pytest.mark.slow  # spawns experiments/*.py
 def test_not_a_checkpoint_is_a_clear_error(trained, tmp_path):
   _, workdir = trained
-  with pytest.raises(checkpoint_layout.NotACheckpointError, match=f"{tmp_path}: no finished checkpoint"):
+  not_a_checkpoint = checkpoint_layout.NotACheckpointError
+  with pytest.raises(not_a_checkpoint, match=f"{tmp_path}: no finished checkpoint"):
     native_weights.load(tmp_path)
   with pytest.raises(checkpoint_layout.NotACheckpointError, match="no such directory"):
     native_weights.load(tmp_path / "missing")
@@ -199,7 +201,8 @@ def test_convert_never_destroys_a_run_and_replaces_an_export_only_with_overwrite
       "--overwrite")
   assert (export / "tokenizer.json").read_text() != "{}"  # the export's own file: rewritten
   assert (export / "README.md").read_text() == "notes\n"
-  assert_trees_equal(hf.load(export)[1]["params"], native_weights.load(workdir, use_ema=False)[1]["params"])
+  assert_trees_equal(hf.load(export)[1]["params"],
+                     native_weights.load(workdir, use_ema=False)[1]["params"])
   out = run("experiments/convert.py", f"--from_hf={export}", f"--to={tmp_path / 'new'}",
             "--overwrite", ok=False)
   assert "--overwrite applies to --to_hf only" in out.stderr

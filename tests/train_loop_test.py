@@ -112,8 +112,8 @@ def test_resume_after_sigterm_is_exact(demo_dir, tmp_path, straight):
 def test_checkpoint_of_another_model_is_a_clear_error(demo_dir, tmp_path):
   workdir = str(tmp_path)
   loop.train(tiny_config(demo_dir, **{"train.max_steps": 1}), workdir)
-  with pytest.raises(checkpoint_layout.CheckpointMismatchError, match="hidden_size: checkpoint 32 vs "
-                     "config 64"):
+  with pytest.raises(checkpoint_layout.CheckpointMismatchError,
+                     match="hidden_size: checkpoint 32 vs config 64"):
     loop.train(tiny_config(demo_dir, **{"model.hidden_size": 64}), workdir)
   with pytest.raises(checkpoint_layout.CheckpointMismatchError, match="arch: checkpoint 'hrm' vs "
                      "config 'ut'"):

@@ -157,8 +157,8 @@ def run_stream(config: ModelConfig, variables: dict, tok: Tokenizer, settings: t
   stats = speculative.Stats()
   answers = generation.stream(
       config, variables, [requests[i].prompt for i in live], [requests[i].max_new for i in live],
-      execution=execution, temperature=settings.temperature, eos_id=tok.eoa_id, rng=rng, batch_size=batch_size,
-      draft_cycles=draft_cycles, draft_len=draft_len, stats=stats)
+      execution=execution, temperature=settings.temperature, eos_id=tok.eoa_id, rng=rng,
+      batch_size=batch_size, draft_cycles=draft_cycles, draft_len=draft_len, stats=stats)
   for j, out in track(answers, len(requests), desc, progress, done=len(requests) - len(live)):
     texts[live[j]] = tok.decode(out[:-1] if out and out[-1] == tok.eoa_id else out)
   if draft_cycles is not None:
