@@ -101,7 +101,7 @@ def _measure(cfg, model_config, devices, steps: int) -> float:
   compiled = aot.compile_train_step(cfg, model_config, devices, plan.step_counts(
       cfg, model_config)[2])
   shardings = compiled.input_shardings[0]
-  model = LanguageModel(model_config)
+  model = LanguageModel(model_config, loop.execution_from(cfg))
   tx, _ = step_lib.optimizer(cfg.train, total_steps=10**6)
   state = state_lib.init_state(model, tx, jax.random.PRNGKey(0), shardings[0])
   rows, row_len = cfg.data.rows, cfg.data.row_len
@@ -136,9 +136,9 @@ def main(argv):
         f"{cfg.train.loss_chunk}; target {target} {topology} ({n} x {devices[0].device_kind}, "
         + (f"{limit / GIB:.1f} GiB" if limit else "no memory limit") + f", plan fits "
         f"{plan.HEADROOM:.0%})", flush=True)
-  model_config = loop.model_config_from(plan.Candidate("none", "layer", 1).apply(cfg),
-                                        _VOCAB.value)
-  model_flops, _, _ = plan.step_counts(cfg, model_config)
+  no_remat = plan.Candidate("none", "layer", 1).apply(cfg)
+  model_config = loop.model_config_from(no_remat, _VOCAB.value)
+  model_flops, _, _ = plan.step_counts(no_remat, model_config)
   print("| remat x microbatches | args GiB | temps GiB | total GiB/device | fits | "
         "compiler GFLOP/device (one loop trip) | model GFLOP/device | + recompute | compile s |")
   print("|---|---|---|---|---|---|---|---|---|", flush=True)

@@ -54,8 +54,10 @@ import transformers
 from absl import flags
 
 import hrm_jax
-from hrm_jax import cli, decode, generation, loading, speculative
+from hrm_jax import cli, decode, generation, model_loading, speculative
 from hrm_jax.data import demo
+
+EXECUTION = hrm_jax.Execution()  # float32, as every table here says
 
 flags.DEFINE_integer("hidden_size", 256, "Hidden size.")
 flags.DEFINE_integer("num_heads", 4, "Attention heads.")
@@ -205,7 +207,7 @@ def _timed(run, repeats: int = 1) -> tuple[object, float]:
 
 def _prefilled(config: hrm_jax.ModelConfig, variables: dict, prompt_BxP: np.ndarray,
                length: int):
-  return decode.prefill(config, variables, jnp.asarray(prompt_BxP),
+  return decode.prefill(config, EXECUTION, variables, jnp.asarray(prompt_BxP),
                         jnp.zeros(len(prompt_BxP), jnp.int32), length)
 
 
@@ -222,7 +224,7 @@ def tokens_ms(config: hrm_jax.ModelConfig, variables: dict, prompt_BxP: np.ndarr
     def body(i, carry):
       cache, token_B = carry
       logits_BxSxV, cache = decode.decode_tokens(
-          config, variables, cache, jnp.repeat(token_B[:, None], s, 1),
+          config, EXECUTION, variables, cache, jnp.repeat(token_B[:, None], s, 1),
           jnp.zeros(b, jnp.int32), jnp.full(b, p, jnp.int32) + i * s)
       return cache, jnp.argmax(logits_BxSxV[:, -1], -1).astype(jnp.int32)
     return jax.lax.fori_loop(0, steps, body, (cache, token_B))[1]
@@ -279,12 +281,12 @@ def step_ms(config: hrm_jax.ModelConfig, variables: dict, batch: int, length: in
   """ms per `decode.step` (the engine's decode step: one position of a ring cache of
   `length` positions, written at a common position by every row), `steps` in one compiled
   loop with argmax between: the engine's step without sampling or row bookkeeping."""
-  state = decode.init(config, variables, batch, length)
+  state = decode.init(config, EXECUTION, batch, length)
 
   @jax.jit
   def loop(state, token_B):
     def body(_, carry):
-      logits_BxV, state = decode.step(config, variables, *carry)
+      logits_BxV, state = decode.step(config, EXECUTION, variables, *carry)
       return state, jnp.argmax(logits_BxV, -1).astype(jnp.int32)
     return jax.lax.fori_loop(0, steps, body, (state, token_B))[1]
 
@@ -300,9 +302,9 @@ def cache_write_ms(config: hrm_jax.ModelConfig, batch: int, s: int, length: int,
   dynamic_update_slice at a common offset (what a plain decode step does)."""
   h, k = config.num_heads, config.head_dim
   slots = config.H_cycles * (config.L_cycles + 1) * config.layers_per_stack
-  zeros = lambda *shape: [jnp.zeros(shape, config.dtype) for _ in range(slots)]
+  zeros = lambda *shape: [jnp.zeros(shape, EXECUTION.dtype) for _ in range(slots)]
   keys, values = zeros(batch, h, k, length), zeros(batch, h, length, k)
-  new_BxSxHxK = jnp.ones((batch, s, h, k), config.dtype)
+  new_BxSxHxK = jnp.ones((batch, s, h, k), EXECUTION.dtype)
   rows_Bx1 = jnp.arange(batch)[:, None]
 
   def write(scatter: bool):
@@ -334,7 +336,7 @@ def floor(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Generator
   """Engine tokens/s at batch 1, 8, 32 against its bare step and two floors: the weight
   matmuls alone, and all the step's matmuls (weights and attention over the engine's cache)."""
   f = flags.FLAGS
-  dv = decode.decode_variables(variables)
+  dv = decode.prepare(variables)
   length = generation.bucket(32) + generation.bucket(f.new_tokens)  # the engine's ring
   print(f"model: hidden {f.hidden_size}, {f.layers_per_stack} layers/stack, H{f.H_cycles} "
         f"L{f.L_cycles}, vocab {f.vocab_size}, float32; prompts of 32 tokens, "
@@ -367,7 +369,7 @@ def floor(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Generator
 def _demo_prompts(checkpoint: str, n: int) -> list[list[int]]:
   """The first held-out demo instructions of each task (the demo data's seed 0: its eval
   examples are drawn first and never occur in training)."""
-  tok = loading.load_tokenizer(checkpoint)
+  tok = model_loading.load_tokenizer(checkpoint)
   _, evals = demo.generate(seed=0, train_per_task=0, eval_per_task=-(-n // len(demo.TASKS)))
   return [tok.format_prompt(ex["instruction"], ex["condition"]) for ex in evals][:n]
 
@@ -409,7 +411,7 @@ def speculative_table(config: hrm_jax.ModelConfig, variables: dict,
   lens = [int(k) for k in f.draft_lens]
   models = []
   if f.checkpoint:
-    config, trained = loading.load_model(f.checkpoint)
+    config, _, trained = model_loading.load_model(f.checkpoint)  # measured in float32
     prompts = _demo_prompts(f.checkpoint, 8)
     models.append(("demo checkpoint", trained))
     dummy = {k: np.zeros((1, 8), np.int32) for k in ("inputs", "positions", "segment_ids")}
@@ -448,7 +450,7 @@ def speculative_table(config: hrm_jax.ModelConfig, variables: dict,
                 f"{seconds / spec_s:.2f}x | {stats.acceptance_rate:.1%} | {agree:.1%} / "
                 f"{predicted:.1%} | {stats.tokens_per_verification:.2f} | {out == plain} |",
                 flush=True)
-  dv = decode.decode_variables(models[0][1])
+  dv = decode.prepare(models[0][1])
   repeats = 3
   print(f"\ncosts ({models[0][0]}; ms per call, each in its own compiled loop, fastest of "
         f"{repeats}): a decode step, a (k+1)-token verification and a draft step, beside the "

@@ -260,14 +260,15 @@ def attention_inputs(plan: Plan, mc: hrm_jax.ModelConfig, batch: int, seq: int,
 
 
 def model_setup(plan: Plan, impl: str, rows: int):
-  """(training config, ModelConfig): hrm1b with the plan's layers, width overrides, row."""
+  """(training config, ModelConfig, Execution): hrm1b with the plan's layers, width
+  overrides, row."""
   cfg = configs.get("hrm1b")
   # remat full, fixed: the check compares attention impls on one program, not remat plans
   # (hrm1b's auto searches those; benchmarks/aot_compile.py --target=local runs it).
   cfg.model.update(n_layers=2 * plan.layers_per_stack, attention_impl=impl,
                    remat_policy="full", remat_scope="layer", **plan.model)
   cfg.data.rows, cfg.data.row_len = rows, plan.row_len
-  return cfg, loop.model_config_from(cfg, plan.vocab_size)
+  return cfg, loop.model_config_from(cfg, plan.vocab_size), loop.execution_from(cfg)
 
 
 # --- phases --------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ def model_setup(plan: Plan, impl: str, rows: int):
 def check_kernels(plan: Plan, report: Report, mc: hrm_jax.ModelConfig, programs: Programs,
                   inject: float) -> None:
   impls = ["dense", pallas_impl(), "chunked"]
-  reference = benchmarking.attention_fwd_bwd("dense", mc.attention_chunk)
+  reference = benchmarking.attention_fwd_bwd("dense", programs.chunk)
   for seq in plan.check_seqs:
     for dtype in plan.check_dtypes:
       if not report.budget.open("kernels"):
@@ -351,7 +352,7 @@ def time_steps(plan: Plan, report: Report, peak_flops: float) -> None:
   n = jax.device_count()
   for impl in plan.step_impls:
     impl = pallas_impl() if impl == "pallas" else impl
-    cfg, mc = model_setup(plan, impl, n)
+    cfg, mc, ex = model_setup(plan, impl, n)
     row: dict[str, Any] = {"impl": impl, "layers_per_stack": mc.layers_per_stack,
                            "rows": cfg.data.rows, "row_len": plan.row_len}
     if not report.budget.open("step"):
@@ -360,9 +361,9 @@ def time_steps(plan: Plan, report: Report, peak_flops: float) -> None:
     try:
       mesh = loop.make_mesh(cfg)
       tx, _ = optimizer(cfg.train, total_steps=10**6)
-      model = hrm_jax.LanguageModel(mc)
+      model = hrm_jax.LanguageModel(mc, ex)
       shardings = state_lib.state_shardings(model, tx, mesh)
-      bp = mc.bp_max_steps
+      bp = cfg.train.bp_max_steps
       step = jit_train_step(model, tx, cfg.train, shardings, mesh, bp)
       state = state_lib.init_state(model, tx, jax.random.PRNGKey(0), shardings)
       batch = jax.device_put(
@@ -388,14 +389,14 @@ def time_steps(plan: Plan, report: Report, peak_flops: float) -> None:
 
 
 def time_decode(plan: Plan, report: Report) -> None:
-  _, mc = model_setup(plan, "chunked", 1)
-  variables = hrm_jax.LanguageModel(mc).init(jax.random.PRNGKey(0),
+  _, mc, ex = model_setup(plan, "chunked", 1)
+  variables = hrm_jax.LanguageModel(mc, ex).init(jax.random.PRNGKey(0),
                                              state_lib.example_batch(1, 8))
   rng = np.random.default_rng(0)
   # Two lengths that share one compiled program (same bucket): their difference is decoding.
   bucket = decode_lib.bucket(plan.new_tokens)
   short = next(n for n in range(1, plan.new_tokens) if decode_lib.bucket(n) == bucket)
-  gen = lambda prompts, n: lambda: decode_lib.generate(mc, variables, prompts, n)
+  gen = lambda prompts, n: lambda: decode_lib.generate(mc, variables, prompts, n, execution=ex)
   for b in plan.decode_batches:
     row: dict[str, Any] = {"batch": b, "prompt": plan.decode_prompt,
                            "new_tokens": plan.new_tokens}
@@ -545,8 +546,8 @@ def main(argv: list[str]) -> None:
   watchdog.daemon = True
   watchdog.start()
 
-  _, mc = model_setup(plan, "chunked", 1)
-  programs = Programs(mc.attention_chunk)
+  _, mc, ex = model_setup(plan, "chunked", 1)
+  programs = Programs(ex.attention_chunk)
   runners: dict[str, Callable[[], None]] = {
       "kernels": lambda: check_kernels(plan, report, mc, programs, _INJECT.value),
       "attention": lambda: time_attention(plan, report, mc, programs),

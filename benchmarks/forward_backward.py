@@ -33,10 +33,10 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "timed steps per variant")
 
 def main(_):
   cfg = hrm_jax.model_config("B", _ARCH.value, hidden_size=_HIDDEN.value, num_heads=_HEADS.value,
-                             n_layers=_LAYERS.value, vocab_size=_VOCAB.value,
-                             dtype=_DTYPE.value, remat_policy=_REMAT.value,
-                             unroll_scans=_UNROLL.value)
-  model = hrm_jax.LanguageModel(cfg)
+                             n_layers=_LAYERS.value, vocab_size=_VOCAB.value)
+  ex = hrm_jax.Execution(dtype=_DTYPE.value, remat_policy=_REMAT.value,
+                         unroll_scans=_UNROLL.value)
+  model = hrm_jax.LanguageModel(cfg, ex)
   b, s = _BATCH.value, _SEQ.value
   rng = np.random.default_rng(0)
   half = s // 2
@@ -56,8 +56,8 @@ def main(_):
     return jax.value_and_grad(loss)(params)
 
   print(f"arch={cfg.arch} hidden={cfg.hidden_size} layers/stack={cfg.layers_per_stack} "
-        f"H{cfg.H_cycles} L{cfg.L_cycles} batch={b}x{s} dtype={cfg.dtype} "
-        f"remat={cfg.remat_policy} unroll={cfg.unroll_scans} backend={jax.default_backend()}")
+        f"H{cfg.H_cycles} L{cfg.L_cycles} batch={b}x{s} dtype={ex.dtype} "
+        f"remat={ex.remat_policy} unroll={ex.unroll_scans} backend={jax.default_backend()}")
   print(f"{'bp_steps':>8} | {'step ms':>8} | {'tokens/s':>9} | {'vs full':>7}")
   rows = []
   for bp in (None, 5, 4, 3, 2):

@@ -31,7 +31,7 @@ from hrm_jax import cli  # noqa: E402
 from hrm_jax import benchmarking  # noqa: E402
 from hrm_jax import flops as flops_lib  # noqa: E402
 from hrm_jax import optim  # noqa: E402
-from hrm_jax.layers import unroll_scans  # noqa: E402
+import hrm_jax.execution  # noqa: E402
 from hrm_jax import sharding as sharding_lib  # noqa: E402
 from hrm_jax.train import metrics as metrics_lib  # noqa: E402
 from hrm_jax.train import state as state_lib  # noqa: E402
@@ -47,8 +47,9 @@ _ROWS = flags.DEFINE_integer("rows", 8, "rows per batch")
 _ROW_LEN = flags.DEFINE_integer("row_len", 256, "tokens per row")
 _BP = flags.DEFINE_integer("bp_steps", 5, "truncated-backprop window")
 _DTYPE = flags.DEFINE_string("dtype", "", "compute dtype (default: float32 on CPU, else bf16)")
-_REMAT = flags.DEFINE_enum("remat", "none", hrm_jax.config.REMAT_POLICIES, "remat policy")
-_SCOPE = flags.DEFINE_enum("remat_scope", "layer", hrm_jax.config.REMAT_SCOPES, "remat scope")
+_REMAT = flags.DEFINE_enum("remat", "none", hrm_jax.execution.REMAT_POLICIES, "remat policy")
+_SCOPE = flags.DEFINE_enum("remat_scope", "layer", hrm_jax.execution.REMAT_SCOPES,
+                           "remat scope")
 _UNROLL = flags.DEFINE_enum("unroll", "auto", ["auto", "true", "false"],
                             "unroll_scans; auto = the config's per-backend default")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
@@ -61,12 +62,15 @@ _MEMORY_BP = flags.DEFINE_list("memory_bp_steps", ["1", "5", "full"],
                                "bp_steps values whose compiled step temporaries are printed")
 
 
-def model_config() -> hrm_jax.ModelConfig:
+def execution() -> hrm_jax.Execution:
   dtype = _DTYPE.value or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-  common = dict(n_layers=2 * _LAYERS.value, dtype=dtype, remat_policy=_REMAT.value,
-                remat_scope=_SCOPE.value)
-  if _UNROLL.value != "auto":
-    common["unroll_scans"] = _UNROLL.value == "true"
+  unroll = None if _UNROLL.value == "auto" else _UNROLL.value == "true"
+  return hrm_jax.Execution(dtype=dtype, remat_policy=_REMAT.value, remat_scope=_SCOPE.value,
+                           unroll_scans=unroll)
+
+
+def model_config() -> hrm_jax.ModelConfig:
+  common = dict(n_layers=2 * _LAYERS.value)
   if _CONFIG.value:
     from experiments import configs
     m = configs.get(_CONFIG.value).model
@@ -90,7 +94,7 @@ def make_batch(cfg, rows, row_len, seed=0):
 
 
 def build_step(cfg, mesh, bp_steps):
-  model = hrm_jax.LanguageModel(cfg)
+  model = hrm_jax.LanguageModel(cfg, execution())
   tx = optim.adam_atan2(optim.warmup_cosine(1e-3, 10, 1000), 0.9, 0.95, 0.1)
   shardings = state_lib.state_shardings(model, tx, mesh)
   train_cfg = ml_collections.ConfigDict(dict(microbatches=1, ema_decay=0.999,
@@ -118,7 +122,7 @@ def step_temporaries(cfg, state, batch, bp_steps):
 
 def grad_temporaries(cfg, batch, bp_steps):
   """Compiled temporaries (bytes) of the loss gradient alone at `bp_steps` (no optimizer)."""
-  model = hrm_jax.LanguageModel(cfg)
+  model = hrm_jax.LanguageModel(cfg, execution())
   inputs = {k: v for k, v in batch.items() if k != "labels"}
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), inputs)
   rest = {k: v for k, v in variables.items() if k != "params"}
@@ -168,15 +172,15 @@ def time_torch(cfg):
 
 def main(argv):
   del argv
-  cfg = model_config()
+  cfg, ex = model_config(), execution()
   tokens = _ROWS.value * _ROW_LEN.value
   step_s, compile_s, state, batch = time_jax(cfg)
   flops = flops_lib.train_flops_per_token(cfg, _ROW_LEN.value, _BP.value)
   peak = metrics_lib.peak_flops_per_device() * jax.device_count()
   print(f"backend={jax.default_backend()} devices={jax.device_count()} hidden={cfg.hidden_size} "
         f"layers/stack={cfg.layers_per_stack} H{cfg.H_cycles} L{cfg.L_cycles} "
-        f"batch={_ROWS.value}x{_ROW_LEN.value} dtype={cfg.dtype} bp_steps={_BP.value} "
-        f"remat={cfg.remat_policy}/{cfg.remat_scope} unroll_scans={unroll_scans(cfg)} "
+        f"batch={_ROWS.value}x{_ROW_LEN.value} dtype={ex.dtype} bp_steps={_BP.value} "
+        f"remat={ex.remat_policy}/{ex.remat_scope} unroll_scans={ex.unrolled(cfg.hidden_size)} "
         f"(compiled in {compile_s:.1f} s)")
   rows = [("hrm_jax", step_s)]
   if jax.default_backend() == "cpu" and _TORCH.value:

@@ -61,7 +61,7 @@ _SWEEP_L = flags.DEFINE_list("sweep_L_cycles", [], "L_cycles to evaluate trained
 # --quick: applied unless the same --config.x.y is given on the command line.
 QUICK = {
     "model.hidden_size": 32, "model.num_heads": 2, "model.n_layers": 2,
-    "model.bp_warmup_ratio": 0.0, "data.rows": 8, "data.row_len": 64,
+    "train.bp_warmup_ratio": 0.0, "data.rows": 8, "data.row_len": 64,
     "train.warmup_steps": 2, "log.every_steps": 5, "checkpoint.async_save": False,
     "model.unroll_scans": False, "ablate.total_steps": 16, "ablate.eval_points": 2,
     "ablate.eval_per_task": 4,
@@ -166,9 +166,11 @@ def main(argv):
   anchor = loop.model_config_from(anchor_cfg, sampled.vocab_size)
   total_steps = cfg.ablate.total_steps or cfg.train.total_steps or data_steps(cfg, sampled)
   seq_len = cfg.data.row_len
-  matches = [ablation.match_size(anchor, arch, _MATCH.value, seq_len, total_steps)
+  schedule = loop.bp_schedule_from(cfg, anchor)
+  matches = [ablation.match_size(anchor, arch, _MATCH.value, seq_len, total_steps,
+                                 schedule=schedule)
              for arch in _ARCHS.value]
-  anchor_flops = ablation.mean_train_flops_per_token(anchor, seq_len, total_steps)
+  anchor_flops = ablation.mean_train_flops_per_token(anchor, seq_len, total_steps, schedule)
   anchor_params = ablation.param_count(anchor)
   tokens = total_steps * cfg.data.rows * cfg.data.row_len
   print(f"Matching by {_MATCH.value} to HRM (hidden {anchor.hidden_size}, n_layers "

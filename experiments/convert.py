@@ -4,7 +4,7 @@
     python experiments/convert.py --from=CKPT_DIR --to_hf=DIR [--use_ema=false] [--overwrite]
         [--dtype=bfloat16] [--tokenizer=PATH] [--step=N]
 
-A native checkpoint is a training checkpoint (`hrm_jax/native.py`): --from takes a training
+A native checkpoint is a training checkpoint (`hrm_jax/native_weights.py`): --from takes a training
 workdir or its checkpoints/ directory (their latest step, or --step) or one step directory, and exports
 the EMA weights unless --use_ema=false, in --dtype (float32 by default), with the tokenizer
 files AutoTokenizer reads: --tokenizer, else the one a tokenizer.json beside --from or the
@@ -25,7 +25,7 @@ import sys
 
 from absl import app, flags
 
-from hrm_jax import atomic, cli, hf, loading, native, storage
+from hrm_jax import atomic, cli, hf, model_loading, native_weights, storage
 
 # Copied into a converted checkpoint, so generate.py finds the tokenizer there.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_info.json")
@@ -51,9 +51,9 @@ flags.DEFINE_string("tokenizer", None, "Tokenizer for --to_hf (a tokenizer.json,
 def _tokenizer(f: flags.FlagValues):
   """--tokenizer, else the checkpoint's; None (with a warning) when it has none."""
   if f.tokenizer:
-    return loading.load_tokenizer(f["from"].value, f.tokenizer)
+    return model_loading.load_tokenizer(f["from"].value, f.tokenizer)
   try:
-    return loading.load_tokenizer(f["from"].value)
+    return model_loading.load_tokenizer(f["from"].value)
   except FileNotFoundError as e:
     print(f"warning: the export has no tokenizer files: {e}", file=sys.stderr)
     return None
@@ -73,13 +73,13 @@ def convert(f: flags.FlagValues) -> None:
     tokenizer_files = [storage.cached_copy(p) if storage.is_remote(p) else p
                        for p in (storage.join(f.from_hf, n) for n in TOKENIZER_FILES)
                        if storage.path(p).exists()]
-    native.save(f.to, config, variables, extra_files=tokenizer_files)
+    native_weights.save(f.to, config, variables, extra_files=tokenizer_files)
     print(f"wrote native checkpoint {f.to} ({config.layers_per_stack} layers per stack, "
           f"hidden {config.hidden_size})")
   elif f["from"].value and f.to_hf and not (f.from_hf or f.to):
     atomic.check_replaceable(f.to_hf, overwrite=f.overwrite, same_kind=hf.export_kind)
     atomic.check_writable(f.to_hf, "--to_hf")
-    config, variables = native.load(f["from"].value, use_ema=f.use_ema, step=f.step)
+    config, variables = native_weights.load(f["from"].value, use_ema=f.use_ema, step=f.step)
     tok = _tokenizer(f)
     hf.save(f.to_hf, config, variables, overwrite=f.overwrite, tokenizer=tok,
             dtype=f.dtype or "float32")

@@ -30,7 +30,7 @@ from typing import Any
 import jax
 from absl import app, flags
 
-from hrm_jax import atomic, cli, loading, speculative
+from hrm_jax import atomic, cli, model_loading, speculative
 from hrm_jax.eval import runner, scoring, sources, tasks
 from hrm_jax.plotting import plot
 
@@ -152,8 +152,8 @@ def main(argv: list[str]) -> None:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
       print(f"wrote {sum(len(data[b.name][0]) for b in benches)} prompts to {f.dump_prompts}")
       return
-    config, variables = loading.load_model(f.checkpoint, use_ema=f.use_ema)
-    tok = loading.load_tokenizer(f.checkpoint, f.tokenizer)
+    config, execution, variables = model_loading.load_model(f.checkpoint, use_ema=f.use_ema)
+    tok = model_loading.load_tokenizer(f.checkpoint, f.tokenizer)
   except FileNotFoundError as e:
     raise app.UsageError(f"--checkpoint={f.checkpoint}: {e}") from e
   base = config.replace(**{k: v for k, v in (("H_cycles", f.H_cycles),
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> None:
                            batch_size=f.batch_size, max_new_tokens=f.max_new_tokens,
                            rng=jax.random.PRNGKey(f.seed), progress=f.progress, loaded=data,
                            draft_cycles=speculative.parse_cycles(f.draft_cycles, f.draft_len),
-                           draft_len=f.draft_len)
+                           draft_len=f.draft_len, execution=execution)
 
   if not depths:
     results = run(base)

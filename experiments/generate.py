@@ -38,7 +38,8 @@ import sys
 import jax
 from absl import app, flags
 
-from hrm_jax import cli, generation, jsonl, loading, speculative
+from hrm_jax import cli, generation, jsonl, model_loading, speculative
+from hrm_jax.models import registry
 from hrm_jax.progress import track
 
 DEFAULT_NEW_TOKENS = 256
@@ -116,13 +117,14 @@ def main(argv: list[str]) -> None:
   check_flags(f)
   items = read_items(f)
   try:
-    config, variables = loading.load_model(f.checkpoint, use_ema=f.use_ema)
-    tok = loading.load_tokenizer(f.checkpoint, f.tokenizer)
+    config, execution, variables = model_loading.load_model(f.checkpoint, use_ema=f.use_ema)
+    tok = model_loading.load_tokenizer(f.checkpoint, f.tokenizer)
   except (FileNotFoundError, ValueError) as e:  # messages name the file
     raise app.UsageError(f"--checkpoint={f.checkpoint}: {e}") from e
   depth = {k: v for k, v in (("H_cycles", f.H_cycles), ("L_cycles", f.L_cycles)) if v is not None}
   try:
     config = config.replace(**depth)
+    registry.spec_of(config)
   except ValueError as e:  # e.g. a trm's backprop window deeper than the new H_cycles
     raise app.UsageError(f"--H_cycles/--L_cycles: {e}") from e
   for it in items:
@@ -137,7 +139,7 @@ def main(argv: list[str]) -> None:
   try:  # all prompts checked before any output (a too-long prompt errors, even unset budget)
     answers = generation.stream(
         config, variables, [it["ids"] for it in items], [it["new"] for it in items],
-        temperature=f.temperature, top_p=f.top_p, eos_id=tok.eoa_id,
+        execution=execution, temperature=f.temperature, top_p=f.top_p, eos_id=tok.eoa_id,
         rng=jax.random.PRNGKey(f.seed), batch_size=f.batch_size,
         names=[it["name"] for it in items], where="generate.py",
         draft_cycles=speculative.parse_cycles(f.draft_cycles, f.draft_len),

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 import hrm_jax
 from hrm_jax import cli, flops
+from hrm_jax.train import bp_schedule
 
 _SIZES = flags.DEFINE_list("sizes", list(hrm_jax.SIZES), "sizes to list")
 _ARCHS = flags.DEFINE_list("archs", list(hrm_jax.ARCHS), "architectures to list")
@@ -44,7 +45,7 @@ def main(argv):
   for size in _SIZES.value:
     for arch in _ARCHS.value:
       c = hrm_jax.model_config(size, arch, vocab_size=_VOCAB.value)
-      bp = hrm_jax.bp_steps_at(1 << 30, 1, c)
+      bp = bp_schedule.bp_steps_at(1 << 30, 1, c)
       passes, _ = flops.pass_counts(c, bp)
       n = hrm_jax.count_params(abstract_params(c))
       print(f"| {size} | {arch} | {c.layers_per_stack} | {n:,} | {passes} | "

@@ -25,10 +25,12 @@ import numpy as np
 
 from hrm_jax import atomic
 from hrm_jax import flops as flops_lib
-from hrm_jax import checkpoints, native
+from hrm_jax import native_weights
 from hrm_jax.config import ModelConfig
-from hrm_jax.models import ARCHS, REGISTRY, LanguageModel, bp_steps_at, spec_of
+from hrm_jax.execution import Execution
+from hrm_jax.models import ARCHS, REGISTRY, LanguageModel, registry, spec_of
 from hrm_jax.params import count_params
+from hrm_jax.train.bp_schedule import BpSchedule, bp_steps_at
 
 MATCH_BY = ("params", "flops")
 # Named variants for --archs: (arch, ModelConfig fields) over the anchor, the reference's
@@ -52,26 +54,28 @@ def param_count(config: ModelConfig) -> int:
   spec = jax.ShapeDtypeStruct((1, 8), jnp.int32)
   batch = {"inputs": spec, "positions": spec, "segment_ids": spec,
            "prefix_mask": jax.ShapeDtypeStruct((1, 8), jnp.bool_)}
-  shapes = jax.eval_shape(LanguageModel(config.replace(unroll_scans=False)).init,
+  shapes = jax.eval_shape(LanguageModel(config, Execution(unroll_scans=False)).init,
                           jax.random.PRNGKey(0), batch)
   return count_params(shapes["params"])
 
 
-def flops_per_step(config: ModelConfig, seq_len: int, total_steps: int) -> np.ndarray:
+def flops_per_step(config: ModelConfig, seq_len: int, total_steps: int,
+                   schedule: BpSchedule = BpSchedule()) -> np.ndarray:
   """[total_steps] training FLOPs per token of steps 1..total_steps (bp_steps schedule)."""
   cache: dict[int, float] = {}
   out = np.empty(total_steps)
   for step in range(1, total_steps + 1):
-    bp = bp_steps_at(step, total_steps, config)
+    bp = bp_steps_at(step, total_steps, config, schedule)
     if bp not in cache:
       cache[bp] = flops_lib.train_flops_per_token(config, seq_len, bp)
     out[step - 1] = cache[bp]
   return out
 
 
-def mean_train_flops_per_token(config: ModelConfig, seq_len: int, total_steps: int) -> float:
+def mean_train_flops_per_token(config: ModelConfig, seq_len: int, total_steps: int,
+                               schedule: BpSchedule = BpSchedule()) -> float:
   """Training FLOPs per token averaged over the whole schedule (= total FLOPs / tokens)."""
-  return float(flops_per_step(config, seq_len, total_steps).mean())
+  return float(flops_per_step(config, seq_len, total_steps, schedule).mean())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +89,7 @@ class Match:
 
 
 def match_size(anchor: ModelConfig, arch: str, by: str, seq_len: int, total_steps: int,
-               max_layers: int = 64) -> Match:
+               max_layers: int = 64, schedule: BpSchedule = BpSchedule()) -> Match:
   """`anchor` as `arch`, with the `n_layers` whose params or train FLOPs/token are closest
   (in log ratio; the smaller model on a tie) to the anchor's. The anchor's own arch keeps its
   size. Architecture defaults (cycles, gradient windows) come from `ModelConfig`'s presets.
@@ -96,8 +100,9 @@ def match_size(anchor: ModelConfig, arch: str, by: str, seq_len: int, total_step
     raise ValueError(f"--archs: unknown arch {arch!r}; expected one of {NAMES}")
   name = arch
   arch, options = VARIANTS.get(name, (name, {}))
-  base = (anchor.to_dict() if arch == anchor.arch
-          else {**anchor.to_dict(), **REGISTRY[arch].defaults, "arch": arch})
+  own = {f.name: getattr(anchor, f.name) for f in dataclasses.fields(anchor)}
+  base = own if arch == anchor.arch else {**own, "options": None, **REGISTRY[arch].defaults,
+                                          "arch": arch}
   if "H" not in REGISTRY[arch].stacks:  # the anchor's H stack settings have no H to go to
     base["H_override"] = ""
   base.update(options)
@@ -113,7 +118,7 @@ def match_size(anchor: ModelConfig, arch: str, by: str, seq_len: int, total_step
     lo, hi = param_count(build(step)), param_count(build(2 * step))
     measure = lambda c: float(lo + (c.n_layers // step - 1) * (hi - lo))
   else:
-    measure = lambda c: mean_train_flops_per_token(c, seq_len, total_steps)
+    measure = lambda c: mean_train_flops_per_token(c, seq_len, total_steps, schedule)
 
   target = float(param_count(anchor)) if by == "params" else measure(anchor)
   candidates = ([anchor.n_layers] if arch == anchor.arch
@@ -131,7 +136,7 @@ def match_size(anchor: ModelConfig, arch: str, by: str, seq_len: int, total_step
   params = param_count(c)
   if by == "params" and params != measure(c):
     raise AssertionError(f"{arch}: parameters not affine in n_layers ({params} vs {measure(c)})")
-  return Match(name, c, params, mean_train_flops_per_token(c, seq_len, total_steps),
+  return Match(name, c, params, mean_train_flops_per_token(c, seq_len, total_steps, schedule),
                "n_layers", c.n_layers)
 
 
@@ -154,10 +159,15 @@ def run_config(cfg: ml_collections.ConfigDict, match: Match, seed: int, total_st
   """The training config of one run: the matched model, the ablation budget, the run's seed,
   and a checkpoint at each of `eval_points` evenly spaced steps (kept for evaluation)."""
   run = ml_collections.ConfigDict(cfg.to_dict())
-  for f in dataclasses.fields(ModelConfig):
-    if f.name != "arch" and f.name in run.model:
-      run.model[f.name] = getattr(match.config, f.name)
-  run.model.arch = match.config.arch
+  c = match.config
+  fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(ModelConfig)}
+  fields.update(dataclasses.asdict(c.options) if c.options is not None else {})
+  for name in registry.OPTION_FIELDS:  # the anchor's options are not this arch's
+    run.model[name] = None
+  for name, value in fields.items():
+    if name not in ("arch", "options") and name in run.model:
+      run.model[name] = value
+  run.model.arch = c.arch
   run.train.total_steps = total_steps
   run.train.max_steps = -1
   run.train.seed = seed
@@ -187,8 +197,7 @@ def run_one(cfg: ml_collections.ConfigDict, match: Match, seed: int, workdir: st
   from hrm_jax.train import demo_report, loop  # the training stack, only when running
   done = read_result(workdir)
   if done is not None:
-    model = lambda d: {k: v for k, v in d.items() if k not in checkpoints.IMPLEMENTATION_FIELDS}
-    if model(done["model_config"]) != model(match.config.to_dict()):  # same parameters
+    if registry.model_config_from_dict(done["model_config"]) != match.config:  # same model
       raise ValueError(f"{os.path.join(workdir, RESULT_FILE)} was made by another model "
                        f"config than this ablation's {match.arch} (n_layers="
                        f"{match.config.n_layers}); use another --workdir or delete this run")
@@ -206,11 +215,11 @@ def run_one(cfg: ml_collections.ConfigDict, match: Match, seed: int, workdir: st
                      f"({result.model_config} vs {match.config})")
   seq_len = run.data.row_len
   tokens_per_step = run.data.rows * run.data.row_len
-  per_step = flops_per_step(match.config, seq_len, total_steps)
+  per_step = flops_per_step(match.config, seq_len, total_steps, BpSchedule.of(run.train))
   points = []
   for step in checkpoint_steps(workdir):
     eval_start = time.perf_counter()
-    config, variables = native.load(os.path.join(workdir, "checkpoints", str(step)))
+    config, variables = native_weights.load(os.path.join(workdir, "checkpoints", str(step)))
     scores, _ = demo_report.exact_match(config, variables, result.demo, eval_per_task)
     points.append({"step": step, "tokens": step * tokens_per_step,
                    "train_flops": float(per_step[:step].sum() * tokens_per_step),
@@ -246,7 +255,7 @@ def sweep_depth(workdir: str, demo: Any, depths: Sequence[tuple[int, int]], eval
     if key in cached and cached[key]["eval_per_task"] == eval_per_task:
       continue
     if config is None:
-      config, variables = native.load(workdir)
+      config, variables = native_weights.load(workdir)
     scores, _ = demo_report.exact_match(config.replace(H_cycles=h, L_cycles=l), variables, demo,
                                         eval_per_task)
     cached[key] = {"H_cycles": h, "L_cycles": l, "eval_per_task": eval_per_task,

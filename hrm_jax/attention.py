@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from hrm_jax import sharding as sharding_lib
-from hrm_jax.config import ATTENTION_IMPLS
+from hrm_jax.execution import ATTENTION_IMPLS
 from hrm_jax.kernels import flash_gpu, flash_tpu, flash_xla
 from hrm_jax.kernels import ranges as ranges_lib
 
@@ -46,22 +46,6 @@ class MaskInfo(NamedTuple):
   prefix_mask: jax.Array  # [B, S] bool, True on prompt tokens
   dense: Optional[jax.Array] = None  # [B, S, S] bool: query x key -> visible
   ranges: Optional[ranges_lib.Ranges] = None  # per-query key ranges of blockwise kernels
-
-
-class CacheStep(NamedTuple):
-  """Decoding with a KV cache: where this call's tokens go and what each may see.
-
-  Each attention call keeps its keys/values in its own slot of the 'cache' collection
-  (`length` positions); the tokens of this call are written at positions index.. and
-  attend by mask: at prefill (the call that creates the slot, index 0) to this call's own
-  keys, T = S; afterwards to all T = length positions.
-  """
-
-  # int32: scalar, the cache position of this call's first token (the rest follow), or
-  # [B, S], each token's own position (>= length: not written; speculative decoding).
-  index: jax.Array
-  mask_BxSxT: jax.Array  # bool: query x key position -> visible
-  length: int  # static: cache positions per slot (prompt + generated)
 
 
 def visible(seg_BxQ, prefix_BxQ, idx_Q, seg_BxT, prefix_BxT, idx_T) -> jax.Array:
@@ -144,7 +128,7 @@ def _block(impl: str, chunk: int, seq_len: int) -> int:
 
 def attend(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
            mask: MaskInfo, impl: str, chunk: int = 512) -> jax.Array:
-  """Dispatch to the kernel named by `ModelConfig.attention_impl` (see the module doc)."""
+  """Dispatch to the kernel named by `Execution.attention_impl` (see the module doc)."""
   chex.assert_equal_shape([q_BxSxHxK, k_BxSxHxK, v_BxSxHxK])
   s, head_dim = q_BxSxHxK.shape[1], q_BxSxHxK.shape[-1]
   impl = resolve_impl(impl, s, head_dim)

@@ -1,4 +1,4 @@
-"""Model configuration: every field of the reference (docs/reference.md#architecture) plus dtypes.
+"""Model configuration: what the weights compute (docs/reference.md#architecture).
 
 Shape key used across the project: B batch, S sequence, D hidden, H heads, K head_dim,
 M intermediate (MLP), V vocab, N layers per stack.
@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 INIT_TYPES = ("lecun_normal", "fixed_normal", "megatron")
-DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_IMPLS = ("dense", "chunked", "pallas_gpu", "pallas_tpu", "auto")
-REMAT_POLICIES = ("none", "full", "proj", "dots")
-REMAT_SCOPES = ("layer", "pass")
 # Block variants the reference's configs carry for ablations (its TransformerConfig).
 ATTN_TYPES = ("prefixlm", "causal")
 NORM_TYPES = ("pre", "post")
@@ -38,13 +34,37 @@ def round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
 
+def _head_dim(c: "ModelConfig") -> int:
+  if c.num_heads <= 0 or c.hidden_size % c.num_heads:
+    raise ValueError(
+        f"ModelConfig: hidden_size={c.hidden_size} is not divisible by "
+        f"num_heads={c.num_heads}; set head_dim explicitly or fix the sizes.")
+  return c.hidden_size // c.num_heads
+
+
+# Each derived field (None = derive it): the fields its rule reads, and the rule (the
+# reference's formulas). `__post_init__` applies the rules in this order; `replace`
+# re-derives a field when one it reads changes and the field itself is not given.
+DERIVED: dict[str, tuple[tuple[str, ...], Callable[["ModelConfig"], Any]]] = {
+    "intermediate_size": (("hidden_size", "expansion"),
+                          lambda c: round_up(round(c.expansion * c.hidden_size * 2 / 3), 256)),
+    "head_dim": (("hidden_size", "num_heads"), _head_dim),
+    "embedding_scale": (("hidden_size", "init_type", "init_std"),
+                        lambda c: 1.0 / c.init_stds()["in"]),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """One model. Field names follow the reference's config files.
+  """What the weights compute. Field names follow the reference's config files.
+
+  How it executes (dtypes, attention kernel, remat, unrolling) is `hrm_jax.execution.
+  Execution`; the bp_steps warm-up is training's (`hrm_jax.train.bp_schedule`); the options
+  only one baseline reads are that baseline's frozen dataclass in `options` (its model file).
 
   `n_layers` is the total; architectures with `half_layers` give each of their two stacks
-  `n_layers // 2` layers. `intermediate_size` and `head_dim` are derived from the reference
-  formulas unless set (imported checkpoints may differ from the formulas).
+  `n_layers // 2` layers. `intermediate_size`, `head_dim` and `embedding_scale` are derived
+  (`DERIVED`) unless set (imported checkpoints may differ from the formulas).
   """
 
   arch: str = "hrm"
@@ -67,58 +87,25 @@ class ModelConfig:
   norm_type: str = "pre"
   pos_emb_type: str = "rope"
   # hrm, rins: the H stack's own settings, "field=value,..." over H_OVERRIDABLE (a mapping is
-  # accepted and kept in this canonical text form); n_layers is the H stack's layer count.
+  # accepted and kept in this canonical text form); n_layers there is the H stack's own layer
+  # count (`stack_config("H").n_layers`).
   H_override: str = ""
-  # hrm, trm, trm_match_recurrence: recursion depth.
+  # hrm, trm, rins: recursion depth (rins reads L_cycles only).
   H_cycles: int = 2
   L_cycles: int = 3
-  # hrm: truncated-backprop warm-up (bp_steps goes bp_min -> bp_max over the first ratio).
-  bp_min_steps: int = 2
-  bp_max_steps: int = 5
-  bp_warmup_ratio: float = 0.2
-  # trm: fixed gradient windows (number of trailing H and L passes with gradient).
-  H_bp_steps: int = 1
-  L_bp_steps: int = 1
-  # rins: trailing L cycles with gradient.
-  L_bp_cycles: int = 4
-  # ut: cycles of its single stack and how many trailing ones carry gradient.
-  cycles: int = 4
-  bp_cycles: int = 2
-  # Derived when None.
+  # Derived when None (`DERIVED`).
   intermediate_size: Optional[int] = None
   head_dim: Optional[int] = None
   embedding_scale: Optional[float] = None
-  # Numerics and implementation.
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  attention_impl: str = "dense"
-  attention_chunk: int = 512  # tile rows of the blockwise attention_impls (hrm_jax/attention.py)
-  # What a rematerialised unit keeps for the backward pass (none = no remat; full = only its
-  # input; proj = also its projection outputs gqkv, gated attention and gate_up; dots =
-  # every matmul output without batch dimensions), and the units: each "layer" of a stack, or also
-  # each whole "pass" of a stack through the recursion (nested: fewer saved activations, one
-  # more stack forward per gradient-carrying pass).
-  remat_policy: str = "none"
-  remat_scope: str = "layer"
-  # Unroll the layer and recursion scans in the compiled program: faster for small models on
-  # CPU (no per-iteration slicing of stacked weights), slower to compile for big ones.
-  # None = by backend and size (`hrm_jax.layers.unroll_scans`).
-  unroll_scans: Optional[bool] = None
+  # The arch's own options: a frozen dataclass declared by its model file (e.g. ut's cycles),
+  # None for archs without any; `hrm_jax.models.registry` checks the type.
+  options: Any = None
 
   def __post_init__(self):
     object.__setattr__(self, "H_override", canonical_overrides(self.H_override))
-    if self.intermediate_size is None:
-      object.__setattr__(
-          self, "intermediate_size",
-          round_up(round(self.expansion * self.hidden_size * 2 / 3), 256))
-    if self.head_dim is None:
-      if self.num_heads <= 0 or self.hidden_size % self.num_heads:
-        raise ValueError(
-            f"ModelConfig: hidden_size={self.hidden_size} is not divisible by "
-            f"num_heads={self.num_heads}; set head_dim explicitly or fix the sizes.")
-      object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
-    if self.embedding_scale is None:
-      object.__setattr__(self, "embedding_scale", 1.0 / self.init_stds()["in"])
+    for name, (_, rule) in DERIVED.items():
+      if getattr(self, name) is None:
+        object.__setattr__(self, name, rule(self))
     self.validate()
 
   # --- derived ---------------------------------------------------------------------------
@@ -145,12 +132,12 @@ class ModelConfig:
   def init_stds(self) -> dict[str, float]:
     """Init std of input projections, attention output and MLP output (reference formulas)."""
     hidden = self.hidden_size
-    inter = self.intermediate_size or round_up(round(self.expansion * hidden * 2 / 3), 256)
     if self.init_type == "fixed_normal":
       std = self.init_std if self.init_std is not None else 0.02
       return {"in": std, "attn_out": std, "ff_out": std}
     if self.init_type == "lecun_normal":
-      return {"in": hidden**-0.5, "attn_out": hidden**-0.5, "ff_out": inter**-0.5}
+      return {"in": hidden**-0.5, "attn_out": hidden**-0.5,
+              "ff_out": self.intermediate_size**-0.5}
     if self.init_type == "megatron":
       in_std = self.init_std if self.init_std is not None else hidden**-0.5
       out = in_std / math.sqrt(2.0 * self.layers_per_stack)
@@ -164,22 +151,13 @@ class ModelConfig:
     return ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: {why}")
 
   def validate(self) -> None:
-    """The checks every arch shares; an arch's own fields are checked by its spec
+    """The checks every arch shares; the arch and its `options` are checked by its spec
     (`hrm_jax.models.registry.spec_of`)."""
     def bad(field, why):
       raise self.invalid(field, why)
 
     if self.init_type not in INIT_TYPES:
       bad("init_type", f"expected one of {INIT_TYPES}")
-    for f in ("dtype", "param_dtype"):
-      if getattr(self, f) not in DTYPES:
-        bad(f, f"expected one of {DTYPES}")
-    if self.attention_impl not in ATTENTION_IMPLS:
-      bad("attention_impl", f"expected one of {ATTENTION_IMPLS}")
-    if self.remat_policy not in REMAT_POLICIES:
-      bad("remat_policy", f"expected one of {REMAT_POLICIES}")
-    if self.remat_scope not in REMAT_SCOPES:
-      bad("remat_scope", f"expected one of {REMAT_SCOPES}")
     for f, allowed in (("attn_type", ATTN_TYPES), ("norm_type", NORM_TYPES),
                        ("pos_emb_type", POS_EMB_TYPES)):
       if getattr(self, f) not in allowed:
@@ -190,7 +168,7 @@ class ModelConfig:
       except ValueError as e:
         bad("H_override", f"the H stack it makes is invalid: {e}")
     for f in ("n_layers", "hidden_size", "num_heads", "vocab_size", "max_seq_len",
-              "intermediate_size", "head_dim", "attention_chunk"):
+              "intermediate_size", "head_dim"):
       if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
         bad(f, "must be a positive integer")
     if self.half_layers and self.n_layers % 2:
@@ -200,33 +178,26 @@ class ModelConfig:
       bad("head_dim", "must be even for rotate-half RoPE")
     if self.norm_eps <= 0:
       bad("norm_eps", "must be > 0")
-    for f in ("H_cycles", "L_cycles", "cycles"):
+    for f in ("H_cycles", "L_cycles"):
       if getattr(self, f) < 1:
         bad(f, "must be >= 1")
-    if not 1 <= self.bp_min_steps <= self.bp_max_steps:
-      raise ValueError(
-          f"ModelConfig: need 1 <= bp_min_steps ({self.bp_min_steps}) <= bp_max_steps "
-          f"({self.bp_max_steps}).")
-    if not 0.0 <= self.bp_warmup_ratio <= 1.0:
-      bad("bp_warmup_ratio", "must be in [0, 1]")
 
   def replace(self, **changes: Any) -> "ModelConfig":
-    """A copy with `changes`; derived fields are recomputed unless given."""
+    """A copy with `changes`; derived fields are recomputed unless given (`DERIVED`)."""
     fields = {f.name for f in dataclasses.fields(self)}
     unknown = sorted(set(changes) - fields)
     if unknown:
       raise ValueError(f"ModelConfig has no field(s) {unknown}; valid fields: {sorted(fields)}")
-    d = dataclasses.asdict(self)
-    size_fields = ("hidden_size", "num_heads", "expansion", "init_type", "init_std")
-    for derived, deps in (("intermediate_size", ("hidden_size", "expansion")),
-                          ("head_dim", ("hidden_size", "num_heads")),
-                          ("embedding_scale", size_fields + ("intermediate_size",))):
+    d = {f: getattr(self, f) for f in fields}
+    for derived, (deps, _) in DERIVED.items():
       if derived not in changes and any(k in changes for k in deps):
         d[derived] = None
     d.update(changes)
     return ModelConfig(**d)
 
   def to_dict(self) -> dict[str, Any]:
+    """JSON-ready: `options` as a dict of its fields (`registry.model_config_from_dict`
+    reads it back)."""
     return dataclasses.asdict(self)
 
 

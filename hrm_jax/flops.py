@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution
 from hrm_jax.models.registry import spec_of
 
 
@@ -67,7 +68,7 @@ def train_flops_per_token(config: ModelConfig, seq_len: int, bp_steps: Optional[
   return stacks + 2 * grad_stacks + 3 * head
 
 
-def recompute_flops_per_token(config: ModelConfig, seq_len: int,
+def recompute_flops_per_token(config: ModelConfig, execution: Execution, seq_len: int,
                               bp_steps: Optional[int]) -> float:
   """Forward FLOPs rematerialisation repeats in the backward: hardware FLOPs minus model FLOPs.
 
@@ -79,13 +80,13 @@ def recompute_flops_per_token(config: ModelConfig, seq_len: int,
   attention matmuls count as recomputed whole (an upper bound); the score recompute that
   blockwise attention kernels do in their own backward, under any policy, is not counted.
   """
-  c = config
-  if c.remat_policy == "none":
+  c, ex = config, execution
+  if ex.remat_policy == "none":
     return 0.0
   d, hk = c.hidden_size, c.num_heads * c.head_dim
   attention = 2 * 2 * hk * seq_len / 2
   per_layer = lambda s: {"full": layer_flops(s, seq_len), "proj": 2 * hk * d + attention,
-                         "dots": attention}[c.remat_policy]
-  scopes = 2 if c.remat_scope == "pass" else 1
+                         "dots": attention}[ex.remat_policy]
+  scopes = 2 if ex.remat_scope == "pass" else 1
   _, grad_stacks = _per_stack(c, bp_steps, per_layer)
   return float(scopes * grad_stacks)

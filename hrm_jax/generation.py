@@ -36,6 +36,7 @@ import numpy as np
 
 from hrm_jax import decode, recompute_decode, speculative
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution
 from hrm_jax.models.registry import spec_of
 from hrm_jax.sampling import sample, token_keys
 
@@ -110,19 +111,20 @@ class Sampling(NamedTuple):
   rng: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("config", "backend", "greedy", "draft"),
+@functools.partial(jax.jit,
+                   static_argnames=("config", "execution", "backend", "greedy", "draft"),
                    donate_argnames=("state", "rows"))
 def _refill(variables: dict, state, rows: Rows, rows_R: jax.Array, prompt_RxP: jax.Array,
             lens_R: jax.Array, index_R: jax.Array, budget_R: jax.Array, s: Sampling, *,
-            config: ModelConfig, backend: str, greedy: bool,
+            config: ModelConfig, execution: Execution, backend: str, greedy: bool,
             draft: Optional[ModelConfig] = None):
   """Prefill prompts into rows rows_R (index >= B: padding, ignored); first tokens sampled.
   With a `draft` config the state is `speculative.State` (both caches filled)."""
   if draft is None:
-    logits_RxV, state = BACKENDS[backend].refill(config, variables, state, rows_R, prompt_RxP,
-                                                 lens_R)
+    logits_RxV, state = BACKENDS[backend].refill(config, execution, variables, state, rows_R,
+                                                 prompt_RxP, lens_R)
   else:
-    logits_RxV, state = speculative.refill(config, draft, variables, state, rows_R,
+    logits_RxV, state = speculative.refill(config, draft, execution, variables, state, rows_R,
                                            prompt_RxP, lens_R)
   first_R = sample(logits_RxV, token_keys(s.rng, index_R, jnp.zeros_like(index_R)),
                    s.temperature, s.top_p, greedy)
@@ -135,10 +137,10 @@ def _refill(variables: dict, state, rows: Rows, rows_R: jax.Array, prompt_RxP: j
       put(rows.out_BxN, jnp.zeros((len(first_R), n), jnp.int32).at[:, 0].set(first_R)))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "backend", "greedy"),
+@functools.partial(jax.jit, static_argnames=("config", "execution", "backend", "greedy"),
                    donate_argnames=("state", "rows"))
 def _decode(variables: dict, state, rows: Rows, s: Sampling, *, config: ModelConfig,
-            backend: str, greedy: bool):
+            execution: Execution, backend: str, greedy: bool):
   """Decode steps for every row until a running row finishes (rows done on entry idle)."""
   step = BACKENDS[backend].step
   b, n = rows.out_BxN.shape
@@ -149,7 +151,7 @@ def _decode(variables: dict, state, rows: Rows, s: Sampling, *, config: ModelCon
 
   def body(carry):
     state, r = carry
-    logits_BxV, state = step(config, variables, state, r.last_B)
+    logits_BxV, state = step(config, execution, variables, state, r.last_B)
     next_B = sample(logits_BxV, token_keys(s.rng, r.index_B, r.count_B), s.temperature, s.top_p,
                     greedy)
     out_BxN = r.out_BxN.at[jnp.arange(b), jnp.where(r.done_B, n, r.count_B)].set(
@@ -162,13 +164,15 @@ def _decode(variables: dict, state, rows: Rows, s: Sampling, *, config: ModelCon
   return jax.lax.while_loop(cond, body, (state, rows))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "draft", "draft_len", "greedy"),
+@functools.partial(jax.jit,
+                   static_argnames=("config", "execution", "draft", "draft_len", "greedy"),
                    donate_argnames=("state", "rows"))
 def _speculate(variables: dict, state: speculative.State, rows: Rows, s: Sampling, *,
-               config: ModelConfig, draft: ModelConfig, draft_len: int, greedy: bool):
-  """Speculative rounds (`speculative.propose`) until a running row finishes; each row keeps
-  its proposal up to eos and its budget. Also the round counts: verifications, running
-  rows verified, drafts accepted, tokens kept."""
+               config: ModelConfig, execution: Execution, draft: ModelConfig, draft_len: int,
+               greedy: bool):
+  """Speculative rounds (`speculative.round_`: what each row keeps, both caches rolled back)
+  until a running row finishes; here only the rows' bookkeeping, as `_decode`'s. Also the
+  round counts: verifications, running rows verified, drafts accepted, tokens kept."""
   b, n = rows.out_BxN.shape
   idle_B = rows.done_B
   j_S = jnp.arange(draft_len + 1)
@@ -178,31 +182,25 @@ def _speculate(variables: dict, state: speculative.State, rows: Rows, s: Samplin
 
   def body(carry):
     state, r, counts = carry
-    prop, state = speculative.propose(config, draft, variables, state, r.last_B, r.index_B,
-                                      r.count_B, s.rng, s.temperature, s.top_p, draft_len,
-                                      greedy)
-    eos_BxS = (prop.tokens_BxS == s.eos_id) & (j_S[None] < prop.count_B[:, None])
-    through_eos_B = jnp.where(jnp.any(eos_BxS, axis=1), jnp.argmax(eos_BxS, axis=1) + 1,
-                              prop.count_B)
-    keep_B = jnp.where(r.done_B, 0, jnp.minimum(through_eos_B, r.budget_B - r.count_B))
-    cols_BxS = jnp.where(j_S[None] < keep_B[:, None], r.count_B[:, None] + j_S[None], n)
-    out_BxN = r.out_BxN.at[jnp.arange(b)[:, None], cols_BxS].set(prop.tokens_BxS, mode="drop")
-    count_B = r.count_B + keep_B
-    hit_eos_B = jnp.any(eos_BxS & (j_S[None] < keep_B[:, None]), axis=1)
-    done_B = r.done_B | hit_eos_B | (count_B >= r.budget_B)
-    last_B = jnp.where(keep_B > 0, jnp.take_along_axis(
-        prop.tokens_BxS, jnp.maximum(keep_B - 1, 0)[:, None], 1)[:, 0], r.last_B)
-    state = speculative.advance(state, prop.tokens_BxS, keep_B, r.last_B)
+    kept, state = speculative.round_(config, draft, execution, variables, state, r.last_B,
+                                     r.index_B, r.count_B, r.budget_B - r.count_B, r.done_B,
+                                     s, draft_len, greedy)
+    cols_BxS = jnp.where(j_S[None] < kept.keep_B[:, None], r.count_B[:, None] + j_S[None], n)
+    out_BxN = r.out_BxN.at[jnp.arange(b)[:, None], cols_BxS].set(kept.tokens_BxS, mode="drop")
+    count_B = r.count_B + kept.keep_B
+    done_B = r.done_B | kept.hit_eos_B | (count_B >= r.budget_B)
     running_B = ~r.done_B
     counts = counts + jnp.stack([jnp.int32(1), running_B.sum(),
-                                 jnp.where(running_B, prop.accepted_B, 0).sum(), keep_B.sum()])
-    return state, Rows(last_B, count_B, r.budget_B, done_B, r.index_B, out_BxN), counts
+                                 jnp.where(running_B, kept.accepted_B, 0).sum(),
+                                 kept.keep_B.sum()])
+    return state, Rows(kept.last_B, count_B, r.budget_B, done_B, r.index_B, out_BxN), counts
 
   return jax.lax.while_loop(cond, body, (state, rows, jnp.zeros(4, jnp.int32)))
 
 
 def stream(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]],
-           max_new_tokens: Budgets, *, temperature: float = 0.0, top_p: float = 1.0,
+           max_new_tokens: Budgets, *, execution: Execution = Execution(),
+           temperature: float = 0.0, top_p: float = 1.0,
            eos_id: Optional[int] = None, rng: Optional[jax.Array] = None,
            batch_size: Optional[int] = None, backend: Optional[str] = None,
            names: Optional[Sequence[str]] = None, where: str = "generate",
@@ -230,28 +228,28 @@ def stream(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]
       raise ValueError(f"{where}: draft_len={draft_len} must be >= 1")
   if stats is not None:
     stats.draft_len = draft_len if draft is not None else 0
-  return _run(config, variables, [list(p) for p in prompts], budgets, greedy,
+  return _run(config, execution, variables, [list(p) for p in prompts], budgets, greedy,
               Sampling(jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
                        jnp.int32(-1 if eos_id is None else eos_id),
                        jax.random.PRNGKey(0) if rng is None else rng),
               min(batch_size or len(prompts), len(prompts)), backend, draft, draft_len, stats)
 
 
-def _run(config: ModelConfig, variables: dict, prompts: list[list[int]], budgets: list[int],
-         greedy: bool, s: Sampling, b: int, backend: str, draft: Optional[ModelConfig],
-         draft_len: int, stats: Optional[speculative.Stats]
+def _run(config: ModelConfig, execution: Execution, variables: dict, prompts: list[list[int]],
+         budgets: list[int], greedy: bool, s: Sampling, b: int, backend: str,
+         draft: Optional[ModelConfig], draft_len: int, stats: Optional[speculative.Stats]
          ) -> Iterator[tuple[int, list[int]]]:
   be = BACKENDS[backend]
   variables = be.prepare(variables)
   n = bucket(max(budgets))
   length = bucket(max(map(len, prompts))) + n
   if draft is None:
-    state = be.init(config, variables, b, length)
+    state = be.init(config, execution, b, length)
   else:  # a verification writes up to draft_len positions past the row's last token
-    state = speculative.init(config, draft, variables, b, length + draft_len)
+    state = speculative.init(config, draft, execution, b, length + draft_len)
   rows = Rows(*(jnp.zeros(b, jnp.int32) for _ in range(3)), jnp.ones(b, bool),
               jnp.zeros(b, jnp.int32), jnp.zeros((b, n), jnp.int32))
-  static = dict(config=config, backend=backend, greedy=greedy, draft=draft)
+  static = dict(config=config, execution=execution, backend=backend, greedy=greedy, draft=draft)
   pending = iter(sorted(range(len(prompts)), key=lambda i: -budgets[i]))
   serving: list[Optional[int]] = [None] * b  # the prompt each row serves
 
@@ -277,12 +275,13 @@ def _run(config: ModelConfig, variables: dict, prompts: list[list[int]], budgets
     done_B = np.asarray(rows.done_B)
     finished = [r for r, i in enumerate(serving) if i is not None and done_B[r]]
     if not finished and draft is None:
-      state, rows = _decode(variables, state, rows, s, config=config, backend=backend,
-                            greedy=greedy)
+      state, rows = _decode(variables, state, rows, s, config=config, execution=execution,
+                            backend=backend, greedy=greedy)
       continue
     if not finished:
-      state, rows, counts = _speculate(variables, state, rows, s, config=config, draft=draft,
-                                       draft_len=draft_len, greedy=greedy)
+      state, rows, counts = _speculate(variables, state, rows, s, config=config,
+                                       execution=execution, draft=draft, draft_len=draft_len,
+                                       greedy=greedy)
       if stats is not None:
         rounds, row_rounds, accepted, tokens = np.asarray(counts).tolist()
         stats.rounds += rounds
@@ -298,7 +297,8 @@ def _run(config: ModelConfig, variables: dict, prompts: list[list[int]], budgets
 
 
 def generate(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]],
-             max_new_tokens: Budgets, *, temperature: float = 0.0, top_p: float = 1.0,
+             max_new_tokens: Budgets, *, execution: Execution = Execution(),
+             temperature: float = 0.0, top_p: float = 1.0,
              eos_id: Optional[int] = None, rng: Optional[jax.Array] = None,
              batch_size: Optional[int] = None, backend: Optional[str] = None,
              draft_cycles: Optional[Sequence[int]] = None, draft_len: int = 4,
@@ -306,7 +306,9 @@ def generate(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[in
   """The new tokens of each prompt, in prompt order: up to and including eos_id, at most its
   max_new_tokens (one int, or one per prompt).
 
-  temperature 0 is greedy; otherwise nucleus sampling with the explicit PRNG key `rng`.
+  `execution` says how the model runs (its dtype is the KV cache's too; a checkpoint's own:
+  `model_loading.load_model`). temperature 0 is greedy; otherwise nucleus sampling with the
+  explicit PRNG key `rng`.
   batch_size rows decode at once (default: all prompts), refilled as answers finish.
   Test-time depth: pass `config.replace(H_cycles=..., L_cycles=...)`. `backend` ("kv" or
   "recompute") overrides `backend_for(config)`, e.g. to check one back end against the other.
@@ -318,7 +320,8 @@ def generate(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[in
   acceptance rate and tokens per verification.
   """
   out: list[list[int]] = [[] for _ in prompts]
-  for i, tokens in stream(config, variables, prompts, max_new_tokens, temperature=temperature,
+  for i, tokens in stream(config, variables, prompts, max_new_tokens, execution=execution,
+                          temperature=temperature,
                           top_p=top_p, eos_id=eos_id, rng=rng, batch_size=batch_size,
                           backend=backend, draft_cycles=draft_cycles, draft_len=draft_len,
                           stats=stats):

@@ -11,6 +11,7 @@ weights are [out, in]; hrm_jax kernels are [in, out], split by role (see layers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -99,6 +100,32 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json",
       attn_type="prefixlm" if hf.get("prefix_lm", True) else "causal")
 
 
+# The export's allow-list: every ModelConfig field and how transformers' HrmText config holds
+# it. EXPORTED fields are written to config.json (`config_to_hf`); FIXED fields must have the
+# one value HrmText computes with; INIT_ONLY fields shape fresh weights only (expansion through
+# the exported intermediate_size). A field in none of them (a new block option) is refused
+# until it is placed here, so nothing is exported that transformers would compute otherwise.
+EXPORTED = ("hidden_size", "intermediate_size", "num_heads", "head_dim", "n_layers", "H_cycles",
+            "L_cycles", "vocab_size", "norm_eps", "rope_theta", "max_seq_len",
+            "embedding_scale", "attn_type")
+FIXED: dict[str, Any] = {"arch": "hrm", "half_layers": True, "norm_type": "pre",
+                         "pos_emb_type": "rope", "H_override": "", "options": None}
+INIT_ONLY = ("init_type", "init_std", "expansion")
+
+
+def check_exportable(c: ModelConfig) -> None:
+  """ValueError unless every field of `c` is on the allow-list, the FIXED ones at their value."""
+  for f in dataclasses.fields(c):
+    if f.name not in EXPORTED + INIT_ONLY and f.name not in FIXED:
+      raise ValueError(f"Hugging Face export: ModelConfig.{f.name} is not on hrm_jax/hf.py's "
+                       "allow-list (EXPORTED, FIXED, INIT_ONLY): place it there once "
+                       "transformers' HrmText config can express it")
+    if f.name in FIXED and getattr(c, f.name) != FIXED[f.name]:
+      raise ValueError(f"Hugging Face export: ModelConfig.{f.name}={getattr(c, f.name)!r} "
+                       f"cannot be expressed by transformers' HrmText config (it has "
+                       f"{FIXED[f.name]!r} only); keep this model in the native format")
+
+
 def config_to_hf(c: ModelConfig, dtype: str = "float32",
                  token_ids: Optional[dict[str, int]] = None) -> dict[str, Any]:
   """config.json of `c` as transformers writes it (num_hidden_layers inflated), for weights
@@ -107,11 +134,7 @@ def config_to_hf(c: ModelConfig, dtype: str = "float32",
     raise ValueError(f"Hugging Face export supports arch 'hrm' only, got {c.arch!r}")
   if dtype not in DTYPES:
     raise ValueError(f"dtype={dtype!r}; expected one of {sorted(DTYPES)}")
-  for field, supported in (("norm_type", "pre"), ("pos_emb_type", "rope"), ("H_override", "")):
-    if getattr(c, field) != supported:
-      raise ValueError(f"Hugging Face export: ModelConfig.{field}={getattr(c, field)!r} cannot "
-                       f"be expressed by transformers' HrmText config (it has {supported!r} "
-                       "only); keep this model in the native format")
+  check_exportable(c)
   return {
       "architectures": ["HrmTextForCausalLM"], "model_type": MODEL_TYPE,
       "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
@@ -294,7 +317,7 @@ def load(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
 def weights_of(variables: Any, use_ema: bool = True) -> tuple[Any, Any]:
   """(params, buffers) to export: the `ema` of a training state when use_ema and present.
 
-  `variables` is {"params", "buffers"} (hf.load, native.load) or a training state (a
+  `variables` is {"params", "buffers"} (hf.load, native_weights.load) or a training state (a
   `TrainState` or a dict with `params`, `ema`, `buffers`): one naming, the train state's.
   """
   if not isinstance(variables, dict):
@@ -362,7 +385,7 @@ def save(path: str | os.PathLike, config: ModelConfig, variables: Any,
 
   With use_ema the `ema` weights of a training state are exported (the reference evaluates
   and releases EMA weights), else `params`; for a checkpoint on disk pass
-  `native.load(path, use_ema)`, which already picks them. The directory is built beside
+  `native_weights.load(path, use_ema)`, which already picks them. The directory is built beside
   `path` and renamed into place (`atomic.directory`), so a crash leaves `path` as it was.
   An existing non-empty `path` is refused unless `overwrite` and it is an export
   (`export_kind`); then the files this call writes (config.json, the weights, the tokenizer

@@ -6,7 +6,6 @@ layers) so that training shards them by rules without touching this file.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Mapping, NamedTuple, Optional, Sequence
 
@@ -16,8 +15,9 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from hrm_jax import attention
+from hrm_jax import attention, kv_cache
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution, remat_policy
 
 # std of a standard normal truncated to [-3, 3]; dividing by it keeps the requested std.
 _TRUNC3_STD = math.sqrt(
@@ -59,29 +59,30 @@ def apply_rope(x_BxSxHxK: jax.Array, cos_BxSxK: jax.Array, sin_BxSxK: jax.Array)
   return out.astype(x_BxSxHxK.dtype)
 
 
-# Collections of KV-cache decoding, carried through every layer and pass loop.
-CACHE, CURSOR = "cache", "cursor"
-
-
 class SeqInfo(NamedTuple):
   """Per-row sequence data shared by every layer and every recurrent pass."""
 
   cos: jax.Array  # [B, S, K] float32
   sin: jax.Array  # [B, S, K] float32
   mask: attention.MaskInfo
-  cache: Optional[attention.CacheStep] = None  # set when decoding with a KV cache
+  step: Optional[kv_cache.CacheStep] = None  # set when decoding with a KV cache
 
 
-def make_seq_info(config: ModelConfig, batch: dict[str, jax.Array],
-                  cache: Optional[attention.CacheStep] = None) -> SeqInfo:
-  """RoPE tables and the mask of `batch`; attn_type "causal" drops the prompt's prefix."""
+def bidirectional(config: ModelConfig, prefix_mask_BxS: jax.Array) -> jax.Array:
+  """[B, S] bool: the tokens that attend as one bidirectional prefix (the prompt), none for
+  attn_type "causal": the one place that rule is written."""
+  prefix_BxS = prefix_mask_BxS.astype(bool)
+  return jnp.zeros_like(prefix_BxS) if config.attn_type == "causal" else prefix_BxS
+
+
+def make_seq_info(config: ModelConfig, execution: Execution, batch: dict[str, jax.Array],
+                  step: Optional[kv_cache.CacheStep] = None) -> SeqInfo:
+  """RoPE tables and the mask of `batch` (decoding: the mask is the cache step's)."""
   cos, sin = rope_tables(batch["positions"], config.head_dim, config.rope_theta)
-  prefix_BxS = batch["prefix_mask"].astype(bool)
-  if config.attn_type == "causal":
-    prefix_BxS = jnp.zeros_like(prefix_BxS)
-  if cache is not None:  # the cache mask replaces the in-batch one
-    return SeqInfo(cos, sin, attention.MaskInfo(batch["segment_ids"], prefix_BxS), cache)
-  mask = attention.make_mask_info(batch["segment_ids"], prefix_BxS, config.attention_impl)
+  prefix_BxS = bidirectional(config, batch["prefix_mask"])
+  if step is not None:
+    return SeqInfo(cos, sin, attention.MaskInfo(batch["segment_ids"], prefix_BxS), step)
+  mask = attention.make_mask_info(batch["segment_ids"], prefix_BxS, execution.attention_impl)
   return SeqInfo(cos, sin, mask)
 
 
@@ -107,120 +108,80 @@ class Linear(nn.Module):
     return jax.lax.dot_general(x, kernel, (contract, ((), ())))
 
 
+def dense(execution: Execution, *args, **kwargs) -> Linear:
+  """A `Linear` in the execution's dtypes."""
+  return Linear(*args, dtype=execution.dtype, param_dtype=execution.param_dtype, **kwargs)
+
+
 class Attention(nn.Module):
-  """Gated multi-head attention with the reference's fused gate/q/k/v projection."""
+  """Gated multi-head attention with the reference's fused gate/q/k/v projection.
+
+  Decoding passes this layer's cache slot `kv` (`hrm_jax.kv_cache`) and gets it back
+  updated; otherwise the second output is None."""
 
   config: ModelConfig
+  execution: Execution
 
   @nn.compact
-  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo) -> jax.Array:
-    c = self.config
+  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo, kv: Optional[kv_cache.LayerKV] = None
+               ) -> tuple[jax.Array, Optional[kv_cache.LayerKV]]:
+    c, ex = self.config, self.execution
     stds = c.init_stds()
-    dense = functools.partial(Linear, dtype=c.dtype, param_dtype=c.param_dtype)
-    gqkv_BxSx4xHxK = dense((4, c.num_heads, c.head_dim), ("embed", None, "heads", "head_dim"),
+    gqkv_BxSx4xHxK = dense(ex, (4, c.num_heads, c.head_dim), ("embed", None, "heads", "head_dim"),
                            stds["in"], name="gqkv_proj")(x_BxSxD)
     gqkv_BxSx4xHxK = checkpoint_name(gqkv_BxSx4xHxK, "gqkv_proj")
     gate, q, k, v = (gqkv_BxSx4xHxK[:, :, i] for i in range(4))
     if c.pos_emb_type == "rope":
       q = apply_rope(q, seq.cos, seq.sin)
       k = apply_rope(k, seq.cos, seq.sin)
-    if seq.cache is None:
-      out_BxSxHxK = attention.attend(q, k, v, seq.mask, c.attention_impl,
-                                     c.attention_chunk)
+    if kv is None:
+      out_BxSxHxK = attention.attend(q, k, v, seq.mask, ex.attention_impl, ex.attention_chunk)
     else:
-      out_BxSxHxK = self.cached(q, k, v, seq.cache)
+      out_BxSxHxK, kv = kv_cache.attend(q, k, v, kv, seq.step)
     out_BxSxHxK = checkpoint_name(jax.nn.sigmoid(gate) * out_BxSxHxK, "attn_out")
-    return dense((c.hidden_size,), ("heads", "head_dim", "embed"), stds["attn_out"], n_in=2,
-                 name="o_proj")(out_BxSxHxK)
-
-  def cached(self, q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
-             step: attention.CacheStep) -> jax.Array:
-    """Store this call's keys/values at cache positions step.index.. of this call's own slot
-    and attend over the slot by step.mask_BxSxT.
-
-    Each (pass, layer) call owns one slot: a separate array pair in the 'cache' collection,
-    keys [N, K, L] and values [N, L, K] with N = B*H (L = step.length; the layouts the
-    attention dots read with no transpose or reshape: with a separate batch dimension,
-    XLA:CPU duplicated the write into the dots' operand and copied every slot each step at
-    batch 1). The 'cursor' (a Python int: decoding runs the pass loops in Python) numbers
-    this module's calls, the same in prefill and decode. The decode loop carries the slots
-    as separate buffers, so each step writes one position of each in place and reads it
-    with no slicing or copying. The first call (prefill) creates the
-    slot; its cache then holds only this call's keys, so it attends to them directly.
-    """
-    b, s, h, k = k_BxSxHxK.shape
-    n = b * h
-    cursor = self.variable(CURSOR, "calls", lambda: 0)
-    slot = cursor.value
-    cursor.value = slot + 1
-    keys = self.variable(CACHE, "cached_key", tuple)
-    values = self.variable(CACHE, "cached_value", tuple)
-    new = slot == len(keys.value)
-    dtype = self.config.dtype
-    k_NxKxL = (jnp.zeros((n, k, step.length), dtype) if new else keys.value[slot])
-    v_NxLxK = (jnp.zeros((n, step.length, k), dtype) if new else values.value[slot])
-    k_NxKxS = k_BxSxHxK.transpose(0, 2, 3, 1).reshape(n, k, s).astype(dtype)
-    v_NxSxK = v_BxSxHxK.transpose(0, 2, 1, 3).reshape(n, s, k).astype(dtype)
-    if jnp.ndim(step.index) == 0:  # every row writes positions index..index+S-1
-      k_NxKxL = jax.lax.dynamic_update_slice(k_NxKxL, k_NxKxS, (0, 0, step.index))
-      v_NxLxK = jax.lax.dynamic_update_slice(v_NxLxK, v_NxSxK, (0, step.index, 0))
-    else:  # index_BxS: each token's own position (>= length: not written)
-      index_NxS = jnp.repeat(step.index, h, axis=0)
-      rows_Nx1 = jnp.arange(n)[:, None]
-      k_NxKxL = k_NxKxL.at[rows_Nx1, :, index_NxS].set(jnp.swapaxes(k_NxKxS, 1, 2),
-                                                       mode="drop")
-      v_NxLxK = v_NxLxK.at[rows_Nx1, index_NxS, :].set(v_NxSxK, mode="drop")
-    keys.value = keys.value[:slot] + (k_NxKxL,) + keys.value[slot + 1:]
-    values.value = values.value[:slot] + (v_NxLxK,) + values.value[slot + 1:]
-    t = step.mask_BxSxT.shape[-1]
-    if new:
-      if t != s:
-        raise ValueError(f"KV-cache prefill: the mask must cover this call's {s} keys "
-                         f"(index 0), got {t} key positions")
-      return attention.dense_attention(q_BxSxHxK, k_BxSxHxK, v_BxSxHxK, step.mask_BxSxT)
-    if t != step.length:
-      raise ValueError(f"KV-cache decoding: the mask must cover all {step.length} cache "
-                       f"positions, got {t}")
-    q_NxSxK = q_BxSxHxK.transpose(0, 2, 1, 3).reshape(n, s, k)
-    out_NxSxK = attention.cached_attention(q_NxSxK, k_NxKxL, v_NxLxK,
-                                           jnp.repeat(step.mask_BxSxT, h, axis=0))
-    return out_NxSxK.reshape(b, h, s, k).transpose(0, 2, 1, 3)
+    return dense(ex, (c.hidden_size,), ("heads", "head_dim", "embed"), stds["attn_out"], n_in=2,
+                 name="o_proj")(out_BxSxHxK), kv
 
 
 class SwiGLU(nn.Module):
   """down(silu(gate) * up) with the fused gate_up projection (gate first)."""
 
   config: ModelConfig
+  execution: Execution
 
   @nn.compact
   def __call__(self, x_BxSxD: jax.Array) -> jax.Array:
-    c = self.config
+    c, ex = self.config, self.execution
     stds = c.init_stds()
-    dense = functools.partial(Linear, dtype=c.dtype, param_dtype=c.param_dtype)
-    gate_up_BxSx2xM = dense((2, c.intermediate_size), ("embed", None, "mlp"), stds["in"],
+    gate_up_BxSx2xM = dense(ex, (2, c.intermediate_size), ("embed", None, "mlp"), stds["in"],
                             name="gate_up_proj")(x_BxSxD)
     gate_up_BxSx2xM = checkpoint_name(gate_up_BxSx2xM, "gate_up_proj")
     h_BxSxM = jax.nn.silu(gate_up_BxSx2xM[..., 0, :]) * gate_up_BxSx2xM[..., 1, :]
-    return dense((c.hidden_size,), ("mlp", "embed"), stds["ff_out"],
+    return dense(ex, (c.hidden_size,), ("mlp", "embed"), stds["ff_out"],
                  name="down_proj")(h_BxSxM)
 
 
 class Block(nn.Module):
   """Pre-norm block: x + attn(rms(x)), then + mlp(rms(x)); post-norm (norm_type="post"):
-  rms(x + attn(x)), then rms(x + mlp(x)). Shaped as a scan body."""
+  rms(x + attn(x)), then rms(x + mlp(x)). Shaped as a scan body: (x, cache slot or None)."""
 
   config: ModelConfig
+  execution: Execution
 
   @nn.compact
-  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo) -> tuple[jax.Array, None]:
+  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo, kv: Optional[kv_cache.LayerKV] = None
+               ) -> tuple[jax.Array, Optional[kv_cache.LayerKV]]:
     eps = self.config.norm_eps
-    attn, mlp = Attention(self.config, name="attn"), SwiGLU(self.config, name="mlp")
+    attn = Attention(self.config, self.execution, name="attn")
+    mlp = SwiGLU(self.config, self.execution, name="mlp")
     if self.config.norm_type == "post":
-      x_BxSxD = rms_norm(x_BxSxD + attn(x_BxSxD, seq), eps)
-      return rms_norm(x_BxSxD + mlp(x_BxSxD), eps), None
-    x_BxSxD = x_BxSxD + attn(rms_norm(x_BxSxD, eps), seq)
+      a_BxSxD, kv = attn(x_BxSxD, seq, kv)
+      x_BxSxD = rms_norm(x_BxSxD + a_BxSxD, eps)
+      return rms_norm(x_BxSxD + mlp(x_BxSxD), eps), kv
+    a_BxSxD, kv = attn(rms_norm(x_BxSxD, eps), seq, kv)
+    x_BxSxD = x_BxSxD + a_BxSxD
     x_BxSxD = x_BxSxD + mlp(rms_norm(x_BxSxD, eps))
-    return x_BxSxD, None
+    return x_BxSxD, kv
 
 
 def final_norm(config: ModelConfig, x_BxSxD: jax.Array) -> jax.Array:
@@ -228,75 +189,58 @@ def final_norm(config: ModelConfig, x_BxSxD: jax.Array) -> jax.Array:
   return rms_norm(x_BxSxD, config.norm_eps) if config.norm_type == "pre" else x_BxSxD
 
 
-# Largest hidden size whose scans are unrolled on CPU by default: there a pass's matmuls are
-# small enough that a scan's per-iteration slicing of the stacked weights costs more than
-# the compile time unrolling adds (benchmarks/train_step.py --unroll).
-CPU_UNROLL_MAX_HIDDEN = 512
-
-
-def unroll_scans(config: ModelConfig) -> bool:
-  """config.unroll_scans, or when None: unrolled for small models compiled for CPU."""
-  if config.unroll_scans is not None:
-    return config.unroll_scans
-  return jax.default_backend() == "cpu" and config.hidden_size <= CPU_UNROLL_MAX_HIDDEN
-
-
-def remat_policy(name: str):
-  """Checkpoint policy for a scanned layer; None means no rematerialisation."""
-  if name == "none":
-    return None
-  if name == "full":
-    return jax.checkpoint_policies.nothing_saveable
-  if name == "proj":  # the checkpoint_name'd projection outputs of Attention and SwiGLU
-    return jax.checkpoint_policies.save_only_these_names("gqkv_proj", "attn_out",
-                                                         "gate_up_proj")
-  if name == "dots":
-    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-  raise ValueError(f"remat_policy={name!r} is unknown; expected none, full, proj or dots")
-
-
 class Stack(nn.Module):
   """`layers_per_stack` blocks with stacked parameters (nn.scan), then the final norm
-  (pre-norm).
+  (pre-norm); returns (x, the pass's updated cache slots or None).
 
   Rematerialisation (training only) wraps each block (`remat_scope="layer"`), or each block
   and the whole stack of blocks (`"pass"`: the backward keeps one input per pass of the
-  recursion plus the block inputs of the one pass being differentiated)."""
+  recursion plus the block inputs of the one pass being differentiated).
+
+  Decoding (`kvs`: one slot per layer) runs the blocks as a Python loop over the
+  per-layer view of the same weights (`per_layer`), each block with its own slot."""
 
   config: ModelConfig
+  execution: Execution
 
   @nn.compact
-  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo) -> jax.Array:
-    c = self.config
+  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo,
+               kvs: Optional[kv_cache.PassKV] = None
+               ) -> tuple[jax.Array, Optional[kv_cache.PassKV]]:
+    c, ex = self.config, self.execution
     chex.assert_rank(x_BxSxD, 3)
-    x_BxSxD = x_BxSxD.astype(c.dtype)
-    if seq.cache is not None:  # decoding: per-layer parameters, see `unstack_layers`
-      for i in range(c.layers_per_stack):
-        x_BxSxD, _ = Block(c, name=f"layers_{i}")(x_BxSxD, seq)
-      return final_norm(c, x_BxSxD)
-    remat = c.remat_policy != "none"
+    x_BxSxD = x_BxSxD.astype(ex.dtype)
+    if kvs is not None:
+      chex.assert_equal(len(kvs), c.layers_per_stack)
+      new = []
+      for i, kv in enumerate(kvs):
+        x_BxSxD, kv = Block(c, ex, name=f"layers_{i}")(x_BxSxD, seq, kv)
+        new.append(kv)
+      return final_norm(c, x_BxSxD), tuple(new)
+    remat = ex.remat_policy != "none"
     block = Block
     if remat:
-      block = nn.remat(Block, policy=remat_policy(c.remat_policy), prevent_cse=False)
+      block = nn.remat(Block, policy=remat_policy(ex.remat_policy), prevent_cse=False)
     layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast,), length=c.layers_per_stack,
-        unroll=c.layers_per_stack if unroll_scans(c) else 1,
-        metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
+        unroll=c.layers_per_stack if ex.unrolled(c.hidden_size) else 1,
+        metadata_params={nn.PARTITION_NAME: "layers"})(c, ex, name="layers")
     apply = lambda mdl, x, seq: mdl(x, seq)[0]
-    if remat and c.remat_scope == "pass":
-      apply = nn.remat(apply, policy=remat_policy(c.remat_policy), prevent_cse=False)
+    if remat and ex.remat_scope == "pass":
+      apply = nn.remat(apply, policy=remat_policy(ex.remat_policy), prevent_cse=False)
     x_BxSxD = apply(layers, x_BxSxD, seq)
-    return final_norm(c, x_BxSxD)
+    return final_norm(c, x_BxSxD), None
 
 
-def unstack_layers(params: dict) -> dict:
+def per_layer(params: dict) -> dict:
   """Parameters with every Stack's scanned `layers` [N, ...] split into `layers_0` ..
-  `layers_{N-1}`: the layout `Stack` reads when decoding.
+  `layers_{N-1}`: the view of the same weights `Stack` reads when decoding.
 
-  Done once before a decode loop: slicing stacked weights inside the loop copies them on
-  every step (XLA does not hoist slices out of a while loop). Already split trees pass
-  through unchanged.
+  Taken once before a decode loop: XLA copies a slice of a loop-invariant array in every
+  trip of a while loop (it does not hoist it; tests/generate_test.py reads the compiled
+  loop), so slicing the stacked weights per step would copy them all. Already split trees
+  pass through unchanged.
   """
   out = {}
   for name, sub in params.items():
@@ -304,5 +248,5 @@ def unstack_layers(params: dict) -> dict:
       n = jax.tree.leaves(sub)[0].shape[0]
       out.update({f"layers_{i}": jax.tree.map(lambda x: x[i], sub) for i in range(n)})
     else:
-      out[name] = unstack_layers(sub) if isinstance(sub, Mapping) else sub
+      out[name] = per_layer(sub) if isinstance(sub, Mapping) else sub
   return out

@@ -23,13 +23,14 @@ round's first draft step feeds [d_k, last] and stores d_k's keys/values (`behind
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from hrm_jax import decode
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution
 from hrm_jax.models.registry import spec_of
 from hrm_jax.sampling import nucleus_logits, token_keys
 
@@ -106,20 +107,22 @@ class Stats:
             "and verification")
 
 
-def init(config: ModelConfig, draft: ModelConfig, variables: dict, batch: int,
+def init(config: ModelConfig, draft: ModelConfig, execution: Execution, batch: int,
          length: int) -> State:
   """Empty caches of `length` positions; length must hold prompt + budget + k per row."""
   zeros = jnp.zeros(batch, jnp.int32)
-  return State(decode.init(config, variables, batch, length),
-               decode.init(draft, variables, batch, length), zeros, zeros == 1)
+  return State(decode.init(config, execution, batch, length),
+               decode.init(draft, execution, batch, length), zeros, zeros == 1)
 
 
-def refill(config: ModelConfig, draft: ModelConfig, variables: dict, state: State,
-           rows_R: jax.Array, prompt_RxP: jax.Array, lens_R: jax.Array
+def refill(config: ModelConfig, draft: ModelConfig, execution: Execution, variables: dict,
+           state: State, rows_R: jax.Array, prompt_RxP: jax.Array, lens_R: jax.Array
            ) -> tuple[jax.Array, State]:
   """Prefill prompts into rows rows_R of both caches; the full model's next-token logits."""
-  logits_RxV, full = decode.refill(config, variables, state.full, rows_R, prompt_RxP, lens_R)
-  _, small = decode.refill(draft, variables, state.draft, rows_R, prompt_RxP, lens_R)
+  logits_RxV, full = decode.refill(config, execution, variables, state.full, rows_R,
+                                   prompt_RxP, lens_R)
+  _, small = decode.refill(draft, execution, variables, state.draft, rows_R, prompt_RxP,
+                           lens_R)
   return logits_RxV, State(full, small, state.prev_B,
                            state.behind_B.at[rows_R].set(False, mode="drop"))
 
@@ -134,9 +137,9 @@ def _choose(logits_BxV: jax.Array, keys_B: jax.Array, temperature, top_p, greedy
   return token_B, jax.nn.softmax(nucleus_BxV, axis=-1)
 
 
-def propose(config: ModelConfig, draft: ModelConfig, variables: dict, state: State,
-            last_B: jax.Array, index_B: jax.Array, count_B: jax.Array, rng: jax.Array,
-            temperature: jax.Array, top_p: jax.Array, k: int, greedy: bool
+def propose(config: ModelConfig, draft: ModelConfig, execution: Execution, variables: dict,
+            state: State, last_B: jax.Array, index_B: jax.Array, count_B: jax.Array,
+            rng: jax.Array, temperature: jax.Array, top_p: jax.Array, k: int, greedy: bool
             ) -> tuple[Proposal, State]:
   """Draft k tokens after last_B (at position full.pos_B; token index count_B of prompt
   index_B), verify them in one full-depth pass; both caches written up to pos_B + k."""
@@ -148,8 +151,8 @@ def propose(config: ModelConfig, draft: ModelConfig, variables: dict, state: Sta
   # Draft step 0 feeds [prev, last]: prev is stored only where the draft is behind.
   two_Bx2 = jnp.stack([state.prev_B, last_B], axis=1)
   write_Bx2 = jnp.stack([state.behind_B, jnp.ones_like(state.behind_B)], axis=1)
-  logits_Bx2xV, cache = decode.decode_tokens(draft, variables, small.cache, two_Bx2, start_B,
-                                             pos_B - 1, write_Bx2)
+  logits_Bx2xV, cache = decode.decode_tokens(draft, execution, variables, small.cache, two_Bx2,
+                                             start_B, pos_B - 1, write_Bx2)
   d_B, q_BxV = _choose(logits_Bx2xV[:, 1], keys(0, DRAFT), temperature, top_p, greedy)
   b, v = logits_Bx2xV.shape[0], logits_Bx2xV.shape[-1]
   drafts_BxK = jnp.zeros((b, k), jnp.int32).at[:, 0].set(d_B)
@@ -158,8 +161,8 @@ def propose(config: ModelConfig, draft: ModelConfig, variables: dict, state: Sta
   def draft_step(j, carry):
     cache, drafts_BxK, q_BxKxV = carry
     token_Bx1 = jax.lax.dynamic_slice_in_dim(drafts_BxK, j - 1, 1, axis=1)
-    logits_Bx1xV, cache = decode.decode_tokens(draft, variables, cache, token_Bx1, start_B,
-                                               pos_B + j)
+    logits_Bx1xV, cache = decode.decode_tokens(draft, execution, variables, cache, token_Bx1,
+                                               start_B, pos_B + j)
     d_B, q_BxV = _choose(logits_Bx1xV[:, 0], keys(j, DRAFT), temperature, top_p, greedy)
     drafts_BxK = drafts_BxK.at[:, j].set(d_B)
     if q_BxKxV is not None:
@@ -170,8 +173,8 @@ def propose(config: ModelConfig, draft: ModelConfig, variables: dict, state: Sta
                                                  (cache, drafts_BxK, q_BxKxV))
 
   inputs_BxS = jnp.concatenate([last_B[:, None], drafts_BxK], axis=1)
-  logits_BxSxV, full_cache = decode.decode_tokens(config, variables, full.cache, inputs_BxS,
-                                                  start_B, pos_B)
+  logits_BxSxV, full_cache = decode.decode_tokens(config, execution, variables, full.cache,
+                                                  inputs_BxS, start_B, pos_B)
   state = State(full._replace(cache=full_cache), small._replace(cache=cache), state.prev_B,
                 state.behind_B)
   if greedy:
@@ -202,6 +205,36 @@ def propose(config: ModelConfig, draft: ModelConfig, variables: dict, state: Sta
   tokens_BxS = jnp.where(s_idx[None] < accepted_B[:, None], drafts_BxS,
                          last_token_B[:, None])
   return Proposal(tokens_BxS, accepted_B + 1, accepted_B), state
+
+
+class Kept(NamedTuple):
+  """What a round leaves each row: its first keep_B tokens (up to eos and its budget)."""
+  tokens_BxS: jax.Array  # int32, S = k + 1
+  keep_B: jax.Array  # int32 in 0..k+1 (0: a row that was done)
+  last_B: jax.Array  # int32: the row's last kept token (its old one when none was kept)
+  hit_eos_B: jax.Array  # bool: the kept tokens end at eos
+  accepted_B: jax.Array  # int32 in 0..k: drafts accepted
+
+
+def round_(config: ModelConfig, draft: ModelConfig, execution: Execution, variables: dict,
+           state: State, last_B: jax.Array, index_B: jax.Array, count_B: jax.Array,
+           room_B: jax.Array, done_B: jax.Array, s: Any, k: int, greedy: bool
+           ) -> tuple[Kept, State]:
+  """One round of the engine (`generation._speculate`): `propose`, keep each running row's
+  tokens through eos and at most room_B of them, and roll both caches back to what was kept
+  (`advance`). `s`: the engine's Sampling (rng, temperature, top_p, eos_id)."""
+  prop, state = propose(config, draft, execution, variables, state, last_B, index_B, count_B,
+                        s.rng, s.temperature, s.top_p, k, greedy)
+  j_S = jnp.arange(k + 1)
+  eos_BxS = (prop.tokens_BxS == s.eos_id) & (j_S[None] < prop.count_B[:, None])
+  through_eos_B = jnp.where(jnp.any(eos_BxS, axis=1), jnp.argmax(eos_BxS, axis=1) + 1,
+                            prop.count_B)
+  keep_B = jnp.where(done_B, 0, jnp.minimum(through_eos_B, room_B))
+  hit_eos_B = jnp.any(eos_BxS & (j_S[None] < keep_B[:, None]), axis=1)
+  new_last_B = jnp.where(keep_B > 0, jnp.take_along_axis(
+      prop.tokens_BxS, jnp.maximum(keep_B - 1, 0)[:, None], 1)[:, 0], last_B)
+  state = advance(state, prop.tokens_BxS, keep_B, last_B)
+  return Kept(prop.tokens_BxS, keep_B, new_last_B, hit_eos_B, prop.accepted_B), state
 
 
 def advance(state: State, tokens_BxS: jax.Array, emitted_B: jax.Array, last_B: jax.Array

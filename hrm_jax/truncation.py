@@ -5,7 +5,7 @@ through it, not even into its inputs. Flags are NumPy arrays computed from stati
 so each `bp_steps` value is one compiled variant of the model, and the models split their
 passes into static runs of equal flags (`runs`, `hl_segments`): no flag is ever traced.
 Which passes carry gradient for a bp_steps is each model's rule (e.g. `models/hrm.py`); the
-bp_steps schedule is `hrm_jax.models.registry.bp_steps_at`.
+bp_steps schedule is training's (`hrm_jax.train.bp_schedule`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import pytest
 
 import hrm_jax
 from hrm_jax import ablation
+from hrm_jax.train import bp_schedule
 from hrm_jax.models import spec_of
 from helpers import tiny_config
 
@@ -47,7 +48,7 @@ def test_flops_follow_the_bp_steps_schedule():
   layer = 2 * layer_params(c) + 2 * c.num_heads * c.head_dim * SEQ  # matmuls + attention
   head = 2 * c.hidden_size * c.vocab_size
   for step in (1, 5, 10, 50):
-    bp = hrm_jax.bp_steps_at(step, 50, c)   # 2 -> 5 over the first 10 steps
+    bp = bp_schedule.bp_steps_at(step, 50, c)   # 2 -> 5 over the first 10 steps
     grad = bp  # hrm: bp_steps passes carry gradient (H first, at most H_cycles of them)
     passes = c.H_cycles + c.H_cycles * c.L_cycles
     expected = (passes + 2 * grad) * c.layers_per_stack * layer + 3 * head

@@ -28,7 +28,7 @@ def test_train_step_compiles_for_accelerator(target, topology, kind):
   devices = aot.compile_only_devices(target, topology, "h100")
   assert len(devices) == 4 and devices[0].device_kind == kind
   model_config = loop.model_config_from(cfg, 512)
-  compiled = aot.compile_train_step(cfg, model_config, devices, model_config.bp_max_steps)
+  compiled = aot.compile_train_step(cfg, model_config, devices, cfg.train.bp_max_steps)
   rep = aot.report(compiled, devices)
   # Arguments: f32 params, two Adam moments and the EMA, FSDP-sharded over 4 devices, plus
   # the batch and TPU tile padding; a replicated (unsharded) state would be 4x state_bytes.
@@ -59,7 +59,7 @@ def test_train_step_compiles_for_two_tpu_slices():
   devices = aot.compile_only_devices("tpu", "v5p:2x2x1", slices=2)
   assert len(devices) == 8 and {d.slice_index for d in devices} == {0, 1}
   model_config = loop.model_config_from(cfg, 512)
-  compiled = aot.compile_train_step(cfg, model_config, devices, model_config.bp_max_steps)
+  compiled = aot.compile_train_step(cfg, model_config, devices, cfg.train.bp_max_steps)
   mesh_devices = compiled.input_shardings[0][1]["inputs"].mesh.devices
   # data axis = the slices; fsdp = the 4 chips of one slice.
   assert mesh_devices.shape == (2, 4, 1)

@@ -5,6 +5,7 @@ the compiled step gathers no q/k/v along the batch; `chunked` is partitioned by 
 import functools
 import re
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -64,8 +65,7 @@ def test_sharded_kernels_equal_dense_and_gather_no_qkv(impl, mesh_shape):
   ref_out, ref_grads, _ = _dense(mesh_shape)
   # float32: outputs to 1e-5, gradients to 1e-4 (online vs dense softmax reorder sums).
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref_out), rtol=1e-5, atol=1e-5)
-  for a, b in zip(grads, ref_grads):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+  chex.assert_trees_all_close(grads, ref_grads, rtol=1e-4, atol=1e-4)
   # Rows stay on their devices: no all-gather at all in attention forward + backward.
   assert _all_gathers(hlo) == [], _all_gathers(hlo)
   # The kernels' outputs keep the rows-over-(data, fsdp), heads-over-tensor layout.
@@ -93,9 +93,9 @@ def test_attention_specs_replicate_what_the_mesh_does_not_divide():
 def _model_grads(impl: str, mesh):
   """Sharded (FSDP params, rows over data x fsdp) forward + backward of a tiny model: one
   Transformer layer keeps the interpreted Pallas kernels' compile short."""
-  cfg = tiny_config("transformer", n_layers=1, vocab_size=64, attention_impl=impl,
-                    attention_chunk=CHUNKS[impl])
-  model = hrm_jax.LanguageModel(cfg)
+  cfg = tiny_config("transformer", n_layers=1, vocab_size=64)
+  model = hrm_jax.LanguageModel(cfg, hrm_jax.Execution(attention_impl=impl,
+                                                       attention_chunk=CHUNKS[impl]))
   batch = {k: jnp.asarray(v) for k, v in
            random_rows(np.random.default_rng(1), B, MODEL_SEQ, cfg.vocab_size).items()}
   init = lambda r: model.init(r, batch)

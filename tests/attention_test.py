@@ -1,5 +1,6 @@
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,8 +77,7 @@ def test_chunked_attention_matches_dense_outputs_and_gradients(seed):
                                argnums=(0, 1, 2))
   (ld, gd), (lc, gc) = dense(q, k, v), chunked(q, k, v)
   np.testing.assert_allclose(float(lc), float(ld), rtol=1e-5)
-  for a, b in zip(gc, gd):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(gc, gd, rtol=1e-4, atol=1e-5)
 
 
 def test_auto_resolves_per_backend_and_row_length():

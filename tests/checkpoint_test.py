@@ -10,10 +10,10 @@ import numpy as np
 import ml_collections
 import pytest
 
-from hrm_jax import checkpoints, data as data_lib, hf, native, optim
+from hrm_jax import checkpoint_layout, data as data_lib, hf, native_weights, optim
 from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel
-from hrm_jax.train import checkpoint as ckpt_lib
+from hrm_jax.train import run_checkpoints as ckpt_lib
 from hrm_jax.train import loop, warm_start
 from hrm_jax.train import state as state_lib
 from helpers import named, run
@@ -68,12 +68,12 @@ def test_a_two_epoch_run_keeps_its_epoch_checkpoints(tmp_path):
   workdir = tmp_path / "run"
   run("experiments/train.py", "--config=demo", f"--workdir={workdir}",
       *(f"--config.{k}={v}" for k, v in overrides.items()))
-  mngr, latest, _ = checkpoints.locate(workdir)
+  mngr, latest, _ = checkpoint_layout.locate(workdir)
   # the data ran out after two epochs; both epoch ends kept, step saves rotated
   assert (mngr.all_steps(), latest) == ([first, second // 3 * 3, second], second)
-  first_epoch = native.load(workdir, step=int(first))
+  first_epoch = native_weights.load(workdir, step=int(first))
   assert not np.array_equal(first_epoch[1]["params"]["embed_tokens"],
-                            native.load(workdir)[1]["params"]["embed_tokens"])
+                            native_weights.load(workdir)[1]["params"]["embed_tokens"])
   run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}",
       f"--step={first}")
   assert_trees_equal(hf.load(tmp_path / "hf")[1], first_epoch[1])

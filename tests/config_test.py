@@ -4,15 +4,17 @@ import pytest
 
 import hrm_jax
 from hrm_jax.config import ModelConfig
-from hrm_jax.models import spec_of
+from hrm_jax.execution import Execution
+from hrm_jax.models import registry, rins, spec_of, trm, ut
+from hrm_jax.train.bp_schedule import BpSchedule
 
 
 def test_xl_preset_matches_reference():
   c = hrm_jax.model_config("XL")
   assert (c.n_layers, c.hidden_size, c.num_heads) == (32, 1536, 12)
   assert c.intermediate_size == 4096 and c.head_dim == 128 and c.layers_per_stack == 16
-  assert (c.H_cycles, c.L_cycles, c.bp_min_steps, c.bp_max_steps) == (2, 3, 2, 5)
-  assert c.bp_warmup_ratio == 0.2 and c.norm_eps == 1e-6 and c.rope_theta == 10000.0
+  assert (c.H_cycles, c.L_cycles, c.options) == (2, 3, None)
+  assert c.norm_eps == 1e-6 and c.rope_theta == 10000.0
   assert c.max_seq_len == 4096 and c.vocab_size == 65536
   assert c.embedding_scale == pytest.approx(1536**0.5)
 
@@ -32,20 +34,59 @@ def test_layers_per_stack_by_arch(arch, per_stack):
   assert hrm_jax.model_config("XL", arch).layers_per_stack == per_stack
 
 
-def test_baseline_cycle_fields():
-  trm = hrm_jax.model_config("XL", "trm")
-  assert (trm.H_cycles, trm.L_cycles, trm.H_bp_steps, trm.L_bp_steps) == (2, 1, 1, 1)
+def test_the_model_config_holds_only_what_the_weights_compute():
+  """Issue 30: execution, the bp_steps warm-up and per-baseline options are not top-level
+  fields; each lives with its concern."""
+  names = {f.name for f in dataclasses.fields(ModelConfig)}
+  assert len(names) <= 22
+  moved = {"dtype", "param_dtype", "attention_impl", "attention_chunk", "remat_policy",
+           "remat_scope", "unroll_scans", "bp_min_steps", "bp_max_steps", "bp_warmup_ratio",
+           "H_bp_steps", "L_bp_steps", "L_bp_cycles", "cycles", "bp_cycles"}
+  assert not names & moved
+  assert {f.name for f in dataclasses.fields(Execution)} == moved - {
+      "bp_min_steps", "bp_max_steps", "bp_warmup_ratio", "H_bp_steps", "L_bp_steps",
+      "L_bp_cycles", "cycles", "bp_cycles"}
+  assert set(registry.OPTION_FIELDS) == {"H_bp_steps", "L_bp_steps", "L_bp_cycles", "cycles",
+                                         "bp_cycles"}
+  hash(hrm_jax.model_config("B", "ut"))  # static arguments of jitted functions
+  hash(Execution())
+
+
+def test_baseline_options():
+  c = hrm_jax.model_config("XL", "trm")
+  assert (c.H_cycles, c.L_cycles, c.options) == (2, 1, trm.Options(H_bp_steps=1, L_bp_steps=1))
   tmr = hrm_jax.model_config("XL", "trm_match_recurrence")
-  assert (tmr.H_cycles, tmr.L_cycles, tmr.H_bp_steps, tmr.L_bp_steps) == (2, 3, 2, 3)
-  rins = hrm_jax.model_config("XL", "rins")
-  assert (rins.L_cycles, rins.L_bp_cycles) == (7, 4)
-  ut = hrm_jax.model_config("XL", "ut")
-  assert (ut.cycles, ut.bp_cycles) == (4, 2)
+  assert (tmr.H_cycles, tmr.L_cycles, tmr.options) == (2, 3, trm.Options(2, 3))
+  r = hrm_jax.model_config("XL", "rins")
+  assert (r.L_cycles, r.options) == (7, rins.Options(L_bp_cycles=4))
+  u = hrm_jax.model_config("XL", "ut", cycles=3)
+  assert u.options == ut.Options(cycles=3, bp_cycles=2)
+  assert registry.with_options(u, bp_cycles=3).options == ut.Options(3, 3)
+  with pytest.raises(ValueError, match=r"unknown field\(s\) \['cycles'\] for arch 'hrm'"):
+    hrm_jax.model_config("B", "hrm", cycles=3)
+  with pytest.raises(ValueError, match="arch 'hrm' has no options"):
+    spec_of(ModelConfig(options=ut.Options()))
+  with pytest.raises(ValueError, match="arch 'ut' takes a hrm_jax.models.ut.Options"):
+    spec_of(ModelConfig(arch="ut", half_layers=False, options=rins.Options()))
+
+
+def test_execution_and_bp_schedule_check_their_values():
+  for kwargs, match in ((dict(dtype="fp8"), "Execution.dtype='fp8'"),
+                        (dict(attention_impl="magic"), "attention_impl='magic'"),
+                        (dict(remat_policy="some"), "remat_policy='some'"),
+                        (dict(attention_chunk=0), "attention_chunk=0")):
+    with pytest.raises(ValueError, match=match):
+      Execution(**kwargs)
+  with pytest.raises(ValueError, match=r"bp_min_steps \(4\) <= bp_max_steps \(3\)"):
+    BpSchedule(4, 3)
+  with pytest.raises(ValueError, match="bp_warmup_ratio=1.5"):
+    BpSchedule(warmup_ratio=1.5)
 
 
 def test_an_archs_own_fields_are_checked_where_a_config_is_used():
-  direct = ModelConfig(arch="rins", L_cycles=3, L_bp_cycles=5)  # generic checks pass
-  with pytest.raises(ValueError, match=r"ModelConfig.L_bp_cycles=5: must be in \[0, L_cycles=3\]"):
+  direct = ModelConfig(arch="rins", L_cycles=3, options=rins.Options(L_bp_cycles=5))
+  with pytest.raises(ValueError, match=r"ModelConfig.options.L_bp_cycles=5 \(rins\): must be "
+                     r"in \[0, L_cycles=3\]"):
     spec_of(direct)
   with pytest.raises(ValueError, match="ModelConfig.arch='lstm': unknown architecture"):
     spec_of(ModelConfig(arch="lstm"))
@@ -85,15 +126,11 @@ def test_config_is_frozen():
     (dict(hiden_size=3), r"unknown field\(s\) \['hiden_size'\]"),
     (dict(hidden_size=1001), "hidden_size=1001 is not divisible by num_heads=8"),
     (dict(n_layers=13), "n_layers=13.*must be even"),
-    (dict(bp_min_steps=4, bp_max_steps=3), r"bp_min_steps \(4\) <= bp_max_steps \(3\)"),
-    (dict(dtype="fp8"), "dtype='fp8'"),
-    (dict(attention_impl="magic"), "attention_impl='magic'"),
-    (dict(remat_policy="some"), "remat_policy='some'"),
+    (dict(dtype="bfloat16"), r"unknown field\(s\) \['dtype'\]"),
     (dict(init_type="xavier"), "init_type='xavier'"),
-    (dict(bp_warmup_ratio=1.5), "bp_warmup_ratio"),
-    (dict(arch="ut", bp_cycles=5), r"bp_cycles=5.*cycles=4"),
-    (dict(arch="rins", L_bp_cycles=8), r"L_bp_cycles=8"),
-    (dict(arch="trm", H_bp_steps=3), r"H_bp_steps=3"),
+    (dict(arch="ut", bp_cycles=5), r"options.bp_cycles=5.*cycles=4"),
+    (dict(arch="rins", L_bp_cycles=8), r"options.L_bp_cycles=8"),
+    (dict(arch="trm", H_bp_steps=3), r"options.H_bp_steps=3"),
     (dict(attn_type="bidirectional"), "attn_type='bidirectional'"),
     (dict(norm_type="sandwich"), "norm_type='sandwich'"),
     (dict(pos_emb_type="alibi"), "pos_emb_type='alibi'"),

@@ -17,7 +17,7 @@ from absl import app, flags
 
 import hrm_jax
 from experiments import eval as eval_cli
-from hrm_jax import hf, native
+from hrm_jax import hf, native_weights
 from hrm_jax.data import demo
 from hrm_jax.eval import runner, scoring, sources, tasks
 from hrm_jax.tokenizer import Tokenizer, TokenizerInfo
@@ -190,7 +190,7 @@ def test_without_data_dir_and_network_the_error_says_to_pass_data_dir(tmp_path):
 def test_native_checkpoint_and_depth_sweep(checkpoint, tmp_path, capsys):
   path, _ = checkpoint
   config, variables = hf.load(path)
-  native.save(tmp_path / "native", config, variables, extra_files=[path / "tokenizer.json",
+  native_weights.save(tmp_path / "native", config, variables, extra_files=[path / "tokenizer.json",
                                                                     path / "tokenizer_info.json"])
   out = tmp_path / "sweep" / "depth.json"
   run_eval(f"--checkpoint={tmp_path / 'native'}", f"--data_dir={FIXTURES}", "--limit=2",

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow  # every test spawns experiments/*.py
 
 TINY = {
     "model.hidden_size": 32, "model.num_heads": 2, "model.n_layers": 2,
-    "model.bp_warmup_ratio": 0.0, "data.rows": 8, "data.row_len": 64, "train.epochs": 1,
+    "train.bp_warmup_ratio": 0.0, "data.rows": 8, "data.row_len": 64, "train.epochs": 1,
     "train.total_steps": 2000, "train.warmup_steps": 2, "log.every_steps": 1,
     "checkpoint.async_save": False, "demo.show_answers": 0,
 }

@@ -2,6 +2,7 @@ import pytest
 
 import hrm_jax
 from hrm_jax import flops
+from hrm_jax.train import bp_schedule
 
 
 def test_hrm1b_forward_flops_by_hand():
@@ -23,20 +24,21 @@ def test_truncation_reduces_training_flops_monotonically():
                                            ("ut", (4, 2))])
 def test_baseline_pass_counts(arch, expected):
   c = hrm_jax.model_config("B", arch)
-  assert flops.pass_counts(c, hrm_jax.bp_steps_at(0, 1, c)) == expected
+  assert flops.pass_counts(c, bp_schedule.bp_steps_at(0, 1, c)) == expected
 
 
 def test_recompute_flops_by_policy():
   c = hrm_jax.model_config("XL")
   d, hk, s = 1536, 1536, 4096
   layer, attention = flops.layer_flops(c, s), 2 * hk * s
-  assert flops.recompute_flops_per_token(c, s, 5) == 0.0  # remat none
-  full = c.replace(remat_policy="full")
-  assert flops.recompute_flops_per_token(full, s, 5) == pytest.approx(5 * 16 * layer)
-  assert flops.recompute_flops_per_token(full, s, None) == pytest.approx(8 * 16 * layer)
-  assert flops.recompute_flops_per_token(full.replace(remat_scope="pass"), s, 5) == (
+  ex = hrm_jax.Execution
+  assert flops.recompute_flops_per_token(c, ex(), s, 5) == 0.0  # remat none
+  full = ex(remat_policy="full")
+  assert flops.recompute_flops_per_token(c, full, s, 5) == pytest.approx(5 * 16 * layer)
+  assert flops.recompute_flops_per_token(c, full, s, None) == pytest.approx(8 * 16 * layer)
+  assert flops.recompute_flops_per_token(c, full.replace(remat_scope="pass"), s, 5) == (
       pytest.approx(2 * 5 * 16 * layer))
-  assert flops.recompute_flops_per_token(c.replace(remat_policy="proj"), s, 2) == (
+  assert flops.recompute_flops_per_token(c, ex(remat_policy="proj"), s, 2) == (
       pytest.approx(2 * 16 * (2 * hk * d + attention)))
-  assert flops.recompute_flops_per_token(c.replace(remat_policy="dots"), s, 5) == (
+  assert flops.recompute_flops_per_token(c, ex(remat_policy="dots"), s, 5) == (
       pytest.approx(5 * 16 * attention))

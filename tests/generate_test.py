@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hrm_jax
-from hrm_jax import attention, decode, generation, hf
+from hrm_jax import decode, generation, hf, kv_cache
 from hf_test import hf_model
 from helpers import pack_rows, prompts_of
 from helpers import tiny_model as tiny
@@ -30,16 +30,18 @@ def test_cached_decoding_matches_full_recompute(arch, overrides):
   p_len = 16
   pad_B = np.array([p_len - len(p) for p in prompts], np.int32)
   prompt_BxP = np.array([[0] * (p_len - len(p)) + p for p in prompts], np.int32)
-  logits, cache = decode.prefill(cfg, variables, prompt_BxP, pad_B, p_len + 8)
-  slots = {k: v.shape[:-4] for k, v in jax.tree_util.tree_leaves_with_path(cache)}
-  if arch == "hrm":
-    assert sum(np.prod(s) for s in slots.values()) == 2 * cfg.H_cycles * (cfg.L_cycles + 1) * \
-        cfg.layers_per_stack  # keys and values, one slot per (pass, layer)
+  ex = hrm_jax.Execution()
+  logits, cache = decode.prefill(cfg, ex, variables, prompt_BxP, pad_B, p_len + 8)
+  assert jax.tree.structure(cache) == jax.tree.structure(decode.init_cache(cfg, ex, 3, 24))
+  if arch == "hrm":  # one slot per (stack, pass, layer), addressed by (stack, pass)
+    assert sorted(cache) == sorted([("H", i) for i in range(cfg.H_cycles)] +
+                                   [("L", i) for i in range(cfg.H_cycles * cfg.L_cycles)])
+    assert all(len(layers) == cfg.layers_per_stack for layers in cache.values())
   for row, p in enumerate(prompts):  # prefill: the last prompt position's logits
     np.testing.assert_allclose(logits[row], full[row, len(p) - 1], atol=1e-5)
   for step in range(4):
     token_B = np.array([r[step] for r in responses], np.int32)
-    step_logits, cache = decode.decode_step(cfg, variables, cache, token_B,
+    step_logits, cache = decode.decode_step(cfg, ex, variables, cache, token_B,
                                             jnp.int32(p_len + step), pad_B)
     for row, p in enumerate(prompts):
       np.testing.assert_allclose(step_logits[row], full[row, len(p) + step], atol=1e-5)
@@ -157,22 +159,24 @@ def _computations(hlo: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize("b", [1, 3])
 def test_decode_loop_writes_the_cache_in_place_and_never_copies_weights(b):
   """The compiled loop body (XLA's optimized HLO) makes no array the size of a layer weight
-  (the weights were split per layer before the loop, not sliced per step) and none the size
+  (the weights were viewed per layer before the loop, not sliced per step) and none the size
   of a cache slot except by an in-place dynamic-update-slice of that slot. Batch 1 too: with
   a cache layout of separate batch and head dimensions, XLA:CPU copied every slot there."""
   cfg, variables = tiny()
   dec = decode.prepare(variables)
-  state = decode.init(cfg, dec, b, 32)
+  ex = hrm_jax.Execution()
+  state = decode.init(cfg, ex, b, 40)
   rows = generation.Rows(*(np.zeros(b, np.int32) for _ in range(3)), np.zeros(b, bool),
                          np.zeros(b, np.int32), np.zeros((b, 16), np.int32))
   s = generation.Sampling(jnp.float32(1e-6), jnp.float32(1), jnp.int32(-1),
                           jax.random.PRNGKey(0))
-  hlo = generation._decode.lower(dec, state, rows, s, config=cfg, backend="kv",
+  hlo = generation._decode.lower(dec, state, rows, s, config=cfg, execution=ex, backend="kv",
                                  greedy=True).compile().as_text()
   comps = _computations(hlo)
   body = re.search(r"while\(.*body=%([^,\s]+)", hlo).group(1)
-  layer_sizes = {int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]["core"])}
-  slot_size = b * cfg.num_heads * cfg.head_dim * 32  # [B*H, K, prompt 16 + new 16]
+  layer_sizes = {int(np.prod(x.shape)) for tree in (variables, dec)  # stacked and per layer
+                 for x in jax.tree.leaves(tree["params"]["core"])}
+  slot_size = b * cfg.num_heads * cfg.head_dim * 40  # [B*H, K, 40 positions]
   assert slot_size not in layer_sizes
   written = 0
   for line in comps[body]:
@@ -192,12 +196,16 @@ def test_decode_loop_writes_the_cache_in_place_and_never_copies_weights(b):
 def test_cache_masks_of_the_wrong_width_are_clear_errors():
   cfg, variables = tiny("transformer")
   batch = pack_rows([[([1, 2, 3], [4])]], 4)
-  model, dec = hrm_jax.LanguageModel(cfg), decode.decode_variables(variables)
-  step = attention.CacheStep(jnp.int32(0), np.ones((1, 4, 8), bool), 8)  # prefill: 4 keys
+  ex = hrm_jax.Execution()
+  model, dec = hrm_jax.LanguageModel(cfg, ex), decode.prepare(variables)
+  empty = decode.init_cache(cfg, ex, 1, 8)
+  step = kv_cache.CacheStep(jnp.int32(0), np.ones((1, 4, 8), bool), 8, prefill=True)
   with pytest.raises(ValueError, match="must cover this call's 4 keys"):
-    model.apply(dec, batch, cache=step, mutable=["cache", "cursor"])
-  _, cache = decode.prefill(cfg, variables, batch["inputs"], np.zeros(1, np.int32), 8)
+    model.apply(dec, batch, cache=empty, step=step)
+  _, cache = decode.prefill(cfg, ex, variables, batch["inputs"], np.zeros(1, np.int32), 8)
   one = {k: v[:, :1] for k, v in batch.items()}
-  step = attention.CacheStep(jnp.int32(4), np.ones((1, 1, 5), bool), 8)
+  step = kv_cache.CacheStep(jnp.int32(4), np.ones((1, 1, 5), bool), 8)
   with pytest.raises(ValueError, match="must cover all 8 cache positions"):
-    model.apply({**dec, "cache": cache}, one, cache=step, mutable=["cache", "cursor"])
+    model.apply(dec, one, cache=cache, step=step)
+  with pytest.raises(ValueError, match="needs both `cache` and its `step`"):
+    model.apply(dec, one, cache=cache)

@@ -197,7 +197,7 @@ def _rins_recursion(cfg, x, z0, run):
 
 def _ut_recursion(cfg, x, z0, run):
   z = z0
-  for i in range(cfg.cycles):
+  for i in range(cfg.options.cycles):
     z = run("L", z + x, ("L", i))
   return z
 
@@ -221,9 +221,10 @@ def _hrm_window(cfg, bp):
 # family -> (cfg, bp_steps) -> which passes (by tag) carry gradient.
 GRAD_WINDOWS = {
     "hrm": _hrm_window,
-    "trm": lambda cfg, bp: _hl_window(cfg, cfg.H_bp_steps, cfg.L_bp_steps),
-    "rins": lambda cfg, bp: lambda tag: tag[0] == "H" or tag[1] >= cfg.L_cycles - cfg.L_bp_cycles,
-    "ut": lambda cfg, bp: lambda tag: tag[1] >= cfg.cycles - cfg.bp_cycles,
+    "trm": lambda cfg, bp: _hl_window(cfg, cfg.options.H_bp_steps, cfg.options.L_bp_steps),
+    "rins": lambda cfg, bp: lambda tag: (tag[0] == "H" or
+                                         tag[1] >= cfg.L_cycles - cfg.options.L_bp_cycles),
+    "ut": lambda cfg, bp: lambda tag: tag[1] >= cfg.options.cycles - cfg.options.bp_cycles,
     "transformer": lambda cfg, bp: lambda tag: True,
 }
 

@@ -1,6 +1,7 @@
 """hrm_jax.hf against transformers.HrmTextForCausalLM (float32, tolerance 1e-4): import,
 export, exact round trip, the split/sharded/bf16 layouts, and clear errors."""
 
+import dataclasses
 import json
 import os
 import stat
@@ -107,6 +108,19 @@ def test_options_transformers_cannot_express_are_refused(option, tmp_path):
   with pytest.raises(ValueError, match=f"ModelConfig.{field}=.*cannot be expressed"):
     hf.save(tmp_path / "out", config, variables)
   assert not (tmp_path / "out").exists()
+
+
+def test_the_export_is_an_allow_list_of_every_model_config_field(monkeypatch):
+  """Every ModelConfig field is placed once (exported, fixed to HrmText's value, or shaping
+  fresh weights only); one that is not, as a new block option would be, is refused."""
+  placed = list(hf.EXPORTED) + list(hf.FIXED) + list(hf.INIT_ONLY)
+  assert sorted(placed) == sorted(f.name for f in dataclasses.fields(hrm_jax.ModelConfig))
+  config = hrm_jax.model_config("B", "hrm", hidden_size=32, num_heads=2, n_layers=4)
+  hf.config_to_hf(config)
+  monkeypatch.setattr(hf, "EXPORTED", tuple(f for f in hf.EXPORTED if f != "rope_theta"))
+  with pytest.raises(ValueError, match="ModelConfig.rope_theta is not on hrm_jax/hf.py's "
+                     "allow-list"):
+    hf.config_to_hf(config)
 
 
 def test_import_export_round_trip_is_exact(tmp_path):

@@ -5,6 +5,7 @@ tile skipping, and the O(S) memory of the XLA kernel."""
 import functools
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,8 +97,7 @@ def test_kernel_matches_dense_outputs_and_gradients(impl, seq, block, head_dim):
   # float32 throughout: outputs to 1e-5, gradients to 1e-4 (the dense softmax vs the online
   # one reorder float32 sums).
   np.testing.assert_allclose(np.asarray(ok), np.asarray(od), rtol=1e-5, atol=1e-5)
-  for a, b in zip(gk, gd):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+  chex.assert_trees_all_close(gk, gd, rtol=1e-4, atol=1e-4)
 
 
 def test_kernel_block_constraints_are_clear_errors():

@@ -1,3 +1,4 @@
+import chex
 import jax.numpy as jnp
 import numpy as np
 
@@ -60,5 +61,4 @@ def test_chunked_loss_equals_full_loss_and_gradients():
   np.testing.assert_allclose(float(lc), float(lf), rtol=1e-6)
   for k in mf:
     np.testing.assert_allclose(float(mc[k]), float(mf[k]), rtol=1e-6)
-  for a, b in zip(gc, gf):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(gc, gf, rtol=1e-5, atol=1e-6)

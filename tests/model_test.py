@@ -5,11 +5,13 @@ import functools
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import hrm_jax
+from hrm_jax.train import bp_schedule
 from helpers import numpy_forward, pack_rows, random_rows, tiny_config
 
 SEQ = 16
@@ -139,24 +141,38 @@ def test_z_L_init_is_a_fixed_buffer_that_matters():
   assert np.abs(np.asarray(apply(variables, batch)) - np.asarray(apply(zero, batch))).max() > 1e-4
 
 
+def _dot_input_dtypes(jaxpr) -> set:
+  """Operand dtypes of every dot_general in a closed jaxpr, its sub-jaxprs (scans) included."""
+  out = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      out |= {v.aval.dtype for v in eqn.invars}
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      out |= _dot_input_dtypes(sub)
+  return out
+
+
 def test_bfloat16_forward_is_finite_with_float32_logits():
-  cfg = tiny_config("hrm", dtype="bfloat16")
-  model = hrm_jax.LanguageModel(cfg)
+  cfg = tiny_config("hrm")
+  model = hrm_jax.LanguageModel(cfg, hrm_jax.Execution(dtype="bfloat16"))
   batch = random_rows(np.random.default_rng(0), 2, SEQ, cfg.vocab_size)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), batch)
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables))
   logits = jax.jit(model.apply)(variables, batch)
   assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
-  # The activations really run in bfloat16.
-  jaxpr = str(jax.make_jaxpr(model.apply)(variables, batch))
-  assert "bf16[2,16,32]" in jaxpr
+  # The activations and every matmul really run in bfloat16 (attention scores aside: they
+  # accumulate in float32 by preferred_element_type, their operands are bfloat16 too).
+  hidden = jax.eval_shape(lambda v: model.apply(v, batch, hidden_only=True), variables)
+  assert hidden.dtype == jnp.bfloat16 and hidden.shape == (2, SEQ, cfg.hidden_size)
+  assert _dot_input_dtypes(jax.make_jaxpr(model.apply)(variables, batch).jaxpr) == {
+      jnp.dtype(jnp.bfloat16)}
 
 
 @pytest.mark.parametrize("arch", ["trm", "rins", "ut", "transformer", "trm_match_recurrence"])
 def test_baselines_forward_and_backward(arch):
   cfg, model, variables, _ = model_and_vars(arch)
   batch = random_rows(np.random.default_rng(1), 2, SEQ, cfg.vocab_size)
-  bp = hrm_jax.bp_steps_at(0, 100, cfg)
+  bp = bp_schedule.bp_steps_at(0, 100, cfg)
 
   @jax.jit
   def grads(params):
@@ -201,7 +217,8 @@ def test_attention_impls_match_dense_logits_and_grads(impl, chunk):
   # One stack pass keeps compiles short; Pallas kernels run interpreted on CPU; head_dim 16
   # and chunk 16 suit Triton's tiles.
   cfg, _, variables, apply = model_and_vars("transformer", n_layers=1)
-  other = hrm_jax.LanguageModel(cfg.replace(attention_impl=impl, attention_chunk=chunk))
+  other = hrm_jax.LanguageModel(cfg, hrm_jax.Execution(attention_impl=impl,
+                                                       attention_chunk=chunk))
   batch = random_rows(np.random.default_rng(5), 2, SEQ, cfg.vocab_size)
   w = jnp.asarray(np.random.default_rng(6).standard_normal((2, SEQ, cfg.vocab_size)),
                   jnp.float32)

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow  # every test spawns several JAX processes
 STEPS = 8
 TINY = {
     "model.hidden_size": 32, "model.num_heads": 2, "model.n_layers": 2,
-    "model.unroll_scans": False, "model.bp_warmup_ratio": 0.0, "data.rows": 4,
+    "model.unroll_scans": False, "train.bp_warmup_ratio": 0.0, "data.rows": 4,
     "data.row_len": 128, "train.epochs": 1, "train.total_steps": STEPS,
     "train.warmup_steps": 2, "log.every_steps": 1, "checkpoint.async_save": False,
     "demo.show_answers": 0,

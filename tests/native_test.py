@@ -1,8 +1,9 @@
-"""Training checkpoints as the native format: native.load (EMA by default), convert.py to
+"""Training checkpoints as the native format: native_weights.load (EMA by default), convert.py to
 Hugging Face (loaded by transformers), generate.py on a training workdir, and clear errors."""
 
 import pathlib
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 import transformers
 
 import hrm_jax
-from hrm_jax import hf, native, tokenizer
+from hrm_jax import checkpoint_layout, hf, native_weights, tokenizer
 from hrm_jax.train import loop
 from hf_test import example_batch, hf_logits
 from helpers import modes, run, tiny_model, umask
@@ -22,9 +23,7 @@ def contents(root: pathlib.Path) -> dict[str, bytes]:
 
 
 def assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  chex.assert_trees_all_equal(jax.device_get(a), jax.device_get(b))
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +41,12 @@ def test_load_reads_ema_or_params_from_workdir_checkpoints_or_step(trained):
   state = jax.device_get(result.state)
   assert not np.array_equal(state.ema["embed_tokens"], state.params["embed_tokens"])
   for path in (workdir, workdir / "checkpoints", workdir / "checkpoints" / "2"):
-    config, variables = native.load(path)
+    config, variables = native_weights.load(path)
     assert config == result.model_config
     assert sorted(variables) == ["buffers", "params"]
     assert_trees_equal(variables["params"], state.ema)
     assert_trees_equal(variables["buffers"], state.buffers)
-  assert_trees_equal(native.load(workdir, use_ema=False)[1]["params"], state.params)
+  assert_trees_equal(native_weights.load(workdir, use_ema=False)[1]["params"], state.params)
 
 
 @pytest.mark.slow  # spawns experiments/*.py
@@ -103,22 +102,23 @@ def test_convert_export_runs_with_auto_classes_and_the_runs_tokenizer(trained, t
 
 @pytest.mark.slow  # spawns experiments/*.py
 def test_load_and_convert_choose_a_step(tmp_path):
-  """native.load(step=) and convert.py --step pick an older checkpoint; a step that is not
+  """native_weights.load(step=) and convert.py --step pick an older checkpoint; a step that is not
   there is an error listing the steps that are."""
   workdir = tmp_path / "run"
   loop.train(tiny_config(tmp_path / "demo", **{"train.max_steps": 2, "checkpoint.every_steps": 1,
                                                 "checkpoint.keep": 3}), str(workdir))
-  first = native.load(workdir / "checkpoints" / "1")
+  first = native_weights.load(workdir / "checkpoints" / "1")
   for path in (workdir, workdir / "checkpoints", workdir / "checkpoints" / "1"):
-    config, variables = native.load(path, step=1)
+    config, variables = native_weights.load(path, step=1)
     assert config == first[0]
     assert_trees_equal(variables, first[1])
-  assert not np.array_equal(native.load(workdir)[1]["params"]["embed_tokens"],
+  assert not np.array_equal(native_weights.load(workdir)[1]["params"]["embed_tokens"],
                             first[1]["params"]["embed_tokens"])
-  with pytest.raises(native.NotACheckpointError, match="no checkpoint of step 7; it has steps 1, 2"):
-    native.load(workdir, step=7)
-  with pytest.raises(native.NotACheckpointError, match="is the checkpoint of step 1, not of step 2"):
-    native.load(workdir / "checkpoints" / "1", step=2)
+  not_a_checkpoint = checkpoint_layout.NotACheckpointError
+  with pytest.raises(not_a_checkpoint, match="no checkpoint of step 7; it has steps 1, 2"):
+    native_weights.load(workdir, step=7)
+  with pytest.raises(not_a_checkpoint, match="is the checkpoint of step 1, not of step 2"):
+    native_weights.load(workdir / "checkpoints" / "1", step=2)
   run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}", "--step=1")
   assert_trees_equal(hf.load(tmp_path / "hf")[1], first[1])
   out = run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'x'}",
@@ -141,17 +141,17 @@ def test_generate_cli_on_a_training_workdir(trained):
 
 @pytest.mark.slow  # spawns experiments/*.py
 def test_weights_only_checkpoint_round_trip(trained, tmp_path):
-  """convert.py --to output is read by native.load, init_from and convert.py --from."""
+  """convert.py --to output is read by native_weights.load, init_from and convert.py --from."""
   result, workdir = trained
   run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}")
   tok = tokenizer.load(result.demo.tokenizer_path)
   tok.save(str(tmp_path / "hf" / "tokenizer.json"))
   run("experiments/convert.py", f"--from_hf={tmp_path / 'hf'}", f"--to={tmp_path / 'ckpt'}")
   assert (tmp_path / "ckpt" / "tokenizer.json").exists()
-  config, variables = native.load(tmp_path / "ckpt")
+  config, variables = native_weights.load(tmp_path / "ckpt")
   assert_trees_equal(variables, hf.load(tmp_path / "hf")[1])
   with pytest.raises(FileExistsError, match="exists and is not empty; refusing to replace it"):
-    native.save(tmp_path / "ckpt", config, variables)
+    native_weights.save(tmp_path / "ckpt", config, variables)
   run("experiments/convert.py", f"--from={tmp_path / 'ckpt'}", f"--to_hf={tmp_path / 'back'}")
   assert_trees_equal(hf.load(tmp_path / "back")[1], variables)
   out = run("experiments/generate.py", f"--checkpoint={tmp_path / 'ckpt'}", "--prompt=7*8=",
@@ -164,13 +164,14 @@ def test_weights_only_checkpoint_round_trip(trained, tmp_path):
 @pytest.mark.slow  # spawns experiments/*.py
 def test_not_a_checkpoint_is_a_clear_error(trained, tmp_path):
   _, workdir = trained
-  with pytest.raises(native.NotACheckpointError, match=f"{tmp_path}: no finished checkpoint"):
-    native.load(tmp_path)
-  with pytest.raises(native.NotACheckpointError, match="no such directory"):
-    native.load(tmp_path / "missing")
+  not_a_checkpoint = checkpoint_layout.NotACheckpointError
+  with pytest.raises(not_a_checkpoint, match=f"{tmp_path}: no finished checkpoint"):
+    native_weights.load(tmp_path)
+  with pytest.raises(checkpoint_layout.NotACheckpointError, match="no such directory"):
+    native_weights.load(tmp_path / "missing")
   run("experiments/convert.py", f"--from={workdir}", f"--to_hf={tmp_path / 'hf'}")
-  with pytest.raises(native.NotACheckpointError, match="is a Hugging Face directory"):
-    native.load(tmp_path / "hf")
+  with pytest.raises(checkpoint_layout.NotACheckpointError, match="is a Hugging Face directory"):
+    native_weights.load(tmp_path / "hf")
 
 
 @pytest.mark.slow  # spawns experiments/*.py
@@ -200,7 +201,8 @@ def test_convert_never_destroys_a_run_and_replaces_an_export_only_with_overwrite
       "--overwrite")
   assert (export / "tokenizer.json").read_text() != "{}"  # the export's own file: rewritten
   assert (export / "README.md").read_text() == "notes\n"
-  assert_trees_equal(hf.load(export)[1]["params"], native.load(workdir, use_ema=False)[1]["params"])
+  assert_trees_equal(hf.load(export)[1]["params"],
+                     native_weights.load(workdir, use_ema=False)[1]["params"])
   out = run("experiments/convert.py", f"--from_hf={export}", f"--to={tmp_path / 'new'}",
             "--overwrite", ok=False)
   assert "--overwrite applies to --to_hf only" in out.stderr
@@ -210,5 +212,5 @@ def test_convert_never_destroys_a_run_and_replaces_an_export_only_with_overwrite
 def test_weights_only_checkpoint_follows_the_umask(tmp_path):
   config, variables = tiny_model()
   with umask(0o022):
-    native.save(tmp_path / "ckpt", config, variables)
+    native_weights.save(tmp_path / "ckpt", config, variables)
   assert modes(tmp_path / "ckpt") == {"dirs": {0o755}, "files": {0o644}}

@@ -7,6 +7,7 @@ import jax
 import pytest
 
 from experiments import configs
+from hrm_jax import checkpoint_layout
 from hrm_jax.train import aot, loop, plan
 from train_loop_test import tiny_config
 
@@ -128,10 +129,11 @@ def test_roofline_terms():
 
 def test_a_training_run_resolves_auto_and_keeps_the_choice(tmp_path, capsys):
   """train.py's path: the CPU devices have no memory limit, so auto is none; the choice is
-  in the workdir's remat_plan.json and in the saved model config."""
+  in the workdir's remat_plan.json and in the run's saved execution."""
   cfg = tiny_config(tmp_path / "demo", **{"model.remat_policy": "auto", "train.max_steps": 1})
   result = loop.train(cfg, str(tmp_path / "run"))
-  assert result.model_config.remat_policy == "none"
+  assert result.execution.remat_policy == "none"
+  assert checkpoint_layout.saved_config(tmp_path / "run")["execution"]["remat_policy"] == "none"
   assert "remat auto: none/layer x1 (no device memory limit (CPU))" in capsys.readouterr().out
   plans = json.load(open(tmp_path / "run" / loop.PLAN_FILE))
   assert [p["remat_policy"] for p in plans.values()] == ["none"]
@@ -149,7 +151,7 @@ def test_loop_correct_flops_agree_with_the_compiler_where_it_counts_whole_progra
   for policy in ("none", "full"):
     run = plan.Candidate(policy, "layer", 1).apply(cfg)
     model_config = loop.model_config_from(run, 512)
-    assert model_config.unroll_scans
+    assert loop.execution_from(run).unroll_scans
     row = plan.try_compile(cfg, 512, jax.devices()[:1], plan.Candidate(policy, "layer", 1),
                            0.0, None)
     got[policy] = (row.report.flops, plan.step_counts(run, model_config)[1])

@@ -3,6 +3,7 @@ fewer residuals for the backward pass (counted from the traced program, not time
 
 import functools
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -13,8 +14,8 @@ from helpers import random_rows, tiny_config
 SEQ = 16
 
 
-def _loss_fn(cfg, variables, batch, bp_steps):
-  model = hrm_jax.LanguageModel(cfg)
+def _loss_fn(cfg, variables, batch, bp_steps, ex=hrm_jax.Execution()):
+  model = hrm_jax.LanguageModel(cfg, ex)
   return lambda p: model.apply({**variables, "params": p}, batch, bp_steps=bp_steps).mean()
 
 
@@ -36,20 +37,20 @@ def _reference_grads(bp_steps):
 def test_gradients_equal_no_remat(policy, scope, bp_steps):
   cfg, batch, variables = _setup()
   ref = _reference_grads(bp_steps)
-  remat = cfg.replace(remat_policy=policy, remat_scope=scope)
-  got = jax.jit(jax.grad(_loss_fn(remat, variables, batch, bp_steps)))(variables["params"])
-  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):  # float32: reassociation only
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+  remat = hrm_jax.Execution(remat_policy=policy, remat_scope=scope)
+  got = jax.jit(jax.grad(_loss_fn(cfg, variables, batch, bp_steps, remat)))(variables["params"])
+  chex.assert_trees_all_close(got, ref, rtol=1e-5, atol=1e-6)  # float32: reassociation only
 
 
-def _temp_bytes(cfg, variables, batch):
-  grad = jax.jit(jax.grad(_loss_fn(cfg, variables, batch, None)))
+def _temp_bytes(cfg, ex, variables, batch):
+  grad = jax.jit(jax.grad(_loss_fn(cfg, variables, batch, None, ex)))
   return grad.lower(variables["params"]).compile().memory_analysis().temp_size_in_bytes
 
 
 def test_pass_scope_keeps_less_than_layer_scope_than_none():
-  cfg, _, variables = _setup(n_layers=4, unroll_scans=False)  # 2 layers/stack, scans
+  cfg, _, variables = _setup(n_layers=4)  # 2 layers/stack
   batch = random_rows(np.random.default_rng(0), 2, 128, cfg.vocab_size)  # activations dominate
-  temps = {(p, s): _temp_bytes(cfg.replace(remat_policy=p, remat_scope=s), variables, batch)
+  ex = lambda p, s: hrm_jax.Execution(remat_policy=p, remat_scope=s, unroll_scans=False)  # scans
+  temps = {(p, s): _temp_bytes(cfg, ex(p, s), variables, batch)
            for p, s in [("none", "layer"), ("full", "layer"), ("full", "pass")]}
   assert temps[("full", "pass")] < temps[("full", "layer")] < temps[("none", "layer")], temps

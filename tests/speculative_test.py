@@ -15,15 +15,16 @@ import optax
 import pytest
 
 import hrm_jax
-from hrm_jax import decode, sampling, speculative
+from hrm_jax import decode, kv_cache, sampling, speculative
 from helpers import prompts_of, tiny_config
 from helpers import tiny_model as tiny
 
 # The engine's building blocks, compiled once per shape (run op by op they took minutes).
-_refill = jax.jit(speculative.refill, static_argnums=(0, 1))
-_propose = jax.jit(speculative.propose, static_argnums=(0, 1, 10), static_argnames="greedy")
+EX = hrm_jax.Execution()
+_refill = jax.jit(speculative.refill, static_argnums=(0, 1, 2))
+_propose = jax.jit(speculative.propose, static_argnums=(0, 1, 2, 11), static_argnames="greedy")
 _advance = jax.jit(speculative.advance)
-_decode_tokens = jax.jit(decode.decode_tokens, static_argnums=0)
+_decode_tokens = jax.jit(decode.decode_tokens, static_argnums=(0, 1))
 
 LENGTHS = [5, 11, 1, 7, 3, 20, 2]
 BUDGETS = [3, 12, 1, 7, 2, 9, 5]
@@ -133,27 +134,26 @@ def _spec_state(cfg, draft, variables, prompts, length):
   p = max(map(len, prompts))
   prompt_BxP = np.array([[0] * (p - len(x)) + x for x in prompts], np.int32)
   lens_B = np.array(list(map(len, prompts)), np.int32)
-  state = speculative.init(cfg, draft, variables, b, length)
-  logits_BxV, state = _refill(cfg, draft, variables, state, jnp.arange(b),
+  state = speculative.init(cfg, draft, EX, b, length)
+  logits_BxV, state = _refill(cfg, draft, EX, variables, state, jnp.arange(b),
                               prompt_BxP, lens_B)
   return state, jnp.argmax(logits_BxV, -1).astype(jnp.int32)
 
 
 def _valid(cache, state: decode.State):
-  """Each cache leaf (keys [..., B*H, K, T], values [..., B*H, T, K]) as [..., B, H, K, T] in
-  position order, NaN at each row's positions >= pos_B (what the row must not see)."""
+  """Each cache slot (keys [B*H, K, T], values [B*H, T, K]) as [B, H, K, T] in position
+  order, NaN at each row's positions >= pos_B (what the row must not see)."""
   t = decode.cache_length(cache)
   b = len(state.start_B)
-  order_BxT = (state.start_B[:, None] + jnp.arange(t)[None]) % t
-  keep_BxT = jnp.arange(t)[None] < state.pos_B[:, None]
+  order_Bx1x1xT = ((state.start_B[:, None] + jnp.arange(t)[None]) % t)[:, None, None]
+  keep_Bx1x1xT = (jnp.arange(t)[None] < state.pos_B[:, None])[:, None, None]
 
-  def leaf(path, x):
-    x = x.reshape(x.shape[:-3] + (b, -1) + x.shape[-2:])
-    x = jnp.moveaxis(x, -1 if "cached_key" in jax.tree_util.keystr(path) else -2, -1)
-    lead = (1,) * (x.ndim - 4)
-    x = jnp.take_along_axis(x, order_BxT.reshape(lead + (-1, 1, 1, t)), -1)
-    return jnp.where(keep_BxT.reshape(lead + (-1, 1, 1, t)), x, jnp.nan)
-  return jax.tree_util.tree_map_with_path(leaf, cache)
+  def in_order(x_NxAxB, positions_axis):
+    x = jnp.moveaxis(x_NxAxB.reshape((b, -1) + x_NxAxB.shape[1:]), positions_axis + 1, -1)
+    return jnp.where(keep_Bx1x1xT, jnp.take_along_axis(x, order_Bx1x1xT, -1), jnp.nan)
+  return jax.tree.map(lambda kv: kv_cache.LayerKV(in_order(kv.k_NxKxT, 2),
+                                                  in_order(kv.v_NxTxK, 1)),
+                      cache, is_leaf=lambda x: isinstance(x, kv_cache.LayerKV))
 
 
 def test_rollback_leaves_the_caches_a_fresh_prefill_and_steps_would_build():
@@ -161,7 +161,7 @@ def test_rollback_leaves_the_caches_a_fresh_prefill_and_steps_would_build():
   prefill + one decode step per kept token gives, and predict the same next tokens."""
   cfg, variables = tiny()  # random weights: the draft agrees sometimes, so counts differ
   draft = speculative.draft_config(cfg, (1, 1))
-  variables = decode.decode_variables(variables)
+  variables = decode.prepare(variables)
   prompts = prompts_of([3, 7, 5, 4], cfg.vocab_size, seed=3)
   k, length = 4, 32
   state, last_B = _spec_state(cfg, draft, variables, prompts, length)
@@ -169,7 +169,7 @@ def test_rollback_leaves_the_caches_a_fresh_prefill_and_steps_would_build():
   zeros = jnp.zeros(b, jnp.int32)
   kept = []
   for _ in range(3):
-    prop, state = _propose(cfg, draft, variables, state, last_B, zeros, zeros,
+    prop, state = _propose(cfg, draft, EX, variables, state, last_B, zeros, zeros,
                            jax.random.PRNGKey(0), 1.0, 1.0, k, greedy=True)
     kept.append(np.asarray(prop.count_B))
     state = _advance(state, prop.tokens_BxS, prop.count_B, last_B)
@@ -184,9 +184,9 @@ def test_rollback_leaves_the_caches_a_fresh_prefill_and_steps_would_build():
     tok_B = jnp.array([t[j] if j < len(t) - 1 else 0 for t in tokens], jnp.int32)
     step_B = jnp.array([j < len(t) - 1 for t in tokens])
     ones = jnp.ones((b, 1), bool)
-    _, fc = _decode_tokens(cfg, variables, full.cache, tok_B[:, None], full.start_B,
+    _, fc = _decode_tokens(cfg, EX, variables, full.cache, tok_B[:, None], full.start_B,
                            full.pos_B, ones & step_B[:, None])
-    _, dc = _decode_tokens(draft, variables, small.cache, tok_B[:, None], small.start_B,
+    _, dc = _decode_tokens(draft, EX, variables, small.cache, tok_B[:, None], small.start_B,
                            small.pos_B, ones & step_B[:, None])
     full = full._replace(cache=fc, pos_B=full.pos_B + step_B)
     small = small._replace(cache=dc, pos_B=small.pos_B + step_B)
@@ -198,6 +198,7 @@ def test_rollback_leaves_the_caches_a_fresh_prefill_and_steps_would_build():
   spec_draft = state.draft._replace(pos_B=small.pos_B)
   for got, want in ((_valid(state.full.cache, state.full), _valid(full.cache, full)),
                     (_valid(state.draft.cache, spec_draft), _valid(small.cache, small))):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got,
                  want)
 
@@ -207,18 +208,18 @@ def test_sampled_tokens_follow_the_full_model_distribution():
   replacement drawn from max(p - q, 0)) is distributed as the full model's nucleus p."""
   cfg, variables = tiny()
   draft = speculative.draft_config(cfg, (1, 1))
-  variables = decode.decode_variables(variables)
+  variables = decode.prepare(variables)
   n, temperature, top_p = 6000, 0.7, 0.95
   state, _ = _spec_state(cfg, draft, variables, [prompts_of([4], cfg.vocab_size)[0]] * n, 12)
   last_B = jnp.full(n, 7, jnp.int32)
-  prop, _ = _propose(cfg, draft, variables, state, last_B, jnp.arange(n),
+  prop, _ = _propose(cfg, draft, EX, variables, state, last_B, jnp.arange(n),
                      jnp.ones(n, jnp.int32), jax.random.PRNGKey(3),
                      jnp.float32(temperature), jnp.float32(top_p), 2, greedy=False)
-  logits_BxSxV, _ = _decode_tokens(cfg, variables, state.full.cache, last_B[:, None],
+  logits_BxSxV, _ = _decode_tokens(cfg, EX, variables, state.full.cache, last_B[:, None],
                                    state.full.start_B, state.full.pos_B)
   p_V = np.asarray(jax.nn.softmax(sampling.nucleus_logits(logits_BxSxV[:, 0], temperature,
                                                           top_p))[0])
-  q_logits, _ = _decode_tokens(draft, variables, state.draft.cache, last_B[:, None],
+  q_logits, _ = _decode_tokens(draft, EX, variables, state.draft.cache, last_B[:, None],
                                state.draft.start_B, state.draft.pos_B)
   q_V = np.asarray(jax.nn.softmax(sampling.nucleus_logits(q_logits[:, 0], temperature,
                                                           top_p))[0])
@@ -288,7 +289,7 @@ def test_the_draft_predicts_what_the_shallow_model_recomputes():
   sequence: the draft proposes what the shallow model would (f32, |diff| <= 1e-4)."""
   cfg, variables = tiny()
   draft = speculative.draft_config(cfg, (2, 2))
-  dv = decode.decode_variables(variables)
+  dv = decode.prepare(variables)
   prompts = prompts_of([3, 7, 5, 4], cfg.vocab_size, seed=5)
   b, k = len(prompts), 2
   state, last_B = _spec_state(cfg, draft, dv, prompts, 40)
@@ -296,7 +297,7 @@ def test_the_draft_predicts_what_the_shallow_model_recomputes():
   zeros = jnp.zeros(b, jnp.int32)
   counts, behind = set(), 0
   for _ in range(4):
-    prop, state = _propose(cfg, draft, dv, state, last_B, zeros, zeros,
+    prop, state = _propose(cfg, draft, EX, dv, state, last_B, zeros, zeros,
                            jax.random.PRNGKey(0), 1.0, 1.0, k, greedy=True)
     state = _advance(state, prop.tokens_BxS, prop.count_B, last_B)
     for r, c in enumerate(np.asarray(prop.count_B).tolist()):
@@ -306,7 +307,7 @@ def test_the_draft_predicts_what_the_shallow_model_recomputes():
     behind += int(np.sum(np.asarray(state.behind_B)))
     two_Bx2 = jnp.stack([state.prev_B, last_B], axis=1)
     write_Bx2 = jnp.stack([state.behind_B, jnp.ones_like(state.behind_B)], axis=1)
-    cached_Bx2xV, _ = _decode_tokens(draft, dv, state.draft.cache, two_Bx2,
+    cached_Bx2xV, _ = _decode_tokens(draft, EX, dv, state.draft.cache, two_Bx2,
                                      state.draft.start_B, state.draft.pos_B - 1, write_Bx2)
     for r in range(b):
       np.testing.assert_allclose(np.asarray(cached_Bx2xV[r, 1]),

@@ -31,6 +31,14 @@ def test_every_named_config_passes_and_zero_cadences_mean_off():
   config_check.check(cfg)
 
 
+def test_moved_keys_name_their_new_home():
+  """The bp_steps warm-up moved from the model section to train (issue 30)."""
+  with pytest.raises(ValueError, match=r"--config.model.bp_warmup_ratio is now --config.train."
+                     r"bp_warmup_ratio \(the bp_steps warm-up is part of training\)"):
+    configs.resolve_argv(["train.py", "--config=sft", "--config.model.bp_warmup_ratio=0.1"])
+  configs.resolve_argv(["train.py", "--config=sft", "--config.train.bp_warmup_ratio=0.1"])
+
+
 def test_override_keys_are_checked_against_a_config_file_too(tmp_path):
   """Before: `--config=FILE --config.train.stepz=5` ended in `"'stepz'"`."""
   path = configs.path_of("demo")

@@ -9,13 +9,15 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
 
 from experiments import configs
+from hrm_jax import checkpoint_layout
 from hrm_jax import data as data_lib
-from hrm_jax.train import checkpoint as ckpt_lib
+from hrm_jax.train import run_checkpoints as ckpt_lib
 from hrm_jax.train import loop
 from hrm_jax.train import metrics as metrics_lib
 from helpers import as_test_process, run
@@ -24,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = {
     "model.hidden_size": 32, "model.num_heads": 2, "model.n_layers": 2,
-    "model.bp_warmup_ratio": 0.0, "data.rows": 8, "data.row_len": 64, "train.epochs": 1,
+    "train.bp_warmup_ratio": 0.0, "data.rows": 8, "data.row_len": 64, "train.epochs": 1,
     "train.total_steps": 8, "train.warmup_steps": 2, "log.every_steps": 1,
     "checkpoint.every_steps": 100, "checkpoint.async_save": False, "demo.show_answers": 0,
 }
@@ -66,8 +68,7 @@ def test_resume_is_exact(demo_dir, tmp_path, straight):
   assert first.steps_done == 3
   second = loop.train(tiny_config(demo_dir, **{"train.max_steps": 6}), workdir)
   assert second.steps_done == 6
-  for a, b in zip(leaves(second.state), leaves(ref.state)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(jax.device_get(second.state), jax.device_get(ref.state))
   metrics = read_metrics(workdir)  # appended across the restart
   assert [m["step"] for m in metrics] == list(range(1, 7))
   assert [m["loss"] for m in metrics] == [m["loss"] for m in ref_metrics]
@@ -104,18 +105,17 @@ def test_resume_after_sigterm_is_exact(demo_dir, tmp_path, straight):
   saved = ckpt_lib.manager(os.path.join(workdir, "checkpoints"), 3).latest_step()
   assert 2 <= saved < 6
   resumed = loop.train(tiny_config(demo_dir, **{"train.max_steps": 6}), workdir)
-  for a, b in zip(leaves(resumed.state), leaves(ref.state)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(jax.device_get(resumed.state), jax.device_get(ref.state))
   assert [m["loss"] for m in read_metrics(workdir)][-1] == ref_metrics[-1]["loss"]
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(demo_dir, tmp_path):
   workdir = str(tmp_path)
   loop.train(tiny_config(demo_dir, **{"train.max_steps": 1}), workdir)
-  with pytest.raises(ckpt_lib.CheckpointMismatchError, match="hidden_size: checkpoint 32 vs "
-                     "config 64"):
+  with pytest.raises(checkpoint_layout.CheckpointMismatchError,
+                     match="hidden_size: checkpoint 32 vs config 64"):
     loop.train(tiny_config(demo_dir, **{"model.hidden_size": 64}), workdir)
-  with pytest.raises(ckpt_lib.CheckpointMismatchError, match="arch: checkpoint 'hrm' vs "
+  with pytest.raises(checkpoint_layout.CheckpointMismatchError, match="arch: checkpoint 'hrm' vs "
                      "config 'ut'"):
     loop.train(tiny_config(demo_dir, **{"model.arch": "ut"}), workdir)
 
@@ -191,8 +191,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(demo_dir, tmp_pa
   out = capsys.readouterr().out
   assert f"WARNING: checkpoint {newest} cannot be restored" in out
   assert "Resuming from step 2" in out
-  for a, b in zip(leaves(resumed.state), leaves(ref.state)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(jax.device_get(resumed.state), jax.device_get(ref.state))
   assert [m["step"] for m in read_metrics(workdir)] == list(range(1, 7))
 
 

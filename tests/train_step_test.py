@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -13,7 +14,7 @@ from hrm_jax import optim
 from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel
 from hrm_jax.train import state as state_lib
-from hrm_jax.models import registry
+from hrm_jax.train.bp_schedule import bp_steps_at
 from hrm_jax.train.step import _microbatch_sums, jit_train_step, train_step
 from helpers import (NumpyAdamAtan2, group_of, named, random_rows, reference_has_grad,
                      tiny_config)
@@ -63,8 +64,7 @@ def test_sharded_step_equals_single_device(mesh_shape):
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   # Adam-atan2 normalises every gradient entry, so reduction-order noise in near-zero
   # gradients moves a parameter by up to ~1e-3 of the lr (1e-2): atol 5e-5.
-  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
+  chex.assert_trees_all_close(state, ref_state, rtol=1e-4, atol=5e-5)
   # Parameters really are split (FSDP over `embed`), not replicated.
   kernel = shardings.params["core"]["H"]["layers"]["mlp"]["down_proj"]["kernel"]
   if mesh_shape[1] > 1:
@@ -76,8 +76,7 @@ def test_microbatches_and_loss_chunks_equal_one_batch(microbatches, loss_chunk):
   state, losses, _ = run_steps((1, 1, 1), microbatches=microbatches, loss_chunk=loss_chunk)
   ref_state, ref_losses, _ = single_device()
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
+  chex.assert_trees_all_close(state, ref_state, rtol=1e-4, atol=5e-5)
 
 
 def test_mesh_errors():
@@ -116,7 +115,7 @@ def test_twelve_steps_follow_the_reference_optimizer(arch):
   loss_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=2)
   fns, bps = {}, []
   for step in range(steps):
-    bp = registry.bp_steps_at(step + 1, total, cfg)
+    bp = bp_steps_at(step + 1, total, cfg)
     bps.append(bp)
     batch = make_batch(step)
     ref_params = jax.tree.unflatten(jax.tree.structure(state.params),

@@ -2,8 +2,10 @@
 
 import functools
 
+import chex
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,18 +14,20 @@ import hrm_jax
 from hrm_jax import truncation
 from hrm_jax.layers import Stack, make_seq_info
 from hrm_jax.models import hrm, spec_of
+from hrm_jax.train.bp_schedule import BpSchedule, bp_steps_at
 from helpers import GRAD_WINDOWS, RECURSIONS, random_rows, tiny_config
 
 SEQ = 12
 
 
-def unrolled_logits(cfg, variables, batch, bp_steps):
+def unrolled_logits(cfg, ex, variables, batch, bp_steps):
   """Python loops over passes (helpers.RECURSIONS); each pass outside the window
   (helpers.GRAD_WINDOWS, transcribed from docs/reference.md independently of the models'
   rules) is stop_gradient'ed by hand."""
   p = nn.unbox(variables["params"])
-  seq = make_seq_info(cfg, batch)
-  run = lambda name, z: Stack(cfg.stack_config(name)).apply({"params": p["core"][name]}, z, seq)
+  seq = make_seq_info(cfg, ex, batch)
+  run = lambda name, z: Stack(cfg.stack_config(name), ex).apply({"params": p["core"][name]}, z,
+                                                                seq)[0]
   family = spec_of(cfg).family
   keep = (lambda tag: True) if bp_steps is None else GRAD_WINDOWS[family](cfg, bp_steps)
   gated = lambda name, z, tag: run(name, z) if keep(tag) else jax.lax.stop_gradient(run(name, z))
@@ -35,9 +39,10 @@ def unrolled_logits(cfg, variables, batch, bp_steps):
 
 
 @functools.lru_cache(maxsize=None)
-def setup(arch, **overrides):
+def setup(arch, unroll_scans=None, **overrides):
   cfg = tiny_config(arch, **overrides)
-  model = hrm_jax.LanguageModel(cfg)
+  ex = hrm_jax.Execution(unroll_scans=unroll_scans)
+  model = hrm_jax.LanguageModel(cfg, ex)
   batch = random_rows(np.random.default_rng(0), 2, SEQ, cfg.vocab_size)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), batch)
   w = jax.random.normal(jax.random.PRNGKey(9), (2, SEQ, cfg.vocab_size))
@@ -53,18 +58,14 @@ def setup(arch, **overrides):
 
   @functools.partial(jax.jit, static_argnums=1)
   def reference_grads(params, bp):
-    return jax.grad(lambda p: objective(unrolled_logits(cfg, {**variables, "params": p}, batch,
-                                                        bp)))(params)
+    return jax.grad(lambda p: objective(unrolled_logits(cfg, ex, {**variables, "params": p},
+                                                        batch, bp)))(params)
 
   return cfg, variables, model_grads, reference_grads
 
 
 def assert_tree_close(a, b):
-  flat_a = jax.tree_util.tree_leaves_with_path(nn.unbox(a))
-  flat_b = jax.tree_util.tree_leaves(nn.unbox(b))
-  for (path, x), y in zip(flat_a, flat_b):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-5,
-                               err_msg=jax.tree_util.keystr(path))
+  chex.assert_trees_all_close(nn.unbox(a), nn.unbox(b), rtol=2e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("bp_steps", [2, 3, 4, 5, None])
@@ -86,7 +87,7 @@ def test_hrm_other_cycles_gradients_equal_hand_unrolled(unroll):
 @pytest.mark.parametrize("arch", ["trm", "trm_match_recurrence", "rins", "ut"])
 def test_baseline_gradients_equal_hand_unrolled(arch):
   cfg, variables, model_grads, reference_grads = setup(arch)
-  bp = hrm_jax.bp_steps_at(0, 10, cfg)
+  bp = bp_steps_at(0, 10, cfg)
   assert_tree_close(model_grads(variables["params"], bp),
                     reference_grads(variables["params"], bp))
   assert_tree_close(model_grads(variables["params"], None),
@@ -125,11 +126,12 @@ def test_grad_flags_match_reference_table():
 
 def test_bp_steps_schedule():
   cfg = hrm_jax.model_config("B")  # bp 2 -> 5 over the first 20% of training
-  got = [hrm_jax.bp_steps_at(s, 1000, cfg) for s in (0, 66, 67, 100, 134, 199, 200, 999)]
+  got = [bp_steps_at(s, 1000, cfg) for s in (0, 66, 67, 100, 134, 199, 200, 999)]
   assert got == [2, 2, 3, 3, 4, 4, 5, 5]
-  sft = cfg.replace(bp_warmup_ratio=0.0)
-  assert hrm_jax.bp_steps_at(0, 1000, sft) == 5
-  assert hrm_jax.bp_steps_at(0, 10, hrm_jax.model_config("B", "ut")) == 2
+  assert bp_steps_at(0, 1000, cfg, BpSchedule(warmup_ratio=0.0)) == 5  # SFT
+  assert bp_steps_at(0, 10, hrm_jax.model_config("B", "ut")) == 2
+  with pytest.raises(ValueError, match="bp_min_steps=1: arch 'hrm' needs >= 2"):
+    bp_steps_at(0, 10, cfg, BpSchedule(min_steps=1))
 
 
 def test_runs_and_hl_segments():
@@ -148,8 +150,8 @@ def test_runs_and_hl_segments():
       (3, [False] * 3, False), (1, [False, False, True], True)]
 
 
-def _grad_fn(cfg, bp_steps, seq):
-  model = hrm_jax.LanguageModel(cfg)
+def _grad_fn(cfg, bp_steps, seq, ex=hrm_jax.Execution()):
+  model = hrm_jax.LanguageModel(cfg, ex)
   batch = random_rows(np.random.default_rng(0), 2, seq, cfg.vocab_size)
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)
   others = {k: v for k, v in variables.items() if k != "params"}
@@ -160,14 +162,23 @@ def _grad_fn(cfg, bp_steps, seq):
 @pytest.mark.parametrize("arch", ["hrm", "trm_match_recurrence", "rins", "ut"])
 def test_gradient_selects_no_branch_on_a_traced_flag(arch):
   cfg = tiny_config(arch)
-  grad, args = _grad_fn(cfg, hrm_jax.bp_steps_at(0, 10, cfg), SEQ)
-  jaxpr = str(jax.make_jaxpr(grad)(*args))
-  assert " cond[" not in jaxpr, "a branch on a traced flag"
+  grad, args = _grad_fn(cfg, bp_steps_at(0, 10, cfg), SEQ)
+  assert "cond" not in _primitives(jax.make_jaxpr(grad)(*args).jaxpr), "a branch on a flag"
+
+
+def _primitives(jaxpr) -> set[str]:
+  """Names of the primitives of a jaxpr and of every sub-jaxpr (scan bodies, remat, ...)."""
+  out = set()
+  for eqn in jaxpr.eqns:
+    out.add(eqn.primitive.name)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      out |= _primitives(sub)
+  return out
 
 
 def _temp_bytes(cfg, bp_steps):
-  cfg = cfg.replace(unroll_scans=False)  # scans: what large models compile to
-  grad, args = _grad_fn(cfg, bp_steps, 128)  # activations dominate the temporaries
+  # scans: what large models compile to; activations dominate the temporaries
+  grad, args = _grad_fn(cfg, bp_steps, 128, hrm_jax.Execution(unroll_scans=False))
   return jax.jit(grad).lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
@@ -180,5 +191,5 @@ def test_compiled_gradient_memory_grows_with_the_window():
 @pytest.mark.parametrize("arch", ["trm_match_recurrence", "rins", "ut"])
 def test_baseline_truncation_saves_compiled_memory(arch):
   cfg = tiny_config(arch)
-  truncated, full = (_temp_bytes(cfg, bp) for bp in (hrm_jax.bp_steps_at(0, 10, cfg), None))
+  truncated, full = (_temp_bytes(cfg, bp) for bp in (bp_steps_at(0, 10, cfg), None))
   assert truncated < full, (truncated, full)

@@ -3,13 +3,15 @@ default), ema_weights starts from its EMA with a fresh optimizer; bad input name
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hrm_jax import checkpoints, data as data_lib, native, optim
-from hrm_jax.models import LanguageModel, bp_steps_at
+from hrm_jax import checkpoint_layout, data as data_lib, native_weights, optim
+from hrm_jax.models import LanguageModel
+from hrm_jax.train.bp_schedule import BpSchedule, bp_steps_at
 from hrm_jax.train import loop, step as step_lib, warm_start
 from helpers import tiny_model
 from train_loop_test import leaves, tiny_config
@@ -45,9 +47,11 @@ def warm(demo_dir, workdir, src, mode, steps, **extra):
 
 def assert_close(a, b):
   """float32 updates of the same numbers, compiled apart: equal to float tolerance."""
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(leaves(a), leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(jax.device_get(a), jax.device_get(b), rtol=1e-5, atol=1e-6)
+
+
+def assert_equal(a, b):
+  chex.assert_trees_all_equal(jax.device_get(a), jax.device_get(b))
 
 
 def continue_by_hand(state, cfg, model_config, steps):
@@ -60,7 +64,7 @@ def continue_by_hand(state, cfg, model_config, steps):
                                seed=cfg.data.seed, target_only=cfg.data.target_only)
   schedule = optim.warmup_cosine(train.lr, train.warmup_steps, train.total_steps,
                                  train.lr_min_ratio)
-  model = LanguageModel(model_config)
+  model = LanguageModel(model_config, loop.execution_from(cfg))
 
   @functools.partial(jax.jit, static_argnums=3)
   def update(state, batch, lr, bp):
@@ -71,7 +75,7 @@ def continue_by_hand(state, cfg, model_config, steps):
 
   batches = pipeline.iterator()
   for s in range(steps):
-    bp = bp_steps_at(s + 1, train.total_steps, model_config)
+    bp = bp_steps_at(s + 1, train.total_steps, model_config, BpSchedule.of(train))
     state = update(state, jax.tree.map(jnp.asarray, next(batches)), schedule(s), bp)
   return state
 
@@ -103,9 +107,8 @@ def test_full_state_resumed_midway_keeps_its_schedule(demo_dir, source, full_sta
   _, src = source
   warm(demo_dir, tmp_path, src, "full_state", 1, **NEW)
   resumed = warm(demo_dir, tmp_path, "/nonexistent", "full_state", MORE, **NEW)
-  assert checkpoints.saved_config(tmp_path)["warm_start"]["optimizer_count"] == SOURCE_STEPS
-  for a, b in zip(leaves(resumed.state), leaves(full_state_run.state)):
-    np.testing.assert_array_equal(a, b)
+  assert checkpoint_layout.saved_config(tmp_path)["warm_start"]["optimizer_count"] == SOURCE_STEPS
+  assert_equal(resumed.state, full_state_run.state)
 
 
 def test_full_state_restores_everything_but_the_step_and_rng(demo_dir, source, tmp_path):
@@ -113,8 +116,7 @@ def test_full_state_restores_everything_but_the_step_and_rng(demo_dir, source, t
   out = warm(demo_dir, tmp_path, src, "full_state", 0, **NEW)
   assert int(out.state.step) == 0
   for name in ("params", "opt_state", "ema", "buffers"):
-    for a, b in zip(leaves(getattr(out.state, name)), leaves(getattr(result.state, name))):
-      np.testing.assert_array_equal(a, b)
+    assert_equal(getattr(out.state, name), getattr(result.state, name))
 
 
 def test_ema_weights_takes_the_ema_and_a_fresh_optimizer(demo_dir, source, tmp_path):
@@ -124,24 +126,20 @@ def test_ema_weights_takes_the_ema_and_a_fresh_optimizer(demo_dir, source, tmp_p
   assert not np.array_equal(ema["embed_tokens"], jax.device_get(result.state.params)[
       "embed_tokens"])
   for got in (out.state.params, out.state.ema):
-    for a, b in zip(leaves(got), leaves(ema)):
-      np.testing.assert_array_equal(a, b)
+    assert_equal(got, ema)
   # buffers (z_L_init) come from the source even when the new run's seed draws others
-  for a, b in zip(leaves(out.state.buffers), leaves(result.state.buffers)):
-    np.testing.assert_array_equal(a, b)
+  assert_equal(out.state.buffers, result.state.buffers)
   assert int(out.state.opt_state.count) == 0
   assert all(not a.any() for a in leaves((out.state.opt_state.mu, out.state.opt_state.nu)))
   raw = warm(demo_dir, tmp_path / "raw", src, "ema_weights", 0, **{"init_from.use_ema": False})
-  for a, b in zip(leaves(raw.state.params), leaves(result.state.params)):
-    np.testing.assert_array_equal(a, b)
+  assert_equal(raw.state.params, result.state.params)
 
 
 def test_init_from_step_picks_an_older_checkpoint(demo_dir, source, tmp_path):
   _, src = source
   out = warm(demo_dir, tmp_path, src, "ema_weights", 0, **{"init_from.step": 1})
-  _, first = native.load(src, use_ema=True, step=1)
-  for a, b in zip(leaves(out.state.params), leaves(first["params"])):
-    np.testing.assert_array_equal(a, b)
+  _, first = native_weights.load(src, use_ema=True, step=1)
+  assert_equal(out.state.params, first["params"])
 
 
 def test_bad_init_from_is_an_error_naming_the_flag(demo_dir, source, tmp_path):
@@ -152,14 +150,14 @@ def test_bad_init_from_is_an_error_naming_the_flag(demo_dir, source, tmp_path):
   with pytest.raises(warm_start.WarmStartError, match=r"--config.init_from.step=9 .*no "
                      r"checkpoint of step 9; it has steps 1, 2, 3"):
     warm(demo_dir, tmp_path / "b", src, "full_state", 1, **{"init_from.step": 9})
-  with pytest.raises(checkpoints.CheckpointMismatchError, match=r"--config.init_from.path=.*"
+  with pytest.raises(checkpoint_layout.CheckpointMismatchError, match=r"--config.init_from.path=.*"
                      r"hidden_size: checkpoint 32 vs config 64"):
     warm(demo_dir, tmp_path / "c", src, "full_state", 1, **{"model.hidden_size": 64})
   with pytest.raises(warm_start.WarmStartError, match=r"--config.init_from.mode='last': "
                      r"expected one of \('ema_weights', 'full_state'\)"):
     warm(demo_dir, tmp_path / "d", src, "last", 1)
   config, variables = tiny_model(vocab_size=256, hidden_size=32, num_heads=2, n_layers=2)
-  native.save(tmp_path / "weights", config, variables)
+  native_weights.save(tmp_path / "weights", config, variables)
   with pytest.raises(warm_start.WarmStartError, match=r"has no opt_state, ema \(a weights-only "
                      r"checkpoint.*--config.init_from.mode=ema_weights"):
     warm(demo_dir, tmp_path / "e", tmp_path / "weights", "full_state", 1)
@@ -170,7 +168,7 @@ def test_shapes_that_differ_under_the_same_model_config_are_named(source, tmp_pa
   result, src = source
   fresh = result.state.replace(params={**result.state.params, "extra": jnp.zeros([3])})
   cfg = tiny_config(tmp_path, **{"init_from.path": str(src)}).init_from
-  with pytest.raises(checkpoints.CheckpointMismatchError,
+  with pytest.raises(checkpoint_layout.CheckpointMismatchError,
                      match=r"--config.init_from.path=.*ema/extra: checkpoint None vs "
                      r"config \(3,\)"):
     warm_start.warm_start(cfg, fresh, result.model_config)

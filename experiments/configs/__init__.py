@@ -21,6 +21,8 @@ from hrm_jax import cli
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 NAMES = tuple(sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
                      if f.endswith(".py") and f not in ("__init__.py", "base.py")))
+# Keys that moved, old -> new: the bp_steps warm-up is training's, no longer the model's.
+MOVED = {f"model.{k}": f"train.{k}" for k in ("bp_min_steps", "bp_max_steps", "bp_warmup_ratio")}
 
 
 def path_of(name_or_path: str) -> str:
@@ -96,6 +98,9 @@ def check_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) -> N
   keys = set(valid_keys(config))
   for arg in argv:
     m = re.match(r"--config\.([\w.]+)", arg)
+    if m and m.group(1) in MOVED and MOVED[m.group(1)] in keys:
+      raise ValueError(f"--config.{m.group(1)} is now --config.{MOVED[m.group(1)]} (the bp_steps "
+                       "warm-up is part of training)")
     if m and m.group(1) not in keys:
       key = m.group(1)
       section = key.split(".")[0] + "."

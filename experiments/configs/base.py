@@ -1,29 +1,42 @@
 """Fields shared by every training config; each named config edits a copy of this.
 
-`model` holds the preset `size` and `arch` plus any ModelConfig field to override (None =
-the preset's value, vocab_size None = the data's tokenizer vocabulary rounded up to 256).
+`model` holds the preset `size` and `arch` plus, to override (None = the preset's value,
+vocab_size None = the data's tokenizer vocabulary rounded up to 256): any ModelConfig field,
+any arch option (checked against the arch: e.g. `cycles` is ut's), and the Execution
+settings (dtype, attention, remat). The bp_steps warm-up is `train`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import ml_collections
 from ml_collections import config_dict
 
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution
+from hrm_jax.models import REGISTRY
 
-_FIELD_TYPES = {"init_std": float, "intermediate_size": int, "head_dim": int,
-                "embedding_scale": float, "unroll_scans": bool}
+
+def _placeholders(cls: type, skip: tuple[str, ...] = ()) -> dict[str, config_dict.FieldReference]:
+  """A None placeholder of each field's type (Optional[X]: X) of a config dataclass."""
+  hints = typing.get_type_hints(cls)
+  out = {}
+  for f in dataclasses.fields(cls):
+    if f.name in skip:
+      continue
+    kind = hints[f.name]
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    out[f.name] = config_dict.placeholder(args[0] if args else kind)
+  return out
 
 
 def model_section(size: str, arch: str) -> ml_collections.ConfigDict:
-  section = {"size": size, "arch": arch}
-  for f in dataclasses.fields(ModelConfig):
-    if f.name == "arch":
-      continue
-    kind = _FIELD_TYPES.get(f.name, type(f.default))
-    section[f.name] = config_dict.placeholder(kind)
+  section: dict = {"size": size, "arch": arch}
+  options = sorted({s.options for s in REGISTRY.values() if s.options}, key=lambda c: c.__module__)
+  for cls in (ModelConfig, *options, Execution):
+    section.update(_placeholders(cls, skip=("arch", "options")))
   return ml_collections.ConfigDict(section)
 
 
@@ -49,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
       skip_nonfinite=False,  # skip (do not apply) steps with a non-finite loss/grad/params
       max_consecutive_skips=10,  # with skip_nonfinite: more skipped steps in a row stop
       loss_chunk=1024,      # tokens per head+loss chunk (0 = materialise all logits)
+      # hrm's truncated-backprop warm-up: bp_steps goes bp_min -> bp_max over the first
+      # bp_warmup_ratio of training (hrm_jax/train/bp_schedule.py)
+      bp_min_steps=2, bp_max_steps=5, bp_warmup_ratio=0.2,
   ))
   # (data, fsdp, tensor) inside a slice; dcn_shape: slices per axis (multi-slice TPU, GPU
   # hosts over a slower network), e.g. (2, 1, 1) for data parallelism over two slices.

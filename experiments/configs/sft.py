@@ -16,7 +16,7 @@ def get_config():
   c = base.get_config()
   c.model = base.model_section("XL", "hrm")
   c.model.dtype = "bfloat16"
-  c.model.bp_warmup_ratio = 0.0
+  c.train.bp_warmup_ratio = 0.0
   c.data.rows = 8
   c.data.row_len = 4096  # 8 x 4,096 = 32,768 tokens per batch
   c.train.update(lr=3e-5, lr_min_ratio=0.1, warmup_steps=0, epochs=5, ema_decay=0.999)

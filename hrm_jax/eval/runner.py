@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution
 from hrm_jax import generation, speculative
 from hrm_jax.eval import sources, tasks
 from hrm_jax.progress import track
@@ -143,7 +144,8 @@ class Request:
 def run_stream(config: ModelConfig, variables: dict, tok: Tokenizer, settings: tasks.GenSettings,
                requests: Sequence[Request], batch_size: int, rng: jax.Array, desc: str,
                progress: bool = True, draft_cycles: Optional[Sequence[int]] = None,
-               draft_len: int = 4, log: Log = _stderr) -> list[str]:
+               draft_len: int = 4, log: Log = _stderr, execution: Execution = Execution()
+               ) -> list[str]:
   """Completion text of every request (eoa removed, at most its own `max_new` tokens; empty
   for a request with no budget), in request order. draft_cycles: speculative decoding
   (`generation.generate`), its statistics logged at the end."""
@@ -155,8 +157,8 @@ def run_stream(config: ModelConfig, variables: dict, tok: Tokenizer, settings: t
   stats = speculative.Stats()
   answers = generation.stream(
       config, variables, [requests[i].prompt for i in live], [requests[i].max_new for i in live],
-      temperature=settings.temperature, eos_id=tok.eoa_id, rng=rng, batch_size=batch_size,
-      draft_cycles=draft_cycles, draft_len=draft_len, stats=stats)
+      execution=execution, temperature=settings.temperature, eos_id=tok.eoa_id, rng=rng,
+      batch_size=batch_size, draft_cycles=draft_cycles, draft_len=draft_len, stats=stats)
   for j, out in track(answers, len(requests), desc, progress, done=len(requests) - len(live)):
     texts[live[j]] = tok.decode(out[:-1] if out and out[-1] == tok.eoa_id else out)
   if draft_cycles is not None:
@@ -196,9 +198,10 @@ def evaluate(config: ModelConfig, variables: dict, tok: Tokenizer,
              max_new_tokens: Optional[int] = None, rng: Optional[jax.Array] = None,
              progress: bool = True, log: Log = _stderr,
              loaded: Optional[dict[str, tuple[list, list]]] = None,
-             draft_cycles: Optional[Sequence[int]] = None, draft_len: int = 4
-             ) -> dict[str, dict]:
-  """Scores of every benchmark: {name: {metric, score, n, metrics, ...}}.
+             draft_cycles: Optional[Sequence[int]] = None, draft_len: int = 4,
+             execution: Execution = Execution()) -> dict[str, dict]:
+  """Scores of every benchmark: {name: {metric, score, n, metrics, ...}}; the model runs as
+  `execution` says (a checkpoint's own: `model_loading.load_model`).
 
   `loaded` ({name: (examples, shots)}) reuses data already read (the depth sweep).
   """
@@ -233,7 +236,7 @@ def evaluate(config: ModelConfig, variables: dict, tok: Tokenizer,
     start = time.perf_counter()
     texts = run_stream(config, variables, tok, settings, requests, batch_size,
                        jax.random.fold_in(rng, s), "+".join(b.name for b in group), progress,
-                       draft_cycles, draft_len, log)
+                       draft_cycles, draft_len, log, execution)
     seconds = time.perf_counter() - start
     outputs: dict[str, list[list[str]]] = {
         b.name: [[] for _ in prompts[b.name].ids] for b in group}

@@ -8,13 +8,14 @@
     return z_H
 
 with H_bp = min(H_cycles, bp_steps - 1) and L_bp = bp_steps - H_bp (`grad_flags`); bp_steps
-None = gradient through every pass. `bp_steps` warms up from bp_min_steps to bp_max_steps
-(`bp_warmup`). A pass without gradient is as if its output were stop_gradient'ed.
+None = gradient through every pass. Training warms `bp_steps` up (`hrm_jax.train.bp_schedule`).
+A pass without gradient is as if its output were stop_gradient'ed.
 
 Mechanism (`hrm_jax.models.passes`): the flags are static, so H cycles with equal flags run
 as one scan (`nn.scan`, shared parameters) and, within a cycle, each run of L passes with
 equal flags as one scan: gradient-free passes keep nothing for the backward pass. With a KV
-cache the same passes run in the same order as Python loops (`hrm_jax.decode`).
+cache the same passes run as Python loops, H pass i and L pass i * L_cycles + j each with its
+own cache slots (`hrm_jax.decode`).
 """
 
 from __future__ import annotations
@@ -55,39 +56,37 @@ def grad_flags(c: ModelConfig, bp_steps: Optional[int]) -> Flags:
 
 
 def hl_recursion(module: nn.Module, H: Callable, L: Callable, z_H: jax.Array, z_L: jax.Array,
-                 seq: SeqInfo, L_cycles: int, grads: Flags) -> jax.Array:
-  """The loop above with static gradient flags `grads`; the final z_H [B, S, D].
+                 seq: SeqInfo, L_cycles: int, grads: Flags, cache: passes.Cache = None
+                 ) -> tuple[jax.Array, passes.Cache]:
+  """The loop above with static gradient flags `grads`; the final z_H [B, S, D] (and the
+  updated KV cache when decoding).
 
   `module` owns both stacks (it is what the cycle scan lifts); H and L map it to the stack
   to use, so TRM can pass the same stack twice.
   """
+  start = 0
   for cycles, L_grads, H_grad in truncation.hl_segments(*grads):  # H cycles alike, in order
-    def cycle(mdl, carry, L_grads=L_grads, H_grad=H_grad):
-      z_H, z_L = carry
-      z_L = passes.repeat(L(mdl), z_L, z_H, seq, L_cycles, L_grads)  # z_L = L(z_L + z_H), L times
-      z_H = passes.one_pass(H(mdl), z_H, z_L, seq, H_grad)            # z_H = H(z_H + z_L)
-      return z_H, z_L
+    def cycle(mdl, carry, i, L_grads=L_grads, H_grad=H_grad):  # i: the H cycle
+      z_H, z_L, cache = carry
+      # z_L = L(z_L + z_H), L_cycles times; then z_H = H(z_H + z_L)
+      z_L, cache = passes.repeat(L(mdl), z_L, z_H, seq, L_cycles, L_grads, cache,
+                                 first=i * L_cycles)
+      z_H, cache = passes.one_pass(H(mdl), z_H, z_L, seq, H_grad, cache, index=i)
+      return z_H, z_L, cache
 
-    z_H, z_L = passes.scan_passes(cycle, module, (z_H, z_L), cycles, seq)
-  return z_H
+    z_H, z_L, cache = passes.scan_passes(cycle, module, (z_H, z_L, cache), cycles, seq, start)
+    start += cycles
+  return z_H, cache
 
 
 class HRM(Recurrent):
   """Two stacks, H (slow) and L (fast), each of layers_per_stack layers."""
 
-  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo,
-               bp_steps: Optional[int] = None) -> jax.Array:
+  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo, bp_steps: Optional[int] = None,
+               cache: passes.Cache = None) -> tuple[jax.Array, passes.Cache]:
     c = self.config
     return hl_recursion(self, lambda m: m.H, lambda m: m.L, x_BxSxD, self.z_L0(x_BxSxD), seq,
-                        c.L_cycles, grad_flags(c, bp_steps))
-
-
-def bp_warmup(step: int, total_steps: int, c: ModelConfig) -> int:
-  """bp_min + int(progress * (bp_max - bp_min)), progress = min(1, step / (total_steps *
-  bp_warmup_ratio)); a ratio of 0 (SFT) means bp_max from the first step."""
-  warmup = total_steps * c.bp_warmup_ratio
-  progress = 1.0 if warmup <= 0 else min(1.0, step / warmup)
-  return c.bp_min_steps + int(progress * (c.bp_max_steps - c.bp_min_steps))
+                        c.L_cycles, grad_flags(c, bp_steps), cache)
 
 
 def hl_passes(grads: Flags) -> spec.Passes:
@@ -95,13 +94,9 @@ def hl_passes(grads: Flags) -> spec.Passes:
   return {"H": (H_grad.size, int(H_grad.sum())), "L": (L_grad.size, int(L_grad.sum()))}
 
 
-def validate(c: ModelConfig) -> None:
-  if c.bp_min_steps < 2:
-    raise c.invalid("bp_min_steps", "hrm needs >= 2 (one H pass and at least one L pass)")
-
-
+# bp_steps 1 would leave the H stack without gradient: one H pass and at least one L pass.
 SPEC = spec.ArchSpec(
     family="hrm", core=HRM, stacks=("H", "L"),
     defaults=dict(half_layers=True, H_cycles=2, L_cycles=3),
     passes=lambda c, bp_steps: hl_passes(grad_flags(c, bp_steps)),
-    validate=validate, bp_warmup=bp_warmup)
+    warmup=True, min_bp_steps=2)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution
 from hrm_jax.layers import Stack, trunc_normal
 
 
@@ -18,11 +19,12 @@ class Recurrent(nn.Module):
   the 'buffers' collection."""
 
   config: ModelConfig
+  execution: Execution
   STACKS: ClassVar[tuple[str, ...]] = ("H", "L")
 
   def setup(self):
     for name in self.STACKS:
-      setattr(self, name, Stack(self.config.stack_config(name)))
+      setattr(self, name, Stack(self.config.stack_config(name), self.execution))
     self.z_L_init = self.variable(
         "buffers", "z_L_init",
         lambda: trunc_normal(1.0)(self.make_rng("params"), (self.config.hidden_size,),

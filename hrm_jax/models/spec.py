@@ -19,8 +19,10 @@ from hrm_jax.config import ModelConfig
 Passes = dict[str, tuple[int, int]]
 
 
-def no_checks(config: ModelConfig) -> None:
-  del config
+def invalid_option(options: Any, field: str, why: str) -> ValueError:
+  """The error for a bad value of an arch option, naming it."""
+  return ValueError(f"ModelConfig.options.{field}={getattr(options, field)!r} "
+                    f"({type(options).__module__.rsplit('.', 1)[-1]}): {why}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,14 +30,18 @@ class ArchSpec:
   """One architecture.
 
   family: the model file, which the tests' NumPy forward is keyed by.
-  core: the Flax module from embedding to final state, `core(config)(x, seq, bp_steps)`.
+  core: the Flax module from embedding to final state, `core(config, execution)(x, seq,
+    bp_steps, cache) -> (z, cache)`.
   stacks: its stacks' module names ("H" takes `ModelConfig.H_override`).
-  defaults: ModelConfig fields the presets set for it (the reference's config file).
-  validate: raises ValueError naming the field for a value this arch cannot run.
+  defaults: ModelConfig fields the presets set for it (the reference's config file), its
+    `options` among them.
+  options: the frozen dataclass of the options only this arch reads (`ModelConfig.options`;
+    its __post_init__ checks them against the config's other fields via `check`), or None.
   passes: per stack (by module name), passes per forward and passes with gradient at
     `bp_steps` (None = every pass); the FLOP count (`hrm_jax.flops`) is built on it.
-  bp_warmup: bp_steps at (step, total_steps, config) for archs with a schedule; None = fixed
-    windows in the config, whose gradient passes are then the bp_steps used.
+  warmup: bp_steps follows training's warm-up schedule (`hrm_jax.train.bp_schedule`), at
+    least `min_bp_steps`; otherwise the gradient windows are fixed by the options and their
+    gradient passes are the bp_steps used.
   kv_cache: whether KV-cache decoding serves it (each pass owns its cache slots); otherwise
     generation recomputes the row (`hrm_jax.recompute_decode`).
   """
@@ -45,8 +51,9 @@ class ArchSpec:
   stacks: tuple[str, ...]
   defaults: dict[str, Any]
   passes: Callable[[ModelConfig, Optional[int]], Passes]
-  validate: Callable[[ModelConfig], None] = no_checks
-  bp_warmup: Optional[Callable[[int, int, ModelConfig], int]] = None
+  options: Optional[type] = None
+  warmup: bool = False
+  min_bp_steps: int = 1
   kv_cache: bool = True
 
   def with_defaults(self, **defaults: Any) -> "ArchSpec":

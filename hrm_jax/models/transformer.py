@@ -9,17 +9,20 @@ import jax
 
 from hrm_jax.config import ModelConfig
 from hrm_jax.layers import SeqInfo, Stack
-from hrm_jax.models import spec
+from hrm_jax.execution import Execution
+from hrm_jax.models import passes, spec
 
 
 class Transformer(nn.Module):
   config: ModelConfig
+  execution: Execution
 
   @nn.compact
-  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo,
-               bp_steps: Optional[int] = None) -> jax.Array:
+  def __call__(self, x_BxSxD: jax.Array, seq: SeqInfo, bp_steps: Optional[int] = None,
+               cache: passes.Cache = None) -> tuple[jax.Array, passes.Cache]:
     del bp_steps  # a single pass always carries gradient
-    return Stack(self.config, name="stack")(x_BxSxD, seq)
+    stack = Stack(self.config, self.execution, name="stack")
+    return passes.one_pass(stack, x_BxSxD, None, seq, cache=cache)
 
 
 SPEC = spec.ArchSpec(family="transformer", core=Transformer, stacks=("stack",),

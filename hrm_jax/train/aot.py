@@ -21,7 +21,7 @@ import ml_collections
 
 from hrm_jax import config as config_lib
 from hrm_jax import sharding as sharding_lib
-from hrm_jax.models import LanguageModel
+from hrm_jax.models import LanguageModel, registry
 from hrm_jax.train import state as state_lib
 from hrm_jax.train.step import jit_train_step, optimizer
 
@@ -107,7 +107,7 @@ def compile_train_step(cfg: ml_collections.ConfigDict, model_config: config_lib.
   mesh = sharding_lib.make_mesh(tuple(cfg.mesh.shape), devices, tuple(cfg.mesh.dcn_shape))
   sharding_lib.check_process_layout(mesh, cfg.data.rows)  # the hosts train.py would run on
   tx, _ = optimizer(cfg.train, total_steps=10**6)  # the schedule's length changes no shapes
-  model = LanguageModel(model_config)
+  model = LanguageModel(model_config, registry.execution_of_section(cfg.model.to_dict()))
   shardings = state_lib.state_shardings(model, tx, mesh)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           state_lib.abstract_state(model, tx), shardings)

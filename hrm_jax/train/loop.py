@@ -31,11 +31,13 @@ from hrm_jax import atomic, errors, storage
 from hrm_jax import config as config_lib
 from hrm_jax import data as data_lib
 from hrm_jax import flops as flops_lib
+from hrm_jax.execution import Execution
 from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel, registry
 from hrm_jax.params import count_params
-from hrm_jax.train import checkpoint as ckpt_lib
+from hrm_jax.train import run_checkpoints as ckpt_lib
 from hrm_jax.train import config_check
+from hrm_jax.train.bp_schedule import BpSchedule, bp_steps_at
 from hrm_jax.train import distributed
 from hrm_jax.train import metrics as metrics_lib
 from hrm_jax.train import plan as plan_lib
@@ -51,7 +53,7 @@ class NonFiniteLossError(FloatingPointError, errors.RunError):
 
 
 # The resolved config of the run's latest start (each checkpoint keeps its own copy). Not
-# config.json: that name marks a Hugging Face directory (loading.is_hf).
+# config.json: that name marks a Hugging Face directory (model_loading.is_hf).
 CONFIG_FILE = "train_config.json"
 PLAN_FILE = "remat_plan.json"  # remat_policy=auto's choices, per model, batch and devices
 
@@ -65,7 +67,8 @@ def write_config(workdir: str, saved: dict) -> None:
       old = json.loads(storage.path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
       old = None
-    if not (isinstance(old, dict) and set(old) == set(saved)):
+    # configs written before issue 30 have no "execution" key
+    if not (isinstance(old, dict) and set(old) - {"execution"} == set(saved) - {"execution"}):
       raise FileExistsError(f"{path} exists and is not a training config written by hrm_jax "
                             f"(expected a JSON object with keys {sorted(saved)}); refusing to "
                             "replace it: choose another --workdir")
@@ -81,6 +84,25 @@ def model_config_from(cfg: ml_collections.ConfigDict, vocab_size: int) -> config
                              f"{cfg.model.arch!r}): {e}") from None
 
 
+def execution_from(cfg: ml_collections.ConfigDict) -> Execution:
+  """How the model executes: the `model` section's dtype, attention and remat settings."""
+  try:
+    return registry.execution_of_section(cfg.model.to_dict())
+  except (ValueError, TypeError) as e:
+    raise errors.ConfigError(f"--config.model: {e}") from None
+
+
+def bp_schedule_from(cfg: ml_collections.ConfigDict,
+                     model_config: config_lib.ModelConfig) -> BpSchedule:
+  """The bp_steps warm-up of the `train` section, checked against the model's arch."""
+  try:
+    schedule = BpSchedule.of(cfg.train)
+    bp_steps_at(0, 1, model_config, schedule)
+  except ValueError as e:
+    raise errors.ConfigError(f"--config.train: {e}") from None
+  return schedule
+
+
 @dataclasses.dataclass
 class TrainResult:
   state: state_lib.TrainState
@@ -90,6 +112,7 @@ class TrainResult:
   preempted: bool
   demo: Optional[Any] = None
   interrupted: bool = False  # stopped by Ctrl-C (after saving)
+  execution: Optional[Execution] = None  # how the model ran (remat_policy auto resolved)
 
 
 class _Preemption:
@@ -268,7 +291,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   is_main = jax.process_index() == 0
   # model and mesh errors before the data (or demo cache) opens; auto remat is chosen below
-  model_config_from(plan_lib.checkable(cfg), 256)
+  bp_schedule_from(cfg, model_config_from(plan_lib.checkable(cfg), 256))
+  execution_from(plan_lib.checkable(cfg))
   mesh = make_mesh(cfg)
   sampled, demo = open_data(cfg)
   # remat_policy=auto: compile the candidates for these devices, take the least recompute
@@ -277,6 +301,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                          cache_file=storage.join(workdir, PLAN_FILE),
                          say=lambda line: print(line, flush=True) if is_main else None)
   model_config = model_config_from(cfg, sampled.vocab_size)
+  execution, bp_schedule = execution_from(cfg), bp_schedule_from(cfg, model_config)
   try:
     config_lib.check_data_fits(model_config, sampled)
   except ValueError as e:
@@ -299,10 +324,11 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                              f"{cfg.data.row_len}: {e}") from None
   total_steps, stop_at = run_length(cfg.train, pipeline)
   tx, schedule = optimizer(cfg.train, total_steps)
-  model = LanguageModel(model_config)
+  model = LanguageModel(model_config, execution)
   shardings = state_lib.state_shardings(model, tx, mesh)
   batch_sharding = sharding_lib.batch_sharding(mesh)
-  saved_config = {"config": cfg.to_dict(), "model_config": dataclasses.asdict(model_config)}
+  saved_config = {"config": cfg.to_dict(), "model_config": model_config.to_dict(),
+                  "execution": execution.to_dict()}
   held_out = (HeldOut(cfg, model, shardings, mesh, model_config.vocab_size)
               if cfg.eval_data.path else None)
 
@@ -383,7 +409,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         jax.profiler.start_trace(writer.local_dir("profile"))
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
                for k, v in local.items()}
-      bp = registry.bp_steps_at(step + 1, total_steps, model_config)
+      bp = bp_steps_at(step + 1, total_steps, model_config, bp_schedule)
       state, metrics = step_fn(bp, state, batch)(state, batch)
       health = _track_health(health, metrics["nonfinite"], np.int32(step + 1))
       step += 1
@@ -437,4 +463,4 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   writer.close()
   return TrainResult(state=state, model_config=model_config, last_metrics=last,
                      steps_done=step, preempted=preempted, demo=demo,
-                     interrupted=preemption.interrupted)
+                     interrupted=preemption.interrupted, execution=execution)

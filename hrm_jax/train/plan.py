@@ -34,6 +34,7 @@ from hrm_jax import params as params_lib
 from hrm_jax import sharding as sharding_lib
 from hrm_jax.models import LanguageModel, registry
 from hrm_jax.train import aot
+from hrm_jax.train.bp_schedule import BpSchedule, bp_steps_at
 from hrm_jax.train import state as state_lib
 from hrm_jax.train.metrics import PEAK_FLOPS
 
@@ -117,10 +118,12 @@ def step_counts(cfg: ml_collections.ConfigDict, model_config: config_lib.ModelCo
                 ) -> tuple[float, float, Optional[int]]:
   """(model FLOPs, FLOPs with what remat repeats, bp_steps) of one step of `cfg`'s batch,
   at the largest bp_steps (after the warm-up), every loop trip counted."""
-  bp = registry.bp_steps_at(1, 1, model_config)
+  bp = bp_steps_at(1, 1, model_config, BpSchedule.of(cfg.train))
   tokens = cfg.data.rows * cfg.data.row_len
   model = flops_lib.train_flops_per_token(model_config, cfg.data.row_len, bp) * tokens
-  extra = flops_lib.recompute_flops_per_token(model_config, cfg.data.row_len, bp) * tokens
+  extra = flops_lib.recompute_flops_per_token(
+      model_config, registry.execution_of_section(cfg.model.to_dict()), cfg.data.row_len,
+      bp) * tokens
   return model, model + extra, bp
 
 
@@ -163,7 +166,7 @@ def try_compile(cfg: ml_collections.ConfigDict, vocab_size: int, devices: Sequen
   fit."""
   run = candidate.apply(cfg)
   model_config = registry.model_config_of_section(run.model.to_dict(), vocab_size)
-  bp = registry.bp_steps_at(1, 1, model_config)
+  bp = bp_steps_at(1, 1, model_config, BpSchedule.of(run.train))
   t = time.perf_counter()
   try:
     compiled = aot.compile_train_step(run, model_config, list(devices), bp)
@@ -207,11 +210,12 @@ def _mesh(cfg: ml_collections.ConfigDict, devices: Sequence[Any]) -> dict[str, i
 
 
 def cache_key(cfg: ml_collections.ConfigDict, vocab_size: int, devices: Sequence[Any]) -> str:
-  """What the choice depends on: the model (less its remat fields), the batch, the mesh, the
-  loss chunk, the devices and the compiler."""
+  """What the choice depends on: the model (less its remat fields), the largest bp_steps of
+  the warm-up, the batch, the mesh, the loss chunk, the devices and the compiler."""
   model = {k: v for k, v in cfg.model.to_dict().items() if k not in ("remat_policy",
                                                                       "remat_scope")}
-  what = {"model": model, "vocab": vocab_size, "rows": cfg.data.rows,
+  what = {"model": model, "bp_max_steps": cfg.train.bp_max_steps, "vocab": vocab_size,
+          "rows": cfg.data.rows,
           "row_len": cfg.data.row_len, "mesh": list(cfg.mesh.shape),
           "dcn": list(cfg.mesh.dcn_shape), "loss_chunk": cfg.train.loss_chunk,
           "devices": len(devices), "kind": devices[0].device_kind,
@@ -310,13 +314,14 @@ def roofline(cfg: ml_collections.ConfigDict, model_config: config_lib.ModelConfi
   if chip is None or peak is None:
     return None
   n, mb, c = len(devices), cfg.train.microbatches, model_config
-  bp = registry.bp_steps_at(1, 1, c)
+  ex = registry.execution_of_section(cfg.model.to_dict())
+  bp = bp_steps_at(1, 1, c, BpSchedule.of(cfg.train))
   params = params_lib.count_params(jax.eval_shape(
-      LanguageModel(c).init, jax.random.PRNGKey(0), state_lib.example_batch(1, 8))["params"])
-  width = 2 if c.dtype == "bfloat16" else 4
+      LanguageModel(c, ex).init, jax.random.PRNGKey(0), state_lib.example_batch(1, 8))["params"])
+  width = 2 if ex.dtype == "bfloat16" else 4
   every_pass, grad_passes = flops_lib.stack_weight_reads(c, bp)
-  recomputed = {"none": 0, "dots": 0, "proj": 1, "full": 1}[c.remat_policy]
-  recomputed *= 2 if c.remat_scope == "pass" else 1
+  recomputed = {"none": 0, "dots": 0, "proj": 1, "full": 1}[ex.remat_policy]
+  recomputed *= 2 if ex.remat_scope == "pass" else 1
   # forward of every pass; backward (activation and weight gradients) and recompute of the
   # passes with gradient
   weight_reads = (every_pass + grad_passes * (2 + recomputed)) * width * mb

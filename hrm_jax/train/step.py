@@ -39,7 +39,8 @@ def _microbatch_sums(model: LanguageModel, loss_chunk: int, params, buffers, bat
   inputs = {k: batch[k] for k in MODEL_KEYS}
   if loss_chunk:
     hidden = model.apply(variables, inputs, bp_steps=bp_steps, hidden_only=True)
-    logits_fn = lambda h: head(model.config).apply({"params": params["lm_head"]}, h)
+    logits_fn = lambda h: head(model.config, model.execution).apply(
+        {"params": params["lm_head"]}, h)
     _, m = loss_lib.chunked_loss_and_metrics(hidden, logits_fn, batch["labels"],
                                              batch["segment_ids"], loss_chunk)
   else:

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from hrm_jax import checkpoints, errors
+from hrm_jax import checkpoint_layout, errors
 from hrm_jax.config import ModelConfig
-from hrm_jax.train import checkpoint as ckpt_lib
+from hrm_jax.train import run_checkpoints as ckpt_lib
 from hrm_jax.train.state import TrainState
 
 MODES = ("ema_weights", "full_state")
@@ -60,10 +60,10 @@ def warm_start(cfg: ml_collections.ConfigDict, fresh: TrainState,
                      "mode full_state takes params, optimizer state and EMA as they are")
   flags = _flags(cfg)
   try:
-    mngr, step, where = checkpoints.locate(cfg.path, cfg.step if cfg.step >= 0 else None)
-    saved = checkpoints.read_config(mngr, step, where)
-    tree = checkpoints.state_metadata(mngr, step, where)
-  except checkpoints.NotACheckpointError as e:
+    mngr, step, where = checkpoint_layout.locate(cfg.path, cfg.step if cfg.step >= 0 else None)
+    saved = checkpoint_layout.read_config(mngr, step, where)
+    tree = checkpoint_layout.state_metadata(mngr, step, where)
+  except checkpoint_layout.NotACheckpointError as e:
     raise WarmStartError(f"{flags}: {e}") from e
   if cfg.mode == "full_state":
     missing = [k for k in FULL_STATE_KEYS if k not in tree]
@@ -73,7 +73,7 @@ def warm_start(cfg: ml_collections.ConfigDict, fresh: TrainState,
                        "training run's checkpoint, or use --config.init_from.mode=ema_weights")
     keys = {k: k for k in FULL_STATE_KEYS}
   else:
-    keys = {"params": checkpoints.weights_key(tree, cfg.use_ema), "buffers": "buffers"}
+    keys = {"params": checkpoint_layout.weights_key(tree, cfg.use_ema), "buffers": "buffers"}
   if not jax.tree.leaves(fresh.buffers):
     keys.pop("buffers")  # models without buffers (transformer, ...) store an empty dict
   wanted = {saved_key: _abstract(getattr(fresh, key)) for key, saved_key in keys.items()}
@@ -81,12 +81,12 @@ def warm_start(cfg: ml_collections.ConfigDict, fresh: TrainState,
   if one_count:
     wanted["opt_state"] = ckpt_lib.one_count_layout(wanted["opt_state"])
   try:
-    checkpoints.check_model_config(saved["model_config"], model_config, str(where))
-    checkpoints.check_shapes({k: tree.get(k) for k in wanted}, wanted, str(where))
-  except checkpoints.CheckpointMismatchError as e:
-    raise checkpoints.CheckpointMismatchError(f"{flags}: {e}") from e
-  restored = checkpoints.restore_keys(mngr, step, wanted,
-                                      checkpoints.sharded_restore_args(wanted))
+    checkpoint_layout.check_model_config(saved["model_config"], model_config, str(where))
+    checkpoint_layout.check_shapes({k: tree.get(k) for k in wanted}, wanted, str(where))
+  except checkpoint_layout.CheckpointMismatchError as e:
+    raise checkpoint_layout.CheckpointMismatchError(f"{flags}: {e}") from e
+  restored = checkpoint_layout.restore_keys(mngr, step, wanted,
+                                      checkpoint_layout.sharded_restore_args(wanted))
   values = {key: restored[saved_key] for key, saved_key in keys.items()}
   if one_count:
     values["opt_state"] = ckpt_lib.per_tensor_counts(values["opt_state"],

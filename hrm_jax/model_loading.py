@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from hrm_jax import checkpoints, data, hf, native, storage, tokenizer
+from hrm_jax import checkpoint_layout, data, hf, native_weights, storage, tokenizer
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution
 
 
 def is_hf(path: str | os.PathLike) -> bool:
@@ -21,17 +22,21 @@ def is_hf(path: str | os.PathLike) -> bool:
   return storage.path(storage.join(path, "config.json")).exists()
 
 
-def load_model(checkpoint: str | os.PathLike, use_ema: bool = True) -> tuple[ModelConfig, dict]:
-  """(ModelConfig, {"params", "buffers"}) of a Hugging Face directory or native checkpoint;
-  `use_ema` picks a training checkpoint's EMA weights (Hugging Face has one set)."""
+def load_model(checkpoint: str | os.PathLike, use_ema: bool = True
+               ) -> tuple[ModelConfig, Execution, dict]:
+  """(ModelConfig, Execution, {"params", "buffers"}) of a Hugging Face directory (float32)
+  or native checkpoint (how its run executed: its dtype); `use_ema` picks a training
+  checkpoint's EMA weights (Hugging Face has one set)."""
   if is_hf(checkpoint):
-    return hf.load(checkpoint)
-  return native.load(checkpoint, use_ema=use_ema)
+    config, variables = hf.load(checkpoint)
+    return config, Execution(), variables
+  config, variables = native_weights.load(checkpoint, use_ema=use_ema)
+  return config, native_weights.saved_execution(checkpoint), variables
 
 
 def training_tokenizer(checkpoint: str | os.PathLike) -> str:
   """The tokenizer of the data a training checkpoint was trained on, from its saved config."""
-  saved: dict[str, Any] = checkpoints.saved_config(checkpoint).get("config") or {}
+  saved: dict[str, Any] = checkpoint_layout.saved_config(checkpoint).get("config") or {}
   source = saved.get("data", {}).get("source")
   if source == "demo":
     demo = data.ensure_demo_data(os.path.expanduser(saved["data"]["demo_dir"]),

@@ -3,19 +3,20 @@ names of their items, and reading items back (whole, or only some keys of the tr
 
 Layout: `<workdir>/checkpoints/<step>/{state,data,config}` (orbax CheckpointManager).
 `state` is the TrainState tree (`step, params, opt_state, ema, buffers, rng`; a weights-only
-checkpoint, `native.save`, holds `step, params, buffers`), `data` the data iterator's state
-(JSON), `config` is JSON `{"config": <training config>, "model_config": <ModelConfig>}`.
+checkpoint, `native_weights.save`, holds `step, params, buffers`), `data` the data iterator's
+state (JSON), `config` is JSON `{"config": <training config>, "model_config": <ModelConfig>,
+"execution": <Execution>}`. Checkpoints written before issue 30 have no "execution": their
+flat "model_config" holds it (read by `saved_model_config` and `saved_execution`).
 
 This module sits at the top of the package, not under train/, because inference
-(`native.load`, convert.py, generate.py, eval.py) reads the same directories and must not
-import the training code; `hrm_jax.train.checkpoint` (writing, resuming) and
+(`native_weights.load`, convert.py, generate.py, eval.py) reads the same directories and must
+not import the training code; `hrm_jax.train.run_checkpoints` (writing, resuming) and
 `hrm_jax.train.warm_start` (init_from) build on it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import pathlib
@@ -26,17 +27,14 @@ import orbax.checkpoint as ocp
 
 from hrm_jax import errors, orbax_buckets, storage
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution
+from hrm_jax.models import registry
 
 CHECKPOINTS = "checkpoints"  # the directory of step directories inside a workdir
 STATE, DATA, CONFIG = "state", "data", "config"
 ITEMS = (STATE, DATA, CONFIG)
 EXPECTED = ("a training workdir (<workdir>/checkpoints/<step>/state), its checkpoints/ "
             "directory, or one <step> directory")
-
-# ModelConfig fields that may change between runs without changing the parameters' meaning.
-IMPLEMENTATION_FIELDS = frozenset(
-    {"dtype", "attention_impl", "attention_chunk", "remat_policy", "remat_scope", "unroll_scans",
-     "bp_min_steps", "bp_max_steps", "bp_warmup_ratio"})
 
 
 class NotACheckpointError(FileNotFoundError):
@@ -180,11 +178,31 @@ def weights_key(state_keys: Any, use_ema: bool) -> str:
   return "ema" if use_ema and "ema" in state_keys else "params"
 
 
+def saved_model_config(saved: dict, where: Any) -> ModelConfig:
+  """The ModelConfig of a `config` item (`read_config`), also of one written before issue 30."""
+  try:
+    return registry.model_config_from_dict(saved["model_config"])
+  except (TypeError, ValueError) as e:
+    raise NotACheckpointError(f"{where}/config: its model_config is not one this version "
+                              f"reads ({e})") from e
+
+
+def saved_execution(saved: dict) -> Execution:
+  """How the run that wrote a `config` item executed its model (checkpoints before issue 30:
+  the execution fields of their flat model_config)."""
+  return registry.execution_from_dict(saved.get("execution", saved["model_config"]))
+
+
 def check_model_config(saved: dict, current: ModelConfig, where: str) -> None:
-  """Raise if the saved model differs from `current` in anything but implementation."""
-  now = dataclasses.asdict(current)
-  diffs = {k: (saved.get(k), now[k]) for k in now
-           if k not in IMPLEMENTATION_FIELDS and saved.get(k) != now[k]}
+  """Raise if the saved model config (`to_dict()` JSON, or one written before issue 30)
+  differs from `current`: execution settings are not part of a ModelConfig, so they may."""
+  try:
+    old = registry.model_config_from_dict(saved).to_dict()
+  except (TypeError, ValueError) as e:
+    raise CheckpointMismatchError(f"{where} was written for a model this config cannot be "
+                                  f"compared with ({e})") from e
+  now = current.to_dict()
+  diffs = {k: (old.get(k), now[k]) for k in now if old.get(k) != now[k]}
   if diffs:
     lines = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diffs.items())
     raise CheckpointMismatchError(

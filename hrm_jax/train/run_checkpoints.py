@@ -1,9 +1,9 @@
 """Writing and resuming a run's orbax checkpoints: async, keep-N (plus kept epoch ends),
 holding the train state, data-iterator state and config.
 
-Layout and item names: `hrm_jax.checkpoints`. A save is atomic (orbax writes a temporary
-directory and renames it; in a bucket it writes a commit marker last), so an interrupt never
-leaves a half checkpoint that a restore would take.
+Layout and item names: `hrm_jax.checkpoint_layout`. A save is atomic (orbax writes a
+temporary directory and renames it; in a bucket it writes a commit marker last), so an
+interrupt never leaves a half checkpoint that a restore would take.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
-from hrm_jax import checkpoints
-from hrm_jax.checkpoints import CheckpointMismatchError  # noqa: F401 - raised by restore
+from hrm_jax import checkpoint_layout
 from hrm_jax import optim, storage
 from hrm_jax.config import ModelConfig
 
@@ -36,7 +35,7 @@ def manager(directory: str, keep: int, async_save: bool = True,
   if keep_steps:
     rotation = dict(preservation_policy=preservation.AnyPreservationPolicy(
         [preservation.LatestN(keep), preservation.CustomSteps(sorted(keep_steps))]))
-  return checkpoints.writer(directory, create=True, enable_async_checkpointing=async_save,
+  return checkpoint_layout.writer(directory, create=True, enable_async_checkpointing=async_save,
                             cleanup_tmp_directories=True, **rotation)
 
 
@@ -50,9 +49,9 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_state: Optiona
   save, or an earlier asynchronous one that failed in the background, could not write."""
   try:
     return mngr.save(step, args=ocp.args.Composite(**{
-        checkpoints.STATE: ocp.args.StandardSave(state),
-        checkpoints.DATA: ocp.args.JsonSave(data_state or {}),
-        checkpoints.CONFIG: ocp.args.JsonSave(config)}), force=force)
+        checkpoint_layout.STATE: ocp.args.StandardSave(state),
+        checkpoint_layout.DATA: ocp.args.JsonSave(data_state or {}),
+        checkpoint_layout.CONFIG: ocp.args.JsonSave(config)}), force=force)
   except Exception as e:  # noqa: BLE001 - reported with its cause below
     raise _save_failed(mngr, step, e) from e
 
@@ -134,24 +133,24 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any,
   """
   where = os.path.join(str(mngr.directory), str(step))
   meta = mngr.restore(step, args=ocp.args.Composite(
-      **{checkpoints.CONFIG: ocp.args.JsonRestore()}))
-  saved_config = meta[checkpoints.CONFIG]
-  checkpoints.check_model_config(saved_config.get("model_config", {}), model_config, where)
-  saved = mngr.item_metadata(step)[checkpoints.STATE]
+      **{checkpoint_layout.CONFIG: ocp.args.JsonRestore()}))
+  saved_config = meta[checkpoint_layout.CONFIG]
+  checkpoint_layout.check_model_config(saved_config.get("model_config", {}), model_config, where)
+  saved = mngr.item_metadata(step)[checkpoint_layout.STATE]
   saved = getattr(saved, "tree", saved)
   one_count = has_one_count(saved.get("opt_state") if isinstance(saved, dict) else None)
   target = abstract_state
   if one_count:
     target = abstract_state.replace(opt_state=one_count_layout(abstract_state.opt_state))
-  checkpoints.check_shapes(saved, target, where)
+  checkpoint_layout.check_shapes(saved, target, where)
   out = mngr.restore(step, args=ocp.args.Composite(**{
-      checkpoints.STATE: ocp.args.StandardRestore(target),
-      checkpoints.DATA: ocp.args.JsonRestore()}))
-  state = out[checkpoints.STATE]
+      checkpoint_layout.STATE: ocp.args.StandardRestore(target),
+      checkpoint_layout.DATA: ocp.args.JsonRestore()}))
+  state = out[checkpoint_layout.STATE]
   if one_count:
     state = state.replace(opt_state=per_tensor_counts(state.opt_state,
                                                       abstract_state.opt_state, where))
-  return state, dict(out[checkpoints.DATA] or {}), saved_config
+  return state, dict(out[checkpoint_layout.DATA] or {}), saved_config
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
@@ -165,7 +164,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       return restore(mngr, step, abstract_state, model_config)
-    except CheckpointMismatchError:
+    except checkpoint_layout.CheckpointMismatchError:
       raise
     except Exception as e:  # noqa: BLE001 - any read failure means a damaged checkpoint
       where = os.path.join(str(mngr.directory), str(step))

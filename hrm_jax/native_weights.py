@@ -1,8 +1,8 @@
 """Native checkpoints = the training checkpoints of `hrm_jax.train` as inference weights.
 
-The layout, and how a path names a step, are `hrm_jax.checkpoints`'. `load` restores only
-what inference needs (params or EMA, and buffers) with an orbax partial restore, never the
-optimizer state.
+The layout, and how a path names a step, are `hrm_jax.checkpoint_layout`'s. `load` restores
+only what inference needs (params or EMA, and buffers) with an orbax partial restore, never
+the optimizer state.
 
 `save` writes the same layout for weights without a training run (`convert.py --from_hf`):
 `state` holds only `step` (0) and `params`, `buffers`, and `config` has no training config.
@@ -22,9 +22,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hrm_jax import atomic, checkpoints, storage
-from hrm_jax.checkpoints import NotACheckpointError  # noqa: F401 - raised by load
+from hrm_jax import atomic, checkpoint_layout, storage
 from hrm_jax.config import ModelConfig
+from hrm_jax.execution import Execution
 
 
 def load(path: str | os.PathLike, use_ema: bool = True,
@@ -34,19 +34,27 @@ def load(path: str | os.PathLike, use_ema: bool = True,
 
   Only the weights and buffers are read (orbax partial restore), not the optimizer state.
   """
-  mngr, step, where = checkpoints.locate(path, step)
-  config = ModelConfig(**checkpoints.read_config(mngr, step, where)["model_config"])
-  tree = checkpoints.state_metadata(mngr, step, where)
-  key = checkpoints.weights_key(tree, use_ema)
+  mngr, step, where = checkpoint_layout.locate(path, step)
+  config = checkpoint_layout.saved_model_config(checkpoint_layout.read_config(mngr, step, where),
+                                                where)
+  tree = checkpoint_layout.state_metadata(mngr, step, where)
+  key = checkpoint_layout.weights_key(tree, use_ema)
   wanted = {key: tree[key], "buffers": tree.get("buffers", {})}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
   try:
-    state = checkpoints.restore_keys(mngr, step, wanted, restore_args)
+    state = checkpoint_layout.restore_keys(mngr, step, wanted, restore_args)
   except Exception as e:  # noqa: BLE001 - any read failure: damaged files
     cause = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
-    raise NotACheckpointError(f"{where}: the checkpoint's arrays cannot be read ({cause}); it "
-                              "is damaged or partly deleted, choose another --step") from e
+    raise checkpoint_layout.NotACheckpointError(
+        f"{where}: the checkpoint's arrays cannot be read ({cause}); it is damaged or partly "
+        "deleted, choose another --step") from e
   return config, {"params": state[key], "buffers": state["buffers"]}
+
+
+def saved_execution(path: str | os.PathLike, step: Optional[int] = None) -> Execution:
+  """How the run that wrote the checkpoint executed its model (its dtype: the one to decode
+  in); `Execution()` for a weights-only checkpoint (`save`: converted weights, float32)."""
+  return checkpoint_layout.saved_execution(checkpoint_layout.saved_config(path, step))
 
 
 def save(path: str | os.PathLike, config: ModelConfig, variables: dict, step: int = 0,
@@ -64,18 +72,18 @@ def save(path: str | os.PathLike, config: ModelConfig, variables: dict, step: in
     atomic.check_replaceable(path, overwrite=False)
     for extra in extra_files:
       storage.put_file(extra, storage.join(path, pathlib.Path(extra).name))
-    _write_step(storage.join(path, checkpoints.CHECKPOINTS), config, state, step)
+    _write_step(storage.join(path, checkpoint_layout.CHECKPOINTS), config, state, step)
     return
   with atomic.directory(pathlib.Path(path).expanduser().absolute()) as tmp:
-    _write_step(tmp / checkpoints.CHECKPOINTS, config, state, step)
+    _write_step(tmp / checkpoint_layout.CHECKPOINTS, config, state, step)
     for extra in extra_files:
       shutil.copy2(extra, tmp / pathlib.Path(extra).name)
 
 
 def _write_step(directory: str | os.PathLike, config: ModelConfig, state: dict,
                 step: int) -> None:
-  with checkpoints.writer(directory) as mngr:
+  with checkpoint_layout.writer(directory) as mngr:
     mngr.save(step, args=ocp.args.Composite(**{
-        checkpoints.STATE: ocp.args.StandardSave(state),
-        checkpoints.CONFIG: ocp.args.JsonSave({"model_config": config.to_dict()})}))
+        checkpoint_layout.STATE: ocp.args.StandardSave(state),
+        checkpoint_layout.CONFIG: ocp.args.JsonSave({"model_config": config.to_dict()})}))
     mngr.wait_until_finished()
