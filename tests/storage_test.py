@@ -26,7 +26,7 @@ from helpers import ROOT
 STORES = ("s3", "gcs")
 TINY = {
     "model.hidden_size": 32, "model.num_heads": 2, "model.n_layers": 2,
-    "model.bp_warmup_ratio": 0.0, "data.rows": 8, "data.row_len": 64, "train.epochs": 1,
+    "train.bp_warmup_ratio": 0.0, "data.rows": 8, "data.row_len": 64, "train.epochs": 1,
     "train.total_steps": 30, "train.warmup_steps": 2, "log.every_steps": 5,
     "checkpoint.every_steps": 10, "checkpoint.keep": 3, "checkpoint.async_save": False,
 }
