@@ -220,6 +220,7 @@ def test_prepare_and_check_data_in_a_bucket(bucket, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bucket", ["s3"], indirect=True)  # one store: the CI time budget
 def test_two_processes_write_one_bucket(bucket, tmp_path):
   url, env = bucket
   port = object_stores.free_port()
