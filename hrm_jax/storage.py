@@ -3,7 +3,7 @@
 Every file hrm_jax reads or writes goes through `path()` (an `etils.epath` path, as orbax
 uses: fsspec's gcsfs and s3fs behind `gs://` and `s3://`), so a URL is never mistaken for a
 local directory name. Object stores have no rename and no append; what that changes:
-- a whole-or-nothing write is one upload of a complete object (`put`), which both stores
+- a whole-or-nothing write is one upload of a complete object (`put_file`), which both stores
   make visible only once it is complete;
 - a directory is uploaded file by file, its marker file last (`upload_tree`);
 - files that grow (metrics, TensorBoard events) are written to a local staging folder and
@@ -127,10 +127,6 @@ def _fs_path(url: str) -> str:
   return url.split("://", 1)[1]
 
 
-def read_bytes(p: Any) -> bytes:
-  return path(p).read_bytes()
-
-
 def read_ranges(url: str, starts: Sequence[int], stops: Sequence[int]) -> list[bytes]:
   """Bytes [start, stop) of one object for each pair, fetched concurrently (HTTP range
   requests by tensorstore's C++ client: no Python per request, the GIL free meanwhile); a
@@ -166,11 +162,6 @@ def _kvstore(name: str, bucket: str):
 
 def size(p: Any) -> int:
   return path(p).stat().length if is_remote(p) else os.path.getsize(path(p))
-
-
-def put(url: str, data: bytes) -> None:
-  """One object, whole: the store shows it only once the upload is complete."""
-  filesystem(scheme(url)).pipe_file(_fs_path(url), data)
 
 
 def put_file(local: Any, url: str) -> None:
