@@ -54,7 +54,7 @@ import transformers
 from absl import flags
 
 import hrm_jax
-from hrm_jax import cli, decode, generation, model_loading, speculative
+from hrm_jax import benchmarking, cli, decode, generation, model_loading, speculative
 from hrm_jax.data import demo
 
 EXECUTION = hrm_jax.Execution()  # float32, as every table here says
@@ -84,6 +84,7 @@ flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for transformers
 def main(argv: list[str]) -> None:
   del argv
   f = flags.FLAGS
+  benchmarking.check_load()
   if f.torch_threads:
     torch.set_num_threads(f.torch_threads)
   config = hrm_jax.model_config(
@@ -276,6 +277,25 @@ def matmul_floor_ms(config: hrm_jax.ModelConfig, variables: dict, rows: int,
   return seconds / steps * 1e3
 
 
+def cache_read_ms(config: hrm_jax.ModelConfig, batch: int, length: int, dtype: str,
+                  steps: int = 64, repeats: int = 1) -> float:
+  """ms per step of reading every cache slot of a decode step once (a sum over each slot's
+  keys and values, in one compiled loop): the memory traffic no decode step can avoid."""
+  h, k = config.num_heads, config.head_dim
+  slots = config.H_cycles * (config.L_cycles + 1) * config.layers_per_stack
+  keys = [jnp.full((batch * h, k, length), 1e-3, dtype) for _ in range(slots)]
+  values = [jnp.full((batch * h, length, k), 1e-3, dtype) for _ in range(slots)]
+
+  @jax.jit
+  def loop(keys, values):
+    def body(_, acc):
+      return acc + sum(jnp.sum(x, dtype=jnp.float32) for x in keys + values) * 1e-9
+    return jax.lax.fori_loop(0, steps, body, jnp.float32(0))
+
+  _, seconds = _timed(lambda: loop(keys, values), repeats)
+  return seconds / steps * 1e3
+
+
 def step_ms(config: hrm_jax.ModelConfig, variables: dict, batch: int, length: int,
             steps: int = 32, repeats: int = 1) -> float:
   """ms per `decode.step` (the engine's decode step: one position of a ring cache of
@@ -340,12 +360,11 @@ def floor(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Generator
   length = generation.bucket(32) + generation.bucket(f.new_tokens)  # the engine's ring
   print(f"model: hidden {f.hidden_size}, {f.layers_per_stack} layers/stack, H{f.H_cycles} "
         f"L{f.L_cycles}, vocab {f.vocab_size}, float32; prompts of 32 tokens, "
-        f"{f.new_tokens} new tokens (greedy, no eos), cache of {length} positions; load "
-        f"average (1 min) {os.getloadavg()[0]:.2f}")
+        f"{f.new_tokens} new tokens (greedy, no eos), cache of {length} positions")
   print("| batch | engine tokens/s | engine ms/step | bare step ms | weight-matmul floor ms | "
-        "step-matmul floor ms | engine / weight floor | engine / step floor | "
-        "bare / step floor |")
-  print("|---|---|---|---|---|---|---|---|---|")
+        "step-matmul floor ms | cache read ms (f32 / bf16) | engine / weight floor | "
+        "engine / step floor | bare / step floor |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for batch in (1, 8, 32):
     prompts = [rng.integers(1, f.vocab_size, 32).tolist() for _ in range(batch)]
     runs = {"total": lambda: _timed(lambda: hrm_jax.generate(config, variables, prompts,
@@ -354,7 +373,9 @@ def floor(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Generator
                                                                1))[1] * 1e3,
             "bare": lambda: step_ms(config, dv, batch, length),
             "weights": lambda: matmul_floor_ms(config, dv, batch),
-            "matmuls": lambda: matmul_floor_ms(config, dv, batch, cache_len=length)}
+            "matmuls": lambda: matmul_floor_ms(config, dv, batch, cache_len=length),
+            "read": lambda: cache_read_ms(config, batch, length, "float32"),
+            "read16": lambda: cache_read_ms(config, batch, length, "bfloat16")}
     ms = {name: float("inf") for name in runs}
     for _ in range(3):  # interleaved rounds, the fastest of each: noise on a shared machine
       for name, run in runs.items():  # moves every figure by up to 30% between runs
@@ -362,7 +383,7 @@ def floor(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Generator
     engine = (ms["total"] - ms["first"]) / (f.new_tokens - 1)
     print(f"| {batch} | {batch * f.new_tokens / ms['total'] * 1e3:.1f} | {engine:.2f} | "
           f"{ms['bare']:.2f} | {ms['weights']:.2f} | {ms['matmuls']:.2f} | "
-          f"{engine / ms['weights']:.2f}x | {engine / ms['matmuls']:.2f}x | "
+          f"{ms['read']:.2f} / {ms['read16']:.2f} | {engine / ms['weights']:.2f}x | {engine / ms['matmuls']:.2f}x | "
           f"{ms['bare'] / ms['matmuls']:.2f}x |", flush=True)
 
 

@@ -18,6 +18,8 @@ import sys
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
+import glob  # noqa: E402
+import re  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -52,12 +54,21 @@ _SCOPE = flags.DEFINE_enum("remat_scope", "layer", hrm_jax.execution.REMAT_SCOPE
                            "remat scope")
 _UNROLL = flags.DEFINE_enum("unroll", "auto", ["auto", "true", "false"],
                             "unroll_scans; auto = the config's per-backend default")
-_STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
+_ATTENTION = flags.DEFINE_enum("attention", "", ["", *hrm_jax.execution.ATTENTION_IMPLS],
+                               "attention_impl (default: Execution's)")
+_STEPS = flags.DEFINE_integer("steps", 5, "timed steps per round")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "interleaved rounds of hrm_jax, transformers and the "
+                               "matmul floor; each figure is the median over all rounds' steps")
+_FLOOR = flags.DEFINE_bool("floor", True, "also time the step's matmuls alone (every "
+                           "dot_general of the compiled step, forward and backward, in one "
+                           "compiled program)")
 _TORCH = flags.DEFINE_bool("torch", True, "also time transformers on CPU")
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 0, "torch.set_num_threads for transformers; 0 = one per core. On a loaded "
     "machine compare 1 with XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
     "intra_op_parallelism_threads=1' (both single-threaded).")
+_PROFILE = flags.DEFINE_bool("profile", False, "print where each step's time goes: XLA:CPU "
+                             "per-op times (jax.profiler) and torch.profiler's, by category")
 _MEMORY_BP = flags.DEFINE_list("memory_bp_steps", ["1", "5", "full"],
                                "bp_steps values whose compiled step temporaries are printed")
 
@@ -65,8 +76,9 @@ _MEMORY_BP = flags.DEFINE_list("memory_bp_steps", ["1", "5", "full"],
 def execution() -> hrm_jax.Execution:
   dtype = _DTYPE.value or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
   unroll = None if _UNROLL.value == "auto" else _UNROLL.value == "true"
-  return hrm_jax.Execution(dtype=dtype, remat_policy=_REMAT.value, remat_scope=_SCOPE.value,
-                           unroll_scans=unroll)
+  ex = hrm_jax.Execution(dtype=dtype, remat_policy=_REMAT.value, remat_scope=_SCOPE.value,
+                         unroll_scans=unroll)
+  return ex.replace(attention_impl=_ATTENTION.value) if _ATTENTION.value else ex
 
 
 def model_config() -> hrm_jax.ModelConfig:
@@ -102,14 +114,32 @@ def build_step(cfg, mesh, bp_steps):
   return model, tx, shardings, jit_train_step(model, tx, train_cfg, shardings, mesh, bp_steps)
 
 
-def time_jax(cfg):
+def jax_runner(cfg):
+  """(one-step thunk, compile seconds, the compiled step, its state and batch)."""
   mesh = sharding_lib.make_mesh((1, -1, 1))
   model, tx, shardings, fn = build_step(cfg, mesh, _BP.value)
   state = state_lib.init_state(model, tx, jax.random.PRNGKey(0), shardings)
   batch = jax.device_put(make_batch(cfg, _ROWS.value, _ROW_LEN.value),
                          sharding_lib.batch_sharding(mesh))
-  _, compile_s, step_s, state, _ = benchmarking.time_train_step(fn, state, batch, _STEPS.value)
-  return step_s, compile_s, state, batch
+  start = time.perf_counter()
+  compiled = fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  held = {"state": state}
+
+  def step():
+    held["state"], metrics = compiled(held["state"], batch)  # the state is donated
+    return metrics
+
+  jax.block_until_ready(step())
+  return step, compile_s, fn, held, batch
+
+
+def floor_runner(fn, state, batch):
+  """(thunk running every dot_general of the step alone, their FLOPs, the dots)."""
+  dots = benchmarking.dots_of(fn, state, batch)
+  run, args = benchmarking.dots_program(dots)
+  jax.block_until_ready(run(*args))
+  return (lambda: run(*args)), sum(d.flops for d in dots), dots
 
 
 def step_temporaries(cfg, state, batch, bp_steps):
@@ -135,7 +165,8 @@ def grad_temporaries(cfg, batch, bp_steps):
   return None if mem is None else mem.temp_size_in_bytes
 
 
-def time_torch(cfg):
+def torch_runner(cfg):
+  """A thunk running one transformers training step (AdamW), after one warm-up step."""
   import torch
   import transformers
   from hrm_jax import hf
@@ -162,37 +193,152 @@ def time_torch(cfg):
     opt.zero_grad(set_to_none=True)
 
   step()
-  times = []
-  for _ in range(_STEPS.value):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+  return step
+
+
+# What each op of a step is for, from its name stack (XLA: the op_name metadata of the HLO
+# instruction; PyTorch: the aten op), checked in this order.
+CATEGORIES = (("optimizer", ("adam", "optim", "ema", "clip", "apply_updates", "global_norm")),
+              ("loss and head", ("loss", "log_softmax", "logsumexp", "lm_head", "cross_entropy",
+                                 "nll")),
+              ("attention (mask, softmax, RoPE)", ("attn", "attention", "softmax", "rope",
+                                                   "mask", "sdpa")),
+              ("norms", ("rms_norm", "norm")),
+              ("mlp (SwiGLU)", ("mlp", "silu", "swiglu")))
+
+
+def category(opcode: str, name: str) -> str:
+  name = name.lower()
+  if opcode in ("dot", "convolution") or "dot_general" in name or "matmul" in name or \
+      opcode in ("mm", "bmm", "addmm", "linear", "matmul"):
+    return "matmuls"
+  if opcode in ("copy", "transpose", "copy-start", "copy-done", "bitcast"):
+    return "layout copies"
+  for cat, keys in CATEGORIES:
+    if any(k in name for k in keys):
+      return cat
+  return "other"
+
+
+def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """instruction name -> (opcode, op_name metadata) for every instruction of an HLO module."""
+  ops = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$", line)
+    if not m:
+      continue
+    rest = m.group(2)
+    if rest.startswith("("):  # a tuple shape: skip its balanced parentheses
+      depth = 0
+      for i, ch in enumerate(rest):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0:
+          rest = rest[i + 1:]
+          break
+    else:
+      rest = rest.split(" ", 1)[1] if " " in rest else ""
+    op = re.match(r"\s*([\w\-]+)\(", rest)
+    meta = re.search(r'op_name="([^"]*)"', line)
+    if op:
+      ops[m.group(1)] = (op.group(1), meta.group(1) if meta else "")
+  return ops
+
+
+def xla_profile(compiled_step, step, steps: int) -> dict[str, float]:
+  """ms per step by category: XLA:CPU's per-op trace events over `steps` runs of `step`."""
+  ops = hlo_ops(compiled_step.as_text())
+  with tempfile.TemporaryDirectory() as logdir:
+    with jax.profiler.trace(logdir):
+      for _ in range(steps):
+        jax.block_until_ready(step())
+    paths = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    data = jax.profiler.ProfileData.from_file(paths[0])
+  totals: dict[str, float] = {}
+  for plane in data.planes:
+    for line in plane.lines:
+      for event in line.events:
+        base = event.name.split(":")[0]
+        if base in ops:
+          cat = category(*ops[base])
+          totals[cat] = totals.get(cat, 0.0) + event.duration_ns / 1e6 / steps
+  return totals
+
+
+def torch_profile(step, steps: int) -> dict[str, float]:
+  """ms per step by category: torch.profiler's self CPU time of each aten op."""
+  import torch
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    for _ in range(steps):
+      step()
+  totals: dict[str, float] = {}
+  for ev in prof.key_averages():
+    if not ev.key.startswith("aten::"):
+      continue
+    op = ev.key[len("aten::"):]
+    cat = category(op, op)
+    totals[cat] = totals.get(cat, 0.0) + ev.self_cpu_time_total / 1e3 / steps
+  return totals
+
+
+def timed(fn) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
 
 
 def main(argv):
   del argv
+  benchmarking.check_load()
   cfg, ex = model_config(), execution()
   tokens = _ROWS.value * _ROW_LEN.value
-  step_s, compile_s, state, batch = time_jax(cfg)
+  step, compile_s, fn, held, batch = jax_runner(cfg)
+  runners = {"hrm_jax": step}
+  on_cpu = jax.default_backend() == "cpu"
+  if on_cpu and _TORCH.value:
+    runners["transformers (PyTorch)"] = torch_runner(cfg)
+  if _FLOOR.value:
+    floor_fn, floor_flops, dots = floor_runner(fn, held["state"], batch)
+    runners["hrm_jax's matmuls alone (floor)"] = floor_fn
+  times = {name: [] for name in runners}
+  for _ in range(_ROUNDS.value):  # interleaved: a changing load hits every runner alike
+    for name, run in runners.items():
+      times[name] += [timed(run) for _ in range(_STEPS.value)]
+  seconds = {name: float(np.median(t)) for name, t in times.items()}
   flops = flops_lib.train_flops_per_token(cfg, _ROW_LEN.value, _BP.value)
   peak = metrics_lib.peak_flops_per_device() * jax.device_count()
   print(f"backend={jax.default_backend()} devices={jax.device_count()} hidden={cfg.hidden_size} "
         f"layers/stack={cfg.layers_per_stack} H{cfg.H_cycles} L{cfg.L_cycles} "
         f"batch={_ROWS.value}x{_ROW_LEN.value} dtype={ex.dtype} bp_steps={_BP.value} "
-        f"remat={ex.remat_policy}/{ex.remat_scope} unroll_scans={ex.unrolled(cfg.hidden_size)} "
-        f"(compiled in {compile_s:.1f} s)")
-  rows = [("hrm_jax", step_s)]
-  if jax.default_backend() == "cpu" and _TORCH.value:
-    rows.append(("transformers (PyTorch)", time_torch(cfg)))
-  print(f"peak: {peak / 1e9:.1f} GFLOP/s ({'measured f32 matmul' if jax.default_backend() == 'cpu' else 'vendor bf16'}); "
+        f"attention={ex.attention_impl} remat={ex.remat_policy}/{ex.remat_scope} "
+        f"unroll_scans={ex.unrolled(cfg.hidden_size)} (compiled in {compile_s:.1f} s); "
+        f"median of {_ROUNDS.value} interleaved rounds x {_STEPS.value} steps")
+  print(f"peak: {peak / 1e9:.1f} GFLOP/s ({'measured f32 matmul' if on_cpu else 'vendor bf16'}); "
         f"model FLOPs/token (truncated backward counted): {flops / 1e6:.1f} M")
-  print("| implementation | step ms | tokens/s | MFU | speed-up |\n|---|---|---|---|---|")
-  for name, t in rows:
+  reference = seconds.get("transformers (PyTorch)", seconds["hrm_jax"])
+  print("| implementation | step ms | tokens/s | MFU | speed-up over transformers |\n"
+        "|---|---|---|---|---|")
+  for name, t in seconds.items():
     print(f"| {name} | {1e3 * t:.0f} | {tokens / t:.0f} | {100 * flops * tokens / t / peak:.1f}% "
-          f"| {rows[-1][1] / t:.2f}x |")
+          f"| {reference / t:.2f}x |")
+  if _FLOOR.value:
+    print(f"the floor runs {sum(d.count for d in dots)} dot_generals ({len(dots)} shapes), "
+          f"{floor_flops / 1e9:.1f} GFLOP: {floor_flops / seconds[list(runners)[-1]] / 1e9:.0f} "
+          "GFLOP/s; 1.2x transformers would need a step of "
+          f"{1e3 * reference / 1.2:.0f} ms")
+  if _PROFILE.value:
+    profiles = {"hrm_jax": xla_profile(fn.lower(held["state"], batch).compile(), step, 3)}
+    if "transformers (PyTorch)" in runners:
+      profiles["transformers"] = torch_profile(runners["transformers (PyTorch)"], 3)
+    cats = sorted({c for p in profiles.values() for c in p},
+                  key=lambda c: -profiles["hrm_jax"].get(c, 0.0))
+    print("| ms per step (op self time, summed over threads) | " + " | ".join(profiles)
+          + " |\n|---|" + "---|" * len(profiles))
+    for c in cats + ["total"]:
+      vals = [sum(p.values()) if c == "total" else p.get(c, 0.0) for p in profiles.values()]
+      print(f"| {c} | " + " | ".join(f"{v:.0f}" for v in vals) + " |")
   bps = {bp: None if bp == "full" else int(bp) for bp in _MEMORY_BP.value}
-  mem_rows = {"train step": [step_temporaries(cfg, state, batch, b) for b in bps.values()],
+  mem_rows = {"train step": [step_temporaries(cfg, held["state"], batch, b) for b in bps.values()],
               "gradient alone": [grad_temporaries(cfg, batch, b) for b in bps.values()]}
   print("| compiled temporaries MiB at bp_steps | " + " | ".join(bps) + " |\n|---|"
         + "---|" * len(bps))

@@ -64,6 +64,9 @@ flags.DEFINE_integer("H_cycles", None, "Test-time override of H_cycles (experime
 flags.DEFINE_integer("L_cycles", None, "Test-time override of L_cycles (experiment knob).")
 flags.DEFINE_list("draft_cycles", None, "Speculative decoding: H,L cycles of the draft (the same "
                   "weights at a shallower depth), e.g. 1,1; greedy output unchanged.")
+flags.DEFINE_enum("kv_cache_dtype", None, ["float32", "bfloat16"], "Store the KV cache in this "
+                  "dtype (default: the model's compute dtype); bfloat16 halves its memory "
+                  "(docs/inference.md#kv-cache-in-bfloat16).")
 flags.DEFINE_integer("draft_len", 4, "Tokens drafted per verification (--draft_cycles).")
 
 
@@ -118,6 +121,8 @@ def main(argv: list[str]) -> None:
   items = read_items(f)
   try:
     config, execution, variables = model_loading.load_model(f.checkpoint, use_ema=f.use_ema)
+    if f.kv_cache_dtype:
+      execution = execution.replace(kv_cache_dtype=f.kv_cache_dtype)
     tok = model_loading.load_tokenizer(f.checkpoint, f.tokenizer)
   except (FileNotFoundError, ValueError) as e:  # messages name the file
     raise app.UsageError(f"--checkpoint={f.checkpoint}: {e}") from e

@@ -65,6 +65,8 @@ def main(argv):
   if cfg.demo.show_answers and result.demo is not None and not result.preempted:
     from hrm_jax.train import demo_report
     demo_report.report(result, cfg.demo.show_answers, show=is_main)
+    if is_main:
+      print(demo_report.next_commands(workdir))
 
 if __name__ == "__main__":
   cli.run(main, flags_parser=configs.parse_flags)

@@ -7,11 +7,13 @@ kind of rows, so their figures compare.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 
@@ -106,3 +108,71 @@ def time_train_step(step: Callable, state: Any, batch: Any, steps: int
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   return compiled, compile_s, float(np.median(times)), state, metrics
+
+
+class Dot(NamedTuple):
+  """One dot_general of a program: operand types, its parameters and how often it runs."""
+
+  lhs: jax.ShapeDtypeStruct
+  rhs: jax.ShapeDtypeStruct
+  params: tuple[tuple[str, Any], ...]
+  count: int
+
+  @property
+  def flops(self) -> int:
+    """2 x batch x M x K x N per run, times the runs."""
+    (_, rhs_contract), (_, rhs_batch) = dict(self.params)["dimension_numbers"]
+    rhs_free = [n for d, n in enumerate(self.rhs.shape) if d not in (*rhs_contract, *rhs_batch)]
+    return int(2 * np.prod(self.lhs.shape) * np.prod(rhs_free) * self.count)
+
+
+def dots_of(fn: Callable, *args: Any) -> list[Dot]:
+  """Every dot_general `fn(*args)` runs, forward and backward alike (the traced program, so
+  a gradient's transposed dots are included), with scan bodies counted `length` times."""
+  counts: dict[tuple, int] = {}
+
+  def walk(jaxpr, times: int) -> None:
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        lhs, rhs = (jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars)
+        key = (lhs, rhs, tuple(sorted((k, v) for k, v in eqn.params.items()
+                                      if k != "out_sharding")))
+        counts[key] = counts.get(key, 0) + times
+      if eqn.primitive.name in ("while", "cond"):
+        raise ValueError(f"dots_of: {eqn.primitive.name} has no static trip count")
+      inner = times * eqn.params.get("length", 1) if eqn.primitive.name == "scan" else times
+      for sub in jex.core.jaxprs_in_params(eqn.params):
+        walk(sub, inner)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr, 1)
+  return [Dot(lhs, rhs, params, n) for (lhs, rhs, params), n in counts.items()]
+
+
+def dots_program(dots: list[Dot], seed: int = 0) -> tuple[Callable, tuple]:
+  """A jitted program running exactly `dots` (each as often as it runs) and its inputs: every
+  run gets operands of its own, so XLA can neither merge nor skip any, and every output is
+  returned (written, as the real program writes it)."""
+  rng = np.random.default_rng(seed)
+  operand = lambda t: jnp.asarray(rng.standard_normal(t.shape, np.float32), t.dtype)
+  inputs = tuple((operand(d.lhs), operand(d.rhs)) for d in dots for _ in range(d.count))
+  params = [dict(d.params) for d in dots for _ in range(d.count)]
+
+  @jax.jit
+  def run(inputs):
+    return [jax.lax.dot_general(a, b, **p) for (a, b), p in zip(inputs, params)]
+
+  return run, (inputs,)
+
+
+LOAD_LIMIT = 1.5  # 1-minute load average above which timings measure the contention
+
+
+def check_load(what: str = "timings") -> float:
+  """Print the 1-minute load average and warn when it is above LOAD_LIMIT: figures taken
+  with other work running measure the contention, not the code (benchmarks/README.md)."""
+  load = os.getloadavg()[0]
+  print(f"load average (1 min): {load:.2f} on {os.cpu_count()} cores")
+  if load > LOAD_LIMIT:
+    print(f"WARNING: load {load:.2f} > {LOAD_LIMIT}: something else is running; these {what} "
+          "measure the contention, not the code. Wait for a quiet machine.")
+  return load

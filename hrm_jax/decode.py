@@ -41,13 +41,13 @@ def _check_arch(config: ModelConfig) -> None:
 
 def init_cache(config: ModelConfig, execution: Execution, batch: int, length: int) -> Cache:
   """Zeros for every (stack, pass) of the arch (`ArchSpec.passes`) and each layer of that
-  stack, `length` positions, in the execution's dtype; nothing is traced."""
+  stack, `length` positions, in the execution's cache dtype; nothing is traced."""
   _check_arch(config)
   slots = {(name, p): config.stack_config(name).layers_per_stack
            for name, (passes, _) in spec_of(config).passes(config, None).items()
            for p in range(passes)}
   return kv_cache.empty(slots, batch * config.num_heads, config.head_dim, length,
-                        execution.dtype)
+                        execution.cache_dtype)
 
 
 def prepare(variables: dict) -> dict:

@@ -28,6 +28,11 @@ class Execution:
   """Numerics and implementation of one model."""
 
   dtype: str = "float32"  # compute (activations, matmul inputs, KV cache)
+  # The KV cache's storage when decoding, None = `dtype`. "bfloat16" under a float32 model
+  # halves the cache memory and the bytes each decode step reads (what bounds a step at long
+  # contexts); keys and values are rounded to bfloat16 when written (8 significant bits),
+  # attention itself runs in float32 (docs/inference.md#kv-cache-in-bfloat16).
+  kv_cache_dtype: Optional[str] = None
   param_dtype: str = "float32"  # of freshly initialised parameters
   attention_impl: str = "dense"  # hrm_jax/attention.py
   attention_chunk: int = 512  # tile rows of the blockwise attention_impls
@@ -47,8 +52,9 @@ class Execution:
     def bad(field: str, why: str):
       raise ValueError(f"Execution.{field}={getattr(self, field)!r}: {why}")
 
-    for f in ("dtype", "param_dtype"):
-      if getattr(self, f) not in DTYPES:
+    for f in ("dtype", "param_dtype", "kv_cache_dtype"):
+      if getattr(self, f) not in DTYPES and not (f == "kv_cache_dtype" and self.kv_cache_dtype
+                                                 is None):
         bad(f, f"expected one of {DTYPES}")
     for f, allowed in (("attention_impl", ATTENTION_IMPLS), ("remat_policy", REMAT_POLICIES),
                        ("remat_scope", REMAT_SCOPES)):
@@ -62,6 +68,11 @@ class Execution:
     if self.unroll_scans is not None:
       return self.unroll_scans
     return jax.default_backend() == "cpu" and hidden_size <= CPU_UNROLL_MAX_HIDDEN
+
+  @property
+  def cache_dtype(self) -> str:
+    """What the KV cache stores: kv_cache_dtype, else the compute dtype."""
+    return self.kv_cache_dtype or self.dtype
 
   def replace(self, **changes: Any) -> "Execution":
     return dataclasses.replace(self, **changes)

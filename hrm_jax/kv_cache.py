@@ -93,6 +93,8 @@ def attend(q_BxSxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array, kv:
     raise ValueError(f"KV-cache decoding: the mask must cover all {step.length} cache "
                      f"positions, got {t}")
   q_NxSxK = q_BxSxHxK.transpose(0, 2, 1, 3).reshape(n, s, k)
-  out_NxSxK = attention.cached_attention(q_NxSxK, k_NxKxT, v_NxTxK,
-                                         jnp.repeat(step.mask_BxSxT, h, axis=0))
+  compute = q_BxSxHxK.dtype  # a cache stored narrower (Execution.kv_cache_dtype) is read
+  out_NxSxK = attention.cached_attention(  # widened: the attention math is the model's own
+      q_NxSxK, k_NxKxT.astype(compute), v_NxTxK.astype(compute),
+      jnp.repeat(step.mask_BxSxT, h, axis=0))
   return out_NxSxK.reshape(b, h, s, k).transpose(0, 2, 1, 3), kv

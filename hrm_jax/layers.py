@@ -130,7 +130,9 @@ class Attention(nn.Module):
     gqkv_BxSx4xHxK = dense(ex, (4, c.num_heads, c.head_dim), ("embed", None, "heads", "head_dim"),
                            stds["in"], name="gqkv_proj")(x_BxSxD)
     gqkv_BxSx4xHxK = checkpoint_name(gqkv_BxSx4xHxK, "gqkv_proj")
-    gate, q, k, v = (gqkv_BxSx4xHxK[:, :, i] for i in range(4))
+    # Split, not indexed: the gradient of a split is one concatenation, that of four index
+    # slices four zero-padded full-size arrays summed (benchmarks/train_step.py --profile).
+    gate, q, k, v = (a[:, :, 0] for a in jnp.split(gqkv_BxSx4xHxK, 4, axis=2))
     if c.pos_emb_type == "rope":
       q = apply_rope(q, seq.cos, seq.sin)
       k = apply_rope(k, seq.cos, seq.sin)
@@ -156,7 +158,8 @@ class SwiGLU(nn.Module):
     gate_up_BxSx2xM = dense(ex, (2, c.intermediate_size), ("embed", None, "mlp"), stds["in"],
                             name="gate_up_proj")(x_BxSxD)
     gate_up_BxSx2xM = checkpoint_name(gate_up_BxSx2xM, "gate_up_proj")
-    h_BxSxM = jax.nn.silu(gate_up_BxSx2xM[..., 0, :]) * gate_up_BxSx2xM[..., 1, :]
+    gate_BxSxM, up_BxSxM = (a[..., 0, :] for a in jnp.split(gate_up_BxSx2xM, 2, axis=-2))
+    h_BxSxM = jax.nn.silu(gate_BxSxM) * up_BxSxM
     return dense(ex, (c.hidden_size,), ("mlp", "embed"), stds["ff_out"],
                  name="down_proj")(h_BxSxM)
 

@@ -45,7 +45,7 @@ def test_the_model_config_holds_only_what_the_weights_compute():
   assert not names & moved
   assert {f.name for f in dataclasses.fields(Execution)} == moved - {
       "bp_min_steps", "bp_max_steps", "bp_warmup_ratio", "H_bp_steps", "L_bp_steps",
-      "L_bp_cycles", "cycles", "bp_cycles"}
+      "L_bp_cycles", "cycles", "bp_cycles"} | {"kv_cache_dtype"}
   assert set(registry.OPTION_FIELDS) == {"H_bp_steps", "L_bp_steps", "L_bp_cycles", "cycles",
                                          "bp_cycles"}
   hash(hrm_jax.model_config("B", "ut"))  # static arguments of jitted functions
@@ -74,9 +74,12 @@ def test_execution_and_bp_schedule_check_their_values():
   for kwargs, match in ((dict(dtype="fp8"), "Execution.dtype='fp8'"),
                         (dict(attention_impl="magic"), "attention_impl='magic'"),
                         (dict(remat_policy="some"), "remat_policy='some'"),
-                        (dict(attention_chunk=0), "attention_chunk=0")):
+                        (dict(attention_chunk=0), "attention_chunk=0"),
+                        (dict(kv_cache_dtype="int8"), "kv_cache_dtype='int8'")):
     with pytest.raises(ValueError, match=match):
       Execution(**kwargs)
+  assert Execution().cache_dtype == "float32"
+  assert Execution(kv_cache_dtype="bfloat16").cache_dtype == "bfloat16"
   with pytest.raises(ValueError, match=r"bp_min_steps \(4\) <= bp_max_steps \(3\)"):
     BpSchedule(4, 3)
   with pytest.raises(ValueError, match="bp_warmup_ratio=1.5"):

@@ -47,6 +47,33 @@ def test_cached_decoding_matches_full_recompute(arch, overrides):
       np.testing.assert_allclose(step_logits[row], full[row, len(p) + step], atol=1e-5)
 
 
+def test_bfloat16_cache_under_a_float32_model_is_close():
+  """Execution.kv_cache_dtype: the cache is stored in bfloat16 (keys and values rounded to 8
+  significant bits when written), the attention math stays float32. Decode-step logits are
+  within 2e-2 of the float32 recompute (they differ: the rounding is real), generation runs."""
+  cfg, variables = tiny()
+  prompts = prompts_of([5, 11, 1], cfg.vocab_size)
+  responses = prompts_of([4, 4, 4], cfg.vocab_size, seed=1)
+  full = np.asarray(hrm_jax.LanguageModel(cfg).apply(
+      variables, pack_rows([[(p, r)] for p, r in zip(prompts, responses)], 16)))
+  pad_B = np.array([16 - len(p) for p in prompts], np.int32)
+  prompt_BxP = np.array([[0] * (16 - len(p)) + p for p in prompts], np.int32)
+  ex = hrm_jax.Execution(kv_cache_dtype="bfloat16")
+  _, cache = decode.prefill(cfg, ex, variables, prompt_BxP, pad_B, 24)
+  assert {x.dtype for x in jax.tree.leaves(cache)} == {jnp.dtype(jnp.bfloat16)}
+  worst = 0.0
+  for step in range(4):
+    token_B = np.array([r[step] for r in responses], np.int32)
+    logits, cache = decode.decode_step(cfg, ex, variables, cache, token_B,
+                                       jnp.int32(16 + step), pad_B)
+    assert logits.dtype == jnp.float32
+    for row, p in enumerate(prompts):
+      worst = max(worst, float(np.abs(logits[row] - full[row, len(p) + step]).max()))
+  assert 1e-6 < worst < 2e-2, worst
+  out = hrm_jax.generate(cfg, variables, prompts, 6, execution=ex)
+  assert [len(o) for o in out] == [6, 6, 6]
+
+
 @pytest.mark.parametrize("name", ["h2l3", "h3l2_odd_shapes"])
 def test_greedy_generation_equals_transformers(name, tmp_path):
   model = hf_model(name)

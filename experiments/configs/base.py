@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
       source="path",        # 'path' (a data_io sampled directory) or 'demo'
       path="",
       demo_dir="~/.cache/hrm_jax/demo",
+      demo_per_task=2000,   # source 'demo': distinct training examples per task
       rows=16,              # global rows per batch (the reference's data-parallel ranks)
       row_len=12288,        # tokens per row: 16 x 12,288 = 196,608 tokens per batch
       seed=0,

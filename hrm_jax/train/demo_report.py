@@ -60,9 +60,24 @@ def report(result: Any, n: int, show: bool = True) -> None:
   for task, score in scores.items():
     print(f"| {task} | {100 * score:.1f}% |")
   print(f"| all | {100 * sum(scores.values()) / len(scores):.1f}% |\n")
+  print("(add and mul answers are written least-significant digit first: 7074 as '4707')")
   shown: collections.Counter = collections.Counter()
   for task, prompt, gold, answer in rows:
     if shown[task] < max(1, n // len(scores)) and sum(shown.values()) < n:
       shown[task] += 1
       mark = "ok" if answer == gold else "wrong"
       print(f"  {prompt}  ->  {answer!r}  (expected {gold!r}, {mark})")
+
+
+def next_commands(workdir: str) -> str:
+  """What to try after the demo, printed at its end."""
+  return "\n".join([
+      "\nNext:",
+      f"  python experiments/generate.py --checkpoint={workdir} --prompt='6732+342' "
+      "--condition=synth   # ask it",
+      f"  python experiments/plot.py --workdir={workdir}   # loss and accuracy curves",
+      "  python experiments/ablate.py --archs=hrm,transformer --seeds=3   # HRM against a "
+      "transformer (docs/ablation.md)",
+      "  python experiments/eval.py --checkpoint=DIR --data_dir=BENCHMARKS   # the paper's "
+      "benchmarks on a real checkpoint (docs/evaluation.md)"])
+

@@ -219,7 +219,8 @@ def open_data(cfg: ml_collections.ConfigDict):
   path = cfg.data.path
   if cfg.data.source == "demo":
     demo = data_lib.ensure_demo_data(os.path.expanduser(cfg.data.demo_dir),
-                                     epochs=cfg.train.epochs, seed=cfg.data.seed)
+                                     epochs=cfg.train.epochs, seed=cfg.data.seed,
+                                     train_per_task=cfg.data.demo_per_task)
     path = demo.train_dir
   elif cfg.data.source != "path":
     raise errors.ConfigError(f"--config.data.source={cfg.data.source!r}: expected 'demo' or "
