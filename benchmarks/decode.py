@@ -16,7 +16,8 @@ bare step (`decode.step` with argmax, no sampling or row bookkeeping, in one com
 and two floors, each in one compiled loop: the weight-matmul floor (every layer application's
 gqkv, o, gate_up and down projections and the head, chained so none is skipped) and the
 step-matmul floor (those plus attention's two dots per layer application over the engine's
-cache: the cache reads no decode step can skip). engine / bare shows what sampling and
+cache: the cache reads no decode step can skip), and the time to read every cache slot once
+(float32 and bfloat16; a fused sum, no dot). engine / bare shows what sampling and
 bookkeeping cost, bare / step floor what the mask, softmax, norms, RoPE, cache writes and
 XLA's per-op dispatch cost.
 
@@ -288,8 +289,8 @@ def cache_read_ms(config: hrm_jax.ModelConfig, batch: int, length: int, dtype: s
 
   @jax.jit
   def loop(keys, values):
-    def body(_, acc):
-      return acc + sum(jnp.sum(x, dtype=jnp.float32) for x in keys + values) * 1e-9
+    def body(_, acc):  # + acc: each trip depends on the last, so XLA cannot hoist the reads
+      return acc + sum(jnp.sum(x.astype(jnp.float32) + acc) for x in keys + values) * 1e-9
     return jax.lax.fori_loop(0, steps, body, jnp.float32(0))
 
   _, seconds = _timed(lambda: loop(keys, values), repeats)

@@ -153,7 +153,8 @@ def test_a_run_survives_hosts_coming_and_going(setup, tmp_path):
   # The end of the run on 2 processes, with the demo report over weights sharded across them.
   outs = run(workdir, demo_dir, cache, 2, 2, **{"demo.show_answers": 2})
   assert "Held-out exact match" in outs[0] and "| all |" in outs[0], outs[0][-3000:]
-  assert "Held-out exact match" not in outs[1]
+  assert f"experiments/generate.py --checkpoint={workdir}" in outs[0]  # what to try next
+  assert "Held-out exact match" not in outs[1] and "Next:" not in outs[1]
   rows = metrics(workdir)
   assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
   np.testing.assert_allclose([r["loss"] for r in rows], want, rtol=2e-5)

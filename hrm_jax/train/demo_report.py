@@ -60,7 +60,6 @@ def report(result: Any, n: int, show: bool = True) -> None:
   for task, score in scores.items():
     print(f"| {task} | {100 * score:.1f}% |")
   print(f"| all | {100 * sum(scores.values()) / len(scores):.1f}% |\n")
-  print("(add and mul answers are written least-significant digit first: 7074 as '4707')")
   shown: collections.Counter = collections.Counter()
   for task, prompt, gold, answer in rows:
     if shown[task] < max(1, n // len(scores)) and sum(shown.values()) < n:
