@@ -1,5 +1,6 @@
 """Workloads the benchmark scripts share: randomly packed PrefixLM rows, the attention
-forward + backward program, and median timing of variants whose runs alternate.
+forward + backward program, median timing of variants whose runs alternate, a program's
+matmuls alone (its measured floor) and the load check of benchmarks/README.md's protocol.
 
 benchmarks/attention.py and benchmarks/device_check.py time the same program on the same
 kind of rows, so their figures compare.
