@@ -282,18 +282,16 @@ def cache_read_ms(config: hrm_jax.ModelConfig, batch: int, length: int, dtype: s
                   steps: int = 64, repeats: int = 1) -> float:
   """ms per step of reading every cache slot of a decode step once (a sum over each slot's
   keys and values, in one compiled loop): the memory traffic no decode step can avoid."""
-  h, k = config.num_heads, config.head_dim
-  slots = config.H_cycles * (config.L_cycles + 1) * config.layers_per_stack
-  keys = [jnp.full((batch * h, k, length), 1e-3, dtype) for _ in range(slots)]
-  values = [jnp.full((batch * h, length, k), 1e-3, dtype) for _ in range(slots)]
+  cache = decode.init_cache(config, EXECUTION.replace(kv_cache_dtype=dtype), batch, length)
 
   @jax.jit
-  def loop(keys, values):
+  def loop(cache):
     def body(_, acc):  # + acc: each trip depends on the last, so XLA cannot hoist the reads
-      return acc + sum(jnp.sum(x.astype(jnp.float32) + acc) for x in keys + values) * 1e-9
+      return acc + sum(jnp.sum(x.astype(jnp.float32) + acc)
+                       for x in jax.tree.leaves(cache)) * 1e-9
     return jax.lax.fori_loop(0, steps, body, jnp.float32(0))
 
-  _, seconds = _timed(lambda: loop(keys, values), repeats)
+  _, seconds = _timed(lambda: loop(cache), repeats)
   return seconds / steps * 1e3
 
 
@@ -384,7 +382,8 @@ def floor(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Generator
     engine = (ms["total"] - ms["first"]) / (f.new_tokens - 1)
     print(f"| {batch} | {batch * f.new_tokens / ms['total'] * 1e3:.1f} | {engine:.2f} | "
           f"{ms['bare']:.2f} | {ms['weights']:.2f} | {ms['matmuls']:.2f} | "
-          f"{ms['read']:.2f} / {ms['read16']:.2f} | {engine / ms['weights']:.2f}x | {engine / ms['matmuls']:.2f}x | "
+          f"{ms['read']:.2f} / {ms['read16']:.2f} | {engine / ms['weights']:.2f}x | "
+          f"{engine / ms['matmuls']:.2f}x | "
           f"{ms['bare'] / ms['matmuls']:.2f}x |", flush=True)
 
 

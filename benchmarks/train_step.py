@@ -56,9 +56,8 @@ _UNROLL = flags.DEFINE_enum("unroll", "auto", ["auto", "true", "false"],
                             "unroll_scans; auto = the config's per-backend default")
 _ATTENTION = flags.DEFINE_enum("attention", "", ["", *hrm_jax.execution.ATTENTION_IMPLS],
                                "attention_impl (default: Execution's)")
-_STEPS = flags.DEFINE_integer("steps", 5, "timed steps per round")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "interleaved rounds of hrm_jax, transformers and the "
-                               "matmul floor; each figure is the median over all rounds' steps")
+_STEPS = flags.DEFINE_integer("steps", 15, "timed steps of each of hrm_jax, transformers and the "
+                              "matmul floor, alternating step by step; each figure is a median")
 _FLOOR = flags.DEFINE_bool("floor", True, "also time the step's matmuls alone (every "
                            "dot_general of the compiled step, forward and backward, in one "
                            "compiled program)")
@@ -281,12 +280,6 @@ def torch_profile(step, steps: int) -> dict[str, float]:
   return totals
 
 
-def timed(fn) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
-
-
 def main(argv):
   del argv
   benchmarking.check_load()
@@ -300,11 +293,7 @@ def main(argv):
   if _FLOOR.value:
     floor_fn, floor_flops, dots = floor_runner(fn, held["state"], batch)
     runners["hrm_jax's matmuls alone (floor)"] = floor_fn
-  times = {name: [] for name in runners}
-  for _ in range(_ROUNDS.value):  # interleaved: a changing load hits every runner alike
-    for name, run in runners.items():
-      times[name] += [timed(run) for _ in range(_STEPS.value)]
-  seconds = {name: float(np.median(t)) for name, t in times.items()}
+  seconds = benchmarking.time_alternating(runners, _STEPS.value, warmup=False)  # all warm
   flops = flops_lib.train_flops_per_token(cfg, _ROW_LEN.value, _BP.value)
   peak = metrics_lib.peak_flops_per_device() * jax.device_count()
   print(f"backend={jax.default_backend()} devices={jax.device_count()} hidden={cfg.hidden_size} "
@@ -312,7 +301,7 @@ def main(argv):
         f"batch={_ROWS.value}x{_ROW_LEN.value} dtype={ex.dtype} bp_steps={_BP.value} "
         f"attention={ex.attention_impl} remat={ex.remat_policy}/{ex.remat_scope} "
         f"unroll_scans={ex.unrolled(cfg.hidden_size)} (compiled in {compile_s:.1f} s); "
-        f"median of {_ROUNDS.value} interleaved rounds x {_STEPS.value} steps")
+        f"median of {_STEPS.value} alternating steps each")
   print(f"peak: {peak / 1e9:.1f} GFLOP/s ({'measured f32 matmul' if on_cpu else 'vendor bf16'}); "
         f"model FLOPs/token (truncated backward counted): {flops / 1e6:.1f} M")
   reference = seconds.get("transformers (PyTorch)", seconds["hrm_jax"])

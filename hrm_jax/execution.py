@@ -52,10 +52,11 @@ class Execution:
     def bad(field: str, why: str):
       raise ValueError(f"Execution.{field}={getattr(self, field)!r}: {why}")
 
-    for f in ("dtype", "param_dtype", "kv_cache_dtype"):
-      if getattr(self, f) not in DTYPES and not (f == "kv_cache_dtype" and self.kv_cache_dtype
-                                                 is None):
+    for f in ("dtype", "param_dtype"):
+      if getattr(self, f) not in DTYPES:
         bad(f, f"expected one of {DTYPES}")
+    if self.kv_cache_dtype not in (None, *DTYPES):
+      bad("kv_cache_dtype", f"expected None or one of {DTYPES}")
     for f, allowed in (("attention_impl", ATTENTION_IMPLS), ("remat_policy", REMAT_POLICIES),
                        ("remat_scope", REMAT_SCOPES)):
       if getattr(self, f) not in allowed:

@@ -41,7 +41,8 @@ def training_tokenizer(checkpoint: str | os.PathLike) -> str:
   if source == "demo":
     demo = data.ensure_demo_data(os.path.expanduser(saved["data"]["demo_dir"]),
                                  epochs=saved["train"]["epochs"], seed=saved["data"]["seed"],
-                                 train_per_task=saved["data"].get("demo_per_task", 2000))
+                                 train_per_task=saved["data"].get(
+                                     "demo_per_task", data.demo.TRAIN_PER_TASK))
     return demo.tokenizer_path
   if source == "path" and storage.path(storage.join(saved["data"]["path"],
                                                      "metadata.json")).exists():

@@ -15,6 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from hrm_jax.config import ModelConfig
+from hrm_jax.data import demo
 from hrm_jax.execution import Execution
 from hrm_jax.models import REGISTRY
 
@@ -47,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
       source="path",        # 'path' (a data_io sampled directory) or 'demo'
       path="",
       demo_dir="~/.cache/hrm_jax/demo",
-      demo_per_task=2000,   # source 'demo': distinct training examples per task
+      demo_per_task=demo.TRAIN_PER_TASK,  # source 'demo': distinct training examples per task
       rows=16,              # global rows per batch (the reference's data-parallel ranks)
       row_len=12288,        # tokens per row: 16 x 12,288 = 196,608 tokens per batch
       seed=0,

@@ -25,6 +25,7 @@ from hrm_jax.tokenizer import (DEFAULT_BOQ, DEFAULT_CONDITIONS, DEFAULT_EOA, DEF
 
 GENERATOR_VERSION = 1  # bump whenever generated data or the tokenizer changes
 CONDITION = "synth"
+TRAIN_PER_TASK = 2000  # distinct training examples per task unless a config says otherwise
 SPECIAL_TOKENS = [DEFAULT_BOQ, DEFAULT_EOQ, DEFAULT_EOA, *DEFAULT_CONDITIONS.values()]
 CACHE_FILES = ("manifest.json", "tokenizer.json", "tokenizer_info.json", "eval.jsonl", "train")
 
@@ -147,7 +148,7 @@ def _load(root: str) -> DemoData:
 
 
 def ensure_demo_data(cache_dir: str, *, epochs: int = 8, seed: int = 0,
-                     train_per_task: int = 2000, eval_per_task: int = 64,
+                     train_per_task: int = TRAIN_PER_TASK, eval_per_task: int = 64,
                      max_seq_len: int = 256) -> DemoData:
   """The demo set in `cache_dir`, generated once per (version, settings) and then reused.
 

@@ -79,4 +79,3 @@ def next_commands(workdir: str) -> str:
       "transformer (docs/ablation.md)",
       "  python experiments/eval.py --checkpoint=DIR --data_dir=BENCHMARKS   # the paper's "
       "benchmarks on a real checkpoint (docs/evaluation.md)"])
-
