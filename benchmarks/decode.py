@@ -35,7 +35,10 @@ A random hrm_jax model is exported with hrm_jax.hf.save and loaded by
 `transformers.HrmTextForCausalLM`; both decode the same left-padded PrefixLM prompts
 greedily (no eos). One timed run each, after one warm-up run (compilation for hrm_jax).
 ms per decode step is (time for new_tokens - time for 1 token) / (new_tokens - 1), i.e.
-without the prefill; tokens/s include the prefill for both. Wall times on a shared machine
+without the prefill; tokens/s include the prefill for both. The last line is the call's
+floor: its matmuls alone (the prefill's dots in one compiled program, plus new_tokens - 1
+decode steps at the step-matmul floor of --floor), which bounds the speed-up any engine
+running the model once per token can reach over transformers. Wall times on a shared machine
 are noisy: the CPU seconds of the process and the load average are printed beside them.
 XLA flags are the user's (XLA_FLAGS); none is set here (single-threaded XLA,
 `--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`, measured no faster).
@@ -134,6 +137,8 @@ def main(argv: list[str]) -> None:
   theirs, torch_s, torch_cpu = timed(lambda: hf_generate(f.new_tokens))
   _, torch_first_s, _ = timed(lambda: hf_generate(1))
 
+  prefill_floor_ms, step_floor_ms = call_floor_ms(config, variables, prompts, f.new_tokens)
+  floor_ms = prefill_floor_ms + (f.new_tokens - 1) * step_floor_ms
   n = f.batch * f.new_tokens
   per_step = lambda total, first: (total - first) / max(f.new_tokens - 1, 1) * 1e3
   agree = np.mean([a == b for a, b in zip(np.array(ours).ravel(), theirs[:, p:].numpy().ravel())])
@@ -154,6 +159,27 @@ def main(argv: list[str]) -> None:
   print(f"ratio (tokens/s): {torch_s / jax_s:.2f}x; per decode step: "
         f"{per_step(torch_s, torch_first_s) / per_step(jax_s, jax_first_s):.2f}x; greedy tokens "
         f"agreeing: {agree:.1%}; load average (1 min) {os.getloadavg()[0]:.2f}")
+  print(f"the call's matmuls alone: {floor_ms:.1f} ms (the prefill's {prefill_floor_ms:.1f} ms, "
+        f"then {f.new_tokens - 1} decode steps at the step-matmul floor, {step_floor_ms:.2f} ms), so no engine on XLA:CPU's matmuls beats transformers by more than "
+        f"{torch_s * 1e3 / floor_ms:.2f}x here; hrm_jax.generate is {jax_s * 1e3 / floor_ms:.2f}x "
+        "that floor")
+
+
+def call_floor_ms(config: hrm_jax.ModelConfig, variables: dict, prompts: list[list[int]],
+                  new_tokens: int) -> tuple[float, float]:
+  """ms of a `generate` call's matmuls alone, each in one compiled program: the prefill's
+  dots (`benchmarking.dots_of` on `decode.prefill` at the engine's padded prompt shape) and
+  one decode step's at the step-matmul floor (weights, and attention's dots over the
+  engine's cache)."""
+  p = generation.bucket(max(map(len, prompts)))
+  length = p + generation.bucket(new_tokens)
+  prompt_BxP = jnp.ones((len(prompts), p), jnp.int32)
+  run, inputs = benchmarking.dots_program(benchmarking.dots_of(
+      lambda v, x: _prefilled(config, v, x, length), variables, prompt_BxP))
+  _, prefill_s = _timed(lambda: run(*inputs), repeats=3)
+  step = matmul_floor_ms(config, decode.prepare(variables), len(prompts), repeats=3,
+                         cache_len=length)
+  return prefill_s * 1e3, step
 
 
 def continuous(config: hrm_jax.ModelConfig, variables: dict, rng: np.random.Generator) -> None:
