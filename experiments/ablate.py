@@ -212,6 +212,12 @@ def main(argv):
         f"{cfg.ablate.eval_per_task} examples per task; mean ± std over {seeds} "
         f"seed(s)) after {total_steps} steps ({tokens:,} tokens), matched by {_MATCH.value}:\n",
         table]
+  diffs = [d for arch in dict.fromkeys(r["arch"] for r in results) if arch != "hrm"
+           for d in [ablation.difference(results, "hrm", arch)] if d is not None]
+  if diffs:
+    report["differences"] = diffs
+    md += ["\nHRM minus each arch, final exact match over all tasks:\n"]
+    md += [f"- {ablation.difference_line(d)}" for d in diffs]
   plot_curves(results, _MATCH.value, os.path.join(out, "ablation.png"))
 
   depths = [(h, anchor.L_cycles) for h in sweep_h] + [(anchor.H_cycles, l) for l in sweep_l]

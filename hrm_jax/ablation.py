@@ -291,6 +291,31 @@ def summarize(results: Sequence[dict]) -> list[dict]:
   return rows
 
 
+def difference(results: Sequence[dict], a: str, b: str, task: str = ALL,
+               confidence: float = 0.95) -> Optional[dict]:
+  """Final exact match of arch `a` minus arch `b` (mean over seeds) with Welch's t interval:
+  seeds are independent runs, and the two archs' spreads need not be equal. None unless
+  both archs have at least two seeds."""
+  from scipy import stats  # a dependency of jax; only the ablation's report needs it
+  xa = np.asarray([r["scores"][task] for r in results if r["arch"] == a], np.float64)
+  xb = np.asarray([r["scores"][task] for r in results if r["arch"] == b], np.float64)
+  if len(xa) < 2 or len(xb) < 2:
+    return None
+  va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
+  diff, se = float(xa.mean() - xb.mean()), math.sqrt(va + vb)
+  df = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1)) if se else math.inf
+  half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+  return {"a": a, "b": b, "task": task, "diff": diff, "low": diff - half, "high": diff + half,
+          "confidence": confidence, "df": float(df), "n_a": len(xa), "n_b": len(xb)}
+
+
+def difference_line(d: dict) -> str:
+  """The difference as a sentence of the report."""
+  return (f"{d['a']} - {d['b']} ({d['task']}): {100 * d['diff']:+.1f} points, "
+          f"{100 * d['confidence']:.0f}% CI [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] "
+          f"(Welch, {d['n_a']} and {d['n_b']} seeds, df {d['df']:.1f})")
+
+
 def curve(runs: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(training FLOPs, mean, std over seeds) of the 'all' exact match at the shared steps."""
   steps = sorted(set.intersection(*[{p["step"] for p in r["points"]} for r in runs]))

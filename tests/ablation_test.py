@@ -6,11 +6,13 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from scipy import stats
 
 import hrm_jax
 from hrm_jax import ablation
@@ -107,6 +109,19 @@ def test_summary_mean_and_std_over_seeds():
   np.testing.assert_allclose(mean, [np.mean(alls) / 2, np.mean(alls)])
 
 
+def test_difference_is_welchs_interval_over_seeds():
+  a, b = [0.9, 0.8, 0.85, 0.95], [0.6, 0.7, 0.65]
+  runs = ([fake_result("hrm", s, {"add": v}) for s, v in enumerate(a)]
+          + [fake_result("transformer", s, {"add": v}) for s, v in enumerate(b)])
+  d = ablation.difference(runs, "hrm", "transformer")
+  want = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+  assert d["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+  assert (d["low"], d["high"]) == pytest.approx((want.low, want.high))
+  assert (d["n_a"], d["n_b"]) == (4, 3)
+  assert ablation.difference_line(d).startswith("hrm - transformer (all): +22.5 points, 95% CI [")
+  assert ablation.difference(runs[:5], "hrm", "transformer") is None  # one transformer seed
+
+
 def run_ablate(out, *args):
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs it (conftest fakes 8)
@@ -155,6 +170,17 @@ def test_quick_ablation_end_to_end_rerun_skips_and_report_only(tmp_path):
   assert partial.returncode == 0, partial.stderr[-3000:]
   assert "ut seed 0: not finished, left out" in partial.stdout and "step 1/" not in partial.stdout
   assert json.loads((out / "ablation.json").read_text())["runs"] == report["runs"]
+
+  for arch in ("hrm", "transformer"):  # a second seed of each, to report their difference
+    shutil.copytree(out / f"{arch}_s0", out / f"{arch}_s1")  # its sweep.json included
+    run = json.loads((out / f"{arch}_s1" / "result.json").read_text())
+    run["seed"], run["scores"]["all"] = 1, run["scores"]["all"] + 0.125
+    (out / f"{arch}_s1" / "result.json").write_text(json.dumps(run))
+  two = run_ablate(tmp_path / "out", demo, "--seeds=2", "--report_only")
+  assert two.returncode == 0, two.stderr[-3000:]
+  (diff,) = json.loads((out / "ablation.json").read_text())["differences"]
+  assert (diff["a"], diff["b"], diff["n_a"], diff["n_b"]) == ("hrm", "transformer", 2, 2)
+  assert "- hrm - transformer (all): " in (out / "ablation.md").read_text()
 
   transformer = tiny_config("transformer", vocab_size=256, hidden_size=32, n_layers=2)
   other = ablation.Match("transformer", transformer, 0, 0.0, "n_layers", 2)  # --match=params
