@@ -258,7 +258,7 @@ def _answer(task, inst):
   if task == "bool":
     py = inst.replace("T", " True ").replace("F", " False ").replace("&", " and ")
     return "TF"[not eval(py.replace("|", " or ").replace("!", " not "))]
-  return str(eval(inst))
+  return str(eval(inst))[::-1] if task in ("add", "mul") else str(eval(inst))
 
 
 def test_demo_answers_are_right_and_eval_is_held_out(demo_data):

@@ -23,9 +23,9 @@ from hrm_jax.data.sampled import concat_examples, write_sampled
 from hrm_jax.tokenizer import (DEFAULT_BOQ, DEFAULT_CONDITIONS, DEFAULT_EOA, DEFAULT_EOQ, Tokenizer,
                                TokenizerInfo)
 
-GENERATOR_VERSION = 1  # bump whenever generated data or the tokenizer changes
+GENERATOR_VERSION = 2  # bump whenever generated data or the tokenizer changes
 CONDITION = "synth"
-TRAIN_PER_TASK = 2000  # distinct training examples per task unless a config says otherwise
+TRAIN_PER_TASK = 4000  # distinct training examples per task unless a config says otherwise
 SPECIAL_TOKENS = [DEFAULT_BOQ, DEFAULT_EOQ, DEFAULT_EOA, *DEFAULT_CONDITIONS.values()]
 CACHE_FILES = ("manifest.json", "tokenizer.json", "tokenizer_info.json", "eval.jsonl", "train")
 
@@ -48,14 +48,21 @@ def _number(rng: np.random.Generator, max_digits: int) -> int:
   return int(rng.integers(10 ** (digits - 1) if digits > 1 else 0, 10 ** digits))
 
 
+def least_significant_first(n: int) -> str:
+  """Sums and products are written units digit first (`7074` as `4707`): each digit then
+  depends only on the digits before it and one carry, the order a small model learns
+  column arithmetic in (the small-transformer arithmetic literature: reversed outputs)."""
+  return str(n)[::-1]
+
+
 def task_add(rng: np.random.Generator) -> tuple[str, str]:
-  a, b = _number(rng, 4), _number(rng, 4)
-  return f"{a}+{b}", str(a + b)
+  a, b = _number(rng, 3), _number(rng, 3)
+  return f"{a}+{b}", least_significant_first(a + b)
 
 
 def task_mul(rng: np.random.Generator) -> tuple[str, str]:
-  a, b = _number(rng, 3), _number(rng, 2)
-  return f"{a}*{b}", str(a * b)
+  a, b = _number(rng, 3), _number(rng, 1)
+  return f"{a}*{b}", least_significant_first(a * b)
 
 
 def task_sort(rng: np.random.Generator) -> tuple[str, str]:
@@ -92,9 +99,9 @@ def _arith_expr(rng: np.random.Generator, depth: int) -> tuple[str, int]:
 
 
 def task_arith(rng: np.random.Generator) -> tuple[str, str]:
-  expr, value = _arith_expr(rng, int(rng.integers(1, 4)))
+  expr, value = _arith_expr(rng, int(rng.integers(1, 3)))
   while len(expr) == 1:
-    expr, value = _arith_expr(rng, int(rng.integers(1, 4)))
+    expr, value = _arith_expr(rng, int(rng.integers(1, 3)))
   return f"{expr}%10", str(value % 10)
 
 

@@ -60,6 +60,7 @@ def report(result: Any, n: int, show: bool = True) -> None:
   for task, score in scores.items():
     print(f"| {task} | {100 * score:.1f}% |")
   print(f"| all | {100 * sum(scores.values()) / len(scores):.1f}% |\n")
+  print("Answers (sums and products are written units digit first, 7074 as 4707):")
   shown: collections.Counter = collections.Counter()
   for task, prompt, gold, answer in rows:
     if shown[task] < max(1, n // len(scores)) and sum(shown.values()) < n:
@@ -72,7 +73,7 @@ def next_commands(workdir: str) -> str:
   """What to try after the demo, printed at its end."""
   return "\n".join([
       "\nNext:",
-      f"  python experiments/generate.py --checkpoint={workdir} --prompt='6732+342' "
+      f"  python experiments/generate.py --checkpoint={workdir} --prompt='673+34' "
       "--condition=synth   # ask it",
       f"  python experiments/plot.py --workdir={workdir}   # loss and accuracy curves",
       "  python experiments/ablate.py --archs=hrm,transformer --seeds=3   # HRM against a "
