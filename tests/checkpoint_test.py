@@ -51,20 +51,20 @@ def test_epoch_checkpoint_steps_every_n_epochs_and_the_last():
 
 
 def test_a_two_epoch_run_keeps_its_epoch_checkpoints(tmp_path):
-  """The whole demo set twice through experiments/train.py, 64 x 256-token batches (about
-  10 steps an epoch; one H and one L pass keep it quick). Step checkpoints every 3 steps
+  """The whole demo set twice through experiments/train.py, 64 x 256-token batches (3,000
+  examples per task: 14 steps an epoch; one H and one L pass keep it quick). Step checkpoints every 3 steps
   rotate (keep 2); the ends of epoch 1 and 2 stay and are read back by step."""
   overrides = {**TINY, "data.demo_dir": str(tmp_path / "demo"), "model.H_cycles": 1,
                "model.L_cycles": 1, "data.rows": 64, "data.row_len": 256, "train.epochs": 2,
                "train.total_steps": 0, "log.every_steps": 5, "checkpoint.every_steps": 3,
                "checkpoint.keep": 2, "checkpoint.every_epochs": 1,
-               "checkpoint.keep_epochs": True}
+               "checkpoint.keep_epochs": True, "data.demo_per_task": 3000}
   cfg = tiny_config(tmp_path / "demo", **overrides)
   sampled, _ = loop.open_data(cfg)
   pipeline = data_lib.Pipeline(sampled, rows=cfg.data.rows, row_len=cfg.data.row_len,
                                seed=cfg.data.seed, target_only=cfg.data.target_only)
   first, second = np.cumsum([pipeline.steps_per_epoch(e) for e in range(2)])
-  assert first > 3 and first % 3 and second - first > 3  # epoch ends between step saves
+  assert first > 3 and first % 3 and second % 3 and second - first > 3  # ends between saves
   workdir = tmp_path / "run"
   run("experiments/train.py", "--config=demo", f"--workdir={workdir}",
       *(f"--config.{k}={v}" for k, v in overrides.items()))

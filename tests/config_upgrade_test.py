@@ -21,6 +21,7 @@ import pytest
 import hrm_jax
 from hrm_jax import checkpoint_layout, hf, model_loading, native_weights
 from hrm_jax.execution import Execution
+from hrm_jax.data import demo
 from hrm_jax.models import registry
 from hrm_jax.train import loop
 from helpers import pack_rows, tiny_config, tiny_model
@@ -29,7 +30,7 @@ from train_loop_test import tiny_config as train_config
 OLD = pathlib.Path(__file__).parent / "fixtures" / "old_format"
 # The old run's settings (fixtures/old_format/README.md), as flags today.
 RUN = {"train.max_steps": 3, "train.total_steps": 4, "model.attention_impl": "chunked",
-       "train.bp_min_steps": 3}
+       "train.bp_min_steps": 3, "model.max_seq_len": 256}  # the demo's context when saved
 
 
 def _saved_model_config(where: pathlib.Path) -> dict:
@@ -93,12 +94,37 @@ def demo_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("demo")
 
 
-def test_an_old_training_run_resumes(demo_dir, tmp_path, capsys):
+def demo_v1(monkeypatch) -> None:
+  """The demo data as the old run was trained on it (generator version 1: sums and products
+  written the usual way, 4+4-digit sums, 3x2-digit products, arithmetic nested up to 3 deep,
+  2,000 examples per task), so the run's saved data position still fits its data."""
+  number = demo._number
+
+  def arith(rng):
+    expr, value = demo._arith_expr(rng, int(rng.integers(1, 4)))
+    while len(expr) == 1:
+      expr, value = demo._arith_expr(rng, int(rng.integers(1, 4)))
+    return f"{expr}%10", str(value % 10)
+
+  def add(rng):
+    a, b = number(rng, 4), number(rng, 4)
+    return f"{a}+{b}", str(a + b)
+
+  def mul(rng):
+    a, b = number(rng, 3), number(rng, 2)
+    return f"{a}*{b}", str(a * b)
+
+  monkeypatch.setattr(demo, "GENERATOR_VERSION", 1)
+  monkeypatch.setattr(demo, "TASKS", {**demo.TASKS, "add": add, "mul": mul, "arith": arith})
+
+
+def test_an_old_training_run_resumes(tmp_path, capsys, monkeypatch):
   """Its checkpoint's config item and train_config.json have the flat model config; the
   run resumes from its step 2 and rewrites train_config.json in today's form."""
+  demo_v1(monkeypatch)
   workdir = tmp_path / "run"
   shutil.copytree(OLD / "train_run", workdir)
-  cfg = train_config(demo_dir, **RUN)
+  cfg = train_config(tmp_path / "demo", **RUN, **{"data.demo_per_task": 2000})
   old = json.loads((workdir / loop.CONFIG_FILE).read_text())
   assert "execution" not in old and "bp_min_steps" in old["model_config"]
   vocab = loop.open_data(cfg)[0].vocab_size
