@@ -160,7 +160,8 @@ def main(argv: list[str]) -> None:
         f"{per_step(torch_s, torch_first_s) / per_step(jax_s, jax_first_s):.2f}x; greedy tokens "
         f"agreeing: {agree:.1%}; load average (1 min) {os.getloadavg()[0]:.2f}")
   print(f"the call's matmuls alone: {floor_ms:.1f} ms (the prefill's {prefill_floor_ms:.1f} ms, "
-        f"then {f.new_tokens - 1} decode steps at the step-matmul floor, {step_floor_ms:.2f} ms), so no engine on XLA:CPU's matmuls beats transformers by more than "
+        f"then {f.new_tokens - 1} decode steps at the step-matmul floor, {step_floor_ms:.2f} "
+        "ms), so no engine on XLA:CPU's matmuls beats transformers by more than "
         f"{torch_s * 1e3 / floor_ms:.2f}x here; hrm_jax.generate is {jax_s * 1e3 / floor_ms:.2f}x "
         "that floor")
 

@@ -52,8 +52,9 @@ def test_epoch_checkpoint_steps_every_n_epochs_and_the_last():
 
 def test_a_two_epoch_run_keeps_its_epoch_checkpoints(tmp_path):
   """The whole demo set twice through experiments/train.py, 64 x 256-token batches (3,000
-  examples per task: 14 steps an epoch; one H and one L pass keep it quick). Step checkpoints every 3 steps
-  rotate (keep 2); the ends of epoch 1 and 2 stay and are read back by step."""
+  examples per task: 14 steps an epoch; one H and one L pass keep it quick). Step
+  checkpoints every 3 steps rotate (keep 2); the ends of epoch 1 and 2 stay and are read
+  back by step."""
   overrides = {**TINY, "data.demo_dir": str(tmp_path / "demo"), "model.H_cycles": 1,
                "model.L_cycles": 1, "data.rows": 64, "data.row_len": 256, "train.epochs": 2,
                "train.total_steps": 0, "log.every_steps": 5, "checkpoint.every_steps": 3,
