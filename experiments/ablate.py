@@ -174,8 +174,9 @@ def main(argv):
   anchor_params = ablation.param_count(anchor)
   tokens = total_steps * cfg.data.rows * cfg.data.row_len
   print(f"Matching by {_MATCH.value} to HRM (hidden {anchor.hidden_size}, n_layers "
-        f"{anchor.n_layers}, H{anchor.H_cycles} L{anchor.L_cycles}); {total_steps} steps x "
-        f"{cfg.data.rows} x {cfg.data.row_len} = {tokens:,} tokens per run:\n")
+        f"{anchor.n_layers}, H{anchor.H_cycles} L{anchor.L_cycles}); schedule of "
+        f"{total_steps} steps x {cfg.data.rows} x {cfg.data.row_len} = {tokens:,} tokens per "
+        "run (the data's epochs may end it a few steps sooner):\n")
   print("| arch | n_layers | layers/stack | params | x HRM | train MFLOP/token | x HRM |")
   print("|---|---|---|---|---|---|---|")
   for m in matches:
@@ -210,8 +211,7 @@ def main(argv):
   seeds = max(len(r["seeds"]) for r in rows)
   md = [f"`{command}`\n", f"Held-out greedy exact match (%, EMA weights, "
         f"{cfg.ablate.eval_per_task} examples per task; mean ± std over {seeds} "
-        f"seed(s)) after {total_steps} steps ({tokens:,} tokens), matched by {_MATCH.value}:\n",
-        table]
+        f"seed(s)) after {trained_span(results)}, matched by {_MATCH.value}:\n", table]
   diffs = [d for arch in dict.fromkeys(r["arch"] for r in results) if arch != "hrm"
            for d in [ablation.difference(results, "hrm", arch)] if d is not None]
   if diffs:
@@ -239,6 +239,16 @@ def main(argv):
   print("\n" + "\n".join(md))
   print(f"\nwrote {out}/ablation.json, ablation.md, ablation.png"
         + (", ablation_sweep.png" if sweeps else ""))
+
+
+def trained_span(results: list[dict]) -> str:
+  """The steps and tokens the runs trained (the schedule's length where the data ran out
+  first is not what they saw)."""
+  steps = sorted({r["steps"] for r in results})
+  tokens = sorted({r["tokens"] for r in results})
+  if len(steps) == 1:
+    return f"{steps[0]:,} steps ({tokens[0]:,} tokens)"
+  return f"{steps[0]:,}-{steps[-1]:,} steps ({tokens[0]:,}-{tokens[-1]:,} tokens)"
 
 
 def data_steps(cfg: ml_collections.ConfigDict, sampled) -> int:

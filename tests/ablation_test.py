@@ -153,6 +153,7 @@ def test_quick_ablation_end_to_end_rerun_skips_and_report_only(tmp_path):
   assert set(report["sweep"]["hrm_s0"]) == {"H1_L3", "H2_L3"}
   md = (out / "ablation.md").read_text()
   assert "| hrm |" in md and "| transformer |" in md and "| 1 | 3 |" in md
+  assert "after 16 steps (8,192 tokens), matched by flops" in md  # what the runs trained
   for png in ("ablation.png", "ablation_sweep.png"):
     assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   result_mtime = os.path.getmtime(out / "hrm_s0" / "result.json")

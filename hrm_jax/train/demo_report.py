@@ -77,6 +77,6 @@ def next_commands(workdir: str) -> str:
       "--condition=synth   # ask it",
       f"  python experiments/plot.py --workdir={workdir}   # loss and accuracy curves",
       "  python experiments/ablate.py --archs=hrm,transformer --seeds=3   # HRM against a "
-      "transformer (docs/ablation.md)",
+      "transformer, ~40 min (docs/ablation.md)",
       "  python experiments/eval.py --checkpoint=DIR --data_dir=BENCHMARKS   # the paper's "
       "benchmarks on a real checkpoint (docs/evaluation.md)"])
